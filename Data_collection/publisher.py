@@ -1,0 +1,138 @@
+"""Publishing readings over MQTT at QoS 1 without losing them when the broker is away.
+
+The client keeps a persistent session (fixed client id = the sensor id, clean
+start off, a session expiry) and paho's bounded outgoing queue: while the
+broker is unreachable, readings wait in the queue and are sent, in order and
+with their original ids, when it returns. When the queue is full, publishing
+waits instead of dropping.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from Data_collection.settings import Settings
+from pipeline import contract
+
+logger = logging.getLogger(__name__)
+
+
+class Publisher:
+    """One sensor's MQTT connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = contract.readings_topic(settings.SENSOR_ID)
+        self._lock = threading.Lock()
+        self.published = 0
+        self.acked = 0
+        self.refused = 0
+        self.connected = threading.Event()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.SENSOR_ID,
+            protocol=mqtt.MQTTv5,
+        )
+        client.username_pw_set(settings.MQTT_USERNAME, settings.MQTT_PASSWORD.get_secret_value())
+        client.max_queued_messages_set(settings.SENSOR_QUEUE_MAX)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        self.client = client
+
+    def start(self) -> None:
+        """Connect in the background; paho reconnects by itself with backoff."""
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.settings.MQTT_SESSION_EXPIRY_S
+        self.client.connect_async(
+            self.settings.MQTT_HOST,
+            self.settings.MQTT_PORT,
+            keepalive=self.settings.MQTT_KEEPALIVE_S,
+            clean_start=False,
+            properties=properties,
+        )
+        self.client.loop_start()
+
+    def publish(self, reading: contract.Reading, stop: threading.Event) -> bool:
+        """Queue one reading at QoS 1; wait while the queue is full. False if stopped first."""
+        payload = contract.dumps(reading.to_message())
+        while True:
+            info = self.client.publish(self.topic, payload, qos=1)
+            # NO_CONN still queues a QoS 1 message: it goes out on reconnect.
+            if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                with self._lock:
+                    self.published += 1
+                return True
+            if info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                raise RuntimeError(f"publish to {self.topic} failed: {mqtt.error_string(info.rc)}")
+            if stop.wait(0.05):
+                return False
+
+    @property
+    def pending(self) -> int:
+        """Readings published but not yet acknowledged by the broker."""
+        with self._lock:
+            return self.published - self.acked
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until the broker has acknowledged every reading; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending > 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def close(self) -> None:
+        """Disconnect cleanly (the session, and anything unsent in it, stays on the broker)."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
+    ) -> None:
+        if reason_code.is_failure:
+            logger.error(
+                "MQTT broker %s:%s refused sensor %s: %s",
+                self.settings.MQTT_HOST,
+                self.settings.MQTT_PORT,
+                self.settings.SENSOR_ID,
+                reason_code,
+            )
+            return
+        logger.info(
+            "connected to MQTT %s:%s as sensor %s, publishing to %s",
+            self.settings.MQTT_HOST,
+            self.settings.MQTT_PORT,
+            self.settings.SENSOR_ID,
+            self.topic,
+        )
+        self.connected.set()
+
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
+    ) -> None:
+        self.connected.clear()
+        if reason_code != 0:
+            logger.warning(
+                "lost MQTT connection (%s); %d readings wait to be sent; reconnecting", reason_code, self.pending
+            )
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason_code: ReasonCode, _props: Any) -> None:
+        with self._lock:
+            self.acked += 1
+        if reason_code.is_failure:
+            # MQTT 5 tells us when the ACL refuses a topic; MQTT 3 would drop silently.
+            with self._lock:
+                self.refused += 1
+            logger.error("broker refused reading (mid %d) on %s: %s", mid, self.topic, reason_code)

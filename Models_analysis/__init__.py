@@ -1,0 +1,1 @@
+"""The model service: scores readings from Kafka with a forecasting model, in micro-batches."""

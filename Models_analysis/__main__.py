@@ -1,0 +1,47 @@
+"""Entry point: `python -m Models_analysis` scores readings from Kafka until stopped."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from confluent_kafka import Producer
+
+from Models_analysis.model import ModelError, load_model
+from Models_analysis.scorer import Scorer
+from Models_analysis.settings import Settings
+from pipeline import lifecycle, logs, settings
+from pipeline.kafka import ensure_topics, producer_config
+
+logger = logging.getLogger("Models_analysis")
+
+
+def main() -> int:
+    """Load the model, then score until SIGTERM."""
+    config = settings.load(Settings)
+    logs.setup(config.LOG_LEVEL, "model")
+    try:
+        model = load_model(config.MODEL_PATH)
+    except ModelError as error:
+        logger.error("MODEL_PATH: %s", error)
+        return 2
+    logger.info("model %s (hash %s) loaded from %s", model.identity.name, model.identity.hash, model.path)
+    stop = lifecycle.stop_event()
+    ensure_topics(config, [config.KAFKA_TOPIC_READINGS, config.KAFKA_TOPIC_RESULTS, config.KAFKA_TOPIC_DEADLETTER])
+    producer = Producer(producer_config(config, config.KAFKA_CLIENT_ID))
+    scorer = Scorer(config, model, producer, stop)
+
+    def summary() -> None:
+        logger.info(
+            "scored %d readings, %d prediction errors, %d rejected", scorer.scored, scorer.errors, scorer.rejected
+        )
+
+    try:
+        return lifecycle.supervise([threading.Thread(target=scorer.run, name="scorer")], stop, summary)
+    finally:
+        producer.flush(10)
+        logger.info("model service stopped")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

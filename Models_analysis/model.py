@@ -1,0 +1,146 @@
+"""Loading a model file and scoring readings with it.
+
+A model is any object with ``predict(DataFrame with a "ds" column) -> DataFrame
+with yhat, yhat_lower, yhat_upper`` (Prophet has it). A file may hold the bare
+model (the seed's way) or a bundle ``{"model": model, "metadata": {...}}`` as
+``train`` writes it. joblib files run code when loaded: load only trusted files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pandas as pd
+
+from pipeline import contract
+
+logger = logging.getLogger(__name__)
+
+FORECAST_COLUMNS = ("yhat", "yhat_lower", "yhat_upper")
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model with its identity (name and content hash) and its metadata."""
+
+    model: Any
+    identity: contract.ModelIdentity
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def file_hash(path: Path) -> str:
+    """The content hash that names a model file (sha256, first 16 hex digits)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def load_model(path: Path) -> LoadedModel:
+    """Load a model file, or raise :class:`ModelError` saying what is wrong with it."""
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        content = joblib.load(path)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a model file"
+        raise ModelError(f"{path}: not a readable joblib model file ({type(error).__name__}: {error})") from None
+    metadata: dict[str, Any] = {}
+    model = content
+    if isinstance(content, dict) and "model" in content:
+        model = content["model"]
+        metadata = dict(content.get("metadata") or {})
+    if not callable(getattr(model, "predict", None)):
+        raise ModelError(f"{path}: holds a {type(model).__name__}, not a model with predict(DataFrame)")
+    name = str(metadata.get("name") or path.stem)
+    return LoadedModel(model, contract.ModelIdentity(name=name, hash=file_hash(path)), path, metadata)
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    # Prophet refuses time-zone-aware ds; every time in the pipeline is UTC.
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def forecast(model: Any, times: Sequence[datetime]) -> pd.DataFrame:
+    """One predict call for the given times; returns a frame indexed like ``times``."""
+    frame = pd.DataFrame({"ds": pd.to_datetime([_naive_utc(t) for t in times])})
+    result = model.predict(frame)
+    missing = [c for c in FORECAST_COLUMNS if c not in getattr(result, "columns", [])]
+    if missing:
+        raise ModelError(f"the model's predict returned no {', '.join(missing)} column")
+    if len(result) != len(frame):
+        raise ModelError(f"the model's predict returned {len(result)} rows for {len(frame)} times")
+    return result.reset_index(drop=True)
+
+
+def score(loaded: LoadedModel, readings: Sequence[contract.Reading]) -> list[contract.Result]:
+    """Score readings with one predict call per batch (each distinct time once).
+
+    If the batch's predict fails, each distinct time is retried alone so one
+    reading the model cannot handle becomes a prediction error, not a lost batch.
+    """
+    now = datetime.now(UTC)
+    times = sorted({r.ts for r in readings})
+    try:
+        table = _rows(forecast(loaded.model, times), times)
+        failures: dict[datetime, str] = {}
+    except Exception as error:  # noqa: BLE001 - any model failure is isolated below
+        logger.warning("predict failed for a batch of %d times (%s); scoring them one by one", len(times), error)
+        table, failures = {}, {}
+        for moment in times:
+            try:
+                table.update(_rows(forecast(loaded.model, [moment]), [moment]))
+            except Exception as single:  # noqa: BLE001
+                failures[moment] = f"the model could not score this time: {type(single).__name__}: {single}"
+    results: list[contract.Result] = []
+    for reading in readings:
+        if reading.ts in failures or reading.ts not in table:
+            reason = failures.get(reading.ts, "the model returned no forecast for this time")
+            results.append(
+                contract.PredictionError(
+                    id=reading.id, sensor=reading.sensor, reason=reason, model=loaded.identity, scored_at=now
+                )
+            )
+            continue
+        yhat, lower, upper = table[reading.ts]
+        results.append(
+            contract.Prediction(
+                id=reading.id,
+                sensor=reading.sensor,
+                ds=reading.ts,
+                yhat=yhat,
+                yhat_lower=lower,
+                yhat_upper=upper,
+                v=reading.v,
+                anomaly=not (lower <= reading.v <= upper),
+                model=loaded.identity,
+                scored_at=now,
+            )
+        )
+    return results
+
+
+def _rows(frame: pd.DataFrame, times: Sequence[datetime]) -> dict[datetime, tuple[float, float, float]]:
+    values = frame[list(FORECAST_COLUMNS)].astype(float).to_numpy()
+    table = {}
+    for moment, (yhat, lower, upper) in zip(times, values, strict=True):
+        if not all(map(_finite, (yhat, lower, upper))):
+            raise ModelError(f"the model returned a non-finite forecast for {moment}")
+        table[moment] = (float(yhat), float(lower), float(upper))
+    return table
+
+
+def _finite(value: float) -> bool:
+    return value == value and value not in (float("inf"), float("-inf"))

@@ -1,0 +1,111 @@
+"""The scoring loop: Kafka readings in, predictions out, offsets committed after.
+
+Readings are consumed in micro-batches (up to MODEL_BATCH_MAX, waiting at most
+MODEL_BATCH_WAIT_MS) and scored with one predict call per batch. Predictions
+are produced to the results topic keyed by sensor; only once Kafka has
+confirmed them are the input offsets committed. A crash re-scores at most the
+uncommitted batch, and the bridge stores by reading id, so nothing doubles.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+
+from Models_analysis.model import LoadedModel, score
+from Models_analysis.settings import Settings
+from pipeline import contract
+from pipeline.kafka import KafkaUnavailable, consumer_config, produce_all
+from pipeline.retry import RetryError, until_done
+
+logger = logging.getLogger(__name__)
+
+WARN_EVERY_S = 30.0
+
+
+class Scorer:
+    """One model-service replica in the consumer group."""
+
+    def __init__(self, settings: Settings, model: LoadedModel, producer: Producer, stop: threading.Event) -> None:
+        self.settings = settings
+        self.model = model
+        self.producer = producer
+        self.stop = stop
+        self.scored = 0
+        self.errors = 0
+        self.rejected = 0
+        self.consumer = Consumer(consumer_config(settings, settings.KAFKA_GROUP_ID, settings.KAFKA_CLIENT_ID))
+        self._last_warning = 0.0
+
+    def run(self) -> None:
+        """Consume and score until stopped; the batch in hand is finished first."""
+        self.consumer.subscribe([self.settings.KAFKA_TOPIC_READINGS])
+        try:
+            while not self.stop.is_set():
+                messages = self.consumer.consume(
+                    num_messages=self.settings.MODEL_BATCH_MAX, timeout=self.settings.MODEL_BATCH_WAIT_MS / 1000
+                )
+                batch = [m for m in messages if not self._is_error(m)]
+                if batch and not self.process(batch):
+                    return
+        finally:
+            self.consumer.close()
+
+    def _is_error(self, message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            return False
+        if error.code() != KafkaError._PARTITION_EOF and time.monotonic() - self._last_warning > WARN_EVERY_S:
+            self._last_warning = time.monotonic()
+            logger.warning("Kafka consumer of %s: %s", self.settings.KAFKA_TOPIC_READINGS, error)
+        return True
+
+    def process(self, messages: list[Message]) -> bool:
+        """Score one batch, produce the results, commit. False if stopped before it was durable."""
+        readings: list[contract.Reading] = []
+        records: list[tuple[str, bytes, bytes]] = []
+        for message in messages:
+            raw = message.value() or b""
+            try:
+                readings.append(contract.parse_forwarded_reading(raw))
+            except contract.ContractError as error:
+                rejection = contract.Rejection.of(raw, "kafka", message.topic() or "", str(error), datetime.now(UTC))
+                records.append(
+                    (
+                        self.settings.KAFKA_TOPIC_DEADLETTER,
+                        rejection.topic.encode(),
+                        contract.dumps(rejection.model_dump()),
+                    )
+                )
+                self.rejected += 1
+                logger.warning("rejected a message on %s: %s", rejection.topic, error)
+        results = score(self.model, readings) if readings else []
+        records.extend(
+            (self.settings.KAFKA_TOPIC_RESULTS, result.sensor.encode(), contract.result_message(result))
+            for result in results
+        )
+        try:
+            until_done(
+                lambda: produce_all(self.producer, records, self.stop),
+                self.stop,
+                "produce predictions",
+                (KafkaUnavailable,),
+            )
+        except RetryError:
+            logger.warning(
+                "stopping with %d predictions unconfirmed; their readings will be scored again", len(results)
+            )
+            return False
+        errors = sum(isinstance(r, contract.PredictionError) for r in results)
+        self.scored += len(results) - errors
+        self.errors += errors
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as error:
+            # Produced but not committed: re-scored after a restart, harmless then.
+            logger.warning("could not commit offsets of %s: %s", self.settings.KAFKA_TOPIC_READINGS, error)
+        return True

@@ -1,0 +1,1 @@
+"""The bridge: MQTT readings into MongoDB and Kafka, Kafka predictions into MongoDB."""

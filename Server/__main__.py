@@ -1,0 +1,63 @@
+"""Entry point: `python -m Server` runs the bridge and the predictions sink."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from confluent_kafka import Producer
+
+from pipeline import lifecycle, logs, settings
+from pipeline.kafka import ensure_topics, producer_config
+from Server.ingest import Bridge
+from Server.results import ResultsSink
+from Server.settings import Settings
+from Server.store import Store
+
+logger = logging.getLogger("Server")
+
+
+def main() -> int:
+    """Run until SIGTERM: finish the batch in hand, flush, close."""
+    config = settings.load(Settings)
+    logs.setup(config.LOG_LEVEL, "server")
+    stop = lifecycle.stop_event()
+    ensure_topics(config, [config.KAFKA_TOPIC_READINGS, config.KAFKA_TOPIC_RESULTS, config.KAFKA_TOPIC_DEADLETTER])
+    store = Store(config)
+    try:
+        store.ensure_indexes()
+    except Exception:  # noqa: BLE001 - indexes help queries; their absence must not stop the flow
+        logger.exception("could not create MongoDB indexes; continuing without them")
+    producer = Producer(producer_config(config, config.MQTT_CLIENT_ID))
+    bridge = Bridge(config, store, producer, stop)
+    sink = ResultsSink(config, store, producer, stop)
+    workers = [
+        threading.Thread(target=bridge.run, name="bridge"),
+        threading.Thread(target=sink.run, name="results"),
+    ]
+
+    def summary() -> None:
+        stats = bridge.stats
+        logger.info(
+            "readings: %d received, %d stored, %d forwarded, %d duplicates, rejected %s; results stored %s",
+            stats.received,
+            stats.stored,
+            stats.forwarded,
+            stats.duplicates,
+            dict(stats.rejected),
+            dict(sink.stored),
+        )
+
+    bridge.start()
+    logger.info("server %s running", config.MQTT_CLIENT_ID)
+    try:
+        return lifecycle.supervise(workers, stop, summary)
+    finally:
+        bridge.close()
+        producer.flush(10)
+        store.close()
+        logger.info("server %s stopped", config.MQTT_CLIENT_ID)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

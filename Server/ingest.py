@@ -1,0 +1,253 @@
+"""MQTT readings into MongoDB and Kafka, acknowledged only once both have them.
+
+The broker sends at most SERVER_MAX_INFLIGHT unacknowledged messages (MQTT 5
+Receive Maximum), so memory stays bounded whatever happens downstream. Each
+batch is validated; valid readings are produced to Kafka (idempotent producer,
+``acks=all``) and inserted into MongoDB keyed by reading id; rejected payloads
+are stored with their reason and produced to the dead-letter topic. Only then
+are the batch's messages acknowledged (manual PUBACK). If MongoDB or Kafka is
+away, the batch is retried with backoff and nothing is acknowledged, so the
+broker stops sending and keeps the rest in the persistent session. A crash
+loses nothing: unacknowledged messages are redelivered and the keyed writes
+make the repeat harmless (Kafka may carry a reading twice; every consumer
+writes by reading id).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from confluent_kafka import Producer
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from pipeline import contract
+from pipeline.kafka import KafkaUnavailable, produce_all
+from pipeline.retry import RetryError, until_done
+from Server.settings import Settings
+from Server.store import TRANSIENT, Store
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE = TRANSIENT + (KafkaUnavailable,)
+
+
+@dataclass
+class Incoming:
+    """A message as received, tagged with the connection it came on."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    connection: int
+    received_at: datetime
+
+
+@dataclass
+class Stats:
+    """Counts an operator wants: what came in, what went where, what was refused and why."""
+
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    forwarded: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+def reason_kind(reason: str) -> str:
+    """A short, stable label for a rejection reason (for counters)."""
+    return reason.split(" (")[0].split(":")[0][:60]
+
+
+class Bridge:
+    """The MQTT side of the server: subscribe, batch, store, forward, acknowledge."""
+
+    def __init__(self, settings: Settings, store: Store, producer: Producer, stop: threading.Event) -> None:
+        self.settings = settings
+        self.store = store
+        self.producer = producer
+        self.stop = stop
+        self.stats = Stats()
+        self.inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
+        self.connection = 0
+        self.connected = threading.Event()
+        self.subscription = f"$share/{settings.MQTT_SHARE_GROUP}/{contract.MQTT_READINGS_FILTER}"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.MQTT_CLIENT_ID,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        client.username_pw_set(settings.MQTT_USERNAME, settings.MQTT_PASSWORD.get_secret_value())
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+
+    # --- MQTT callbacks (paho's network thread) ------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, flags: Any, reason_code: ReasonCode, _props: Any
+    ) -> None:
+        if reason_code.is_failure:
+            logger.error(
+                "MQTT broker %s:%s refused the bridge: %s",
+                self.settings.MQTT_HOST,
+                self.settings.MQTT_PORT,
+                reason_code,
+            )
+            return
+        self.connection += 1
+        # Subscribe on every connect, session or not: a broker that lost its
+        # state would otherwise leave the bridge subscribed to nothing.
+        client.subscribe(self.subscription, options=SubscribeOptions(qos=1))
+        self.connected.set()
+        logger.info(
+            "connected to MQTT %s:%s as %s (session present: %s), subscribed to %s",
+            self.settings.MQTT_HOST,
+            self.settings.MQTT_PORT,
+            self.settings.MQTT_CLIENT_ID,
+            flags.session_present,
+            self.subscription,
+        )
+
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
+    ) -> None:
+        self.connected.clear()
+        if not self.stop.is_set():
+            logger.warning(
+                "lost MQTT connection (%s); reconnecting, unacknowledged readings will be redelivered", reason_code
+            )
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.inbox.put(
+            Incoming(message.topic, message.payload, message.mid, message.qos, self.connection, datetime.now(UTC))
+        )
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect (in the background; paho reconnects with backoff) and start the network loop."""
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.settings.MQTT_SESSION_EXPIRY_S
+        properties.ReceiveMaximum = self.settings.SERVER_MAX_INFLIGHT
+        self.client.connect_async(
+            self.settings.MQTT_HOST,
+            self.settings.MQTT_PORT,
+            keepalive=self.settings.MQTT_KEEPALIVE_S,
+            clean_start=False,
+            properties=properties,
+        )
+        self.client.loop_start()
+
+    def close(self) -> None:
+        """Disconnect; the persistent session keeps what was not acknowledged."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def run(self) -> None:
+        """Process batches until stopped, then finish the batch in hand."""
+        while not self.stop.is_set():
+            batch = self._next_batch()
+            if batch:
+                self.process(batch)
+
+    def _next_batch(self) -> list[Incoming]:
+        try:
+            first = self.inbox.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.settings.SERVER_BATCH_WAIT_MS / 1000
+        while len(batch) < self.settings.SERVER_BATCH_MAX:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self.inbox.get(timeout=remaining) if remaining > 0 else self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    # --- one batch ----------------------------------------------------------
+
+    def process(self, batch: list[Incoming]) -> None:
+        """Validate, store, forward and acknowledge one batch (or leave it unacknowledged on stop)."""
+        self.stats.received += len(batch)
+        readings: list[tuple[Incoming, contract.Reading]] = []
+        rejections: list[tuple[Incoming, contract.Rejection]] = []
+        for item in batch:
+            try:
+                reading = contract.parse_reading(
+                    item.payload, item.topic, max_bytes=self.settings.SERVER_MAX_PAYLOAD_BYTES
+                )
+                readings.append((item, reading.model_copy(update={"received_at": item.received_at})))
+            except contract.ContractError as error:
+                rejections.append(
+                    (item, contract.Rejection.of(item.payload, "mqtt", item.topic, str(error), item.received_at))
+                )
+        try:
+            refused = until_done(
+                lambda: self._deliver([r for _, r in readings]), self.stop, "store and forward readings", RETRYABLE
+            )
+            for index in sorted(refused, reverse=True):
+                item, reading = readings.pop(index)
+                rejections.append(
+                    (item, contract.Rejection.of(item.payload, "mqtt", item.topic, refused[index], item.received_at))
+                )
+            if rejections:
+                until_done(
+                    lambda: self._reject([r for _, r in rejections]), self.stop, "keep rejected payloads", RETRYABLE
+                )
+        except RetryError:
+            logger.warning("stopping with %d readings not yet durable; the broker will redeliver them", len(batch))
+            return
+        for item in batch:
+            self._ack(item)
+
+    def _deliver(self, readings: list[contract.Reading]) -> dict[int, str]:
+        """Kafka and MongoDB both get the readings; returns those MongoDB refused outright."""
+        if not readings:
+            return {}
+        documents = [r.to_document() for r in readings]
+        new, refused = self.store.insert_new(contract.COLLECTION_READINGS, documents)
+        # Counted here, not after Kafka: a retry of this batch finds them stored.
+        self.stats.stored += new
+        self.stats.duplicates += len(readings) - new - len(refused)
+        records = [
+            (self.settings.KAFKA_TOPIC_READINGS, r.sensor.encode(), contract.dumps(r.to_message()))
+            for i, r in enumerate(readings)
+            if i not in refused
+        ]
+        produce_all(self.producer, records, self.stop)
+        self.stats.forwarded += len(records)
+        return refused
+
+    def _reject(self, rejections: list[contract.Rejection]) -> None:
+        unique = {r.key: r for r in rejections}
+        self.store.insert_new(contract.COLLECTION_REJECTIONS, [r.to_document() for r in unique.values()])
+        records = [
+            (self.settings.KAFKA_TOPIC_DEADLETTER, r.topic.encode(), contract.dumps(r.model_dump())) for r in rejections
+        ]
+        produce_all(self.producer, records, self.stop)
+        for rejection in rejections:
+            self.stats.rejected[reason_kind(rejection.reason)] += 1
+            logger.info("rejected a payload on %s %s: %s", rejection.transport, rejection.topic, rejection.reason)
+
+    def _ack(self, item: Incoming) -> None:
+        # A message from an earlier connection is redelivered on the new one
+        # (persistent session); acking its old packet id could ack another message.
+        if item.qos > 0 and item.connection == self.connection:
+            self.client.ack(item.mid, item.qos)

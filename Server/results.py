@@ -1,0 +1,110 @@
+"""Predictions from Kafka into MongoDB; offsets are committed only after MongoDB has them.
+
+A crash before the commit makes Kafka redeliver the batch; the inserts are
+keyed by reading id, so the repeat changes nothing. A message that is not a
+valid result is kept in the rejections collection and the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+from pipeline import contract
+from pipeline.kafka import consumer_config, produce_all
+from pipeline.retry import RetryError, until_done
+from Server.ingest import RETRYABLE
+from Server.settings import Settings
+from Server.store import Store
+
+logger = logging.getLogger(__name__)
+
+BATCH_MAX = 1000
+WARN_EVERY_S = 30.0
+
+
+class ResultsSink:
+    """Consumes the results topic and stores predictions and prediction errors."""
+
+    def __init__(self, settings: Settings, store: Store, producer: Producer, stop: threading.Event) -> None:
+        self.settings = settings
+        self.store = store
+        self.producer = producer
+        self.stop = stop
+        self.stored: Counter[str] = Counter()
+        self.consumer = Consumer(
+            consumer_config(settings, settings.KAFKA_RESULTS_GROUP_ID, f"{settings.MQTT_CLIENT_ID}-results")
+        )
+        self._last_warning = 0.0
+
+    def run(self) -> None:
+        """Consume until stopped; then commit what was stored and leave the group."""
+        self.consumer.subscribe([self.settings.KAFKA_TOPIC_RESULTS])
+        try:
+            while not self.stop.is_set():
+                messages = self.consumer.consume(num_messages=BATCH_MAX, timeout=0.5)
+                if messages and not self._store([m for m in messages if not self._is_error(m)]):
+                    return
+        finally:
+            self.consumer.close()
+
+    def _is_error(self, message: object) -> bool:
+        error = message.error()  # type: ignore[attr-defined]
+        if error is None:
+            return False
+        if error.code() != KafkaError._PARTITION_EOF and time.monotonic() - self._last_warning > WARN_EVERY_S:
+            self._last_warning = time.monotonic()
+            logger.warning("Kafka consumer of %s: %s", self.settings.KAFKA_TOPIC_RESULTS, error)
+        return True
+
+    def _store(self, messages: list) -> bool:  # type: ignore[type-arg]
+        predictions: list[dict] = []  # type: ignore[type-arg]
+        errors: list[dict] = []  # type: ignore[type-arg]
+        rejections: list[contract.Rejection] = []
+        now = datetime.now(UTC)
+        for message in messages:
+            raw = message.value() or b""
+            try:
+                result = contract.parse_result(raw)
+            except contract.ContractError as error:
+                rejections.append(contract.Rejection.of(raw, "kafka", message.topic(), str(error), now))
+                continue
+            if isinstance(result, contract.Prediction):
+                predictions.append(result.to_document())
+            else:
+                errors.append(result.to_document())
+
+        def write() -> None:
+            new, _ = self.store.insert_new(contract.COLLECTION_PREDICTIONS, predictions)
+            self.stored["predictions"] += new
+            new, _ = self.store.insert_new(contract.COLLECTION_PREDICTION_ERRORS, errors)
+            self.stored["prediction_errors"] += new
+            if rejections:
+                self.store.insert_new(contract.COLLECTION_REJECTIONS, [r.to_document() for r in rejections])
+                produce_all(
+                    self.producer,
+                    [
+                        (self.settings.KAFKA_TOPIC_DEADLETTER, r.topic.encode(), contract.dumps(r.model_dump()))
+                        for r in rejections
+                    ],
+                    self.stop,
+                )
+                for rejection in rejections:
+                    logger.warning("rejected a message on %s: %s", rejection.topic, rejection.reason)
+
+        try:
+            until_done(write, self.stop, "store predictions", RETRYABLE)
+        except RetryError:
+            logger.warning("stopping with %d results not stored; Kafka will redeliver them", len(messages))
+            return False
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as error:
+            # Stored but not committed: redelivered later, and harmless then.
+            logger.warning("could not commit offsets of %s: %s", self.settings.KAFKA_TOPIC_RESULTS, error)
+        return True

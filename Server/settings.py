@@ -1,0 +1,29 @@
+"""The bridge's settings (environment variables of the same names)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from pipeline import contract
+from pipeline.settings import CommonSettings, KafkaSettings, MongoSettings, MqttSettings, hostname
+
+
+class Settings(CommonSettings, MqttSettings, KafkaSettings, MongoSettings):
+    """What the bridge reads from its environment."""
+
+    #: Fixed per replica so its persistent session survives restarts; replicas
+    #: must differ (the host name does, in Compose).
+    MQTT_CLIENT_ID: str = Field(default_factory=lambda: f"bridge-{hostname()}", min_length=1, max_length=128)
+    #: Replicas in one group split the readings between them (MQTT 5 shared subscription).
+    MQTT_SHARE_GROUP: str = Field("bridge", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    #: Readings the broker may send before the bridge acknowledges them (MQTT 5
+    #: Receive Maximum): the bound on what the bridge holds in memory.
+    SERVER_MAX_INFLIGHT: int = Field(1000, ge=1, le=65535)
+    #: Most readings written to MongoDB and Kafka in one batch.
+    SERVER_BATCH_MAX: int = Field(500, ge=1, le=10_000)
+    #: How long a batch waits to fill before it is written.
+    SERVER_BATCH_WAIT_MS: int = Field(20, ge=0, le=10_000)
+    #: Payloads over this size are rejected unread.
+    SERVER_MAX_PAYLOAD_BYTES: int = Field(contract.MAX_PAYLOAD_BYTES, ge=64, le=1 << 20)
+    #: Consumer group of the bridges reading predictions back from Kafka.
+    KAFKA_RESULTS_GROUP_ID: str = Field("bridge-results", min_length=1)

@@ -1,0 +1,1 @@
+"""What every service of the pipeline shares: the contract, settings, logging, lifecycle."""

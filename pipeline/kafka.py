@@ -1,0 +1,137 @@
+"""Kafka client settings shared by the services (confluent-kafka / librdkafka)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from pipeline.settings import KafkaSettings
+
+logger = logging.getLogger(__name__)
+
+#: How long a batch waits for Kafka to confirm it before the batch is retried.
+CONFIRM_TIMEOUT_S = 30.0
+#: How long a stopping service waits for confirmations in flight.
+STOP_GRACE_S = 5.0
+
+
+def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
+    """A producer that never loses or doubles a record it reports delivered.
+
+    Idempotence (with ``acks=all``) means librdkafka's own retries cannot write
+    a record twice or out of order; ``message.timeout.ms`` is long so a Kafka
+    outage is ridden out by retrying instead of failing deliveries.
+    """
+    return {
+        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+        "client.id": client_id,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 10 * 60 * 1000,
+        "reconnect.backoff.ms": 200,
+        "reconnect.backoff.max.ms": 10_000,
+    }
+
+
+def consumer_config(settings: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
+    """A consumer whose offsets move only when the code commits after the work is durable."""
+    return {
+        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+        "group.id": group_id,
+        "client.id": client_id,
+        "enable.auto.commit": False,
+        # A new group starts at the beginning: nothing already in Kafka is skipped.
+        "auto.offset.reset": "earliest",
+        "reconnect.backoff.ms": 200,
+        "reconnect.backoff.max.ms": 10_000,
+    }
+
+
+def ensure_topics(settings: KafkaSettings, topics: list[str], timeout_s: float = 60.0) -> None:
+    """Create the topics the service uses, if missing, with KAFKA_NUM_PARTITIONS partitions.
+
+    Waits (retrying) until Kafka answers, so a service started before Kafka is
+    ready does not crash.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS})
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            existing = set(admin.list_topics(timeout=5).topics)
+            missing = [t for t in topics if t not in existing]
+            if not missing:
+                return
+            futures = admin.create_topics(
+                [NewTopic(t, num_partitions=settings.KAFKA_NUM_PARTITIONS, replication_factor=1) for t in missing]
+            )
+            for topic, future in futures.items():
+                try:
+                    future.result()
+                    logger.info("created Kafka topic %s (%d partitions)", topic, settings.KAFKA_NUM_PARTITIONS)
+                except KafkaException as error:
+                    if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise
+            return
+        except KafkaException as error:
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("Kafka at %s not ready (%s); retrying", settings.KAFKA_BOOTSTRAP_SERVERS, error)
+            time.sleep(1)
+
+
+class KafkaUnavailable(RuntimeError):
+    """Kafka did not confirm every record in time; the caller retries the batch."""
+
+
+class Deliveries:
+    """Waits for Kafka to confirm a batch of produced records."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.failed: list[tuple[str, bytes, bytes]] = []
+
+    def callback(self, error: KafkaError | None, message: Message) -> None:
+        self.pending -= 1
+        if error is not None:
+            self.failed.append((message.topic() or "", message.key() or b"", message.value() or b""))
+            logger.warning("Kafka did not take a record for %s: %s", message.topic(), error)
+
+
+def produce_all(producer: Producer, records: list[tuple[str, bytes, bytes]], stop: threading.Event) -> None:
+    """Produce ``records`` (topic, key, value) and return once Kafka has confirmed all of them.
+
+    Raises KafkaUnavailable when some are not confirmed within a while, so the
+    caller retries the lot (the idempotent producer and keyed consumers make
+    the repeats harmless).
+    """
+    deliveries = Deliveries()
+    for topic, key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=deliveries.callback)
+                deliveries.pending += 1
+                break
+            except BufferError:
+                # librdkafka's queue is full: let it deliver some first.
+                producer.poll(0.1)
+                if stop.is_set():
+                    raise KafkaUnavailable("stopping while Kafka's queue is full") from None
+    deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+    while deliveries.pending > 0:
+        producer.poll(0.1)
+        if stop.is_set():
+            # Stopping: give Kafka a short grace to confirm what is in flight.
+            deadline = min(deadline, time.monotonic() + STOP_GRACE_S)
+        if time.monotonic() > deadline:
+            raise KafkaUnavailable(f"{deliveries.pending} records not confirmed by Kafka")
+    if deliveries.failed:
+        raise KafkaUnavailable(f"{len(deliveries.failed)} records refused by Kafka")
