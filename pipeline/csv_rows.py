@@ -59,8 +59,10 @@ def read_rows(path: Path, value_column: str | None = None, timestamp_column: str
         header, body, first_line = ["value"], records, 1
     else:
         header, body, first_line = first, records[1:], 2
-    value_index = _column(path, header, value_column, "value")
     ts_index = _column(path, header, timestamp_column, None) if timestamp_column else None
+    if value_column is None and ts_index is not None and len(header) == 2:
+        value_column = header[1 - ts_index]  # a time column and one other: that is the value
+    value_index = _column(path, header, value_column, "value")
 
     rows: list[Row] = []
     for offset, record in enumerate(body):
@@ -104,7 +106,7 @@ def _column(path: Path, header: list[str], wanted: str | None, fallback: str | N
         return 0
     if fallback is not None and fallback in header:
         return header.index(fallback)
-    raise CsvError(f"{path}: {len(header)} columns {header}; set SENSOR_VALUE_COLUMN to the one holding the values")
+    raise CsvError(f"{path}: {len(header)} columns {header}; name the one holding the values (SENSOR_VALUE_COLUMN, or --value-column)")
 
 
 def replay(rows: list[Row], loop: bool) -> Iterator[Row]:

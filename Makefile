@@ -1,0 +1,61 @@
+# One place for every command a user or CI runs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SENSORS ?= 3
+# The local stack reads .env (secrets) when it exists; `make env` creates it.
+ENVFILE := set -a; [ -f .env ] && . ./.env; set +a;
+
+.PHONY: help env venv install model run stop status logs test test-unit lint up down clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+env: ## Write .env with fresh random secrets (kept if it exists)
+	@$(PYTHON) scripts/gen_env.py
+
+$(VENV)/.installed: requirements-dev.txt pipeline/requirements.txt Data_collection/requirements.txt Server/requirements.txt Models_analysis/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+venv: $(VENV)/.installed ## Create .venv with the pinned Python packages
+
+install: venv ## Install everything the local stack needs (servers, packages, default model)
+	bash localstack/install.sh
+	@$(MAKE) --no-print-directory model
+
+model: venv ## Train the default Prophet model into models/default.joblib (once)
+	@[ -f models/default.joblib ] || $(PY) -m Models_analysis.train --csv Data_collection/demo_data.csv --out models/default.joblib
+
+run: install env ## Run the whole pipeline without Docker (Ctrl+C stops it); SENSORS=3
+	@$(ENVFILE) $(PY) -m localstack run --sensors $(SENSORS)
+
+stop: ## Stop the local stack's servers and services
+	@$(ENVFILE) $(PY) -m localstack stop
+
+status: ## Show what the local stack runs
+	@$(ENVFILE) $(PY) -m localstack status
+
+test: install ## Run every test on the real local stack (what CI runs)
+	$(PY) -m pytest
+
+test-unit: venv ## Run the tests that need no server
+	$(PY) -m pytest tests/unit
+
+lint: venv ## Lint and check formatting
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+up: env ## Start everything with Docker Compose (3 sensors)
+	docker compose up --build -d --scale sensor=$(SENSORS)
+
+down: ## Stop the Docker Compose stack
+	docker compose down
+
+clean: stop ## Remove the local stack's data, the venv and caches
+	rm -rf .stack .venv .cache

@@ -1,0 +1,39 @@
+"""Small non-Prophet models for tests (importable, so joblib can pickle them)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+class ConstantModel:
+    """Forecasts a constant level with a fixed interval; records the batch sizes it saw."""
+
+    def __init__(self, level: float, width: float) -> None:
+        self.level = level
+        self.width = width
+        self.rows_seen: list[int] = []
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        self.rows_seen.append(len(frame))
+        n = len(frame)
+        return pd.DataFrame(
+            {
+                "ds": frame["ds"],
+                "yhat": [self.level] * n,
+                "yhat_lower": [self.level - self.width] * n,
+                "yhat_upper": [self.level + self.width] * n,
+            }
+        )
+
+
+class BrokenOnce(ConstantModel):
+    """Raises for one particular time, like a model refusing a timestamp."""
+
+    def __init__(self, bad: pd.Timestamp) -> None:
+        super().__init__(level=0.0, width=100.0)
+        self.bad = bad
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if (frame["ds"] == self.bad).any():
+            raise ValueError(f"cannot forecast {self.bad}")
+        return super().predict(frame)

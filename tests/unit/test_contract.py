@@ -1,0 +1,124 @@
+"""The contract: what a valid reading is, and the reason given for each kind of bad one."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pipeline import contract
+
+TOPIC = "sensors/s1/readings"
+
+
+def payload(**fields: object) -> bytes:
+    base: dict[str, object] = {"id": "r-1", "sensor": "s1", "ts": "2026-11-27T10:00:00Z", "v": 12.5}
+    base.update(fields)
+    return json.dumps({k: v for k, v in base.items() if v is not ...}).encode()
+
+
+def test_valid_reading_round_trips() -> None:
+    reading = contract.parse_reading(payload(zone="north"), TOPIC)
+    assert reading.id == "r-1"
+    assert reading.sensor == "s1"
+    assert reading.ts == datetime(2026, 11, 27, 10, tzinfo=UTC)
+    assert reading.v == 12.5
+    assert reading.extras == {"zone": "north"}
+    message = reading.to_message()
+    assert message == {"id": "r-1", "sensor": "s1", "ts": "2026-11-27T10:00:00.000Z", "v": 12.5, "zone": "north"}
+    assert contract.parse_reading(contract.dumps(message), TOPIC) == reading
+    document = reading.to_document()
+    assert document["_id"] == "r-1" and document["ts"] == reading.ts and "id" not in document
+
+
+def test_offsets_are_normalised_to_utc() -> None:
+    reading = contract.parse_reading(payload(ts="2026-11-27T12:00:00+02:00"), TOPIC)
+    assert reading.ts == datetime(2026, 11, 27, 10, tzinfo=UTC)
+
+
+def test_integer_value_is_a_number() -> None:
+    assert contract.parse_reading(payload(v=7), TOPIC).v == 7.0
+
+
+BAD = [
+    (b"", "empty"),
+    (b"not json", "not JSON"),
+    (b"[1, 2]", "a JSON list, not an object"),
+    (b'"text"', "a JSON str, not an object"),
+    (b"null", "a JSON null"),
+    (b"\xff\xfe\x00garbage", "not UTF-8"),
+    (b'{"id": "a", "id": "b", "sensor": "s1", "ts": "2026-11-27T10:00:00Z", "v": 1}', "duplicate key 'id'"),
+    (b'{"id": "a", "sensor": "s1", "ts": "2026-11-27T10:00:00Z", "v": NaN}', "NaN is not a number"),
+    (b'{"id": "a", "sensor": "s1", "ts": "2026-11-27T10:00:00Z", "v": Infinity}', "Infinity is not a number"),
+    (payload(id=...), "'id' is missing"),
+    (payload(sensor=...), "'sensor' is missing"),
+    (payload(ts=...), "'ts' is missing"),
+    (payload(v=...), "'v' is missing"),
+    (payload(v="12.5"), "'v' must be a JSON number"),
+    (payload(v=True), "'v' must be a JSON number"),
+    (payload(v=None), "'v' must be a JSON number"),
+    (payload(v=10**30), "too large"),
+    (payload(id=5), "'id'"),
+    (payload(id=""), "'id'"),
+    (payload(sensor="s1/../x"), "'sensor'"),
+    (payload(ts="yesterday"), "'ts'"),
+    (payload(ts="2026-11-27T10:00:00"), "'ts'"),
+    (payload(ts=1764237600), "ISO 8601 string"),
+    (payload(ts="1970-01-01T00:00:00Z"), "before 2000-01-01"),
+    (payload(ts=(datetime.now(UTC) + timedelta(days=30)).isoformat()), "in the future"),
+    (payload(sensor="s2"), "does not match the topic's sensor 's1'"),
+    (payload(received_at="2026-11-27T10:00:00Z"), "set by the pipeline"),
+    (payload(**{"$where": 1}), "not allowed"),
+    (payload(**{"a.b": 1}), "not allowed"),
+    (payload(deep={"a": {"b": {"c": {"d": 1}}}}), "nests deeper"),
+    (b'{"id": "a", "sensor": "s1", "ts": "2026-11-27T10:00:00Z", "v": 1, "x": 1e999}', "too large"),
+    (b"[" * 5_000, "nested too deeply"),
+    (payload(pad="x" * 20_000), "over the 16384-byte limit"),
+    (payload(**{f"f{i}": i for i in range(40)}), "extra fields, over the limit"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), BAD, ids=[r for _, r in BAD])
+def test_bad_payload_is_refused_with_a_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(contract.ContractError) as caught:
+        contract.parse_reading(raw, TOPIC)
+    assert reason in str(caught.value)
+
+
+def test_wrong_topic_is_refused() -> None:
+    with pytest.raises(contract.ContractError, match="not a readings topic"):
+        contract.parse_reading(payload(), "other/s1")
+
+
+def test_rejection_keeps_bytes_exactly() -> None:
+    now = datetime.now(UTC)
+    text = contract.Rejection.of(b'{"v": 1', "mqtt", TOPIC, "bad", now)
+    binary = contract.Rejection.of(b"\xff\x00\x01", "mqtt", TOPIC, "bad", now)
+    assert (text.payload_encoding, text.payload) == ("utf-8", '{"v": 1')
+    assert binary.payload_encoding == "base64"
+    assert binary.raw() == b"\xff\x00\x01" and text.raw() == b'{"v": 1'
+    assert text.key != binary.key
+    assert contract.Rejection.of(b'{"v": 1', "mqtt", TOPIC, "other reason", now).key == text.key
+
+
+def test_results_round_trip() -> None:
+    now = datetime.now(UTC).replace(microsecond=123000)  # messages carry milliseconds
+    identity = contract.ModelIdentity(name="m", hash="abc")
+    prediction = contract.Prediction(
+        id="r-1", sensor="s1", ds=now, yhat=1.0, yhat_lower=0.5, yhat_upper=1.5, v=2.0, anomaly=True,
+        model=identity, scored_at=now,
+    )
+    error = contract.PredictionError(id="r-2", sensor="s1", reason="no", model=identity, scored_at=now)
+    parsed = contract.parse_result(contract.result_message(prediction))
+    assert parsed.model_dump() == prediction.model_dump()
+    assert isinstance(contract.parse_result(contract.result_message(error)), contract.PredictionError)
+    assert prediction.to_document()["_id"] == "r-1"
+    with pytest.raises(contract.ContractError, match="'yhat' is missing"):
+        contract.parse_result(b'{"id": "r", "sensor": "s1"}')
+
+
+def test_topic_helpers() -> None:
+    assert contract.readings_topic("s9") == "sensors/s9/readings"
+    assert contract.sensor_of_topic("sensors/s9/readings") == "s9"
+    assert contract.sensor_of_topic("sensors/s9/other") is None

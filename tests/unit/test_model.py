@@ -1,0 +1,68 @@
+"""Loading models and scoring batches: any object with predict(DataFrame) works."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import joblib
+import pandas as pd
+import pytest
+
+from Models_analysis.model import ModelError, load_model, score
+from pipeline import contract
+from tests.unit.models import BrokenOnce, ConstantModel
+
+
+def readings(values: list[float], start: datetime | None = None) -> list[contract.Reading]:
+    start = start or datetime(2026, 11, 27, 10, tzinfo=UTC)
+    return [
+        contract.Reading(id=f"r{i}", sensor="s1", ts=start + timedelta(seconds=i), v=v) for i, v in enumerate(values)
+    ]
+
+
+def test_scores_a_batch_with_one_predict(tmp_path: Path) -> None:
+    model = ConstantModel(level=10.0, width=1.0)
+    path = tmp_path / "m.joblib"
+    joblib.dump({"model": model, "metadata": {"name": "flat"}}, path)
+    loaded = load_model(path)
+    assert loaded.identity.name == "flat" and len(loaded.identity.hash) == 16
+    results = score(loaded, readings([10.0, 10.5, 12.0, 8.0]))
+    assert [r.anomaly for r in results] == [False, False, True, True]  # type: ignore[union-attr]
+    assert all(isinstance(r, contract.Prediction) and r.model == loaded.identity for r in results)
+    assert [r.id for r in results] == ["r0", "r1", "r2", "r3"]
+
+
+def test_same_time_is_predicted_once(tmp_path: Path) -> None:
+    model = ConstantModel(level=0.0, width=1.0)
+    path = tmp_path / "m.joblib"
+    joblib.dump(model, path)  # a bare model, the seed's way
+    loaded = load_model(path)
+    moment = datetime(2026, 11, 27, 10, tzinfo=UTC)
+    batch = [contract.Reading(id=f"r{i}", sensor=f"s{i}", ts=moment, v=0.0) for i in range(50)]
+    score(loaded, batch)
+    assert loaded.model.rows_seen == [1]
+    assert loaded.identity.name == "m"
+
+
+def test_a_time_the_model_refuses_becomes_a_prediction_error(tmp_path: Path) -> None:
+    bad = datetime(2026, 11, 27, 10, 0, 1, tzinfo=UTC)
+    path = tmp_path / "m.joblib"
+    joblib.dump(BrokenOnce(bad=pd.Timestamp(bad.replace(tzinfo=None))), path)
+    results = score(load_model(path), readings([1.0, 2.0, 3.0]))
+    kinds = [type(r).__name__ for r in results]
+    assert kinds == ["Prediction", "PredictionError", "Prediction"]
+    assert "cannot forecast" in results[1].reason  # type: ignore[union-attr]
+
+
+def test_refuses_files_that_are_not_models(tmp_path: Path) -> None:
+    not_joblib = tmp_path / "text.joblib"
+    not_joblib.write_text("hello")
+    with pytest.raises(ModelError, match="not a readable joblib model file"):
+        load_model(not_joblib)
+    no_predict = tmp_path / "dict.joblib"
+    joblib.dump({"weights": [1, 2]}, no_predict)
+    with pytest.raises(ModelError, match="holds a dict, not a model"):
+        load_model(no_predict)
+    with pytest.raises(ModelError, match="no such model file"):
+        load_model(tmp_path / "missing.joblib")
