@@ -3,14 +3,14 @@
 The broker sends at most SERVER_MAX_INFLIGHT unacknowledged messages (MQTT 5
 Receive Maximum), so memory stays bounded whatever happens downstream. Each
 batch is validated; valid readings are produced to Kafka (idempotent producer,
-``acks=all``) and inserted into MongoDB keyed by reading id; rejected payloads
+``acks=all``), then inserted into MongoDB keyed by reading id; rejected payloads
 are stored with their reason and produced to the dead-letter topic. Only then
 are the batch's messages acknowledged (manual PUBACK). If MongoDB or Kafka is
 away, the batch is retried with backoff and nothing is acknowledged, so the
 broker stops sending and keeps the rest in the persistent session. A crash
 loses nothing: unacknowledged messages are redelivered and the keyed writes
-make the repeat harmless (Kafka may carry a reading twice; every consumer
-writes by reading id).
+make the repeat harmless: a reading already in MongoDB is not forwarded again,
+and every consumer writes by reading id.
 """
 
 from __future__ import annotations
@@ -218,22 +218,30 @@ class Bridge:
             self._ack(item)
 
     def _deliver(self, readings: list[contract.Reading]) -> dict[int, str]:
-        """Kafka and MongoDB both get the readings; returns those MongoDB refused outright."""
+        """Kafka, then MongoDB, get the readings; returns {index: reason} for those MongoDB refused.
+
+        Kafka is written before MongoDB, so a reading already in MongoDB is
+        already in Kafka: a redelivered message is found by one indexed query
+        and skipped, and Kafka gets a second copy only if the bridge crashed
+        between Kafka's confirmation and the MongoDB write.
+        """
         if not readings:
             return {}
-        documents = [r.to_document() for r in readings]
-        new, refused = self.store.insert_new(contract.COLLECTION_READINGS, documents)
-        # Counted here, not after Kafka: a retry of this batch finds them stored.
-        self.stats.stored += new
-        self.stats.duplicates += len(readings) - new - len(refused)
-        records = [
-            (self.settings.KAFKA_TOPIC_READINGS, r.sensor.encode(), contract.dumps(r.to_message()))
-            for i, r in enumerate(readings)
-            if i not in refused
-        ]
+        known = self.store.existing_ids(contract.COLLECTION_READINGS, [r.id for r in readings])
+        fresh: dict[str, int] = {}
+        for index, reading in enumerate(readings):
+            if reading.id not in known:
+                fresh.setdefault(reading.id, index)  # the same id twice in a batch: one copy
+        batch = [readings[i] for i in fresh.values()]
+        records = [(self.settings.KAFKA_TOPIC_READINGS, r.sensor.encode(), contract.dumps(r.to_message())) for r in batch]
         produce_all(self.producer, records, self.stop)
+        new, refused = self.store.insert_new(contract.COLLECTION_READINGS, [r.to_document() for r in batch])
         self.stats.forwarded += len(records)
-        return refused
+        self.stats.stored += new
+        self.stats.duplicates += len(readings) - len(batch)
+        # Map MongoDB's refusals (indexes into `batch`) back to indexes into `readings`.
+        positions = list(fresh.values())
+        return {positions[i]: reason for i, reason in refused.items()}
 
     def _reject(self, rejections: list[contract.Rejection]) -> None:
         unique = {r.key: r for r in rejections}

@@ -44,6 +44,13 @@ class Store:
         """Raise unless the server answers."""
         self.client.admin.command("ping")
 
+    def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are already stored (one indexed query)."""
+        if not ids:
+            return set()
+        found = self.db[collection].find({"_id": {"$in": list(ids)}}, projection={"_id": 1})
+        return {document["_id"] for document in found}
+
     def insert_new(self, collection: str, documents: Sequence[dict[str, Any]]) -> tuple[int, dict[int, str]]:
         """Insert documents whose ``_id`` is not stored yet.
 

@@ -14,7 +14,9 @@ SECRET = "s3cr3t-value-never-printed"
 
 
 def start(module: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "KAFKA_", "MONGO_", "SENSOR_", "MODEL_"))}
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "KAFKA_", "MONGO_", "SENSOR_", "MODEL_"))
+    }
     return subprocess.run(
         [sys.executable, "-m", module], env={**clean, **env}, cwd=ROOT, capture_output=True, text=True, timeout=60
     )

@@ -1,0 +1,172 @@
+"""The pipeline's Python services as processes, the way Compose runs them as containers.
+
+Each service is ``python -m <package>`` from the repo root with the same
+environment variables Compose gives it; its output goes to a log file. Used by
+``python -m localstack run`` and by the end-to-end and fault tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Variables of the calling environment that a service must not inherit: the
+#: service gets exactly what its env says, as in a container.
+_PREFIXES = ("MQTT_", "KAFKA_", "MONGO_", "SENSOR_", "MODEL_", "SERVER_", "LOG_LEVEL")
+
+
+@dataclass
+class ServiceProcess:
+    """One running service: ``python -m module`` with its own environment and log file."""
+
+    name: str
+    module: str
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        """Start the process (its own session, so a terminal's Ctrl+C reaches us first)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        base = {k: v for k, v in os.environ.items() if not k.startswith(_PREFIXES)}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module],
+                cwd=ROOT,
+                env={**base, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        logger.info("started %s (pid %d), log %s", self.name, self.process.pid, self.log_path)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once it has ended."""
+        return None if self.process is None else self.process.poll()
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, wait for a clean stop, SIGKILL after ``timeout_s``; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop within %.0fs; killing it", self.name, timeout_s)
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for fault tests."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait for the process to end by itself; returns its exit code."""
+        assert self.process is not None
+        return self.process.wait(timeout_s)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the service's log."""
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def server_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    """The bridge's environment: the server's MQTT user, Kafka, MongoDB."""
+    env = _common(stack_env)
+    env.update(MQTT_USERNAME=stack_env["MQTT_SERVER_USERNAME"], MQTT_PASSWORD=stack_env["MQTT_SERVER_PASSWORD"])
+    env.update(MONGO_URI=stack_env["MONGO_URI"], MONGO_DATABASE=stack_env["MONGO_DATABASE"])
+    env.update(overrides)
+    return env
+
+
+def sensor_env(stack_env: Mapping[str, str], sensor_id: str, **overrides: str) -> dict[str, str]:
+    """A sensor's environment: the sensors' MQTT user and its own id."""
+    env = {
+        "MQTT_HOST": stack_env["MQTT_HOST"],
+        "MQTT_PORT": stack_env["MQTT_PORT"],
+        "MQTT_USERNAME": stack_env["MQTT_SENSOR_USERNAME"],
+        "MQTT_PASSWORD": stack_env["MQTT_SENSOR_PASSWORD"],
+        "SENSOR_ID": sensor_id,
+    }
+    env.update(overrides)
+    return env
+
+
+def model_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    """The model service's environment: Kafka and the model file."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": stack_env["KAFKA_BOOTSTRAP_SERVERS"],
+        "MODEL_PATH": str(ROOT / "models/default.joblib"),
+    }
+    env.update(overrides)
+    return env
+
+
+def _common(stack_env: Mapping[str, str]) -> dict[str, str]:
+    return {
+        "MQTT_HOST": stack_env["MQTT_HOST"],
+        "MQTT_PORT": stack_env["MQTT_PORT"],
+        "KAFKA_BOOTSTRAP_SERVERS": stack_env["KAFKA_BOOTSTRAP_SERVERS"],
+    }
+
+
+def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int) -> int:
+    """Run the bridge, the model service and ``sensors`` sensors until Ctrl+C or SIGTERM."""
+    services = [
+        ServiceProcess("server", "Server", server_env(stack_env), log_dir / "server.log"),
+        ServiceProcess("model_analysis", "Models_analysis", model_env(stack_env), log_dir / "model_analysis.log"),
+    ]
+    services += [
+        ServiceProcess(
+            f"sensor-{i}", "Data_collection", sensor_env(stack_env, f"sensor-{i}"), log_dir / f"sensor-{i}.log"
+        )
+        for i in range(1, sensors + 1)
+    ]
+    stopping = False
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    for service in services:
+        service.start()
+    code = 0
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            for service in services:
+                if not service.alive:
+                    logger.error(
+                        "%s exited with %s; its log ends:\n%s", service.name, service.returncode, service.log_tail()
+                    )
+                    stopping, code = True, 1
+    finally:
+        # Sensors first, then the bridge (it drains what they sent), then the model.
+        for service in services[2:] + services[:2]:
+            service.stop()
+    return code

@@ -1,0 +1,179 @@
+"""Fixtures: the real local stack (started once per run on test ports) and isolated pipelines.
+
+Tests that need servers use the ``stack`` fixture; it starts Mosquitto, Kafka,
+FerretDB and mongo-express natively (see localstack/) on ports of their own,
+with fresh random credentials, and stops them at the end. Each test gets its
+own Kafka topics, consumer groups, sensor ids and MQTT client ids, so tests
+never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from localstack.services import ROOT, ServiceProcess, model_env, sensor_env, server_env
+
+ARTIFACTS = ROOT / "artifacts"
+
+#: Ports of the test stack: away from the defaults, so a `make run` stack can run beside it.
+TEST_PORTS = {
+    "MQTT_PORT": "21883",
+    "MQTT_WS_PORT": "21884",
+    "KAFKA_PORT": "29092",
+    "KAFKA_CONTROLLER_PORT": "29093",
+    "MONGO_PORT": "27027",
+    "MONGO_EXPRESS_PORT": "28081",
+}
+
+
+@dataclass
+class RunningStack:
+    """The started stack: its handle and the environment the services need."""
+
+    stack: Any
+    env: dict[str, str]
+    state_dir: Path
+
+    def mongo(self) -> MongoClient[dict[str, Any]]:
+        return MongoClient(self.env["MONGO_URI"], tz_aware=True, serverSelectionTimeoutMS=10_000)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """The local stack's servers, started for this test run and stopped after it."""
+    from localstack.stack import Stack, StackConfig
+
+    state_dir = tmp_path_factory.mktemp("stack")
+    settings = {
+        **TEST_PORTS,
+        "STACK_DIR": str(state_dir),
+        "MONGO_DATABASE": "sensor_pipeline",
+        "MONGO_APP_USERNAME": "pipeline",
+        "MONGO_APP_PASSWORD": secrets.token_urlsafe(16),
+        "MQTT_SERVER_USERNAME": "bridge",
+        "MQTT_SERVER_PASSWORD": secrets.token_urlsafe(16),
+        "MQTT_SENSOR_USERNAME": "sensor",
+        "MQTT_SENSOR_PASSWORD": secrets.token_urlsafe(16),
+        "MONGO_EXPRESS_USERNAME": "admin",
+        "MONGO_EXPRESS_PASSWORD": secrets.token_urlsafe(16),
+    }
+    saved = dict(os.environ)
+    os.environ.pop("MONGO_URI", None)  # always test against the stack's own MongoDB server
+    os.environ.update(settings)
+    try:
+        handle = Stack(StackConfig.from_env())
+        handle.start()
+        env = {**settings, **handle.service_env()}
+        try:
+            yield RunningStack(handle, env, state_dir)
+        finally:
+            handle.stop()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@dataclass
+class Pipeline:
+    """One test's pipeline: its own topics, groups and ids, and the processes it started."""
+
+    stack: RunningStack
+    name: str
+    log_dir: Path
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+    @property
+    def topics(self) -> dict[str, str]:
+        return {
+            "KAFKA_TOPIC_READINGS": f"{self.name}.analytics",
+            "KAFKA_TOPIC_RESULTS": f"{self.name}.analytics_results",
+            "KAFKA_TOPIC_DEADLETTER": f"{self.name}.deadletter",
+        }
+
+    def sensor_id(self, n: int | str) -> str:
+        return f"{self.name}-s{n}"
+
+    @property
+    def db(self) -> Database[dict[str, Any]]:
+        return self.stack.mongo()[self.stack.env["MONGO_DATABASE"]]
+
+    def _start(self, name: str, module: str, env: dict[str, str]) -> ServiceProcess:
+        process = ServiceProcess(name, module, env, self.log_dir / f"{name}.log")
+        process.start()
+        self.processes.append(process)
+        return process
+
+    def start_server(self, replica: int = 1, **overrides: str) -> ServiceProcess:
+        env = server_env(
+            self.stack.env,
+            **self.topics,
+            MQTT_CLIENT_ID=f"{self.name}-bridge-{replica}",
+            MQTT_SHARE_GROUP=f"{self.name}-bridge",
+            KAFKA_RESULTS_GROUP_ID=f"{self.name}-results",
+            LOG_LEVEL="DEBUG" if os.environ.get("PIPELINE_TEST_DEBUG") else "INFO",
+            **overrides,
+        )
+        return self._start(f"server-{replica}", "Server", env)
+
+    def start_model(self, replica: int = 1, **overrides: str) -> ServiceProcess:
+        env = model_env(
+            self.stack.env,
+            **self.topics,
+            KAFKA_GROUP_ID=f"{self.name}-models",
+            KAFKA_CLIENT_ID=f"{self.name}-model-{replica}",
+            **overrides,
+        )
+        return self._start(f"model-{replica}", "Models_analysis", env)
+
+    def start_sensor(self, n: int | str, **overrides: str) -> ServiceProcess:
+        env = sensor_env(self.stack.env, self.sensor_id(n), **overrides)
+        return self._start(f"sensor-{n}", "Data_collection", env)
+
+    def stop_all(self) -> dict[str, int | None]:
+        # Sensors first, then the rest, as an operator would.
+        ordered = sorted(self.processes, key=lambda p: not p.name.startswith("sensor"))
+        return {p.name: p.stop() for p in ordered}
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.log_tail(60)}" for p in self.processes)
+
+
+@pytest.fixture
+def pipeline(stack: RunningStack, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    """A fresh, isolated pipeline namespace; every process it started is stopped after the test."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    log_dir = ARTIFACTS / "logs" / request.node.name.replace("/", "_")
+    shutil.rmtree(log_dir, ignore_errors=True)
+    instance = Pipeline(stack, name, log_dir)
+    yield instance
+    codes = instance.stop_all()
+    crashed = {n: c for n, c in codes.items() if c not in (0, None)}
+    if crashed and not getattr(request.node, "expects_crash", False):
+        pytest.fail(f"services did not stop cleanly: {crashed}\n{instance.logs()}")
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout_s: float, what: str, on_timeout: Callable[[], str] | None = None
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(0.25)
+    detail = on_timeout() if on_timeout else ""
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})\n{detail}")

@@ -1,0 +1,79 @@
+"""Test clients for the real servers: publish over MQTT as a sensor, read a Kafka topic."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from confluent_kafka import Consumer
+from paho.mqtt.enums import CallbackAPIVersion
+
+from pipeline import contract
+
+
+def publish(
+    env: Mapping[str, str],
+    client_id: str,
+    topic: str,
+    payloads: Sequence[bytes],
+    username_key: str = "MQTT_SENSOR_USERNAME",
+    password_key: str = "MQTT_SENSOR_PASSWORD",
+) -> list[int]:
+    """Publish ``payloads`` at QoS 1, in order; returns the broker's PUBACK reason codes."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(env[username_key], env[password_key])
+    codes: dict[int, int] = {}
+    client.on_publish = lambda _c, _u, mid, rc, _p: codes.__setitem__(mid, rc.value)
+    client.connect(env["MQTT_HOST"], int(env["MQTT_PORT"]))
+    client.loop_start()
+    try:
+        mids = [client.publish(topic, payload, qos=1).mid for payload in payloads]
+        deadline = time.monotonic() + 30
+        while len(codes) < len(mids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return [codes.get(mid, -1) for mid in mids]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def reading(sensor: str, value: float, **extra: Any) -> contract.Reading:
+    """A fresh valid reading for ``sensor`` at the current time."""
+    from datetime import UTC, datetime
+
+    return contract.Reading(id=uuid.uuid4().hex, sensor=sensor, ts=datetime.now(UTC), v=value, **extra)
+
+
+def payload(item: contract.Reading) -> bytes:
+    """The bytes a sensor publishes for a reading."""
+    return contract.dumps(item.to_message())
+
+
+def consume(bootstrap: str, topic: str, quiet_s: float = 3.0, timeout_s: float = 60.0, want: int = 0) -> list[Any]:
+    """Every record on ``topic`` from the start: returns when ``want`` are read and the topic stays quiet."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    last_new = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=1000, timeout=0.5):
+                if message.error() is None:
+                    records.append(message)
+                    last_new = time.monotonic()
+            if len(records) >= want and time.monotonic() - last_new > quiet_s:
+                break
+    finally:
+        consumer.close()
+    return records

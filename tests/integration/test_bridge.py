@@ -1,0 +1,58 @@
+"""The bridge on real Mosquitto, Kafka and FerretDB: readings stored once, bad input kept with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline import contract
+from tests.conftest import Pipeline, wait_for
+from tests.helpers import consume, payload, publish, reading
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_reading_reaches_mongodb_and_kafka_exactly_once(pipeline: Pipeline) -> None:
+    server = pipeline.start_server()
+    sensor = pipeline.sensor_id(1)
+    items = [reading(sensor, float(i), zone="gate-a") for i in range(5)]
+    raw = [payload(r) for r in items]
+    # The third reading is sent again, as a sensor does when a PUBACK is lost.
+    codes = publish(pipeline.stack.env, sensor, contract.readings_topic(sensor), raw[:3] + [raw[2]] + raw[3:])
+    assert codes == [0] * 6, "the broker refused a reading"
+
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    wait_for(lambda: readings.count_documents({"sensor": sensor}) >= 5, 60, "5 readings in MongoDB", pipeline.logs)
+    stored = {d["_id"]: d for d in readings.find({"sensor": sensor})}
+    assert set(stored) == {r.id for r in items}
+    first = stored[items[0].id]
+    assert first["v"] == 0.0 and first["zone"] == "gate-a"
+    assert first["ts"] == items[0].ts.replace(microsecond=items[0].ts.microsecond // 1000 * 1000)
+    assert first["received_at"] >= first["ts"]
+
+    records = consume(pipeline.stack.env["KAFKA_BOOTSTRAP_SERVERS"], pipeline.topics["KAFKA_TOPIC_READINGS"], want=5)
+    ids = [json.loads(m.value())["id"] for m in records]
+    assert sorted(ids) == sorted(r.id for r in items), "each reading once in Kafka, the resent one too"
+    assert {m.key() for m in records} == {sensor.encode()}, "Kafka key is the sensor id"
+    assert server.alive
+
+
+def test_a_malformed_payload_is_kept_with_its_reason_and_the_flow_continues(pipeline: Pipeline) -> None:
+    pipeline.start_server()
+    sensor = pipeline.sensor_id(1)
+    topic = contract.readings_topic(sensor)
+    before, after = reading(sensor, 1.0), reading(sensor, 2.0)
+    bad = b'{"id": "x1", "sensor": "' + sensor.encode() + b'", "v": 3'
+    assert publish(pipeline.stack.env, sensor, topic, [payload(before), bad, payload(after)]) == [0, 0, 0]
+
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    rejections = pipeline.db[contract.COLLECTION_REJECTIONS]
+    wait_for(lambda: readings.count_documents({"sensor": sensor}) == 2, 60, "both valid readings", pipeline.logs)
+    rejection = wait_for(lambda: rejections.find_one({"topic": topic}), 30, "the rejection", pipeline.logs)
+    assert rejection["payload"] == bad.decode() and rejection["payload_encoding"] == "utf-8"
+    assert rejection["transport"] == "mqtt" and rejection["size"] == len(bad)
+    assert rejection["reason"].startswith("payload is not JSON")
+
+    dead = consume(pipeline.stack.env["KAFKA_BOOTSTRAP_SERVERS"], pipeline.topics["KAFKA_TOPIC_DEADLETTER"], want=1)
+    assert [json.loads(m.value())["payload"] for m in dead] == [bad.decode()]
