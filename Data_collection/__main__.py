@@ -12,6 +12,7 @@ from Data_collection.publisher import Publisher
 from Data_collection.settings import Settings
 from pipeline import contract, lifecycle, logs, settings
 from pipeline.csv_rows import CsvError, read_rows, replay
+from pipeline.health import HealthServer
 
 logger = logging.getLogger("Data_collection")
 
@@ -29,6 +30,8 @@ def main() -> int:
         return 2
     stop = lifecycle.stop_event()
     publisher = Publisher(config)
+    health = HealthServer(config.HEALTH_PORT, ready={"mqtt": publisher.connected.is_set})
+    health.start()
     publisher.start()
     logger.info(
         "sensor %s: %d rows from %s, every %ss, loop=%s",
@@ -77,6 +80,7 @@ def main() -> int:
         # in the persistent session only if it reached the broker.
         drained = publisher.drain(timeout_s=60.0 if not stop.is_set() else 10.0)
         publisher.close()
+        health.stop()
         logger.info(
             "sensor %s stopped: %d readings published, %d unacknowledged, %d refused by the broker",
             config.SENSOR_ID,

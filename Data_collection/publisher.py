@@ -20,8 +20,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from Data_collection import metrics
 from Data_collection.settings import Settings
 from pipeline import contract
+from pipeline.metrics import CONNECTED, RECONNECTS
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class Publisher:
             if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 with self._lock:
                     self.published += 1
+                metrics.PUBLISHED.inc()
+                metrics.PENDING.inc()
                 return True
             if info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                 raise RuntimeError(f"publish to {self.topic} failed: {mqtt.error_string(info.rc)}")
@@ -118,11 +122,14 @@ class Publisher:
             self.topic,
         )
         self.connected.set()
+        CONNECTED.labels("mqtt").set(1)
+        RECONNECTS.labels("mqtt").inc()
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
     ) -> None:
         self.connected.clear()
+        CONNECTED.labels("mqtt").set(0)
         if reason_code != 0:
             logger.warning(
                 "lost MQTT connection (%s); %d readings wait to be sent; reconnecting", reason_code, self.pending
@@ -131,8 +138,11 @@ class Publisher:
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason_code: ReasonCode, _props: Any) -> None:
         with self._lock:
             self.acked += 1
+        metrics.ACKED.inc()
+        metrics.PENDING.dec()
         if reason_code.is_failure:
             # MQTT 5 tells us when the ACL refuses a topic; MQTT 3 would drop silently.
             with self._lock:
                 self.refused += 1
+            metrics.REFUSED.inc()
             logger.error("broker refused reading (mid %d) on %s: %s", mid, self.topic, reason_code)

@@ -16,10 +16,13 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
+from Models_analysis import metrics
 from Models_analysis.model import LoadedModel, score
 from Models_analysis.settings import Settings
 from pipeline import contract
+from pipeline.health import Dependency
 from pipeline.kafka import KafkaUnavailable, consumer_config, produce_all
+from pipeline.metrics import LagProbe
 from pipeline.retry import RetryError, until_done
 
 logger = logging.getLogger(__name__)
@@ -35,9 +38,9 @@ class Scorer:
         self.model = model
         self.producer = producer
         self.stop = stop
-        self.scored = 0
-        self.errors = 0
-        self.rejected = 0
+        self.kafka = Dependency("kafka")
+        self.lag = LagProbe(settings.KAFKA_TOPIC_READINGS)
+        metrics.MODEL.labels(model.identity.name, model.identity.hash).set(1)
         self.consumer = Consumer(consumer_config(settings, settings.KAFKA_GROUP_ID, settings.KAFKA_CLIENT_ID))
         self._last_warning = 0.0
 
@@ -49,6 +52,7 @@ class Scorer:
                 messages = self.consumer.consume(
                     num_messages=self.settings.MODEL_BATCH_MAX, timeout=self.settings.MODEL_BATCH_WAIT_MS / 1000
                 )
+                self.lag.maybe_measure(self.consumer)
                 batch = [m for m in messages if not self._is_error(m)]
                 if batch and not self.process(batch):
                     return
@@ -81,9 +85,13 @@ class Scorer:
                         contract.dumps(rejection.model_dump()),
                     )
                 )
-                self.rejected += 1
+                metrics.REJECTED.inc()
                 logger.warning("rejected a message on %s: %s", rejection.topic, error)
-        results = score(self.model, readings) if readings else []
+        results: list[contract.Result] = []
+        if readings:
+            with metrics.PREDICT_SECONDS.time():
+                results = score(self.model, readings)
+            metrics.BATCH_SIZE.observe(len(readings))
         records.extend(
             (self.settings.KAFKA_TOPIC_RESULTS, result.sensor.encode(), contract.result_message(result))
             for result in results
@@ -100,12 +108,27 @@ class Scorer:
                 "stopping with %d predictions unconfirmed; their readings will be scored again", len(results)
             )
             return False
-        errors = sum(isinstance(r, contract.PredictionError) for r in results)
-        self.scored += len(results) - errors
-        self.errors += errors
+        scored_at = datetime.now(UTC)
+        for result in results:
+            if isinstance(result, contract.Prediction):
+                metrics.SCORED.inc()
+                metrics.ANOMALIES.inc(result.anomaly)
+            else:
+                metrics.PREDICTION_ERRORS.inc()
+        for reading in readings:
+            if reading.received_at is not None:
+                metrics.STORED_TO_SCORED.observe(max(0.0, (scored_at - reading.received_at).total_seconds()))
         try:
             self.consumer.commit(asynchronous=False)
         except KafkaException as error:
             # Produced but not committed: re-scored after a restart, harmless then.
             logger.warning("could not commit offsets of %s: %s", self.settings.KAFKA_TOPIC_READINGS, error)
         return True
+
+    def _produce(self, records: list[tuple[str, bytes, bytes]]) -> None:
+        try:
+            produce_all(self.producer, records, self.stop)
+        except KafkaUnavailable:
+            self.kafka.down()
+            raise
+        self.kafka.up()

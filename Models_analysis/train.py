@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     model = fit_prophet(frame, args.interval_width)
     metadata = save(model, frame, args.out, args.name or args.out.stem, str(args.csv), args.interval_width)
-    print(f"fitted in {time.monotonic() - started:.1f}s; saved {metadata['name']} (hash {metadata['hash']}) to {args.out}")
+    print(
+        f"fitted in {time.monotonic() - started:.1f}s; saved {metadata['name']} (hash {metadata['hash']}) to {args.out}"
+    )
     return 0
 
 

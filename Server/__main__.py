@@ -8,7 +8,9 @@ import threading
 from confluent_kafka import Producer
 
 from pipeline import lifecycle, logs, settings
+from pipeline.health import HealthServer
 from pipeline.kafka import ensure_topics, producer_config
+from pipeline.metrics import total
 from Server.ingest import Bridge
 from Server.results import ResultsSink
 from Server.settings import Settings
@@ -37,22 +39,31 @@ def main() -> int:
     ]
 
     def summary() -> None:
-        stats = bridge.stats
         logger.info(
-            "readings: %d received, %d stored, %d forwarded, %d duplicates, rejected %s; results stored %s",
-            stats.received,
-            stats.stored,
-            stats.forwarded,
-            stats.duplicates,
-            dict(stats.rejected),
-            dict(sink.stored),
+            "readings: %d received, %d stored, %d forwarded, %d duplicates, %d rejected; %d results stored",
+            total("pipeline_readings_received"),
+            total("pipeline_readings_stored"),
+            total("pipeline_readings_forwarded"),
+            total("pipeline_readings_duplicate"),
+            total("pipeline_rejections"),
+            total("pipeline_results_stored"),
         )
 
+    # Both answered at start (topics created, indexes checked); batches keep these current.
+    bridge.kafka.up()
+    bridge.mongo.up()
+    health = HealthServer(
+        config.HEALTH_PORT,
+        ready={"mqtt": bridge.connected.is_set, "mongodb": bridge.mongo, "kafka": bridge.kafka},
+        alive=lambda: all(w.is_alive() for w in workers),
+    )
+    health.start()
     bridge.start()
     logger.info("server %s running", config.MQTT_CLIENT_ID)
     try:
         return lifecycle.supervise(workers, stop, summary)
     finally:
+        health.stop()
         bridge.close()
         producer.flush(10)
         store.close()

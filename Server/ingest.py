@@ -19,8 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,8 +32,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from pipeline import contract
+from pipeline.health import Dependency
 from pipeline.kafka import KafkaUnavailable, produce_all
+from pipeline.metrics import CONNECTED, RECONNECTS
 from pipeline.retry import RetryError, until_done
+from Server import metrics
 from Server.settings import Settings
 from Server.store import TRANSIENT, Store
 
@@ -55,17 +57,6 @@ class Incoming:
     received_at: datetime
 
 
-@dataclass
-class Stats:
-    """Counts an operator wants: what came in, what went where, what was refused and why."""
-
-    received: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    forwarded: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-
-
 def reason_kind(reason: str) -> str:
     """A short, stable label for a rejection reason (for counters)."""
     return reason.split(" (")[0].split(":")[0][:60]
@@ -79,7 +70,8 @@ class Bridge:
         self.store = store
         self.producer = producer
         self.stop = stop
-        self.stats = Stats()
+        self.mongo = Dependency("mongodb")
+        self.kafka = Dependency("kafka")
         self.inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         self.connection = 0
         self.connected = threading.Event()
@@ -111,6 +103,8 @@ class Bridge:
             )
             return
         self.connection += 1
+        CONNECTED.labels("mqtt").set(1)
+        RECONNECTS.labels("mqtt").inc()
         # Subscribe on every connect, session or not: a broker that lost its
         # state would otherwise leave the bridge subscribed to nothing.
         client.subscribe(self.subscription, options=SubscribeOptions(qos=1))
@@ -128,6 +122,7 @@ class Bridge:
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
     ) -> None:
         self.connected.clear()
+        CONNECTED.labels("mqtt").set(0)
         if not self.stop.is_set():
             logger.warning(
                 "lost MQTT connection (%s); reconnecting, unacknowledged readings will be redelivered", reason_code
@@ -137,6 +132,7 @@ class Bridge:
         self.inbox.put(
             Incoming(message.topic, message.payload, message.mid, message.qos, self.connection, datetime.now(UTC))
         )
+        metrics.INBOX.inc()
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -185,7 +181,8 @@ class Bridge:
 
     def process(self, batch: list[Incoming]) -> None:
         """Validate, store, forward and acknowledge one batch (or leave it unacknowledged on stop)."""
-        self.stats.received += len(batch)
+        metrics.RECEIVED.inc(len(batch))
+        metrics.BATCH_SIZE.observe(len(batch))
         readings: list[tuple[Incoming, contract.Reading]] = []
         rejections: list[tuple[Incoming, contract.Rejection]] = []
         for item in batch:
@@ -216,6 +213,7 @@ class Bridge:
             return
         for item in batch:
             self._ack(item)
+        metrics.INBOX.dec(len(batch))
 
     def _deliver(self, readings: list[contract.Reading]) -> dict[int, str]:
         """Kafka, then MongoDB, get the readings; returns {index: reason} for those MongoDB refused.
@@ -227,18 +225,37 @@ class Bridge:
         """
         if not readings:
             return {}
-        known = self.store.existing_ids(contract.COLLECTION_READINGS, [r.id for r in readings])
+        try:
+            known = self.store.existing_ids(contract.COLLECTION_READINGS, [r.id for r in readings])
+        except Exception:
+            self.mongo.down()
+            raise
         fresh: dict[str, int] = {}
         for index, reading in enumerate(readings):
             if reading.id not in known:
                 fresh.setdefault(reading.id, index)  # the same id twice in a batch: one copy
         batch = [readings[i] for i in fresh.values()]
-        records = [(self.settings.KAFKA_TOPIC_READINGS, r.sensor.encode(), contract.dumps(r.to_message())) for r in batch]
-        produce_all(self.producer, records, self.stop)
-        new, refused = self.store.insert_new(contract.COLLECTION_READINGS, [r.to_document() for r in batch])
-        self.stats.forwarded += len(records)
-        self.stats.stored += new
-        self.stats.duplicates += len(readings) - len(batch)
+        records = [
+            (self.settings.KAFKA_TOPIC_READINGS, r.sensor.encode(), contract.dumps(r.to_message())) for r in batch
+        ]
+        try:
+            produce_all(self.producer, records, self.stop)
+        except Exception:
+            self.kafka.down()
+            raise
+        self.kafka.up()
+        try:
+            new, refused = self.store.insert_new(contract.COLLECTION_READINGS, [r.to_document() for r in batch])
+        except Exception:
+            self.mongo.down()
+            raise
+        self.mongo.up()
+        metrics.FORWARDED.inc(len(records))
+        metrics.STORED.inc(new)
+        metrics.DUPLICATES.inc(len(readings) - len(batch))
+        now = datetime.now(UTC)
+        for reading in batch:
+            metrics.PUBLISH_TO_STORED.observe(max(0.0, (now - reading.ts).total_seconds()))
         # Map MongoDB's refusals (indexes into `batch`) back to indexes into `readings`.
         positions = list(fresh.values())
         return {positions[i]: reason for i, reason in refused.items()}
@@ -251,7 +268,7 @@ class Bridge:
         ]
         produce_all(self.producer, records, self.stop)
         for rejection in rejections:
-            self.stats.rejected[reason_kind(rejection.reason)] += 1
+            metrics.REJECTED.labels(reason_kind(rejection.reason)).inc()
             logger.info("rejected a payload on %s %s: %s", rejection.transport, rejection.topic, rejection.reason)
 
     def _ack(self, item: Incoming) -> None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from pipeline import contract
 from pipeline.kafka import consumer_config, produce_all
+from pipeline.metrics import LagProbe
 from pipeline.retry import RetryError, until_done
+from Server import metrics
 from Server.ingest import RETRYABLE
 from Server.settings import Settings
 from Server.store import Store
@@ -36,7 +37,7 @@ class ResultsSink:
         self.store = store
         self.producer = producer
         self.stop = stop
-        self.stored: Counter[str] = Counter()
+        self.lag = LagProbe(settings.KAFKA_TOPIC_RESULTS)
         self.consumer = Consumer(
             consumer_config(settings, settings.KAFKA_RESULTS_GROUP_ID, f"{settings.MQTT_CLIENT_ID}-results")
         )
@@ -48,6 +49,7 @@ class ResultsSink:
         try:
             while not self.stop.is_set():
                 messages = self.consumer.consume(num_messages=BATCH_MAX, timeout=0.5)
+                self.lag.maybe_measure(self.consumer)
                 if messages and not self._store([m for m in messages if not self._is_error(m)]):
                     return
         finally:
@@ -81,9 +83,9 @@ class ResultsSink:
 
         def write() -> None:
             new, _ = self.store.insert_new(contract.COLLECTION_PREDICTIONS, predictions)
-            self.stored["predictions"] += new
+            metrics.RESULTS_STORED.labels("prediction").inc(new)
             new, _ = self.store.insert_new(contract.COLLECTION_PREDICTION_ERRORS, errors)
-            self.stored["prediction_errors"] += new
+            metrics.RESULTS_STORED.labels("prediction_error").inc(new)
             if rejections:
                 self.store.insert_new(contract.COLLECTION_REJECTIONS, [r.to_document() for r in rejections])
                 produce_all(
@@ -102,6 +104,10 @@ class ResultsSink:
         except RetryError:
             logger.warning("stopping with %d results not stored; Kafka will redeliver them", len(messages))
             return False
+        stored_at = datetime.now(UTC)
+        for document in predictions:
+            metrics.SCORED_TO_STORED.observe(max(0.0, (stored_at - document["scored_at"]).total_seconds()))
+            metrics.PUBLISH_TO_PREDICTION.observe(max(0.0, (stored_at - document["ds"]).total_seconds()))
         try:
             self.consumer.commit(asynchronous=False)
         except KafkaException as error:

@@ -23,7 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Variables of the calling environment that a service must not inherit: the
 #: service gets exactly what its env says, as in a container.
-_PREFIXES = ("MQTT_", "KAFKA_", "MONGO_", "SENSOR_", "MODEL_", "SERVER_", "LOG_LEVEL")
+_PREFIXES = ("MQTT_", "KAFKA_", "MONGO_", "SENSOR_", "MODEL_", "SERVER_", "LOG_LEVEL", "HEALTH_PORT")
+
+#: Health and metrics ports of `run_pipeline`'s processes (sensor i gets SENSOR_HEALTH_PORT + i).
+SERVER_HEALTH_PORT = 8010
+MODEL_HEALTH_PORT = 8011
+SENSOR_HEALTH_PORT = 8020
 
 
 @dataclass

@@ -106,7 +106,10 @@ def _column(path: Path, header: list[str], wanted: str | None, fallback: str | N
         return 0
     if fallback is not None and fallback in header:
         return header.index(fallback)
-    raise CsvError(f"{path}: {len(header)} columns {header}; name the one holding the values (SENSOR_VALUE_COLUMN, or --value-column)")
+    raise CsvError(
+        f"{path}: {len(header)} columns {header}; "
+        "name the one holding the values (SENSOR_VALUE_COLUMN, or --value-column)"
+    )
 
 
 def replay(rows: list[Row], loop: bool) -> Iterator[Row]:

@@ -20,8 +20,6 @@ from pipeline import contract
 
 logger = logging.getLogger(__name__)
 
-Port = Field(ge=1, le=65535)
-
 
 class _Base(BaseSettings):
     # Environment only, names exactly as written: no .env parsing inside the
@@ -33,6 +31,8 @@ class CommonSettings(_Base):
     """What every service has."""
 
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Port of /healthz, /readyz and /metrics (0 = none).
+    HEALTH_PORT: int = Field(8000, ge=0, le=65535)
 
 
 class MqttSettings(_Base):

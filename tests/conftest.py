@@ -123,7 +123,7 @@ class Pipeline:
             MQTT_SHARE_GROUP=f"{self.name}-bridge",
             KAFKA_RESULTS_GROUP_ID=f"{self.name}-results",
             LOG_LEVEL="DEBUG" if os.environ.get("PIPELINE_TEST_DEBUG") else "INFO",
-            **overrides,
+            **{"HEALTH_PORT": "0", **overrides},
         )
         return self._start(f"server-{replica}", "Server", env)
 
@@ -133,12 +133,12 @@ class Pipeline:
             **self.topics,
             KAFKA_GROUP_ID=f"{self.name}-models",
             KAFKA_CLIENT_ID=f"{self.name}-model-{replica}",
-            **overrides,
+            **{"HEALTH_PORT": "0", **overrides},
         )
         return self._start(f"model-{replica}", "Models_analysis", env)
 
     def start_sensor(self, n: int | str, **overrides: str) -> ServiceProcess:
-        env = sensor_env(self.stack.env, self.sensor_id(n), **overrides)
+        env = sensor_env(self.stack.env, self.sensor_id(n), **{"HEALTH_PORT": "0", **overrides})
         return self._start(f"sensor-{n}", "Data_collection", env)
 
     def stop_all(self) -> dict[str, int | None]:

@@ -1,0 +1,10 @@
+"""The sensor's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+PUBLISHED = Counter("pipeline_sensor_published", "Readings handed to the MQTT client")
+ACKED = Counter("pipeline_sensor_acknowledged", "Readings the broker acknowledged")
+REFUSED = Counter("pipeline_sensor_refused", "Readings the broker refused (not authorised)")
+PENDING = Gauge("pipeline_sensor_pending", "Readings published and not yet acknowledged")

@@ -1,0 +1,93 @@
+"""Health and metrics over HTTP: ``/healthz`` (alive), ``/readyz`` (connected), ``/metrics`` (Prometheus).
+
+Each service starts one :class:`HealthServer` on HEALTH_PORT with its own
+readiness checks; Compose healthchecks and Prometheus use it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+logger = logging.getLogger(__name__)
+
+Check = Callable[[], bool]
+
+
+class Dependency:
+    """Whether a server the service needs answered its last request (set by the code that talks to it)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._up = threading.Event()
+
+    def up(self) -> None:
+        """The last request succeeded."""
+        self._up.set()
+
+    def down(self) -> None:
+        """The last request failed."""
+        self._up.clear()
+
+    def __call__(self) -> bool:
+        return self._up.is_set()
+
+
+class HealthServer:
+    """A tiny HTTP server in a daemon thread."""
+
+    def __init__(self, port: int, ready: Mapping[str, Check], alive: Check = lambda: True) -> None:
+        self.port = port
+        self.ready = dict(ready)
+        self.alive = alive
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        """Serve on all interfaces (a container's port); port 0 means: no server."""
+        if not self.port:
+            return
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                path = self.path.split("?")[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    alive = owner.alive()
+                    self._json(200 if alive else 503, {"status": "ok" if alive else "failing"})
+                elif path == "/readyz":
+                    checks = {name: bool(check()) for name, check in owner.ready.items()}
+                    ready = all(checks.values())
+                    self._json(200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks})
+                else:
+                    self._json(404, {"error": f"no {path}; try /healthz, /readyz or /metrics"})
+
+            def _json(self, code: int, body: object) -> None:
+                self._send(code, json.dumps(body).encode(), "application/json")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the http.server API
+                logger.debug("health %s", format % args)
+
+        self._server = ThreadingHTTPServer(("0.0.0.0", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="health", daemon=True).start()
+        logger.info("health and metrics on :%d (/healthz, /readyz, /metrics)", self.port)
+
+    def stop(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
