@@ -24,9 +24,15 @@ def bad_payloads(sensor: str) -> list[tuple[bytes, str]]:
         (b"null", "a JSON null"),
         (b"42", "a JSON int, not an object"),
         (b"\xff\xfe\x00garbage", "not UTF-8"),
-        (b'{"id": "a", "id": "b", "sensor": "' + s + b'", "ts": "' + now.encode() + b'", "v": 1}', "duplicate key 'id'"),
+        (
+            b'{"id": "a", "id": "b", "sensor": "' + s + b'", "ts": "' + now.encode() + b'", "v": 1}',
+            "duplicate key 'id'",
+        ),
         (b'{"id": "a", "sensor": "' + s + b'", "ts": "' + now.encode() + b'", "v": NaN}', "NaN is not a number"),
-        (b'{"id": "a", "sensor": "' + s + b'", "ts": "' + now.encode() + b'", "v": Infinity}', "Infinity is not a number"),
+        (
+            b'{"id": "a", "sensor": "' + s + b'", "ts": "' + now.encode() + b'", "v": Infinity}',
+            "Infinity is not a number",
+        ),
         (b'{"id": "a", "sensor": "' + s + b'", "ts": "' + now.encode() + b'", "v": -Infinity}', "-Infinity is not"),
         (_payload(sensor, id=...), "'id' is missing"),
         (_payload(sensor, sensor=...), "'sensor' is missing"),

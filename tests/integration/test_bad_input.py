@@ -30,7 +30,9 @@ def test_bad_payloads_between_valid_readings(pipeline: Pipeline) -> None:
 
     readings = pipeline.db[contract.COLLECTION_READINGS]
     rejections = pipeline.db[contract.COLLECTION_REJECTIONS]
-    wait_for(lambda: readings.count_documents({"sensor": sensor}) == len(good), 60, "every valid reading", pipeline.logs)
+    wait_for(
+        lambda: readings.count_documents({"sensor": sensor}) == len(good), 60, "every valid reading", pipeline.logs
+    )
     wait_for(lambda: rejections.count_documents({"topic": topic}) == len(bad), 60, "every rejection", pipeline.logs)
     assert {d["_id"] for d in readings.find({"sensor": sensor})} == {r.id for r in good}
 
@@ -39,7 +41,9 @@ def test_bad_payloads_between_valid_readings(pipeline: Pipeline) -> None:
         assert raw in kept, f"payload {raw[:60]!r} was not kept byte-exact"
         assert reason in kept[raw]["reason"], f"{raw[:60]!r}: reason {kept[raw]['reason']!r} lacks {reason!r}"
 
-    dead = consume(pipeline.stack.env["KAFKA_BOOTSTRAP_SERVERS"], pipeline.topics["KAFKA_TOPIC_DEADLETTER"], want=len(bad))
+    dead = consume(
+        pipeline.stack.env["KAFKA_BOOTSTRAP_SERVERS"], pipeline.topics["KAFKA_TOPIC_DEADLETTER"], want=len(bad)
+    )
     assert sorted(_raw(json.loads(m.value())) for m in dead) == sorted(raw for raw, _ in bad)
     assert server.alive, "a bad payload must never stop the bridge"
 
