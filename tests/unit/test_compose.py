@@ -1,0 +1,328 @@
+"""docker-compose.yml and the Dockerfiles, checked without Docker.
+
+No Docker engine runs where the tests run, so `docker compose config` cannot
+vouch for the file. These tests do what they can instead: validate it against
+the Compose Specification's JSON schema (tests/schemas/), hold it to the
+project's habits (pinned images, healthchecks that dependents wait on, secrets
+only from .env, non-root images), and check it against the code: every
+variable given to a Python service is a field of that service's settings, and
+every required field is given.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft7Validator
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+SCHEMA_FILE = ROOT / "tests" / "schemas" / "compose-spec.json"
+ENV_EXAMPLE = ROOT / ".env.example"
+
+#: Compose service -> the settings module of the Python package it runs.
+PYTHON_SERVICES = {
+    "sensor": "Data_collection.settings",
+    "server": "Server.settings",
+    "model_analysis": "Models_analysis.settings",
+}
+#: Services that others depend on but that have no healthcheck yet (no HTTP
+#: endpoint to probe until /healthz lands): dependents wait for service_started.
+NO_HEALTHCHECK_YET = {"server"}
+#: A variable whose name contains one of these is a credential.
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|USERNAME|TOKEN|KEY")
+
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}, ${NAME:+alt}
+INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
+
+
+def load_compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+COMPOSE = load_compose()
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+
+
+def strings(node: Any) -> Iterator[str]:
+    """Every string value in the file (keys are never interpolated)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+
+
+def references(text: str) -> list[re.Match[str]]:
+    """The ${...} interpolations in one value; `$$` is an escaped, literal `$`."""
+    return list(INTERPOLATION.finditer(text.replace("$$", "")))
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as a dict, from either of Compose's two forms."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A service's dependencies as {name: options}; the list form means no options."""
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {name: {} for name in deps}
+    return deps
+
+
+def env_example_keys() -> set[str]:
+    keys = set()
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        key, sep, _ = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            keys.add(key.strip())
+    return keys
+
+
+def dockerfiles() -> list[str]:
+    return sorted({s["build"]["dockerfile"] for s in SERVICES.values() if isinstance(s.get("build"), dict)})
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per instruction, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", dockerfile.read_text())
+    result = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            result.append((word.upper(), rest.strip()))
+    return result
+
+
+# --- the file as Compose reads it ----------------------------------------------
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    errors = sorted(Draft7Validator(schema).iter_errors(COMPOSE), key=lambda e: list(e.absolute_path))
+    messages = ["/".join(str(p) for p in e.absolute_path) + f": {e.message}" for e in errors]
+    assert not messages, "docker-compose.yml does not match the Compose Specification:\n" + "\n".join(messages)
+
+
+def test_no_version_key() -> None:
+    assert "version" not in COMPOSE, "docker-compose.yml: drop the obsolete top-level `version:` key"
+
+
+def test_only_braced_interpolation() -> None:
+    # A bare $NAME is interpolated too, but escapes the checks below; a literal $ is written $$.
+    bare = [text for text in strings(COMPOSE) if "$" in re.sub(r"\$\$|\$\{[^}]*\}", "", text)]
+    assert not bare, f"write ${{NAME}} (or $$ for a literal $) in: {bare}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SERVICES.items() if "image" in s))
+def test_images_are_pinned(name: str) -> None:
+    image = SERVICES[name]["image"]
+    if "@sha256:" in image:
+        return
+    repository, _, tag = image.rpartition(":")
+    assert repository and "/" not in tag, f"service {name}: image {image!r} has no tag; pin a release"
+    assert tag != "latest", f"service {name}: image {image!r} uses `latest`; pin a release"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SERVICES.items() if "build" in s))
+def test_builds_use_the_repository_root_and_an_existing_dockerfile(name: str) -> None:
+    build = SERVICES[name]["build"]
+    assert isinstance(build, dict), f"service {name}: give build a context and a dockerfile"
+    assert build.get("context") == ".", f"service {name}: build context must be the repo root (.), for pipeline/"
+    dockerfile = build.get("dockerfile")
+    assert dockerfile and (ROOT / dockerfile).is_file(), f"service {name}: dockerfile {dockerfile!r} does not exist"
+
+
+@pytest.mark.parametrize("path", dockerfiles())
+def test_dockerfiles_run_as_non_root_with_exec_form_cmd(path: str) -> None:
+    steps = instructions(ROOT / path)
+    froms = [args for word, args in steps if word == "FROM"]
+    for base in froms:
+        image = base.split()[0]
+        assert ":" in image and not image.endswith(":latest"), f"{path}: base image {image!r} is not pinned"
+    users = [args for word, args in steps if word == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), f"{path}: the final stage needs a non-root USER"
+    cmds = [args for word, args in steps if word == "CMD"]
+    assert cmds, f"{path}: no CMD"
+    assert cmds[-1].startswith("["), f"{path}: CMD must be exec form (python is PID 1 and gets SIGTERM)"
+    copies = [args for word, args in steps if word == "COPY"]
+    assert any(re.match(r"(--\S+\s+)*pipeline/\s+pipeline/?$", c) for c in copies), (
+        f"{path}: must COPY pipeline/ pipeline/ (the shared package)"
+    )
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    for entry in (".git", ".env", ".venv", "tests"):
+        assert entry in ignored, f".dockerignore: add {entry}"
+
+
+# --- startup order ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_dependents_wait_for_a_healthy_dependency(name: str) -> None:
+    for dependency, options in depends_on(SERVICES[name]).items():
+        assert dependency in SERVICES, f"service {name} depends on unknown service {dependency}"
+        condition = options.get("condition")
+        if dependency in NO_HEALTHCHECK_YET:
+            assert condition == "service_started", (
+                f"service {name}: {dependency} has no healthcheck yet, so wait with condition: service_started"
+            )
+            continue
+        healthcheck = SERVICES[dependency].get("healthcheck") or {}
+        assert healthcheck.get("test") and not healthcheck.get("disable"), (
+            f"service {dependency} has dependents ({name}) but no healthcheck"
+        )
+        assert condition == "service_healthy", (
+            f"service {name}: wait for {dependency} with condition: service_healthy (got {condition!r})"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SERVICES.items() if s.get("healthcheck")))
+def test_healthchecks_get_the_variables_they_use(name: str) -> None:
+    test = SERVICES[name]["healthcheck"]["test"]
+    command = " ".join(test) if isinstance(test, list) else test
+    used = set(re.findall(r"\$\$\{?([A-Za-z_][A-Za-z0-9_]*)", command)) - {"SYS"}
+    missing = used - set(environment(SERVICES[name]))
+    assert not missing, f"service {name}: its healthcheck reads {sorted(missing)}, not in its environment"
+
+
+# --- scaling ---------------------------------------------------------------------
+
+
+def test_sensor_can_be_scaled() -> None:
+    sensor = SERVICES["sensor"]
+    assert "container_name" not in sensor, "service sensor: container_name prevents --scale sensor=N"
+    assert "ports" not in sensor, "service sensor: host ports clash between replicas of --scale sensor=N"
+    assert "hostname" not in sensor, "service sensor: a fixed hostname gives every replica the same SENSOR_ID"
+    assert "SENSOR_ID" not in environment(sensor), (
+        "service sensor: leave SENSOR_ID unset (it defaults to the host name)"
+    )
+
+
+# --- secrets and variables -------------------------------------------------------
+
+
+def test_credentials_come_only_from_env_and_fail_loudly() -> None:
+    for text in strings(COMPOSE):
+        for ref in references(text):
+            name, op, arg = ref["name"], ref["op"], ref["arg"]
+            if SECRET_NAME.search(name):
+                assert op == ":?" and arg.strip(), f"${{{name}}} is a credential: write ${{{name}:?set it in .env}}"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_no_credential_is_written_in_the_file(name: str) -> None:
+    for key, value in environment(SERVICES[name]).items():
+        if SECRET_NAME.search(key) or key.endswith("_URI") or key.endswith("_URL"):
+            if "@" in value or SECRET_NAME.search(key):
+                assert references(value), f"service {name}: {key} holds a literal credential; take it from .env"
+
+
+def test_required_variables_are_in_env_example() -> None:
+    # Variables with a default (${NAME:-x}) are optional knobs; the rest must be in .env.
+    documented = env_example_keys()
+    required = {r["name"] for text in strings(COMPOSE) for r in references(text) if r["op"] in (None, ":?", "?")}
+    missing = sorted(required - documented)
+    assert not missing, f"docker-compose.yml needs {missing}, which .env.example (and so `make env`) does not set"
+
+
+# --- agreement with the code -----------------------------------------------------
+
+
+def settings_fields(service: str) -> dict[str, Any]:
+    return importlib.import_module(PYTHON_SERVICES[service]).Settings.model_fields
+
+
+@pytest.mark.parametrize("service", sorted(PYTHON_SERVICES))
+def test_python_services_get_their_required_settings(service: str) -> None:
+    assert service in SERVICES, f"docker-compose.yml has no service {service}"
+    given = set(environment(SERVICES[service]))
+    required = {name for name, field in settings_fields(service).items() if field.is_required()}
+    missing = sorted(required - given)
+    assert not missing, f"service {service}: required settings {missing} are not in its environment"
+
+
+@pytest.mark.parametrize("service", sorted(PYTHON_SERVICES))
+def test_python_services_get_only_known_settings(service: str) -> None:
+    # The settings ignore unknown variables, so a misspelt name would silently do nothing.
+    unknown = sorted(set(environment(SERVICES[service])) - set(settings_fields(service)))
+    assert not unknown, f"service {service}: {unknown} are not fields of {PYTHON_SERVICES[service]}.Settings"
+
+
+@pytest.mark.parametrize("service", sorted(PYTHON_SERVICES))
+def test_python_service_environment_is_valid(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The values themselves pass validation, with each ${VAR} replaced by its default or a stand-in."""
+
+    def interpolate(value: str) -> str:
+        def one(ref: re.Match[str]) -> str:
+            return ref["arg"] if ref["op"] in (":-", "-") else f"{ref['name'].lower()}-value"
+
+        return INTERPOLATION.sub(one, value.replace("$$", "$"))
+
+    module = importlib.import_module(PYTHON_SERVICES[service])
+    for name in module.Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    env = {key: interpolate(value) for key, value in environment(SERVICES[service]).items()}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if service == "model_analysis":
+        # The image's model path does not exist here; only its type is checked.
+        assert env["MODEL_PATH"].startswith("/app/"), "service model_analysis: MODEL_PATH must be a path in the image"
+    module.Settings()
+
+
+# --- the scripts mounted into the images ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "script", "pattern"),
+    [
+        ("mosquitto", "mosquitto/docker-entrypoint.sh", r':\s+"\$\{([A-Z_]+):\?'),
+        ("mongo", "mongo/10-create-app-user.js", r'required\("([A-Z_]+)"\)'),
+    ],
+)
+def test_mounted_scripts_get_the_variables_they_require(name: str, script: str, pattern: str) -> None:
+    needed = set(re.findall(pattern, (ROOT / script).read_text()))
+    assert needed, f"{script}: found no required variables; has the script changed?"
+    mounts = " ".join(str(v) for v in SERVICES[name].get("volumes", []))
+    assert "./" + script.split("/")[0] in mounts, f"service {name} does not mount {script}"
+    missing = sorted(needed - set(environment(SERVICES[name])))
+    assert not missing, f"service {name}: {script} requires {missing}, not in its environment"
+
+
+def test_mosquitto_entrypoint_is_posix_sh() -> None:
+    sh = shutil.which("sh")
+    if sh is None:
+        pytest.skip("no sh on this machine")
+    result = subprocess.run([sh, "-n", str(ROOT / "mosquitto/docker-entrypoint.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, f"mosquitto/docker-entrypoint.sh: {result.stderr}"
+
+
+def test_mosquitto_config_uses_the_files_the_entrypoint_writes() -> None:
+    conf = (ROOT / "mosquitto/mosquitto.conf").read_text()
+    entrypoint = (ROOT / "mosquitto/docker-entrypoint.sh").read_text()
+    auth_dir = re.search(r'auth_dir="\$\{MOSQUITTO_AUTH_DIR:-([^}]+)\}"', entrypoint)
+    assert auth_dir, "mosquitto/docker-entrypoint.sh: no default auth_dir"
+    for setting, file in (("password_file", "passwd"), ("acl_file", "acl")):
+        assert re.search(rf"^{setting} {re.escape(auth_dir[1])}/{file}$", conf, re.M), (
+            f"mosquitto/mosquitto.conf: {setting} must be {auth_dir[1]}/{file}, where the entrypoint writes it"
+        )
