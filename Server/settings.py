@@ -5,15 +5,17 @@ from __future__ import annotations
 from pydantic import Field
 
 from pipeline import contract
-from pipeline.settings import CommonSettings, KafkaSettings, MongoSettings, MqttSettings, hostname
+from pipeline.settings import CommonSettings, KafkaSettings, MongoSettings, MqttSettings
 
 
 class Settings(CommonSettings, MqttSettings, KafkaSettings, MongoSettings):
     """What the bridge reads from its environment."""
 
-    #: Fixed per replica so its persistent session survives restarts; replicas
-    #: must differ (the host name does, in Compose).
-    MQTT_CLIENT_ID: str = Field(default_factory=lambda: f"bridge-{hostname()}", min_length=1, max_length=128)
+    #: Fixed per replica, and stable across restarts: the broker keeps the
+    #: replica's persistent session, and hands it its share of the readings
+    #: even while it is away (Mosquitto 2.0), so an id must never change or
+    #: be retired while its session holds readings. Replicas must differ.
+    MQTT_CLIENT_ID: str = Field("bridge-1", min_length=1, max_length=128)
     #: Replicas in one group split the readings between them (MQTT 5 shared subscription).
     MQTT_SHARE_GROUP: str = Field("bridge", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     #: Readings the broker may send before the bridge acknowledges them (MQTT 5

@@ -35,9 +35,6 @@ PYTHON_SERVICES = {
     "server": "Server.settings",
     "model_analysis": "Models_analysis.settings",
 }
-#: Services that others depend on but that have no healthcheck yet (no HTTP
-#: endpoint to probe until /healthz lands): dependents wait for service_started.
-NO_HEALTHCHECK_YET = {"server"}
 #: A variable whose name contains one of these is a credential.
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|USERNAME|TOKEN|KEY")
 
@@ -182,11 +179,6 @@ def test_dependents_wait_for_a_healthy_dependency(name: str) -> None:
     for dependency, options in depends_on(SERVICES[name]).items():
         assert dependency in SERVICES, f"service {name} depends on unknown service {dependency}"
         condition = options.get("condition")
-        if dependency in NO_HEALTHCHECK_YET:
-            assert condition == "service_started", (
-                f"service {name}: {dependency} has no healthcheck yet, so wait with condition: service_started"
-            )
-            continue
         healthcheck = SERVICES[dependency].get("healthcheck") or {}
         assert healthcheck.get("test") and not healthcheck.get("disable"), (
             f"service {dependency} has dependents ({name}) but no healthcheck"
