@@ -11,6 +11,7 @@ from pipeline import lifecycle, logs, settings
 from pipeline.health import HealthServer
 from pipeline.kafka import ensure_topics, producer_config
 from pipeline.metrics import total
+from Server.aggregates import Aggregator
 from Server.ingest import Bridge
 from Server.results import ResultsSink
 from Server.settings import Settings
@@ -31,11 +32,13 @@ def main() -> int:
     except Exception:  # noqa: BLE001 - indexes help queries; their absence must not stop the flow
         logger.exception("could not create MongoDB indexes; continuing without them")
     producer = Producer(producer_config(config, config.MQTT_CLIENT_ID))
-    bridge = Bridge(config, store, producer, stop)
+    aggregator = Aggregator(store, stop)
+    bridge = Bridge(config, store, producer, stop, aggregator)
     sink = ResultsSink(config, store, producer, stop)
     workers = [
         threading.Thread(target=bridge.run, name="bridge"),
         threading.Thread(target=sink.run, name="results"),
+        threading.Thread(target=aggregator.run, name="aggregates"),
     ]
 
     def summary() -> None:

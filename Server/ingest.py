@@ -37,6 +37,7 @@ from pipeline.kafka import KafkaUnavailable, produce_all
 from pipeline.metrics import CONNECTED, RECONNECTS
 from pipeline.retry import RetryError, until_done
 from Server import metrics
+from Server.aggregates import Aggregator
 from Server.settings import Settings
 from Server.store import TRANSIENT, Store
 
@@ -65,8 +66,16 @@ def reason_kind(reason: str) -> str:
 class Bridge:
     """The MQTT side of the server: subscribe, batch, store, forward, acknowledge."""
 
-    def __init__(self, settings: Settings, store: Store, producer: Producer, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        producer: Producer,
+        stop: threading.Event,
+        aggregator: Aggregator | None = None,
+    ) -> None:
         self.settings = settings
+        self.aggregator = aggregator
         self.store = store
         self.producer = producer
         self.stop = stop
@@ -250,6 +259,8 @@ class Bridge:
             self.mongo.down()
             raise
         self.mongo.up()
+        if self.aggregator is not None:
+            self.aggregator.touch(r for i, r in enumerate(batch) if i not in refused)
         metrics.FORWARDED.inc(len(records))
         metrics.STORED.inc(new)
         metrics.DUPLICATES.inc(len(readings) - len(batch))

@@ -56,6 +56,8 @@ COLLECTION_READINGS = "readings"
 COLLECTION_PREDICTIONS = "predictions"
 COLLECTION_PREDICTION_ERRORS = "prediction_errors"
 COLLECTION_REJECTIONS = "rejections"
+#: Per-sensor, per-minute count/sum/mean/min/max of the readings (by event time).
+COLLECTION_AGGREGATES = "aggregates"
 
 # --- limits ------------------------------------------------------------------
 

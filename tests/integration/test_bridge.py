@@ -56,3 +56,29 @@ def test_a_malformed_payload_is_kept_with_its_reason_and_the_flow_continues(pipe
 
     dead = consume(pipeline.stack.env["KAFKA_BOOTSTRAP_SERVERS"], pipeline.topics["KAFKA_TOPIC_DEADLETTER"], want=1)
     assert [json.loads(m.value())["payload"] for m in dead] == [bad.decode()]
+
+
+def test_per_minute_aggregates_by_event_time_count_each_reading_once(pipeline: Pipeline) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    pipeline.start_server()
+    sensor = pipeline.sensor_id(1)
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    values = {minute: [1.0, 2.0, 6.0], minute + timedelta(minutes=1): [10.0, 20.0]}
+    items = [
+        contract.Reading(id=f"{sensor}-{i}-{j}", sensor=sensor, ts=start + timedelta(seconds=10 * j), v=v)
+        for i, (start, vs) in enumerate(values.items())
+        for j, v in enumerate(vs)
+    ]
+    raw = [payload(r) for r in items]
+    # A late reading (the first one) arrives again, last: it must not count twice.
+    assert publish(pipeline.stack.env, sensor, contract.readings_topic(sensor), raw + raw[:1]) == [0] * 6
+
+    aggregates = pipeline.db[contract.COLLECTION_AGGREGATES]
+    wait_for(lambda: aggregates.count_documents({"sensor": sensor}) == 2, 60, "two minute windows", pipeline.logs)
+    time_ok = lambda: sum(d["count"] for d in aggregates.find({"sensor": sensor})) == 5  # noqa: E731
+    wait_for(time_ok, 30, "5 readings in the windows", pipeline.logs)
+    windows = {d["minute"]: d for d in aggregates.find({"sensor": sensor})}
+    first, second = windows[minute], windows[minute + timedelta(minutes=1)]
+    assert (first["count"], first["sum"], first["mean"], first["min"], first["max"]) == (3, 9.0, 3.0, 1.0, 6.0)
+    assert (second["count"], second["mean"], second["min"], second["max"]) == (2, 15.0, 10.0, 20.0)
