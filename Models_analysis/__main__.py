@@ -11,7 +11,9 @@ from Models_analysis.model import ModelError, load_model
 from Models_analysis.scorer import Scorer
 from Models_analysis.settings import Settings
 from pipeline import lifecycle, logs, settings
+from pipeline.health import HealthServer
 from pipeline.kafka import ensure_topics, producer_config
+from pipeline.metrics import total
 
 logger = logging.getLogger("Models_analysis")
 
@@ -30,15 +32,24 @@ def main() -> int:
     ensure_topics(config, [config.KAFKA_TOPIC_READINGS, config.KAFKA_TOPIC_RESULTS, config.KAFKA_TOPIC_DEADLETTER])
     producer = Producer(producer_config(config, config.KAFKA_CLIENT_ID))
     scorer = Scorer(config, model, producer, stop)
+    scorer.kafka.up()  # it answered: the topics exist
+    worker = threading.Thread(target=scorer.run, name="scorer")
 
     def summary() -> None:
         logger.info(
-            "scored %d readings, %d prediction errors, %d rejected", scorer.scored, scorer.errors, scorer.rejected
+            "scored %d readings (%d anomalies), %d prediction errors, %d rejected",
+            total("pipeline_readings_scored"),
+            total("pipeline_anomalies"),
+            total("pipeline_prediction_errors"),
+            total("pipeline_model_rejections"),
         )
 
+    health = HealthServer(config.HEALTH_PORT, ready={"kafka": scorer.kafka}, alive=worker.is_alive)
+    health.start()
     try:
-        return lifecycle.supervise([threading.Thread(target=scorer.run, name="scorer")], stop, summary)
+        return lifecycle.supervise([worker], stop, summary)
     finally:
+        health.stop()
         producer.flush(10)
         logger.info("model service stopped")
 

@@ -96,6 +96,7 @@ class Bridge:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self.client = client
 
     # --- MQTT callbacks (paho's network thread) ------------------------------
@@ -117,15 +118,24 @@ class Bridge:
         # Subscribe on every connect, session or not: a broker that lost its
         # state would otherwise leave the bridge subscribed to nothing.
         client.subscribe(self.subscription, options=SubscribeOptions(qos=1))
-        self.connected.set()
         logger.info(
-            "connected to MQTT %s:%s as %s (session present: %s), subscribed to %s",
+            "connected to MQTT %s:%s as %s (session present: %s); subscribing to %s",
             self.settings.MQTT_HOST,
             self.settings.MQTT_PORT,
             self.settings.MQTT_CLIENT_ID,
             flags.session_present,
             self.subscription,
         )
+
+    def _on_subscribe(
+        self, _client: mqtt.Client, _userdata: Any, _mid: int, codes: list[ReasonCode], _props: Any
+    ) -> None:
+        if any(code.is_failure for code in codes):
+            logger.error("the broker refused the subscription to %s: %s", self.subscription, codes)
+            return
+        # Ready only now: a reading published before the SUBACK could find no subscriber.
+        self.connected.set()
+        logger.info("subscribed to %s", self.subscription)
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any

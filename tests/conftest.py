@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,14 +29,16 @@ from localstack.services import ROOT, ServiceProcess, model_env, sensor_env, ser
 
 ARTIFACTS = ROOT / "artifacts"
 
-#: Ports of the test stack: away from the defaults, so a `make run` stack can run beside it.
+#: Ports of the test stack: away from the defaults, so a `make run` stack can run beside it;
+#: PIPELINE_TEST_PORT_BASE moves them all (two test runs on one machine).
+_BASE = int(os.environ.get("PIPELINE_TEST_PORT_BASE", "21000"))
 TEST_PORTS = {
-    "MQTT_PORT": "21883",
-    "MQTT_WS_PORT": "21884",
-    "KAFKA_PORT": "29092",
-    "KAFKA_CONTROLLER_PORT": "29093",
-    "MONGO_PORT": "27027",
-    "MONGO_EXPRESS_PORT": "28081",
+    "MQTT_PORT": str(_BASE + 883),
+    "MQTT_WS_PORT": str(_BASE + 884),
+    "KAFKA_PORT": str(_BASE + 92),
+    "KAFKA_CONTROLLER_PORT": str(_BASE + 93),
+    "MONGO_PORT": str(_BASE + 17),
+    "MONGO_EXPRESS_PORT": str(_BASE + 81),
 }
 
 
@@ -109,13 +113,31 @@ class Pipeline:
     def db(self) -> Database[dict[str, Any]]:
         return self.stack.mongo()[self.stack.env["MONGO_DATABASE"]]
 
-    def _start(self, name: str, module: str, env: dict[str, str]) -> ServiceProcess:
+    def _start(self, name: str, module: str, env: dict[str, str], wait: bool = False) -> ServiceProcess:
         process = ServiceProcess(name, module, env, self.log_dir / f"{name}.log")
         process.start()
         self.processes.append(process)
+        if wait:
+            self.wait_ready(process)
         return process
 
-    def start_server(self, replica: int = 1, **overrides: str) -> ServiceProcess:
+    def wait_ready(self, process: ServiceProcess, timeout_s: float = 90.0) -> None:
+        """Wait until the service's /readyz says it is connected to everything it needs."""
+        url = f"http://127.0.0.1:{process.env['HEALTH_PORT']}/readyz"
+
+        def ready() -> bool:
+            if not process.alive:
+                pytest.fail(f"{process.name} exited with {process.returncode}:\n{process.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        wait_for(ready, timeout_s, f"{process.name} to be ready", self.logs)
+
+    def start_server(self, replica: int = 1, wait: bool = True, **overrides: str) -> ServiceProcess:
+        """Start a bridge replica; by default wait until it is subscribed and connected."""
         env = server_env(
             self.stack.env,
             **self.topics,
@@ -123,19 +145,20 @@ class Pipeline:
             MQTT_SHARE_GROUP=f"{self.name}-bridge",
             KAFKA_RESULTS_GROUP_ID=f"{self.name}-results",
             LOG_LEVEL="DEBUG" if os.environ.get("PIPELINE_TEST_DEBUG") else "INFO",
-            **{"HEALTH_PORT": "0", **overrides},
+            **{"HEALTH_PORT": str(free_port()), **overrides},
         )
-        return self._start(f"server-{replica}", "Server", env)
+        return self._start(f"server-{replica}", "Server", env, wait=wait)
 
-    def start_model(self, replica: int = 1, **overrides: str) -> ServiceProcess:
+    def start_model(self, replica: int = 1, wait: bool = True, **overrides: str) -> ServiceProcess:
+        """Start a model-service replica; by default wait until it is ready."""
         env = model_env(
             self.stack.env,
             **self.topics,
             KAFKA_GROUP_ID=f"{self.name}-models",
             KAFKA_CLIENT_ID=f"{self.name}-model-{replica}",
-            **{"HEALTH_PORT": "0", **overrides},
+            **{"HEALTH_PORT": str(free_port()), **overrides},
         )
-        return self._start(f"model-{replica}", "Models_analysis", env)
+        return self._start(f"model-{replica}", "Models_analysis", env, wait=wait)
 
     def start_sensor(self, n: int | str, **overrides: str) -> ServiceProcess:
         env = sensor_env(self.stack.env, self.sensor_id(n), **{"HEALTH_PORT": "0", **overrides})
@@ -162,6 +185,13 @@ def pipeline(stack: RunningStack, request: pytest.FixtureRequest) -> Iterator[Pi
     crashed = {n: c for n, c in codes.items() if c not in (0, None)}
     if crashed and not getattr(request.node, "expects_crash", False):
         pytest.fail(f"services did not stop cleanly: {crashed}\n{instance.logs()}")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def wait_for(

@@ -22,7 +22,11 @@ def publish(
     username_key: str = "MQTT_SENSOR_USERNAME",
     password_key: str = "MQTT_SENSOR_PASSWORD",
 ) -> list[int]:
-    """Publish ``payloads`` at QoS 1, in order; returns the broker's PUBACK reason codes."""
+    """Publish ``payloads`` at QoS 1, in order; returns the broker's PUBACK reason codes.
+
+    0 is success; 16 ("no matching subscribers") means nobody got it; 135 is
+    "not authorized".
+    """
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.username_pw_set(env[username_key], env[password_key])
     codes: dict[int, int] = {}

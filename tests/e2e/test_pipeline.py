@@ -65,7 +65,8 @@ def test_mongo_express_shows_the_readings(pipeline: Pipeline) -> None:
 
     env = pipeline.stack.env
     base = f"http://127.0.0.1:{env['MONGO_EXPRESS_PORT']}"
-    page = f"{base}/db/{env['MONGO_DATABASE']}/{contract.COLLECTION_READINGS}"
+    # mongo-express's simple query (key/value/type=S for a string) shows this test's sensor.
+    page = f"{base}/db/{env['MONGO_DATABASE']}/{contract.COLLECTION_READINGS}?key=sensor&value={pipeline.sensor_id(1)}&type=S"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(page, timeout=30)
     assert refused.value.code == 401, "mongo-express must refuse requests without credentials"
@@ -76,6 +77,7 @@ def test_mongo_express_shows_the_readings(pipeline: Pipeline) -> None:
         html = response.read().decode()
     assert response.status == 200
     assert contract.COLLECTION_READINGS in html and pipeline.sensor_id(1) in html
+    assert str(newest["_id"]) in html, "the page lists the stored readings"
 
     screenshot = ARTIFACTS / "mongo-express-readings.png"
     take_screenshot(
