@@ -852,6 +852,7 @@ class Stack:
             launched: list[str] = []
             try:
                 self._check_external_mongo()
+                self._check_ports_free()
                 pending = list(self.servers)
                 ready: set[str] = {n for n in _SERVER_CLASSES if n not in self.servers}
                 deadlines: dict[str, float] = {}
@@ -894,6 +895,9 @@ class Stack:
         self._check_name(name)
         self.config.validate()
         with self._locked():
+            for dependency in self.servers[name].after:
+                if dependency in self.servers and self._running_record(dependency) is None:
+                    raise StackError(f"{name} needs {dependency} running: start {dependency} first")
             launched = self._ensure_launched(name)
             try:
                 self._wait_ready(name, time.monotonic() + self.servers[name].ready_timeout, fresh=launched)
@@ -1012,9 +1016,17 @@ class Stack:
         try:
             client.get_database(self.config.mongo_database).command("ping")
         except PyMongoError as exc:
-            raise StackError(f"MONGO_URI is set but that MongoDB does not answer: {self._redact(str(exc))}") from None
+            raise StackError(f"MONGO_URI is set, but that MongoDB refused the connection or did not answer: {self._redact(str(exc))}") from None
         finally:
             client.close()
+
+    def _check_ports_free(self) -> None:
+        """Fail before launching anything if a server that is not running would find its port taken."""
+        for name, server in self.servers.items():
+            if self._running_record(name) is None:
+                for variable, port in server.ports.items():
+                    if _port_open(port):
+                        raise StackError(f"{name}: port {port} ({variable}) is already in use by another process")
 
     def _ensure_launched(self, name: str) -> bool:
         """Launch ``name`` unless it already runs; True if it was launched."""
