@@ -1016,7 +1016,9 @@ class Stack:
         try:
             client.get_database(self.config.mongo_database).command("ping")
         except PyMongoError as exc:
-            raise StackError(f"MONGO_URI is set, but that MongoDB refused the connection or did not answer: {self._redact(str(exc))}") from None
+            raise StackError(
+                f"MONGO_URI is set, but that MongoDB refused the connection or did not answer: {self._redact(str(exc))}"
+            ) from None
         finally:
             client.close()
 
