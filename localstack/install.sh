@@ -57,12 +57,15 @@ if [ ${#packages[@]} -gt 0 ]; then
   apt_opts=(-y -q -o DPkg::Lock::Timeout=900)
   "${SUDO[@]}" apt-get -q -o DPkg::Lock::Timeout=900 update >/dev/null
   # chromium keeps its recommends (fonts) so screenshots render text.
-  "${SUDO[@]}" apt-get install "${apt_opts[@]}" --no-install-recommends \
-    $(printf '%s\n' "${packages[@]}" | grep -vx chromium) >/dev/null
-  if printf '%s\n' "${packages[@]}" | grep -qx chromium; then
+  plain=()
+  for pkg in "${packages[@]}"; do [ "$pkg" = chromium ] || plain+=("$pkg"); done
+  if [ ${#plain[@]} -gt 0 ]; then
+    "${SUDO[@]}" apt-get install "${apt_opts[@]}" --no-install-recommends "${plain[@]}" >/dev/null
+  fi
+  if [ ${#plain[@]} -lt ${#packages[@]} ]; then
     "${SUDO[@]}" apt-get install "${apt_opts[@]}" chromium >/dev/null
   fi
-  if printf '%s\n' "${packages[@]}" | grep -qx mosquitto && command -v systemctl >/dev/null 2>&1 \
+  if [[ " ${packages[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null 2>&1 \
     && systemctl is-active --quiet mosquitto 2>/dev/null; then
     # Debian starts its own broker on 1883, the stack's default MQTT_PORT.
     "${SUDO[@]}" systemctl disable --now mosquitto >/dev/null 2>&1 || true
@@ -88,6 +91,7 @@ finish() {  # finish <tmp> <dest> <stamp>
   rm -rf "$2"
   mv "$1" "$2"
 }
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() { [ ${#TMPS[@]} -eq 0 ] || rm -rf "${TMPS[@]}"; }
 trap cleanup EXIT
 
@@ -113,7 +117,7 @@ else
   fi
   rm -f "$tmp/mvn.log"
   rm -f "$tmp/pom.xml"; rm -rf "$tmp/target"
-  ls "$tmp/lib"/kafka_2.13-"$kafka_version".jar >/dev/null || die "kafka: Maven did not fetch kafka_2.13-$kafka_version.jar"
+  [ -f "$tmp/lib/kafka_2.13-$kafka_version.jar" ] || die "kafka: Maven did not fetch kafka_2.13-$kafka_version.jar"
   finish "$tmp" "$kafka_dest" "$kafka_stamp"
   say "kafka $kafka_version: built"
 fi
@@ -126,9 +130,9 @@ ferretdb_version=$(awk '$1 == "github.com/FerretDB/FerretDB" { print $2 } $2 == 
 ferretdb_dest=$CACHE/ferretdb-$ferretdb_version
 ferretdb_stamp=$(stamp_of "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum")
 go_ok() {  # FerretDB's go.mod says go 1.24
-  local v
-  v=$(go env GOVERSION 2>/dev/null | sed -n 's/^go\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
-  [ -n "$v" ] && set -- $v && { [ "$1" -gt 1 ] || [ "$2" -ge 24 ]; }
+  local major minor
+  read -r major minor < <(go env GOVERSION 2>/dev/null | sed -n 's/^go\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  [ -n "${minor:-}" ] && { [ "$major" -gt 1 ] || [ "$minor" -ge 24 ]; }
 }
 if is_current "$ferretdb_dest" "$ferretdb_stamp"; then
   say "ferretdb $ferretdb_version: cached"
