@@ -32,7 +32,9 @@ def main() -> int:
     publisher = Publisher(config)
     health = HealthServer(config.HEALTH_PORT, ready={"mqtt": publisher.connected.is_set})
     health.start()
-    publisher.start()
+    if not publisher.start(stop):
+        health.stop()
+        return 0
     logger.info(
         "sensor %s: %d rows from %s, every %ss, loop=%s",
         config.SENSOR_ID,

@@ -15,15 +15,14 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from Data_collection import metrics
 from Data_collection.settings import Settings
 from pipeline import contract
 from pipeline.metrics import CONNECTED, RECONNECTS
+from pipeline.mqtt import connect, make_client
 
 logger = logging.getLogger(__name__)
 
@@ -39,31 +38,16 @@ class Publisher:
         self.acked = 0
         self.refused = 0
         self.connected = threading.Event()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=settings.SENSOR_ID,
-            protocol=mqtt.MQTTv5,
-        )
-        client.username_pw_set(settings.MQTT_USERNAME, settings.MQTT_PASSWORD.get_secret_value())
+        client = make_client(settings, settings.SENSOR_ID)
         client.max_queued_messages_set(settings.SENSOR_QUEUE_MAX)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         self.client = client
 
-    def start(self) -> None:
-        """Connect in the background; paho reconnects by itself with backoff."""
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self.settings.MQTT_SESSION_EXPIRY_S
-        self.client.connect_async(
-            self.settings.MQTT_HOST,
-            self.settings.MQTT_PORT,
-            keepalive=self.settings.MQTT_KEEPALIVE_S,
-            clean_start=False,
-            properties=properties,
-        )
-        self.client.loop_start()
+    def start(self, stop: threading.Event) -> bool:
+        """Connect and start the network loop (paho reconnects with backoff); False if stopped first."""
+        return connect(self.client, self.settings, stop)
 
     def publish(self, reading: contract.Reading, stop: threading.Event) -> bool:
         """Queue one reading at QoS 1; wait while the queue is full. False if stopped first."""

@@ -44,7 +44,9 @@ def main() -> int:
             total("pipeline_model_rejections"),
         )
 
-    health = HealthServer(config.HEALTH_PORT, ready={"kafka": scorer.kafka}, alive=worker.is_alive)
+    health = HealthServer(
+        config.HEALTH_PORT, ready={"kafka": scorer.kafka}, alive=lambda: worker.is_alive() or worker.ident is None
+    )
     health.start()
     try:
         return lifecycle.supervise([worker], stop, summary)

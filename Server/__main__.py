@@ -58,12 +58,14 @@ def main() -> int:
     health = HealthServer(
         config.HEALTH_PORT,
         ready={"mqtt": bridge.connected.is_set, "mongodb": bridge.mongo, "kafka": bridge.kafka},
-        alive=lambda: all(w.is_alive() for w in workers),
+        # Alive unless a started worker died (not yet started is fine).
+        alive=lambda: all(w.is_alive() or w.ident is None for w in workers),
     )
     health.start()
-    bridge.start()
-    logger.info("server %s running", config.MQTT_CLIENT_ID)
     try:
+        if not bridge.start():
+            return 0
+        logger.info("server %s running", config.MQTT_CLIENT_ID)
         return lifecycle.supervise(workers, stop, summary)
     finally:
         health.stop()

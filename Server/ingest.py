@@ -25,9 +25,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import Producer
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -35,6 +32,7 @@ from pipeline import contract
 from pipeline.health import Dependency
 from pipeline.kafka import KafkaUnavailable, produce_all
 from pipeline.metrics import CONNECTED, RECONNECTS
+from pipeline.mqtt import connect, make_client
 from pipeline.retry import RetryError, until_done
 from Server import metrics
 from Server.aggregates import Aggregator
@@ -85,14 +83,7 @@ class Bridge:
         self.connection = 0
         self.connected = threading.Event()
         self.subscription = f"$share/{settings.MQTT_SHARE_GROUP}/{contract.MQTT_READINGS_FILTER}"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=settings.MQTT_CLIENT_ID,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        client.username_pw_set(settings.MQTT_USERNAME, settings.MQTT_PASSWORD.get_secret_value())
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client = make_client(settings, settings.MQTT_CLIENT_ID, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -155,19 +146,9 @@ class Bridge:
 
     # --- lifecycle ----------------------------------------------------------
 
-    def start(self) -> None:
-        """Connect (in the background; paho reconnects with backoff) and start the network loop."""
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self.settings.MQTT_SESSION_EXPIRY_S
-        properties.ReceiveMaximum = self.settings.SERVER_MAX_INFLIGHT
-        self.client.connect_async(
-            self.settings.MQTT_HOST,
-            self.settings.MQTT_PORT,
-            keepalive=self.settings.MQTT_KEEPALIVE_S,
-            clean_start=False,
-            properties=properties,
-        )
-        self.client.loop_start()
+    def start(self) -> bool:
+        """Connect and start the network loop (paho reconnects with backoff); False if stopped first."""
+        return connect(self.client, self.settings, self.stop, receive_maximum=self.settings.SERVER_MAX_INFLIGHT)
 
     def close(self) -> None:
         """Disconnect; the persistent session keeps what was not acknowledged."""

@@ -13,7 +13,7 @@ import socket
 import sys
 from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, FilePath, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline import contract
@@ -46,6 +46,12 @@ class MqttSettings(_Base):
     #: How long a persistent session outlives a disconnect (the broker keeps
     #: the QoS 1 messages for it meanwhile).
     MQTT_SESSION_EXPIRY_S: int = Field(7 * 24 * 3600, ge=0)
+    #: TLS: the CA that signed the broker's certificate (set it to turn TLS on,
+    #: usually with MQTT_PORT=8883).
+    MQTT_TLS_CA_FILE: FilePath | None = None
+    #: TLS client certificate and key, when the broker asks for one.
+    MQTT_TLS_CERT_FILE: FilePath | None = None
+    MQTT_TLS_KEY_FILE: FilePath | None = None
 
 
 class KafkaSettings(_Base):

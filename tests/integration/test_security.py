@@ -1,0 +1,211 @@
+"""Who may do what, on the real servers: no anonymous clients, a sensor speaks only for itself,
+MongoDB and mongo-express refuse strangers, TLS works, and no secret reaches a log."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure
+
+from pipeline import contract
+from tests.conftest import ARTIFACTS, Pipeline, RunningStack, free_port, wait_for
+from tests.helpers import payload, publish, reading
+
+pytestmark = pytest.mark.integration
+
+NOT_AUTHORIZED = 135
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def connect_code(env: dict[str, str], username: str | None, password: str | None, port: int | None = None) -> int:
+    """The CONNACK reason code the broker gives these credentials."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="probe", protocol=mqtt.MQTTv5)
+    if username is not None:
+        client.username_pw_set(username, password)
+    codes: list[int] = []
+    client.on_connect = lambda _c, _u, _f, rc, _p: codes.append(rc.value)
+    client.connect(env["MQTT_HOST"], port or int(env["MQTT_PORT"]))
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + 10
+        while not codes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return codes[0] if codes else -1
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_mqtt_refuses_anonymous_clients_and_wrong_passwords(stack: RunningStack) -> None:
+    env = stack.env
+    assert connect_code(env, None, None) in (134, 135), "anonymous clients must be refused"
+    assert connect_code(env, env["MQTT_SENSOR_USERNAME"], "wrong") in (134, 135)
+    assert connect_code(env, env["MQTT_SENSOR_USERNAME"], env["MQTT_SENSOR_PASSWORD"]) == 0
+
+
+def test_a_sensor_cannot_publish_as_another_sensor(pipeline: Pipeline) -> None:
+    pipeline.start_server()
+    me, other = pipeline.sensor_id(1), pipeline.sensor_id(2)
+    forged = reading(other, 1.0)
+    honest = reading(me, 2.0)
+    codes = publish(pipeline.stack.env, me, contract.readings_topic(other), [payload(forged)])
+    assert codes == [NOT_AUTHORIZED], "publishing under another sensor's topic must be refused"
+    assert publish(pipeline.stack.env, me, contract.readings_topic(me), [payload(honest)]) == [0]
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    wait_for(lambda: readings.find_one({"_id": honest.id}), 30, "the honest reading", pipeline.logs)
+    assert readings.find_one({"_id": forged.id}) is None
+
+
+def test_the_sensor_user_cannot_read_other_sensors(stack: RunningStack) -> None:
+    """Mosquitto grants a wildcard SUBACK and checks the ACL per message: nothing may arrive."""
+    env = stack.env
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="nosy", protocol=mqtt.MQTTv5)
+    client.username_pw_set(env["MQTT_SENSOR_USERNAME"], env["MQTT_SENSOR_PASSWORD"])
+    subscribed: list[int] = []
+    received: list[str] = []
+    client.on_subscribe = lambda _c, _u, _m, codes, _p: subscribed.extend(c.value for c in codes)
+    client.on_connect = lambda c, _u, _f, _rc, _p: c.subscribe("sensors/#", qos=1)
+    client.on_message = lambda _c, _u, message: received.append(message.topic)
+    client.connect(env["MQTT_HOST"], int(env["MQTT_PORT"]))
+    client.loop_start()
+    try:
+        wait_for(lambda: subscribed, 10, "the SUBACK")
+        victim = "victim-sensor"
+        assert publish(env, victim, contract.readings_topic(victim), [payload(reading(victim, 1.0))]) in ([0], [16])
+        time.sleep(2)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert received == [], "a sensor read another sensor's readings"
+
+
+def test_mongodb_refuses_unauthenticated_clients(stack: RunningStack) -> None:
+    port = stack.env["MONGO_PORT"]
+    database = stack.env["MONGO_DATABASE"]
+    with MongoClient(f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=5000) as anonymous:
+        with pytest.raises(OperationFailure):
+            anonymous[database][contract.COLLECTION_READINGS].find_one()
+    user = stack.env["MONGO_APP_USERNAME"]
+    wrong = f"mongodb://{user}:wrong@127.0.0.1:{port}/{database}?authSource={database}"
+    with MongoClient(wrong, serverSelectionTimeoutMS=5000) as impostor:
+        with pytest.raises(OperationFailure):
+            impostor[database][contract.COLLECTION_READINGS].find_one()
+    with stack.mongo() as client:
+        client[database][contract.COLLECTION_READINGS].find_one()
+
+
+def test_mongo_express_refuses_requests_without_the_right_credentials(stack: RunningStack) -> None:
+    url = f"http://127.0.0.1:{stack.env['MONGO_EXPRESS_PORT']}/"
+    for header in (None, "admin:wrong"):
+        request = urllib.request.Request(url)
+        if header:
+            request.add_header("Authorization", "Basic " + base64.b64encode(header.encode()).decode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 401
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    ca_key, ca, key, csr, cert = (directory / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt"))
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+    )
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(csr))
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "1",
+        "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+    return ca, cert, key
+
+
+def test_sensors_and_bridge_work_over_tls(pipeline: Pipeline, tmp_path: Path) -> None:
+    """A TLS listener with the stack's users and ACL; the real services connect over it."""
+    ca, cert, key = make_certificates(tmp_path)
+    conf_dir = pipeline.stack.stack.config.conf_dir("mosquitto")
+    port = free_port()
+    conf = tmp_path / "tls.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "per_listener_settings false",
+                "allow_anonymous false",
+                f"password_file {conf_dir / 'passwd'}",
+                f"acl_file {conf_dir / 'acl'}",
+                "user root",
+                "log_dest stderr",
+                f"listener {port} 127.0.0.1",
+                f"cafile {ca}",
+                f"certfile {cert}",
+                f"keyfile {key}",
+                "",
+            ]
+        )
+    )
+    broker = subprocess.Popen(
+        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)], stderr=subprocess.PIPE
+    )
+    try:
+        tls = {"MQTT_PORT": str(port), "MQTT_TLS_CA_FILE": str(ca)}
+        pipeline.start_server(**tls)
+        sensor = pipeline.start_sensor(1, SENSOR_MAX_READINGS="3", SENSOR_INTERVAL_S="0", SENSOR_LOOP="false", **tls)
+        assert sensor.wait(60) == 0, sensor.log_tail()
+        readings = pipeline.db[contract.COLLECTION_READINGS]
+        wait_for(
+            lambda: readings.count_documents({"sensor": pipeline.sensor_id(1)}) == 3,
+            60,
+            "3 readings over TLS",
+            pipeline.logs,
+        )
+        # Trusting other CAs (the system's), the client must refuse this broker: the certificate is checked.
+        untrusting = pipeline.start_sensor(
+            2, SENSOR_MAX_READINGS="1", SENSOR_LOOP="false", MQTT_PORT=str(port), MQTT_TLS_CA_FILE=SYSTEM_CAS
+        )
+        time.sleep(5)
+        assert readings.count_documents({"sensor": pipeline.sensor_id(2)}) == 0
+        assert "certificate verify failed" in untrusting.log_tail(
+            200
+        ) or "CERTIFICATE_VERIFY_FAILED" in untrusting.log_tail(200)
+        untrusting.stop(15)
+        pipeline.processes.remove(untrusting)
+    finally:
+        pipeline.stop_all()
+        broker.terminate()
+        broker.wait(10)
+
+
+def test_no_secret_reaches_a_service_log(stack: RunningStack) -> None:
+    """Every service log written by this test run is free of every secret."""
+    secrets = [v for k, v in stack.env.items() if "PASSWORD" in k or "SECRET" in k]
+    logs = list((ARTIFACTS / "logs").rglob("*.log"))
+    assert logs, "run after tests that start services"
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, f"{log} contains a secret"
