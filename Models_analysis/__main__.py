@@ -7,7 +7,8 @@ import threading
 
 from confluent_kafka import Producer
 
-from Models_analysis.model import ModelError, load_model
+from Models_analysis.model import ModelError
+from Models_analysis.registry import ModelRegistry
 from Models_analysis.scorer import Scorer
 from Models_analysis.settings import Settings
 from pipeline import lifecycle, logs, settings
@@ -23,15 +24,22 @@ def main() -> int:
     config = settings.load(Settings)
     logs.setup(config.LOG_LEVEL, "model")
     try:
-        model = load_model(config.MODEL_PATH)
+        models = ModelRegistry(config.MODEL_PATH, check_every_s=config.MODEL_RELOAD_CHECK_S)
     except ModelError as error:
         logger.error("MODEL_PATH: %s", error)
         return 2
-    logger.info("model %s (hash %s) loaded from %s", model.identity.name, model.identity.hash, model.path)
     stop = lifecycle.stop_event()
-    ensure_topics(config, [config.KAFKA_TOPIC_READINGS, config.KAFKA_TOPIC_RESULTS, config.KAFKA_TOPIC_DEADLETTER])
+    ensure_topics(
+        config,
+        [
+            config.KAFKA_TOPIC_READINGS,
+            config.KAFKA_TOPIC_RESULTS,
+            config.KAFKA_TOPIC_DEADLETTER,
+            config.KAFKA_TOPIC_ALERTS,
+        ],
+    )
     producer = Producer(producer_config(config, config.KAFKA_CLIENT_ID))
-    scorer = Scorer(config, model, producer, stop)
+    scorer = Scorer(config, models, producer, stop)
     scorer.kafka.up()  # it answered: the topics exist
     worker = threading.Thread(target=scorer.run, name="scorer")
 

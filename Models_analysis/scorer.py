@@ -13,11 +13,13 @@ import logging
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from Models_analysis import metrics
 from Models_analysis.model import LoadedModel, score
+from Models_analysis.registry import ModelRegistry
 from Models_analysis.settings import Settings
 from pipeline import contract
 from pipeline.health import Dependency
@@ -33,14 +35,13 @@ WARN_EVERY_S = 30.0
 class Scorer:
     """One model-service replica in the consumer group."""
 
-    def __init__(self, settings: Settings, model: LoadedModel, producer: Producer, stop: threading.Event) -> None:
+    def __init__(self, settings: Settings, models: ModelRegistry, producer: Producer, stop: threading.Event) -> None:
         self.settings = settings
-        self.model = model
+        self.models = models
         self.producer = producer
         self.stop = stop
         self.kafka = Dependency("kafka")
         self.lag = LagProbe(settings.KAFKA_TOPIC_READINGS)
-        metrics.MODEL.labels(model.identity.name, model.identity.hash).set(1)
         self.consumer = Consumer(consumer_config(settings, settings.KAFKA_GROUP_ID, settings.KAFKA_CLIENT_ID))
         self._last_warning = 0.0
 
@@ -87,14 +88,16 @@ class Scorer:
                 )
                 metrics.REJECTED.inc()
                 logger.warning("rejected a message on %s: %s", rejection.topic, error)
-        results: list[contract.Result] = []
-        if readings:
-            with metrics.PREDICT_SECONDS.time():
-                results = score(self.model, readings)
-            metrics.BATCH_SIZE.observe(len(readings))
+        self.models.refresh()
+        results = self.score(readings)
         records.extend(
             (self.settings.KAFKA_TOPIC_RESULTS, result.sensor.encode(), contract.result_message(result))
             for result in results
+        )
+        records.extend(
+            (self.settings.KAFKA_TOPIC_ALERTS, r.sensor.encode(), contract.result_message(contract.Alert.of(r)))
+            for r in results
+            if isinstance(r, contract.Prediction) and r.anomaly
         )
         try:
             until_done(
@@ -124,6 +127,31 @@ class Scorer:
             # Produced but not committed: re-scored after a restart, harmless then.
             logger.warning("could not commit offsets of %s: %s", self.settings.KAFKA_TOPIC_READINGS, error)
         return True
+
+    def score(self, readings: list[contract.Reading]) -> list[contract.Result]:
+        """Score readings, one predict per model in use; results keep the readings' order."""
+        groups: dict[Path, tuple[LoadedModel, list[int]]] = {}
+        results: list[contract.Result | None] = [None] * len(readings)
+        now = datetime.now(UTC)
+        for index, reading in enumerate(readings):
+            model = self.models.for_sensor(reading.sensor)
+            if model is None:
+                results[index] = contract.PredictionError(
+                    id=reading.id,
+                    sensor=reading.sensor,
+                    reason=f"no model for sensor {reading.sensor} and no default.joblib",
+                    model=contract.ModelIdentity(name="none", hash="none"),
+                    scored_at=now,
+                )
+                continue
+            groups.setdefault(model.path, (model, []))[1].append(index)
+        for model, indexes in groups.values():
+            with metrics.PREDICT_SECONDS.time():
+                scored = score(model, [readings[i] for i in indexes])
+            metrics.BATCH_SIZE.observe(len(indexes))
+            for i, result in zip(indexes, scored, strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]
 
     def _produce(self, records: list[tuple[str, bytes, bytes]]) -> None:
         try:

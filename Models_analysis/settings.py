@@ -12,8 +12,11 @@ from pipeline.settings import CommonSettings, KafkaSettings, hostname
 class Settings(CommonSettings, KafkaSettings):
     """What the model service reads from its environment."""
 
-    #: The model file (joblib). Swap models by pointing this elsewhere.
+    #: The model file (joblib), or a folder of <sensor>.joblib plus default.joblib.
+    #: A changed file is picked up without a restart.
     MODEL_PATH: Path = Path("models/default.joblib")
+    #: How often the model files are checked for changes (between batches).
+    MODEL_RELOAD_CHECK_S: float = Field(2.0, ge=0.1, le=3600)
     #: Consumer group: replicas in one group split the topic's partitions (the seed's name).
     KAFKA_GROUP_ID: str = Field("analytics-group", min_length=1)
     #: Client id of this replica in Kafka's logs and metrics.

@@ -1,11 +1,14 @@
-"""Train a Prophet model from a CSV and save it with its metadata.
+"""Train a model from a CSV or from the readings in MongoDB, and save it with its metadata.
 
     python -m Models_analysis.train --csv Data_collection/demo_data.csv --out models/default.joblib
+    python -m Models_analysis.train --from-mongo --sensor sensor-1 --since 2026-11-01 --out models/sensor-1.joblib
 
 A CSV with a time column (``--ts-column``) is fitted on those times. A CSV of
 values only (the seed's demo_data.csv) gets times ``--freq`` apart ending at
 ``--end`` (default: now), so the model forecasts around the present.
-The file holds ``{"model": Prophet, "metadata": {...}}``; see Models_analysis.model.
+``--from-mongo`` reads MONGO_URI and MONGO_DATABASE from the environment.
+``--kind prophet`` (default) or ``trend`` (Models_analysis.adapters.TrendModel).
+The file holds ``{"model": model, "metadata": {...}}``; see Models_analysis.model.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -23,8 +27,9 @@ import joblib
 import pandas as pd
 
 from Models_analysis.model import file_hash
-from pipeline import logs
+from pipeline import contract, logs, settings
 from pipeline.csv_rows import CsvError, parse_timestamp, read_rows
+from pipeline.settings import MongoSettings
 
 logger = logging.getLogger("Models_analysis.train")
 
@@ -32,8 +37,8 @@ logger = logging.getLogger("Models_analysis.train")
 def frame_from_csv(
     path: Path, value_column: str | None, ts_column: str | None, freq: str, end: datetime
 ) -> pd.DataFrame:
-    """The training frame (``ds`` naive UTC, ``y``) from a CSV."""
-    rows = read_rows(path, value_column, ts_column)
+    """The training frame (``ds`` naive UTC, ``y``) from a CSV; any bad row is an error naming its line."""
+    rows = read_rows(path, value_column, ts_column, strict=True)
     if ts_column:
         ds = pd.to_datetime([r.ts.astimezone(UTC).replace(tzinfo=None) for r in rows if r.ts is not None])
     else:
@@ -41,13 +46,48 @@ def frame_from_csv(
     return pd.DataFrame({"ds": ds, "y": [r.value for r in rows]})
 
 
-def fit_prophet(frame: pd.DataFrame, interval_width: float) -> Any:
-    """Fit Prophet (imported here: it is slow to import and only training needs it)."""
-    from prophet import Prophet
+def frame_from_mongo(sensor: str | None, since: datetime | None, until: datetime | None) -> pd.DataFrame:
+    """The training frame from stored readings: one sensor's or all, within [since, until)."""
+    from pymongo import MongoClient
 
-    model = Prophet(interval_width=interval_width)
-    model.fit(frame)
-    return model
+    config = settings.load(MongoSettings)
+    query: dict[str, Any] = {}
+    if sensor:
+        query["sensor"] = sensor
+    if since or until:
+        query["ts"] = {**({"$gte": since} if since else {}), **({"$lt": until} if until else {})}
+    with MongoClient(config.MONGO_URI.get_secret_value(), tz_aware=True) as client:
+        cursor = client[config.MONGO_DATABASE][contract.COLLECTION_READINGS].find(query, {"ts": 1, "v": 1, "_id": 0})
+        documents = list(cursor)
+    frame = pd.DataFrame(
+        {"ds": [d["ts"].astimezone(UTC).replace(tzinfo=None) for d in documents], "y": [d["v"] for d in documents]}
+    )
+    return frame.sort_values("ds", ignore_index=True)
+
+
+def fit(kind: str, frame: pd.DataFrame, interval_width: float) -> Any:
+    """Fit the model, printing the elapsed time while it works (Prophet can take a while)."""
+    done = threading.Event()
+
+    def progress() -> None:
+        started = time.monotonic()
+        while not done.wait(2.0):
+            print(f"  still fitting ... {time.monotonic() - started:.0f}s", flush=True)
+
+    ticker = threading.Thread(target=progress, daemon=True)
+    ticker.start()
+    try:
+        if kind == "trend":
+            from Models_analysis.adapters import TrendModel
+
+            return TrendModel(interval_width).fit(frame)
+        from prophet import Prophet  # slow to import, and only training needs it
+
+        model = Prophet(interval_width=interval_width)
+        model.fit(frame)
+        return model
+    finally:
+        done.set()
 
 
 def save(model: Any, frame: pd.DataFrame, out: Path, name: str, source: str, interval_width: float) -> dict[str, Any]:
@@ -64,7 +104,7 @@ def save(model: Any, frame: pd.DataFrame, out: Path, name: str, source: str, int
         "versions": {pkg: version(pkg) for pkg in ("prophet", "pandas", "numpy")},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f".{out.name}.tmp")
     joblib.dump({"model": model, "metadata": metadata}, tmp)
     # Atomic replace: a model service watching the path never reads half a file.
     tmp.replace(out)
@@ -74,29 +114,48 @@ def save(model: Any, frame: pd.DataFrame, out: Path, name: str, source: str, int
 def main(argv: list[str] | None = None) -> int:
     """The command line."""
     parser = argparse.ArgumentParser(prog="python -m Models_analysis.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--csv", type=Path, required=True, help="CSV to train on")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", type=Path, help="CSV to train on")
+    source.add_argument(
+        "--from-mongo", action="store_true", help="train on stored readings (MONGO_URI, MONGO_DATABASE)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="where to write the model (.joblib)")
-    parser.add_argument("--value-column", help="column of values (default: the only column, or 'value')")
-    parser.add_argument("--ts-column", help="column of times (default: none; times are generated)")
-    parser.add_argument("--freq", default="1min", help="spacing of generated times (pandas frequency, default 1min)")
-    parser.add_argument("--end", default="now", help="last generated time, ISO 8601 or 'now' (default)")
+    parser.add_argument(
+        "--kind", choices=("prophet", "trend"), default="prophet", help="model to fit (default prophet)"
+    )
+    parser.add_argument("--value-column", help="CSV: column of values (default: the only column, or 'value')")
+    parser.add_argument("--ts-column", help="CSV: column of times (default: none; times are generated)")
+    parser.add_argument(
+        "--freq", default="1min", help="CSV: spacing of generated times (pandas frequency, default 1min)"
+    )
+    parser.add_argument("--end", default="now", help="CSV: last generated time, ISO 8601 or 'now' (default)")
+    parser.add_argument("--sensor", help="MongoDB: this sensor's readings only (default: all sensors)")
+    parser.add_argument("--since", help="MongoDB: readings at or after this time (ISO 8601)")
+    parser.add_argument("--until", help="MongoDB: readings before this time (ISO 8601)")
     parser.add_argument("--name", help="the model's name in predictions (default: the output file's stem)")
     parser.add_argument("--interval-width", type=float, default=0.99, help="forecast interval (default 0.99)")
     args = parser.parse_args(argv)
-    logs.setup("INFO", "train")
+    logs.setup("WARNING", "train")
     try:
-        end = datetime.now(UTC) if args.end == "now" else parse_timestamp(args.end)
-        frame = frame_from_csv(args.csv, args.value_column, args.ts_column, args.freq, end)
+        if args.csv:
+            end = datetime.now(UTC) if args.end == "now" else parse_timestamp(args.end)
+            frame = frame_from_csv(args.csv, args.value_column, args.ts_column, args.freq, end)
+            origin = str(args.csv)
+        else:
+            since = parse_timestamp(args.since) if args.since else None
+            until = parse_timestamp(args.until) if args.until else None
+            frame = frame_from_mongo(args.sensor, since, until)
+            origin = f"mongodb readings, sensor={args.sensor or 'all'}, since={args.since}, until={args.until}"
     except (CsvError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if len(frame) < 2:
-        print(f"error: {args.csv} has {len(frame)} usable rows; Prophet needs at least 2", file=sys.stderr)
+        print(f"error: {len(frame)} usable rows ({origin}); a model needs at least 2", file=sys.stderr)
         return 2
-    print(f"fitting Prophet on {len(frame)} rows ({frame['ds'].min()} .. {frame['ds'].max()}) ...", flush=True)
+    print(f"fitting {args.kind} on {len(frame)} rows ({frame['ds'].min()} .. {frame['ds'].max()}) ...", flush=True)
     started = time.monotonic()
-    model = fit_prophet(frame, args.interval_width)
-    metadata = save(model, frame, args.out, args.name or args.out.stem, str(args.csv), args.interval_width)
+    model = fit(args.kind, frame, args.interval_width)
+    metadata = save(model, frame, args.out, args.name or args.out.stem, origin, args.interval_width)
     print(
         f"fitted in {time.monotonic() - started:.1f}s; saved {metadata['name']} (hash {metadata['hash']}) to {args.out}"
     )

@@ -25,16 +25,24 @@ def main() -> int:
     config = settings.load(Settings)
     logs.setup(config.LOG_LEVEL, "server")
     stop = lifecycle.stop_event()
-    ensure_topics(config, [config.KAFKA_TOPIC_READINGS, config.KAFKA_TOPIC_RESULTS, config.KAFKA_TOPIC_DEADLETTER])
+    ensure_topics(
+        config,
+        [
+            config.KAFKA_TOPIC_READINGS,
+            config.KAFKA_TOPIC_RESULTS,
+            config.KAFKA_TOPIC_DEADLETTER,
+            config.KAFKA_TOPIC_ALERTS,
+        ],
+    )
     store = Store(config)
     try:
         store.ensure_indexes()
     except Exception:  # noqa: BLE001 - indexes help queries; their absence must not stop the flow
         logger.exception("could not create MongoDB indexes; continuing without them")
     producer = Producer(producer_config(config, config.MQTT_CLIENT_ID))
-    aggregator = Aggregator(store, stop)
+    aggregator = Aggregator(store, stop, accuracy_window=config.SERVER_ACCURACY_WINDOW)
     bridge = Bridge(config, store, producer, stop, aggregator)
-    sink = ResultsSink(config, store, producer, stop)
+    sink = ResultsSink(config, store, producer, stop, aggregator)
     workers = [
         threading.Thread(target=bridge.run, name="bridge"),
         threading.Thread(target=sink.run, name="results"),

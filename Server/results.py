@@ -19,6 +19,7 @@ from pipeline.kafka import consumer_config, produce_all
 from pipeline.metrics import LagProbe
 from pipeline.retry import RetryError, until_done
 from Server import metrics
+from Server.aggregates import Aggregator
 from Server.ingest import RETRYABLE
 from Server.settings import Settings
 from Server.store import Store
@@ -32,7 +33,15 @@ WARN_EVERY_S = 30.0
 class ResultsSink:
     """Consumes the results topic and stores predictions and prediction errors."""
 
-    def __init__(self, settings: Settings, store: Store, producer: Producer, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        producer: Producer,
+        stop: threading.Event,
+        aggregator: Aggregator | None = None,
+    ) -> None:
+        self.aggregator = aggregator
         self.settings = settings
         self.store = store
         self.producer = producer
@@ -45,7 +54,7 @@ class ResultsSink:
 
     def run(self) -> None:
         """Consume until stopped; then commit what was stored and leave the group."""
-        self.consumer.subscribe([self.settings.KAFKA_TOPIC_RESULTS])
+        self.consumer.subscribe([self.settings.KAFKA_TOPIC_RESULTS, self.settings.KAFKA_TOPIC_ALERTS])
         try:
             while not self.stop.is_set():
                 messages = self.consumer.consume(num_messages=BATCH_MAX, timeout=0.5)
@@ -67,11 +76,15 @@ class ResultsSink:
     def _store(self, messages: list) -> bool:  # type: ignore[type-arg]
         predictions: list[dict] = []  # type: ignore[type-arg]
         errors: list[dict] = []  # type: ignore[type-arg]
+        alerts: list[dict] = []  # type: ignore[type-arg]
         rejections: list[contract.Rejection] = []
         now = datetime.now(UTC)
         for message in messages:
             raw = message.value() or b""
             try:
+                if message.topic() == self.settings.KAFKA_TOPIC_ALERTS:
+                    alerts.append(contract.parse_alert(raw).to_document())
+                    continue
                 result = contract.parse_result(raw)
             except contract.ContractError as error:
                 rejections.append(contract.Rejection.of(raw, "kafka", message.topic(), str(error), now))
@@ -86,6 +99,8 @@ class ResultsSink:
             metrics.RESULTS_STORED.labels("prediction").inc(new)
             new, _ = self.store.insert_new(contract.COLLECTION_PREDICTION_ERRORS, errors)
             metrics.RESULTS_STORED.labels("prediction_error").inc(new)
+            new, _ = self.store.insert_new(contract.COLLECTION_ALERTS, alerts)
+            metrics.RESULTS_STORED.labels("alert").inc(new)
             if rejections:
                 self.store.insert_new(contract.COLLECTION_REJECTIONS, [r.to_document() for r in rejections])
                 produce_all(
@@ -104,6 +119,8 @@ class ResultsSink:
         except RetryError:
             logger.warning("stopping with %d results not stored; Kafka will redeliver them", len(messages))
             return False
+        if self.aggregator is not None:
+            self.aggregator.touch_accuracy((d["sensor"], d["model"]["name"], d["model"]["hash"]) for d in predictions)
         stored_at = datetime.now(UTC)
         for document in predictions:
             metrics.SCORED_TO_STORED.observe(max(0.0, (stored_at - document["scored_at"]).total_seconds()))

@@ -40,6 +40,7 @@ class Store:
         self.db[contract.COLLECTION_PREDICTIONS].create_index([("sensor", ASCENDING), ("ds", ASCENDING)])
         self.db[contract.COLLECTION_REJECTIONS].create_index([("received_at", ASCENDING)])
         self.db[contract.COLLECTION_AGGREGATES].create_index([("sensor", ASCENDING), ("minute", ASCENDING)])
+        self.db[contract.COLLECTION_ALERTS].create_index([("ts", ASCENDING)])
 
     def ping(self) -> None:
         """Raise unless the server answers."""

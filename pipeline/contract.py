@@ -44,6 +44,8 @@ TOPIC_READINGS = "analytics"
 TOPIC_RESULTS = "analytics_results"
 #: Kafka topic carrying every rejected payload with its reason.
 TOPIC_DEADLETTER = "deadletter"
+#: Kafka topic carrying one alert per anomaly.
+TOPIC_ALERTS = "alerts"
 
 #: MQTT topic a sensor publishes its readings to.
 MQTT_READINGS_TOPIC = "sensors/{sensor}/readings"
@@ -58,6 +60,10 @@ COLLECTION_PREDICTION_ERRORS = "prediction_errors"
 COLLECTION_REJECTIONS = "rejections"
 #: Per-sensor, per-minute count/sum/mean/min/max of the readings (by event time).
 COLLECTION_AGGREGATES = "aggregates"
+#: One document per anomaly: a reading outside its forecast interval.
+COLLECTION_ALERTS = "alerts"
+#: Per sensor and model: rolling mean absolute error and interval coverage.
+COLLECTION_ACCURACY = "accuracy"
 
 # --- limits ------------------------------------------------------------------
 
@@ -187,6 +193,49 @@ class Prediction(BaseModel):
     def to_document(self) -> dict[str, Any]:
         """The MongoDB document, keyed by the reading id."""
         document = self.model_dump(exclude={"kind", "id"})
+        document["_id"] = self.id
+        return document
+
+
+class Alert(BaseModel):
+    """An anomaly: the observed value fell outside the forecast interval, by ``miss``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: ReadingId
+    sensor: SensorId
+    ts: AwareDatetime
+    v: float = Field(allow_inf_nan=False)
+    yhat: float = Field(allow_inf_nan=False)
+    yhat_lower: float = Field(allow_inf_nan=False)
+    yhat_upper: float = Field(allow_inf_nan=False)
+    direction: Literal["above", "below"]
+    #: How far outside the interval the value is (always positive).
+    miss: float = Field(allow_inf_nan=False)
+    model: ModelIdentity
+    detected_at: AwareDatetime
+
+    @classmethod
+    def of(cls, prediction: Prediction) -> Alert:
+        """The alert for an anomalous prediction."""
+        above = prediction.v > prediction.yhat_upper
+        return cls(
+            id=prediction.id,
+            sensor=prediction.sensor,
+            ts=prediction.ds,
+            v=prediction.v,
+            yhat=prediction.yhat,
+            yhat_lower=prediction.yhat_lower,
+            yhat_upper=prediction.yhat_upper,
+            direction="above" if above else "below",
+            miss=prediction.v - prediction.yhat_upper if above else prediction.yhat_lower - prediction.v,
+            model=prediction.model,
+            detected_at=prediction.scored_at,
+        )
+
+    def to_document(self) -> dict[str, Any]:
+        """The MongoDB document, keyed by the reading id (one alert per reading)."""
+        document = self.model_dump(exclude={"id"})
         document["_id"] = self.id
         return document
 
@@ -430,6 +479,15 @@ def parse_result(raw: bytes) -> Result:
         raise ContractError(_describe(error)) from None
 
 
-def result_message(result: Result) -> bytes:
+def parse_alert(raw: bytes) -> Alert:
+    """Parse a message from the alerts topic."""
+    obj = load_json_object(raw, max_bytes=1 << 20)
+    try:
+        return Alert.model_validate(obj)
+    except ValidationError as error:
+        raise ContractError(_describe(error)) from None
+
+
+def result_message(result: Result | Alert) -> bytes:
     """The Kafka value for a prediction or a prediction error."""
     return dumps(result.model_dump())

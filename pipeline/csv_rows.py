@@ -42,13 +42,16 @@ def parse_timestamp(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def read_rows(path: Path, value_column: str | None = None, timestamp_column: str | None = None) -> list[Row]:
+def read_rows(
+    path: Path, value_column: str | None = None, timestamp_column: str | None = None, strict: bool = False
+) -> list[Row]:
     """Read every usable row of ``path``.
 
     A file with one column may have no header (the seed's demo_data.csv form).
     Otherwise the value column is ``value_column``, else the only column, else
     the one named "value". Rows whose value is not a finite number, or whose
-    time does not parse, are skipped with a warning naming the line.
+    time does not parse, are skipped with a warning naming the line; with
+    ``strict`` (training) the first such row is an error instead.
     """
     with path.open(newline="", encoding="utf-8-sig") as handle:
         records = [r for r in csv.reader(handle) if r and any(cell.strip() for cell in r)]
@@ -73,6 +76,10 @@ def read_rows(path: Path, value_column: str | None = None, timestamp_column: str
                 raise ValueError
         except (ValueError, IndexError):
             cell = record[value_index] if value_index < len(record) else ""
+            if strict:
+                raise CsvError(
+                    f"{path} line {line}: value {cell!r} in column {header[value_index]!r} is not a finite number"
+                ) from None
             logger.warning(
                 "%s line %d: value %r in column %r is not a finite number; row skipped",
                 path,
@@ -87,6 +94,10 @@ def read_rows(path: Path, value_column: str | None = None, timestamp_column: str
             try:
                 ts = parse_timestamp(cell)
             except ValueError:
+                if strict:
+                    raise CsvError(
+                        f"{path} line {line}: time {cell!r} in column {header[ts_index]!r} is not ISO 8601"
+                    ) from None
                 logger.warning(
                     "%s line %d: time %r in column %r is not ISO 8601; row skipped", path, line, cell, header[ts_index]
                 )

@@ -61,6 +61,7 @@ class KafkaSettings(_Base):
     KAFKA_TOPIC_READINGS: str = contract.TOPIC_READINGS
     KAFKA_TOPIC_RESULTS: str = contract.TOPIC_RESULTS
     KAFKA_TOPIC_DEADLETTER: str = contract.TOPIC_DEADLETTER
+    KAFKA_TOPIC_ALERTS: str = contract.TOPIC_ALERTS
     #: Partitions for topics the pipeline creates: the most model-service
     #: replicas that can share the work.
     KAFKA_NUM_PARTITIONS: int = Field(3, ge=1, le=1000)

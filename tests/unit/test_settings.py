@@ -38,7 +38,7 @@ BASE = {"MQTT_USERNAME": "u", "MQTT_PASSWORD": SECRET, "MONGO_URI": f"mongodb://
         ("Data_collection", {**BASE, "SENSOR_ID": "a/b"}, "SENSOR_ID: String should match pattern"),
         ("Data_collection", {"MQTT_PASSWORD": SECRET}, "MQTT_USERNAME is not set (required)"),
         ("Models_analysis", {"MODEL_BATCH_MAX": "many"}, "MODEL_BATCH_MAX: Input should be a valid integer"),
-        ("Models_analysis", {"MODEL_PATH": "/nope.joblib"}, "MODEL_PATH: /nope.joblib: no such model file"),
+        ("Models_analysis", {"MODEL_PATH": "/nope.joblib"}, "MODEL_PATH: /nope.joblib: no usable model"),
     ],
 )
 def test_bad_setting_stops_the_service_with_its_name(module: str, env: dict[str, str], message: str) -> None:

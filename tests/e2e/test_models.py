@@ -1,0 +1,174 @@
+"""Bring your own model, on the real pipeline: train, swap without restart, per-sensor, alerts, accuracy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import joblib
+import pytest
+
+from localstack.services import ROOT
+from Models_analysis.model import file_hash, load_model
+from pipeline import contract
+from tests.conftest import Pipeline, wait_for
+from tests.helpers import consume, payload, publish, reading
+from tests.unit.models import ConstantModel
+
+pytestmark = pytest.mark.e2e
+
+
+def save_model(path: Path, name: str, level: float, width: float = 5.0) -> str:
+    """Write a constant model bundle atomically; returns its content hash."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    joblib.dump({"model": ConstantModel(level, width), "metadata": {"name": name}}, tmp)
+    tmp.replace(path)
+    return file_hash(path)
+
+
+def train(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "Models_analysis.train", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_train_from_a_csv_saves_the_model_with_its_metadata(tmp_path: Path) -> None:
+    csv = tmp_path / "series.csv"
+    csv.write_text("time,count\n" + "".join(f"2026-11-01T00:{m:02d}:00Z,{100 + m % 7}\n" for m in range(60)))
+    out = tmp_path / "mine.joblib"
+    result = train("--csv", str(csv), "--ts-column", "time", "--value-column", "count", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    loaded = load_model(out)
+    assert f"saved mine (hash {loaded.identity.hash}) to {out}" in result.stdout
+    assert loaded.identity.name == "mine" and type(loaded.model).__name__ == "Prophet"
+    assert loaded.metadata["rows"] == 60 and loaded.metadata["train_start"].startswith("2026-11-01T00:00")
+    assert set(loaded.metadata["versions"]) == {"prophet", "pandas", "numpy"}
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,count\n2026-11-01T00:00:00Z,1\n2026-11-01T00:01:00Z,many\n")
+    result = train("--csv", str(bad), "--ts-column", "time", "--out", str(tmp_path / "x.joblib"))
+    assert result.returncode == 2
+    assert "line 3: value 'many' in column 'count' is not a finite number" in result.stderr
+
+
+def test_train_from_mongodb_readings_of_one_sensor(pipeline: Pipeline, tmp_path: Path) -> None:
+    pipeline.start_server()
+    sensor = pipeline.start_sensor(1, SENSOR_MAX_READINGS="30", SENSOR_INTERVAL_S="0", SENSOR_LOOP="false")
+    assert sensor.wait(60) == 0
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    wait_for(lambda: readings.count_documents({"sensor": pipeline.sensor_id(1)}) == 30, 60, "30 readings")
+    out = tmp_path / "from-mongo.joblib"
+    env = {"MONGO_URI": pipeline.stack.env["MONGO_URI"], "MONGO_DATABASE": pipeline.stack.env["MONGO_DATABASE"]}
+    result = train("--from-mongo", "--sensor", pipeline.sensor_id(1), "--kind", "trend", "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    loaded = load_model(out)
+    assert loaded.metadata["rows"] == 30 and pipeline.sensor_id(1) in loaded.metadata["source"]
+    assert type(loaded.model).__name__ == "TrendModel"
+
+
+def test_swapping_the_model_file_switches_identity_without_a_gap_or_restart(pipeline: Pipeline, tmp_path: Path) -> None:
+    path = tmp_path / "model.joblib"
+    first = save_model(path, "first", level=100)
+    pipeline.start_server()
+    model = pipeline.start_model(MODEL_PATH=str(path), MODEL_RELOAD_CHECK_S="0.5", MODEL_BATCH_WAIT_MS="50")
+    pid = model.process.pid  # type: ignore[union-attr]
+    sensor = pipeline.start_sensor(1, SENSOR_MAX_READINGS="300", SENSOR_INTERVAL_S="0.03", SENSOR_LOOP="false")
+    predictions = pipeline.db[contract.COLLECTION_PREDICTIONS]
+    query = {"sensor": pipeline.sensor_id(1)}
+    wait_for(lambda: predictions.count_documents(query) >= 50, 60, "predictions by the first model", pipeline.logs)
+    second = save_model(path, "second", level=200)
+    wait_for(
+        lambda: predictions.count_documents({**query, "model.hash": second}) >= 20, 60, "the switch", pipeline.logs
+    )
+    # A corrupt replacement: reported, and the second model keeps serving.
+    tmp = path.with_name(".corrupt.tmp")
+    tmp.write_bytes(b"this is not a model")
+    tmp.replace(path)
+    assert sensor.wait(120) == 0
+    wait_for(lambda: predictions.count_documents(query) == 300, 60, "a prediction for every reading", pipeline.logs)
+    by_model = Counter(p["model"]["hash"] for p in predictions.find(query))
+    assert set(by_model) == {first, second}, by_model
+    assert by_model[first] >= 50 and by_model[second] >= 20
+    assert model.alive and model.process.pid == pid, "the model service must not restart"  # type: ignore[union-attr]
+    log = model.log_tail(400)
+    assert f"switched from first (hash {first}) to second (hash {second})" in log
+    assert "cannot use the model file" in log and f"still serving second (hash {second})" in log
+    latest = max(predictions.find(query), key=lambda p: p["ds"])
+    assert latest["model"]["hash"] == second and latest["yhat"] == 200.0
+
+
+def test_a_folder_gives_each_sensor_its_own_model_or_the_default(pipeline: Pipeline, tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    default = save_model(folder / "default.joblib", "default", level=10)
+    own = save_model(folder / f"{pipeline.sensor_id(2)}.joblib", "own", level=20)
+    pipeline.start_server()
+    pipeline.start_model(MODEL_PATH=str(folder))
+    for n in (1, 2):
+        pipeline.start_sensor(n, SENSOR_MAX_READINGS="10", SENSOR_INTERVAL_S="0", SENSOR_LOOP="false")
+    predictions = pipeline.db[contract.COLLECTION_PREDICTIONS]
+    ids = [pipeline.sensor_id(1), pipeline.sensor_id(2)]
+    wait_for(lambda: predictions.count_documents({"sensor": {"$in": ids}}) == 20, 60, "20 predictions", pipeline.logs)
+    assert {p["model"]["hash"] for p in predictions.find({"sensor": ids[0]})} == {default}
+    assert {p["model"]["hash"] for p in predictions.find({"sensor": ids[1]})} == {own}
+
+
+def test_a_numpy_model_trained_by_the_cli_serves_end_to_end(pipeline: Pipeline, tmp_path: Path) -> None:
+    out = tmp_path / "trend.joblib"
+    result = train("--csv", "Data_collection/demo_data.csv", "--kind", "trend", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    pipeline.start_server()
+    pipeline.start_model(MODEL_PATH=str(out))
+    pipeline.start_sensor(1, SENSOR_MAX_READINGS="20", SENSOR_INTERVAL_S="0", SENSOR_LOOP="false")
+    predictions = pipeline.db[contract.COLLECTION_PREDICTIONS]
+    wait_for(lambda: predictions.count_documents({"sensor": pipeline.sensor_id(1)}) == 20, 60, "20 predictions")
+    identity = load_model(out).identity
+    for prediction in predictions.find({"sensor": pipeline.sensor_id(1)}):
+        assert prediction["model"] == identity.model_dump()
+        assert prediction["yhat_lower"] < prediction["yhat"] < prediction["yhat_upper"]
+
+
+def test_anomalies_become_alerts_and_accuracy_matches_a_hand_computation(pipeline: Pipeline, tmp_path: Path) -> None:
+    path = tmp_path / "flat.joblib"
+    model_hash = save_model(path, "flat", level=100, width=5)  # interval [95, 105]
+    pipeline.start_server()
+    pipeline.start_model(MODEL_PATH=str(path))
+    sensor = pipeline.sensor_id(1)
+    values = [100.0, 103.0, 90.0, 106.0, 100.0, 500.0]
+    items = [reading(sensor, v) for v in values]
+    assert publish(pipeline.stack.env, sensor, contract.readings_topic(sensor), [payload(r) for r in items]) == [0] * 6
+
+    alerts = pipeline.db[contract.COLLECTION_ALERTS]
+    wait_for(lambda: alerts.count_documents({"sensor": sensor}) == 3, 60, "3 alerts", pipeline.logs)
+    by_value = {a["v"]: a for a in alerts.find({"sensor": sensor})}
+    assert set(by_value) == {90.0, 106.0, 500.0}
+    assert (by_value[500.0]["direction"], by_value[500.0]["miss"]) == ("above", 395.0)
+    assert (by_value[90.0]["direction"], by_value[90.0]["miss"]) == ("below", 5.0)
+    assert by_value[106.0]["yhat_lower"] == 95.0 and by_value[106.0]["model"]["hash"] == model_hash
+    topic = pipeline.topics["KAFKA_TOPIC_ALERTS"]
+    assert sorted(
+        json.loads(m.value())["v"] for m in consume(pipeline.stack.env["KAFKA_BOOTSTRAP_SERVERS"], topic, want=3)
+    ) == [
+        90.0,
+        106.0,
+        500.0,
+    ]
+
+    accuracy = pipeline.db[contract.COLLECTION_ACCURACY]
+    expected_mae = sum(abs(v - 100.0) for v in values) / len(values)  # (0+3+10+6+0+400)/6
+    expected_coverage = sum(95.0 <= v <= 105.0 for v in values) / len(values)  # 3 of 6
+    document = wait_for(
+        lambda: (d := accuracy.find_one({"_id": f"{sensor}|{model_hash}"})) and d["n"] == 6 and d, 60, "accuracy"
+    )
+    assert document["mae"] == pytest.approx(expected_mae)
+    assert document["coverage"] == pytest.approx(expected_coverage)
+    assert document["model"] == {"name": "flat", "hash": model_hash}
