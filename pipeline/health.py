@@ -1,7 +1,9 @@
 """Health and metrics over HTTP: ``/healthz`` (alive), ``/readyz`` (connected), ``/metrics`` (Prometheus).
 
 Each service starts one :class:`HealthServer` on HEALTH_PORT with its own
-readiness checks; Compose healthchecks and Prometheus use it.
+readiness checks; Compose healthchecks and Prometheus use it. A service that
+already serves HTTP (the dashboard) answers the same three paths with
+:func:`liveness`, :func:`readiness` and :func:`metrics`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,24 @@ class Dependency:
         return self._up.is_set()
 
 
+def liveness(alive: Check) -> tuple[int, dict[str, object]]:
+    """The status code and JSON body of ``/healthz``."""
+    ok = alive()
+    return (200 if ok else 503), {"status": "ok" if ok else "failing"}
+
+
+def readiness(ready: Mapping[str, Check]) -> tuple[int, dict[str, object]]:
+    """The status code and JSON body of ``/readyz``: every check, and whether all pass."""
+    checks = {name: bool(check()) for name, check in ready.items()}
+    ok = all(checks.values())
+    return (200 if ok else 503), {"status": "ready" if ok else "not ready", "checks": checks}
+
+
+def metrics() -> tuple[bytes, str]:
+    """The body and content type of ``/metrics`` (this process's Prometheus registry)."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
 class HealthServer:
     """A tiny HTTP server in a daemon thread."""
 
@@ -57,14 +77,11 @@ class HealthServer:
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
                 path = self.path.split("?")[0]
                 if path == "/metrics":
-                    self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                    self._send(200, *metrics())
                 elif path == "/healthz":
-                    alive = owner.alive()
-                    self._json(200 if alive else 503, {"status": "ok" if alive else "failing"})
+                    self._json(*liveness(owner.alive))
                 elif path == "/readyz":
-                    checks = {name: bool(check()) for name, check in owner.ready.items()}
-                    ready = all(checks.values())
-                    self._json(200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks})
+                    self._json(*readiness(owner.ready))
                 else:
                     self._json(404, {"error": f"no {path}; try /healthz, /readyz or /metrics"})
 
