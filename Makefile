@@ -17,7 +17,7 @@ help: ## List the targets
 env: ## Write .env with fresh random secrets (kept if it exists)
 	@$(PYTHON) scripts/gen_env.py
 
-$(VENV)/.installed: requirements-dev.txt pipeline/requirements.txt Data_collection/requirements.txt Server/requirements.txt Models_analysis/requirements.txt
+$(VENV)/.installed: requirements-dev.txt pipeline/requirements.txt Data_collection/requirements.txt Server/requirements.txt Models_analysis/requirements.txt Dashboard/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt

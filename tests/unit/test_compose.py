@@ -34,6 +34,7 @@ PYTHON_SERVICES = {
     "sensor": "Data_collection.settings",
     "server": "Server.settings",
     "model_analysis": "Models_analysis.settings",
+    "dashboard": "Dashboard.settings",
 }
 #: A variable whose name contains one of these is a credential.
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|USERNAME|TOKEN|KEY")

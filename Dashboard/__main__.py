@@ -1,0 +1,75 @@
+"""Entry point: `python -m Dashboard` serves the live page on DASHBOARD_PORT until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import uvicorn
+from pymongo import MongoClient
+
+from Dashboard.app import create_app
+from Dashboard.probe import ServiceProbe
+from Dashboard.queries import Reader
+from Dashboard.settings import Settings
+from pipeline import logs, settings
+
+logger = logging.getLogger("Dashboard")
+
+
+def main() -> int:
+    """Serve until SIGTERM or SIGINT: uvicorn finishes the requests in hand, then the clients close."""
+    config = settings.load(Settings)
+    logs.setup(config.LOG_LEVEL, "dashboard")
+    stopped = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # uvicorn handles the signal while it serves, then raises it again once it
+        # has drained; landing here makes that a normal exit (code 0), like the
+        # other services. A signal before uvicorn starts means: do not start.
+        logger.info("%s: stopping", signal.Signals(signum).name)
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    client: MongoClient[dict[str, object]] = MongoClient(
+        config.MONGO_URI.get_secret_value(),
+        tz_aware=True,
+        serverSelectionTimeoutMS=3000,
+        connectTimeoutMS=3000,
+        appname="pipeline-dashboard",
+    )
+    probe = ServiceProbe(config.services)
+    app = create_app(config, Reader(client[config.MONGO_DATABASE]), probe)
+    logger.info(
+        "dashboard on :%d, database %s, services: %s",
+        config.DASHBOARD_PORT,
+        config.MONGO_DATABASE,
+        ", ".join(config.services) or "none (DASHBOARD_SERVICES is empty)",
+    )
+    try:
+        if not stopped.is_set():
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    app,
+                    host="0.0.0.0",
+                    port=config.DASHBOARD_PORT,
+                    log_config=None,  # our logging setup, to stdout
+                    access_log=config.LOG_LEVEL == "DEBUG",  # the page polls every few seconds
+                    timeout_graceful_shutdown=10,
+                )
+            )
+            server.run()
+            if not server.started:
+                return 1  # could not bind the port; uvicorn logged why
+    finally:
+        probe.close()
+        client.close()
+        logger.info("dashboard stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""The FastAPI app: the page, its static files, the read-only JSON API, and health/metrics.
+
+Everything is behind HTTP basic auth (DASHBOARD_USERNAME / DASHBOARD_PASSWORD)
+except /healthz, /readyz and /metrics, which Compose healthchecks and
+Prometheus call without credentials; they say nothing about the data.
+The routes are plain ``def``: FastAPI runs them in its thread pool, where the
+blocking pymongo and urllib calls belong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pymongo.errors import PyMongoError
+
+from Dashboard import metrics
+from Dashboard.probe import ServiceProbe
+from Dashboard.queries import Reader
+from Dashboard.settings import Settings
+from pipeline import contract, health
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+#: Probes for Compose and Prometheus: no credentials, no data.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+REALM = 'Basic realm="sensor pipeline", charset="UTF-8"'
+
+Minutes = Annotated[int, Query(ge=1, le=24 * 60)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+
+def credentials_match(header: str | None, username: str, password: str) -> bool:
+    """Whether an ``Authorization: Basic ...`` header carries this login (compared in constant time)."""
+    if not header or header[:6].lower() != "basic ":
+        return False
+    try:
+        given_user, _, given_password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    # Both compared, always: no early exit tells which of the two was wrong.
+    user_ok = secrets.compare_digest(given_user.encode(), username.encode())
+    password_ok = secrets.compare_digest(given_password.encode(), password.encode())
+    return user_ok & password_ok
+
+
+def create_app(settings: Settings, reader: Reader, probe: ServiceProbe) -> FastAPI:
+    """The dashboard's ASGI app, reading from ``reader`` and asking ``probe`` about the services."""
+    # No /docs: Swagger UI loads from a CDN, and users' networks may be closed.
+    app = FastAPI(title="Sensor pipeline dashboard", docs_url=None, redoc_url=None)
+    username = settings.DASHBOARD_USERNAME
+    password = settings.DASHBOARD_PASSWORD.get_secret_value()
+
+    @app.middleware("http")
+    async def require_login(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # A middleware, not a dependency, so static files and unknown paths are covered too.
+        given = request.headers.get("authorization")
+        if request.url.path in OPEN_PATHS or credentials_match(given, username, password):
+            return await call_next(request)
+        metrics.UNAUTHORIZED.inc()
+        return JSONResponse({"error": "login required"}, status_code=401, headers={"WWW-Authenticate": REALM})
+
+    @app.exception_handler(PyMongoError)
+    async def mongo_unavailable(_request: Request, error: PyMongoError) -> JSONResponse:
+        logger.warning("MongoDB query failed: %s", error)
+        return JSONResponse({"error": "MongoDB is not answering; retrying on the next poll"}, status_code=503)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/sensors")
+    def sensors() -> list[dict[str, Any]]:
+        """Every sensor: last reading, readings per minute over 5 minutes, and live/stale/silent."""
+        with metrics.QUERY_SECONDS.labels("sensors").time():
+            return reader.sensors()
+
+    @app.get("/api/sensors/{sensor}/series")
+    def series(sensor: contract.SensorId, minutes: Minutes = 60) -> dict[str, Any]:
+        """The sensor's readings with their forecast (yhat, interval, anomaly) over the last ``minutes``."""
+        with metrics.QUERY_SECONDS.labels("series").time():
+            return reader.series(sensor, minutes)
+
+    @app.get("/api/aggregates/{sensor}")
+    def aggregates(sensor: contract.SensorId, minutes: Minutes = 60) -> list[dict[str, Any]]:
+        """Per-minute count/mean/min/max of the sensor's readings (from the ``aggregates`` collection)."""
+        with metrics.QUERY_SECONDS.labels("aggregates").time():
+            return reader.minute_aggregates(sensor, minutes)
+
+    @app.get("/api/alerts")
+    def alerts(limit: Limit = 50) -> list[dict[str, Any]]:
+        """The latest anomalies, newest first."""
+        with metrics.QUERY_SECONDS.labels("alerts").time():
+            return reader.alerts(limit)
+
+    @app.get("/api/rejections")
+    def rejections(limit: Limit = 50) -> list[dict[str, Any]]:
+        """The latest rejected messages with their reasons, newest first."""
+        with metrics.QUERY_SECONDS.labels("rejections").time():
+            return reader.latest_rejections(limit)
+
+    @app.get("/api/health")
+    def services_health() -> list[dict[str, Any]]:
+        """Each service in DASHBOARD_SERVICES: up/not_ready/down, its checks, messages per second, consumer lag."""
+        with metrics.QUERY_SECONDS.labels("health").time():
+            return probe.check_all()
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> JSONResponse:
+        code, body = health.liveness(lambda: True)
+        return JSONResponse(body, status_code=code)
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        code, body = health.readiness({"mongodb": reader.ping})
+        return JSONResponse(body, status_code=code)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        body, content_type = health.metrics()
+        return Response(body, media_type=content_type)
+
+    return app

@@ -1,0 +1,331 @@
+// The live page: polls the dashboard's JSON API and redraws. Plain JS, no framework.
+// Every value from the API goes into the page as text (textContent), never as
+// HTML: rejected payloads are whatever a client sent.
+"use strict";
+
+const POLL_MS = 3000;
+// Alerts and rejections change less often; each costs the database a full read on FerretDB.
+const EVENTS_EVERY = 4;
+const SERIES_MINUTES = 60;
+
+const state = {
+  sensor: new URLSearchParams(location.search).get("sensor"),
+  chosen: new URLSearchParams(location.search).has("sensor"),
+  chart: null,
+  aggregates: null,
+  polls: 0,
+};
+
+const $ = (selector) => document.querySelector(selector);
+
+// Relative to the origin, never to the page URL: a page opened as
+// http://user:pass@host/ would otherwise put the credentials into each
+// request's URL, which fetch refuses. The browser still sends the login.
+async function api(path) {
+  const response = await fetch(new URL(path, location.origin), { cache: "no-store" });
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  return response.json();
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) node.append(child instanceof Node ? child : String(child ?? ""));
+  return node;
+}
+
+function fmt(value, digits = 2) {
+  if (value === null || value === undefined) return "–";
+  return Number(value).toLocaleString(undefined, { maximumFractionDigits: digits });
+}
+
+function ago(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 60) return `${Math.round(seconds)} s ago`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.round(seconds / 3600)} h ago`;
+  return `${Math.round(seconds / 86400)} d ago`;
+}
+
+function clock(iso) {
+  return iso ? new Date(iso).toLocaleTimeString() : "–";
+}
+
+const epoch = (iso) => Date.parse(iso) / 1000;
+
+// Time-axis labels as local clock times (uPlot's default stacks the date over them).
+function clockTicks(_u, splits) {
+  return splits.map((t) => {
+    const d = new Date(t * 1000);
+    const options = { hour: "2-digit", minute: "2-digit", hour12: false };
+    if (d.getSeconds()) options.second = "2-digit";
+    return d.toLocaleTimeString([], options);
+  });
+}
+
+// --- health -------------------------------------------------------------------
+
+function renderHealth(services) {
+  const list = $("#health");
+  list.replaceChildren(
+    ...services.map((s) => {
+      const rate = s.received_per_s ?? s.scored_per_s;
+      const verb = s.received_per_s !== null && s.received_per_s !== undefined ? "in" : "scored";
+      const checks = Object.entries(s.checks || {})
+        .map(([name, ok]) => `${name} ${ok ? "ok" : "down"}`)
+        .join(", ");
+      return el(
+        "li",
+        { class: `service ${s.status}`, "data-service": s.name, "data-status": s.status, title: checks || s.error || "" },
+        el("span", { class: "name" }, s.name),
+        el("span", { class: `badge ${s.status}` }, s.status.replace("_", " ")),
+        el("span", { class: "metric", "data-metric": "rate" }, rate === null || rate === undefined ? "– msg/s" : `${fmt(rate, 1)} msg/s ${verb}`),
+        el("span", { class: "metric", "data-metric": "lag" }, `lag ${fmt(s.consumer_lag, 0)}`),
+      );
+    }),
+  );
+  if (!services.length) list.append(el("li", { class: "service subtle" }, "no services configured (DASHBOARD_SERVICES)"));
+}
+
+// --- sensors ------------------------------------------------------------------
+
+function renderSensors(sensors) {
+  if (!state.chosen && !state.sensor && sensors.length) state.sensor = sensors[0].sensor;
+  $("#sensor-count").textContent = sensors.length ? `(${sensors.length})` : "";
+  $("#no-sensors").hidden = sensors.length > 0;
+  $("#sensors tbody").replaceChildren(
+    ...sensors.map((s) => {
+      const row = el(
+        "tr",
+        { "data-sensor": s.sensor, "data-state": s.state, class: s.sensor === state.sensor ? "selected" : "", tabIndex: 0 },
+        el("td", { class: "sensor-id" }, s.sensor),
+        el("td", { class: "num" }, fmt(s.last_value)),
+        el("td", { title: s.last_seen }, ago(s.age_s)),
+        el("td", { class: "num" }, fmt(s.per_minute, 1)),
+        el("td", {}, el("span", { class: `badge ${s.state}` }, s.state)),
+      );
+      row.addEventListener("click", () => choose(s.sensor));
+      row.addEventListener("keydown", (event) => event.key === "Enter" && choose(s.sensor));
+      return row;
+    }),
+  );
+}
+
+function choose(sensor) {
+  state.sensor = sensor;
+  state.chosen = true;
+  history.replaceState(null, "", `?sensor=${encodeURIComponent(sensor)}`);
+  for (const row of document.querySelectorAll("#sensors tbody tr")) {
+    row.classList.toggle("selected", row.dataset.sensor === sensor);
+  }
+  refreshSensor();
+}
+
+// --- the readings chart -----------------------------------------------------------
+
+function chartWidth(node) {
+  return Math.max(320, node.parentElement.clientWidth - 4);
+}
+
+function readingsChart(node) {
+  return new uPlot(
+    {
+      width: chartWidth(node),
+      height: 300,
+      scales: { x: { time: true } },
+      series: [
+        {},
+        { label: "reading", stroke: "#2563eb", width: 1.5, points: { show: false } },
+        { label: "forecast", stroke: "#7c3aed", width: 1.5, dash: [6, 4], spanGaps: true, points: { show: false } },
+        { label: "upper", stroke: "rgba(124, 58, 237, 0.35)", width: 1, spanGaps: true, points: { show: false } },
+        { label: "lower", stroke: "rgba(124, 58, 237, 0.35)", width: 1, spanGaps: true, points: { show: false } },
+        {
+          label: "anomaly",
+          stroke: "#dc2626",
+          paths: () => null,
+          points: { show: true, size: 10, fill: "#dc2626", stroke: "#ffffff", width: 1.5 },
+        },
+      ],
+      // The forecast interval: filled between the upper (3) and lower (4) series.
+      bands: [{ series: [3, 4], fill: "rgba(124, 58, 237, 0.12)" }],
+      axes: [{ values: clockTicks, space: 70 }, { size: 50 }],
+      legend: { show: false }, // the keys above the chart say what is what
+    },
+    [[], [], [], [], [], []],
+    node,
+  );
+}
+
+function renderSeries(series) {
+  const node = $("#chart");
+  const points = series.points;
+  const data = [
+    points.map((p) => epoch(p.ts)),
+    points.map((p) => p.v),
+    points.map((p) => p.yhat),
+    points.map((p) => p.yhat_upper),
+    points.map((p) => p.yhat_lower),
+    points.map((p) => (p.anomaly ? p.v : null)),
+  ];
+  if (!state.chart) state.chart = readingsChart(node);
+  state.chart.setData(data);
+  const band = points.some((p) => p.yhat_lower !== null && p.yhat_upper !== null);
+  Object.assign(node.dataset, {
+    sensor: series.sensor,
+    points: points.length,
+    scored: series.scored,
+    anomalies: series.anomalies,
+    band: String(band),
+  });
+  $("#chart-title").textContent = `${series.sensor}: readings and forecast, last ${series.minutes} min`;
+  const empty = $("#chart-empty");
+  empty.hidden = points.length > 0;
+  empty.textContent = `No readings from ${series.sensor} in the last ${series.minutes} minutes.`;
+}
+
+// --- the per-minute chart ------------------------------------------------------------
+
+function aggregatesChart(node) {
+  return new uPlot(
+    {
+      width: chartWidth(node),
+      height: 200,
+      scales: { x: { time: true }, count: { range: (_u, _min, max) => [0, Math.max(1, max * 1.15)] } },
+      series: [
+        {},
+        {
+          label: "count",
+          scale: "count",
+          stroke: "rgba(148, 163, 184, 0.6)",
+          fill: "rgba(148, 163, 184, 0.22)",
+          paths: uPlot.paths.bars({ size: [0.5, 30] }),
+          points: { show: false },
+        },
+        { label: "mean", stroke: "#0f766e", width: 2, points: { show: true, size: 5 } },
+        { label: "max", stroke: "rgba(15, 118, 110, 0.4)", width: 1, points: { show: false } },
+        { label: "min", stroke: "rgba(15, 118, 110, 0.4)", width: 1, points: { show: false } },
+      ],
+      bands: [{ series: [3, 4], fill: "rgba(15, 118, 110, 0.12)" }],
+      axes: [
+        { values: clockTicks, space: 70 },
+        { size: 50 },
+        { scale: "count", side: 1, grid: { show: false }, size: 40 },
+      ],
+      legend: { show: false },
+    },
+    [[], [], [], [], []],
+    node,
+  );
+}
+
+function renderAggregates(sensor, rows) {
+  const node = $("#aggregates");
+  if (!state.aggregates) state.aggregates = aggregatesChart(node);
+  state.aggregates.setData([
+    rows.map((r) => epoch(r.minute)),
+    rows.map((r) => r.count),
+    rows.map((r) => r.mean),
+    rows.map((r) => r.max),
+    rows.map((r) => r.min),
+  ]);
+  Object.assign(node.dataset, { sensor, points: rows.length });
+  $("#aggregates-empty").hidden = rows.length > 0;
+}
+
+// --- alerts and rejections --------------------------------------------------------------
+
+function renderAlerts(alerts) {
+  $("#no-alerts").hidden = alerts.length > 0;
+  $("#alerts").replaceChildren(
+    ...alerts.map((a) => {
+      const item = el(
+        "li",
+        { "data-sensor": a.sensor, "data-id": a.id, title: "show this sensor" },
+        el("time", { dateTime: a.ts }, clock(a.ts)),
+        el("span", { class: "sensor-id" }, a.sensor),
+        el("span", {}, "value ", el("strong", { class: "bad" }, fmt(a.v)), ` outside ${fmt(a.yhat_lower)} – ${fmt(a.yhat_upper)}`),
+        el("span", { class: "subtle" }, `forecast ${fmt(a.yhat)}`),
+      );
+      item.addEventListener("click", () => choose(a.sensor));
+      return item;
+    }),
+  );
+}
+
+function renderRejections(rejections) {
+  $("#no-rejections").hidden = rejections.length > 0;
+  $("#rejections").replaceChildren(
+    ...rejections.map((r) =>
+      el(
+        "li",
+        { "data-id": r.id, "data-topic": r.topic || "" },
+        el("time", { dateTime: r.received_at }, clock(r.received_at)),
+        el("span", { class: "topic" }, `${r.transport} ${r.topic}`),
+        el("span", { class: "reason" }, r.reason),
+        el(
+          "code",
+          { class: "payload", title: `${r.size} bytes, ${r.payload_encoding}${r.truncated ? ", cut" : ""}` },
+          r.payload,
+        ),
+      ),
+    ),
+  );
+}
+
+// --- polling -------------------------------------------------------------------------------
+
+async function refreshSensor() {
+  const sensor = state.sensor;
+  if (!sensor) return;
+  const path = encodeURIComponent(sensor);
+  const [series, aggregates] = await Promise.all([
+    api(`/api/sensors/${path}/series?minutes=${SERIES_MINUTES}`),
+    api(`/api/aggregates/${path}?minutes=${SERIES_MINUTES}`),
+  ]);
+  if (sensor !== state.sensor) return; // another sensor was chosen meanwhile
+  renderSeries(series);
+  renderAggregates(sensor, aggregates);
+}
+
+async function refresh() {
+  const status = $("#updated");
+  try {
+    const events = state.polls++ % EVENTS_EVERY === 0;
+    const [sensors, health, alerts, rejections] = await Promise.all([
+      api("/api/sensors"),
+      api("/api/health"),
+      events ? api("/api/alerts?limit=20") : null,
+      events ? api("/api/rejections?limit=20") : null,
+    ]);
+    renderHealth(health);
+    renderSensors(sensors);
+    if (alerts) renderAlerts(alerts);
+    if (rejections) renderRejections(rejections);
+    await refreshSensor();
+    status.textContent = `updated ${new Date().toLocaleTimeString()}`;
+    status.dataset.ok = "true";
+  } catch (error) {
+    status.textContent = `cannot reach the dashboard (${error.message}); retrying`;
+    status.dataset.ok = "false";
+  }
+}
+
+async function loop() {
+  await refresh();
+  setTimeout(loop, POLL_MS);
+}
+
+window.addEventListener("resize", () => {
+  for (const [chart, node] of [
+    [state.chart, $("#chart")],
+    [state.aggregates, $("#aggregates")],
+  ]) {
+    if (chart) chart.setSize({ width: chartWidth(node), height: chart.height });
+  }
+});
+
+loop();

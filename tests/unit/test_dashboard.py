@@ -1,0 +1,150 @@
+"""The dashboard's pure logic: sensor states, the login check, metrics parsing, rates, settings."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from Dashboard.app import credentials_match
+from Dashboard.probe import parse_metrics, rate
+from Dashboard.queries import PAYLOAD_PREVIEW, Reader, preview, sensor_state, usual_interval
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("age_s", "interval_s", "state"),
+    [
+        (0.0, None, "live"),
+        (29.9, None, "live"),
+        (30.0, None, "stale"),
+        (30.0, 10.0, "stale"),
+        (50.0, 30.0, "live"),  # under two of its usual intervals
+        (60.0, 30.0, "stale"),
+        (299.0, 1.0, "stale"),
+        (300.0, 1.0, "silent"),
+        (900.0, 600.0, "live"),  # a slow sensor is live between its readings
+    ],
+)
+def test_sensor_state(age_s: float, interval_s: float | None, state: str) -> None:
+    assert sensor_state(age_s, interval_s) == state
+
+
+def test_usual_interval_is_the_median_gap_in_any_order() -> None:
+    times = [NOW + timedelta(seconds=s) for s in (50, 0, 10, 20)]
+    assert usual_interval(times) == 10.0
+    assert usual_interval(times[:1]) is None
+
+
+def test_row_of_a_sensor() -> None:
+    docs = [
+        {"ts": NOW - timedelta(seconds=s), "v": float(s), "received_at": NOW - timedelta(seconds=s)}
+        for s in (40, 0, 20, 60)
+    ]
+    row = Reader._row("s1", docs, NOW + timedelta(seconds=5))
+    assert row == {
+        "sensor": "s1",
+        "last_ts": "2026-11-27T12:00:00.000Z",
+        "last_value": 0.0,
+        "last_seen": "2026-11-27T12:00:00.000Z",
+        "age_s": 5.0,
+        "interval_s": 20.0,
+        "per_minute": 0.8,
+        "state": "live",
+    }
+    assert Reader._row("s1", docs, NOW + timedelta(minutes=6), counted=False)["state"] == "silent"
+
+
+def test_preview_cuts_long_payloads_only() -> None:
+    assert preview("short") == ("short", False)
+    cut, truncated = preview("x" * 1000)
+    assert truncated and cut == "x" * PAYLOAD_PREVIEW + "…"
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        (basic("admin", "pa:ss"), True),
+        (basic("admin", "pa:ss").replace("Basic", "basic"), True),
+        (basic("admin", "pa:sx"), False),
+        (basic("admim", "pa:ss"), False),
+        (basic("admin", ""), False),
+        ("Basic not-base64!", False),
+        ("Bearer " + basic("admin", "pa:ss")[6:], False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_credentials_match(header: str | None, ok: bool) -> None:
+    assert credentials_match(header, "admin", "pa:ss") is ok
+
+
+METRICS = """\
+# HELP pipeline_readings_received_total MQTT messages the bridge received
+# TYPE pipeline_readings_received_total counter
+pipeline_readings_received_total 42.0
+pipeline_readings_received_created 1.7e+09
+# HELP pipeline_consumer_lag Kafka records not yet consumed by this replica
+# TYPE pipeline_consumer_lag gauge
+pipeline_consumer_lag{topic="a"} 3.0
+pipeline_consumer_lag{topic="b"} 4.0
+"""
+
+
+def test_parse_metrics_sums_labels_and_leaves_what_is_missing() -> None:
+    assert parse_metrics(METRICS) == {"received": 42.0, "scored": None, "lag": 7.0}
+    assert parse_metrics("") == {"received": None, "scored": None, "lag": None}
+
+
+def test_rate() -> None:
+    assert rate([(0.0, 10.0), (1.0, None), (2.0, 30.0)]) == 10.0
+    assert rate([(0.0, 10.0), (0.5, 30.0)]) is None, "too short a span"
+    assert rate([(0.0, 10.0), (5.0, 2.0)]) is None, "the counter was reset (a restart)"
+    assert rate([(0.0, None), (5.0, 2.0)]) is None
+
+
+def start_dashboard(**env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MONGO_", "DASHBOARD_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "Dashboard"], env={**clean, **env}, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DASHBOARD_USERNAME": "u"}, "DASHBOARD_PASSWORD is not set (required)"),
+        ({"DASHBOARD_PASSWORD": "s3cr3t-pw"}, "DASHBOARD_USERNAME is not set (required)"),
+        (
+            {"DASHBOARD_USERNAME": "u", "DASHBOARD_PASSWORD": "s3cr3t-pw", "DASHBOARD_SERVICES": "server:8000"},
+            "DASHBOARD_SERVICES: Value error, 'server:8000' is not name=http(s)://host:port",
+        ),
+    ],
+)
+def test_bad_settings_stop_the_dashboard_with_the_name(env: dict[str, str], message: str) -> None:
+    result = start_dashboard(MONGO_URI="mongodb://u:s3cr3t-uri@localhost/db", **env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert message in output
+    assert "s3cr3t" not in output
+
+
+def test_services_setting_keeps_order_and_drops_trailing_slashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from Dashboard.settings import Settings
+
+    monkeypatch.setenv("MONGO_URI", "mongodb://localhost:27017/x")
+    monkeypatch.setenv("DASHBOARD_USERNAME", "u")
+    monkeypatch.setenv("DASHBOARD_PASSWORD", "p")
+    monkeypatch.setenv("DASHBOARD_SERVICES", " server=http://server:8000/ , model_analysis=http://m:8000,")
+    assert Settings().services == {"server": "http://server:8000", "model_analysis": "http://m:8000"}
