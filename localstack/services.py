@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Variables of the calling environment that a service must not inherit: the
 #: service gets exactly what its env says, as in a container.
-_PREFIXES = ("MQTT_", "KAFKA_", "MONGO_", "SENSOR_", "MODEL_", "SERVER_", "LOG_LEVEL", "HEALTH_PORT")
+_PREFIXES = ("MQTT_", "KAFKA_", "MONGO_", "SENSOR_", "MODEL_", "SERVER_", "DASHBOARD_", "LOG_LEVEL", "HEALTH_PORT")
 
 #: Health and metrics ports of `run_pipeline`'s processes (sensor i gets SENSOR_HEALTH_PORT + i).
 SERVER_HEALTH_PORT = 8010
@@ -130,6 +130,18 @@ def model_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
     return env
 
 
+def dashboard_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    """The dashboard's environment: MongoDB, and mongo-express's login (the page uses the same one)."""
+    env = {
+        "MONGO_URI": stack_env["MONGO_URI"],
+        "MONGO_DATABASE": stack_env["MONGO_DATABASE"],
+        "DASHBOARD_USERNAME": stack_env.get("MONGO_EXPRESS_USERNAME", "admin"),
+        "DASHBOARD_PASSWORD": stack_env["MONGO_EXPRESS_PASSWORD"],
+    }
+    env.update(overrides)
+    return env
+
+
 def _common(stack_env: Mapping[str, str]) -> dict[str, str]:
     return {
         "MQTT_HOST": stack_env["MQTT_HOST"],
@@ -139,17 +151,43 @@ def _common(stack_env: Mapping[str, str]) -> dict[str, str]:
 
 
 def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int) -> int:
-    """Run the bridge, the model service and ``sensors`` sensors until Ctrl+C or SIGTERM."""
+    """Run the bridge, the model service, ``sensors`` sensors and the dashboard until Ctrl+C or SIGTERM."""
     services = [
-        ServiceProcess("server", "Server", server_env(stack_env), log_dir / "server.log"),
-        ServiceProcess("model_analysis", "Models_analysis", model_env(stack_env), log_dir / "model_analysis.log"),
+        ServiceProcess(
+            "server", "Server", server_env(stack_env, HEALTH_PORT=str(SERVER_HEALTH_PORT)), log_dir / "server.log"
+        ),
+        ServiceProcess(
+            "model_analysis",
+            "Models_analysis",
+            model_env(stack_env, HEALTH_PORT=str(MODEL_HEALTH_PORT)),
+            log_dir / "model_analysis.log",
+        ),
     ]
     services += [
         ServiceProcess(
-            f"sensor-{i}", "Data_collection", sensor_env(stack_env, f"sensor-{i}"), log_dir / f"sensor-{i}.log"
+            f"sensor-{i}",
+            "Data_collection",
+            sensor_env(stack_env, f"sensor-{i}", HEALTH_PORT=str(SENSOR_HEALTH_PORT + i)),
+            log_dir / f"sensor-{i}.log",
         )
         for i in range(1, sensors + 1)
     ]
+    # The page reads MongoDB and asks the bridge and the model service for their
+    # health; it logs in with mongo-express's credentials, which `make run` loads from .env.
+    dashboard_port = os.environ.get("DASHBOARD_PORT", "8080")
+    login = {k: os.environ[k] for k in ("MONGO_EXPRESS_USERNAME", "MONGO_EXPRESS_PASSWORD") if k in os.environ}
+    dashboard = ServiceProcess(
+        "dashboard",
+        "Dashboard",
+        dashboard_env(
+            {**login, **stack_env},
+            DASHBOARD_PORT=dashboard_port,
+            DASHBOARD_SERVICES=(
+                f"server=http://127.0.0.1:{SERVER_HEALTH_PORT},model_analysis=http://127.0.0.1:{MODEL_HEALTH_PORT}"
+            ),
+        ),
+        log_dir / "dashboard.log",
+    )
     stopping = False
 
     def request_stop(_signum: int, _frame: object) -> None:
@@ -158,20 +196,22 @@ def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int) -> i
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    for service in services:
+    for service in [*services, dashboard]:
         service.start()
+    logger.info("the live page: http://127.0.0.1:%s/ (mongo-express's login)", dashboard_port)
     code = 0
     try:
         while not stopping:
             time.sleep(0.5)
-            for service in services:
+            for service in [*services, dashboard]:
                 if not service.alive:
                     logger.error(
                         "%s exited with %s; its log ends:\n%s", service.name, service.returncode, service.log_tail()
                     )
                     stopping, code = True, 1
     finally:
-        # Sensors first, then the bridge (it drains what they sent), then the model.
-        for service in services[2:] + services[:2]:
+        # The page first (it only reads), the sensors, then the bridge (it drains
+        # what they sent), then the model.
+        for service in [dashboard, *services[2:], *services[:2]]:
             service.stop()
     return code
