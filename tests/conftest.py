@@ -10,7 +10,6 @@ never see each other's data.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import socket
 import time
@@ -25,21 +24,15 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from localstack.services import ROOT, ServiceProcess, dashboard_env, model_env, sensor_env, server_env
+from localstack.services import ROOT, ServiceProcess, model_env, sensor_env, server_env
+from localstack.testing import stack_ports, throwaway_stack
 
 ARTIFACTS = ROOT / "artifacts"
 
 #: Ports of the test stack: away from the defaults, so a `make run` stack can run beside it;
 #: PIPELINE_TEST_PORT_BASE moves them all (two test runs on one machine).
 _BASE = int(os.environ.get("PIPELINE_TEST_PORT_BASE", "21000"))
-TEST_PORTS = {
-    "MQTT_PORT": str(_BASE + 883),
-    "MQTT_WS_PORT": str(_BASE + 884),
-    "KAFKA_PORT": str(_BASE + 92),
-    "KAFKA_CONTROLLER_PORT": str(_BASE + 93),
-    "MONGO_PORT": str(_BASE + 17),
-    "MONGO_EXPRESS_PORT": str(_BASE + 81),
-}
+TEST_PORTS = stack_ports(_BASE)
 
 
 @dataclass
@@ -57,36 +50,9 @@ class RunningStack:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """The local stack's servers, started for this test run and stopped after it."""
-    from localstack.stack import Stack, StackConfig
-
     state_dir = tmp_path_factory.mktemp("stack")
-    settings = {
-        **TEST_PORTS,
-        "STACK_DIR": str(state_dir),
-        "MONGO_DATABASE": "sensor_pipeline",
-        "MONGO_APP_USERNAME": "pipeline",
-        "MONGO_APP_PASSWORD": secrets.token_urlsafe(16),
-        "MQTT_SERVER_USERNAME": "bridge",
-        "MQTT_SERVER_PASSWORD": secrets.token_urlsafe(16),
-        "MQTT_SENSOR_USERNAME": "sensor",
-        "MQTT_SENSOR_PASSWORD": secrets.token_urlsafe(16),
-        "MONGO_EXPRESS_USERNAME": "admin",
-        "MONGO_EXPRESS_PASSWORD": secrets.token_urlsafe(16),
-    }
-    saved = dict(os.environ)
-    os.environ.pop("MONGO_URI", None)  # always test against the stack's own MongoDB server
-    os.environ.update(settings)
-    try:
-        handle = Stack(StackConfig.from_env())
-        handle.start()
-        env = {**settings, **handle.service_env()}
-        try:
-            yield RunningStack(handle, env, state_dir)
-        finally:
-            handle.stop()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with throwaway_stack(state_dir, _BASE) as (handle, env):
+        yield RunningStack(handle, env, state_dir)
 
 
 @dataclass
@@ -121,9 +87,9 @@ class Pipeline:
             self.wait_ready(process)
         return process
 
-    def wait_ready(self, process: ServiceProcess, timeout_s: float = 90.0, port: str | None = None) -> None:
-        """Wait until the service's /readyz (on HEALTH_PORT, or ``port``) says it is connected to everything."""
-        url = f"http://127.0.0.1:{port or process.env['HEALTH_PORT']}/readyz"
+    def wait_ready(self, process: ServiceProcess, timeout_s: float = 90.0) -> None:
+        """Wait until the service's /readyz says it is connected to everything it needs."""
+        url = f"http://127.0.0.1:{process.env['HEALTH_PORT']}/readyz"
 
         def ready() -> bool:
             if not process.alive:
@@ -163,15 +129,6 @@ class Pipeline:
     def start_sensor(self, n: int | str, **overrides: str) -> ServiceProcess:
         env = sensor_env(self.stack.env, self.sensor_id(n), **{"HEALTH_PORT": "0", **overrides})
         return self._start(f"sensor-{n}", "Data_collection", env)
-
-    def start_dashboard(self, wait: bool = True, **overrides: str) -> ServiceProcess:
-        """Start the dashboard on a free port (``process.env["DASHBOARD_PORT"]``); by default wait until ready."""
-        env = dashboard_env(self.stack.env, **{"DASHBOARD_PORT": str(free_port()), **overrides})
-        process = self._start("dashboard", "Dashboard", env)
-        if wait:
-            # The dashboard answers /readyz on its own port, beside the page.
-            self.wait_ready(process, port=env["DASHBOARD_PORT"])
-        return process
 
     def stop_all(self) -> dict[str, int | None]:
         # Sensors first, then the rest, as an operator would.

@@ -1,0 +1,76 @@
+"""A throwaway local stack for tests and benchmarks: its own ports, state directory and random secrets.
+
+The test suite (``tests/conftest.py``) and the benchmarks (``bench/``) both start
+Mosquitto, Kafka, FerretDB and mongo-express this way, away from the default
+ports so a ``make run`` stack (or another test run) can run beside them::
+
+    with throwaway_stack(state_dir, port_base=25000) as (stack, env):
+        ...  # env holds what the services need: ports, credentials, MONGO_URI
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from localstack.stack import Stack, StackConfig
+
+#: Offsets from a port base: base 21000 gives MQTT on 21883, Kafka on 21092, and so on.
+PORT_OFFSETS = {
+    "MQTT_PORT": 883,
+    "MQTT_WS_PORT": 884,
+    "KAFKA_PORT": 92,
+    "KAFKA_CONTROLLER_PORT": 93,
+    "MONGO_PORT": 17,
+    "MONGO_EXPRESS_PORT": 81,
+}
+
+
+def stack_ports(base: int) -> dict[str, str]:
+    """The stack's port variables for a port base (see :data:`PORT_OFFSETS`)."""
+    return {name: str(base + offset) for name, offset in PORT_OFFSETS.items()}
+
+
+def throwaway_settings(state_dir: Path, port_base: int) -> dict[str, str]:
+    """Environment variables for a fresh stack: ports from ``port_base``, ``state_dir``, random passwords."""
+    return {
+        **stack_ports(port_base),
+        "STACK_DIR": str(state_dir),
+        "MONGO_DATABASE": "sensor_pipeline",
+        "MONGO_APP_USERNAME": "pipeline",
+        "MONGO_APP_PASSWORD": secrets.token_urlsafe(16),
+        "MQTT_SERVER_USERNAME": "bridge",
+        "MQTT_SERVER_PASSWORD": secrets.token_urlsafe(16),
+        "MQTT_SENSOR_USERNAME": "sensor",
+        "MQTT_SENSOR_PASSWORD": secrets.token_urlsafe(16),
+        "MONGO_EXPRESS_USERNAME": "admin",
+        "MONGO_EXPRESS_PASSWORD": secrets.token_urlsafe(16),
+    }
+
+
+@contextmanager
+def throwaway_stack(state_dir: Path, port_base: int) -> Iterator[tuple[Stack, dict[str, str]]]:
+    """Start the servers with :func:`throwaway_settings`; stop them and restore ``os.environ`` on exit.
+
+    Yields the stack's handle and the environment the services need (the
+    settings plus :meth:`Stack.service_env`; it holds credentials: do not log
+    it). The stack always runs its own FerretDB: a ``MONGO_URI`` in the
+    caller's environment is ignored.
+    """
+    settings = throwaway_settings(state_dir, port_base)
+    saved = dict(os.environ)
+    os.environ.pop("MONGO_URI", None)
+    os.environ.update(settings)
+    try:
+        handle = Stack(StackConfig.from_env())
+        handle.start()
+        try:
+            yield handle, {**settings, **handle.service_env()}
+        finally:
+            handle.stop()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
