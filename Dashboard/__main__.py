@@ -61,9 +61,7 @@ def main() -> int:
                     timeout_graceful_shutdown=10,
                 )
             )
-            server.run()
-            if not server.started:
-                return 1  # could not bind the port; uvicorn logged why
+            server.run()  # exits with 3 (SystemExit) when it cannot bind the port, after logging why
     finally:
         probe.close()
         client.close()
