@@ -40,7 +40,7 @@ def main() -> int:
     except Exception:  # noqa: BLE001 - indexes help queries; their absence must not stop the flow
         logger.exception("could not create MongoDB indexes; continuing without them")
     producer = Producer(producer_config(config, config.MQTT_CLIENT_ID))
-    aggregator = Aggregator(store, stop, accuracy_window=config.SERVER_ACCURACY_WINDOW)
+    aggregator = Aggregator(store, stop)
     bridge = Bridge(config, store, producer, stop, aggregator)
     sink = ResultsSink(config, store, producer, stop, aggregator)
     workers = [

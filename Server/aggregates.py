@@ -1,25 +1,30 @@
 """Derived views kept in MongoDB: per-minute aggregates per sensor, and online model accuracy.
 
-``aggregates``: count, sum, mean, min and max of each sensor's readings per minute.
+``aggregates``: count, sum, mean, min and max of each sensor's readings per
+minute of event time (``_id`` = "<sensor>|<minute>"), what the peers compute
+with Kafka Streams. ``accuracy``: per sensor and model, the mean absolute
+error and the share of observations inside the forecast interval (coverage),
+overall and per hour (``_id`` = "<sensor>|<model hash>" and
+"<sensor>|<model hash>|<hour>"), so a person can see a model drift.
 
-What the peers compute with Kafka Streams, done here by event time and
-exactly once: the bridge notes which (sensor, minute) windows its newly
-stored readings fall in, and every few seconds each touched window is
-recomputed from the stored readings and written whole (``_id`` =
-"<sensor>|<minute>"). Recomputing instead of incrementing makes the write
-idempotent and lets late readings land in their own, older window.
+Both are fed only by documents the bridge has just inserted for the first
+time (a redelivery is a duplicate key and contributes nothing), merged in
+memory, and written every few seconds as increments (``$inc``, ``$min``,
+``$max``) followed by the derived means. Increments, not re-reads: FerretDB
+scans a whole collection for a range query, which would not scale. The cost:
+contributions merged but not yet written when the bridge is killed are lost
+from these views (never from ``readings`` or ``predictions``), and late
+readings still land in their own, older window.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-from pymongo import ReplaceOne
 
 from pipeline import contract
 from pipeline.retry import RetryError, until_done
@@ -40,124 +45,157 @@ def aggregate_id(sensor: str, minute: datetime) -> str:
     return f"{sensor}|{contract.iso(minute)}"
 
 
-def summarize(sensor: str, minute: datetime, values: list[float]) -> dict[str, Any]:
-    """The aggregate document for one window's values."""
-    total = sum(values)
-    return {
-        "_id": aggregate_id(sensor, minute),
-        "sensor": sensor,
-        "minute": minute,
-        "count": len(values),
-        "sum": total,
-        "mean": total / len(values),
-        "min": min(values),
-        "max": max(values),
-    }
+@dataclass
+class Window:
+    """What a batch adds to one (sensor, minute) window."""
+
+    count: int
+    total: float
+    low: float
+    high: float
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.low = min(self.low, value)
+        self.high = max(self.high, value)
+
+    def merge(self, other: Window) -> None:
+        self.count += other.count
+        self.total += other.total
+        self.low = min(self.low, other.low)
+        self.high = max(self.high, other.high)
 
 
-def accuracy(sensor: str, name: str, model_hash: str, predictions: list[dict[str, Any]]) -> dict[str, Any]:
-    """The accuracy document for one sensor and model over ``predictions`` (each with v, yhat, bounds, ds)."""
-    errors = [abs(p["v"] - p["yhat"]) for p in predictions]
-    inside = sum(p["yhat_lower"] <= p["v"] <= p["yhat_upper"] for p in predictions)
-    return {
-        "_id": f"{sensor}|{model_hash}",
-        "sensor": sensor,
-        "model": {"name": name, "hash": model_hash},
-        "n": len(predictions),
-        "mae": sum(errors) / len(errors),
-        "coverage": inside / len(predictions),
-        "from": min(p["ds"] for p in predictions),
-        "to": max(p["ds"] for p in predictions),
-        "updated_at": datetime.now(UTC),
-    }
+@dataclass
+class Score:
+    """What a batch adds to one accuracy document."""
+
+    name: str
+    n: int = 0
+    abs_error: float = 0.0
+    inside: int = 0
+
+    def merge(self, other: Score) -> None:
+        self.n += other.n
+        self.abs_error += other.abs_error
+        self.inside += other.inside
 
 
 class Aggregator:
-    """Recomputes touched windows every ``every_s`` seconds, in its own thread."""
+    """Merges contributions from the bridge's threads and writes them every ``every_s`` seconds."""
 
-    def __init__(self, store: Store, stop: threading.Event, every_s: float = 5.0, accuracy_window: int = 100) -> None:
+    def __init__(self, store: Store, stop: threading.Event, every_s: float = 5.0) -> None:
         self.store = store
         self.stop = stop
         self.every_s = every_s
-        self.accuracy_window = accuracy_window
-        self._touched: set[tuple[str, datetime]] = set()
-        self._models: set[tuple[str, str, str]] = set()
+        self._windows: dict[tuple[str, datetime], Window] = {}
+        self._scores: dict[str, Score] = {}
         self._lock = threading.Lock()
 
     def touch(self, readings: Iterable[contract.Reading]) -> None:
-        """Note the windows of newly stored readings (called by the bridge)."""
-        windows = {(r.sensor, window_of(r.ts)) for r in readings}
+        """Add newly stored readings to their windows."""
         with self._lock:
-            self._touched |= windows
+            for reading in readings:
+                key = (reading.sensor, window_of(reading.ts))
+                window = self._windows.get(key)
+                if window is None:
+                    self._windows[key] = Window(1, reading.v, reading.v, reading.v)
+                else:
+                    window.add(reading.v)
 
-    def touch_accuracy(self, pairs: Iterable[tuple[str, str, str]]) -> None:
-        """Note (sensor, model name, model hash) pairs with newly stored predictions."""
+    def touch_accuracy(self, predictions: Iterable[dict[str, Any]]) -> None:
+        """Add newly stored predictions (MongoDB documents) to their sensor's and model's accuracy."""
         with self._lock:
-            self._models |= set(pairs)
+            for p in predictions:
+                score = Score(
+                    p["model"]["name"], 1, abs(p["v"] - p["yhat"]), int(p["yhat_lower"] <= p["v"] <= p["yhat_upper"])
+                )
+                base = f"{p['sensor']}|{p['model']['hash']}"
+                hour = p["ds"].astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+                for key in (base, f"{base}|{contract.iso(hour)}"):
+                    current = self._scores.get(key)
+                    if current is None:
+                        self._scores[key] = Score(score.name, score.n, score.abs_error, score.inside)
+                    else:
+                        current.merge(score)
 
     def run(self) -> None:
-        """Flush touched windows until stopped, and once more on the way out."""
+        """Write until stopped, and once more on the way out."""
         while not self.stop.wait(self.every_s):
             self.flush()
         self.flush()
 
     def flush(self) -> int:
-        """Recompute and store every touched window; returns how many were written."""
+        """Write what was merged since the last flush; returns how many documents were updated."""
         with self._lock:
-            touched, self._touched = self._touched, set()
-            models, self._models = self._models, set()
-        if not touched and not models:
+            windows, self._windows = self._windows, {}
+            scores, self._scores = self._scores, {}
+        if not windows and not scores:
             return 0
         try:
-            # On stop, one attempt: a window not written now is recomputed when
-            # its sensor's next reading arrives.
             return until_done(
-                lambda: self._write(touched) + self._write_accuracy(models), self.stop, "update aggregates", TRANSIENT
+                lambda: self._write_windows(windows) + self._write_scores(scores),
+                self.stop,
+                "update aggregates and accuracy",
+                TRANSIENT,
             )
         except RetryError:
-            logger.warning("stopping with %d aggregate windows not updated", len(touched) + len(models))
+            logger.warning("stopping with %d aggregate and accuracy updates not written", len(windows) + len(scores))
             return 0
-        except Exception:
-            with self._lock:
-                self._touched |= touched
-                self._models |= models
-            raise
 
-    def _write_accuracy(self, models: set[tuple[str, str, str]]) -> int:
-        operations = []
-        predictions = self.store.db[contract.COLLECTION_PREDICTIONS]
-        for sensor, name, model_hash in models:
-            latest = list(
-                predictions.find(
-                    {"sensor": sensor, "model.hash": model_hash},
-                    projection={"v": 1, "yhat": 1, "yhat_lower": 1, "yhat_upper": 1, "ds": 1, "_id": 0},
-                )
-                .sort("ds", -1)
-                .limit(self.accuracy_window)
+    def _write_windows(self, windows: dict[tuple[str, datetime], Window]) -> int:
+        collection = self.store.db[contract.COLLECTION_AGGREGATES]
+        written = 0
+        while windows:
+            (sensor, minute), window = next(iter(windows.items()))
+            key = aggregate_id(sensor, minute)
+            document = collection.find_one_and_update(
+                {"_id": key},
+                {
+                    "$inc": {"count": window.count, "sum": window.total},
+                    "$min": {"min": window.low},
+                    "$max": {"max": window.high},
+                    "$setOnInsert": {"sensor": sensor, "minute": minute},
+                },
+                upsert=True,
+                return_document=True,
             )
-            if latest:
-                document = accuracy(sensor, name, model_hash, latest)
-                operations.append(ReplaceOne({"_id": document["_id"]}, document, upsert=True))
-        if operations:
-            self.store.db[contract.COLLECTION_ACCURACY].bulk_write(operations, ordered=False)
-        return len(operations)
+            # Added: drop it, so a retry after an error does not add it twice.
+            del windows[(sensor, minute)]
+            written += 1
+            collection.update_one({"_id": key}, {"$set": {"mean": document["sum"] / document["count"]}})
+        return written
 
-    def _write(self, touched: set[tuple[str, datetime]]) -> int:
-        by_sensor: dict[str, set[datetime]] = defaultdict(set)
-        for sensor, minute in touched:
-            by_sensor[sensor].add(minute)
-        operations = []
-        readings = self.store.db[contract.COLLECTION_READINGS]
-        for sensor, minutes in by_sensor.items():
-            values: dict[datetime, list[float]] = defaultdict(list)
-            query = {"sensor": sensor, "ts": {"$gte": min(minutes), "$lt": max(minutes) + WINDOW}}
-            for document in readings.find(query, projection={"ts": 1, "v": 1, "_id": 0}):
-                minute = window_of(document["ts"])
-                if minute in minutes:
-                    values[minute].append(document["v"])
-            for minute, window in values.items():
-                document = summarize(sensor, minute, window)
-                operations.append(ReplaceOne({"_id": document["_id"]}, document, upsert=True))
-        if operations:
-            self.store.db[contract.COLLECTION_AGGREGATES].bulk_write(operations, ordered=False)
-        return len(operations)
+    def _write_scores(self, scores: dict[str, Score]) -> int:
+        collection = self.store.db[contract.COLLECTION_ACCURACY]
+        written = 0
+        while scores:
+            key, score = next(iter(scores.items()))
+            sensor, model_hash, *hour = key.split("|")
+            document = collection.find_one_and_update(
+                {"_id": key},
+                {
+                    "$inc": {"n": score.n, "abs_error_sum": score.abs_error, "inside": score.inside},
+                    "$setOnInsert": {
+                        "sensor": sensor,
+                        "model": {"name": score.name, "hash": model_hash},
+                        "hour": datetime.fromisoformat(hour[0]) if hour else None,
+                    },
+                },
+                upsert=True,
+                return_document=True,
+            )
+            del scores[key]
+            written += 1
+            collection.update_one(
+                {"_id": key},
+                {
+                    "$set": {
+                        "mae": document["abs_error_sum"] / document["n"],
+                        "coverage": document["inside"] / document["n"],
+                        "updated_at": datetime.now(UTC),
+                    }
+                },
+            )
+        return written

@@ -15,10 +15,12 @@ and every consumer writes by reading id.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -56,6 +58,26 @@ class Incoming:
     received_at: datetime
 
 
+class RecentIds:
+    """The ids of the last ``size`` readings stored, oldest forgotten first (insertion-ordered dict)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ids: dict[str, None] = {}
+
+    def __contains__(self, reading_id: object) -> bool:
+        return reading_id in self._ids
+
+    def add_all(self, ids: Iterable[str]) -> None:
+        """Remember ``ids``, forgetting the oldest beyond ``size``."""
+        for reading_id in ids:
+            self._ids[reading_id] = None
+        excess = len(self._ids) - self.size
+        if excess > 0:
+            for reading_id in list(itertools.islice(self._ids, excess)):
+                del self._ids[reading_id]
+
+
 def reason_kind(reason: str) -> str:
     """A short, stable label for a rejection reason (for counters)."""
     return reason.split(" (")[0].split(":")[0][:60]
@@ -77,6 +99,7 @@ class Bridge:
         self.store = store
         self.producer = producer
         self.stop = stop
+        self.recent = RecentIds(settings.SERVER_DEDUPE_CACHE)
         self.mongo = Dependency("mongodb")
         self.kafka = Dependency("kafka")
         self.inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
@@ -218,21 +241,19 @@ class Bridge:
     def _deliver(self, readings: list[contract.Reading]) -> dict[int, str]:
         """Kafka, then MongoDB, get the readings; returns {index: reason} for those MongoDB refused.
 
-        Kafka is written before MongoDB, so a reading already in MongoDB is
-        already in Kafka: a redelivered message is found by one indexed query
-        and skipped, and Kafka gets a second copy only if the bridge crashed
-        between Kafka's confirmation and the MongoDB write.
+        A reading this bridge stored recently (a redelivery, or a sensor's
+        resend) is recognised by its id in a bounded in-memory set and skipped;
+        after a restart that set is empty, so a redelivered reading may reach
+        Kafka a second time (the model service and MongoDB key by reading id,
+        so that changes nothing). MongoDB's duplicate-key answer catches the
+        rest. Asking MongoDB first would cost a query per batch, and FerretDB
+        answers an ``_id $in`` query by scanning the whole collection.
         """
         if not readings:
             return {}
-        try:
-            known = self.store.existing_ids(contract.COLLECTION_READINGS, [r.id for r in readings])
-        except Exception:
-            self.mongo.down()
-            raise
         fresh: dict[str, int] = {}
         for index, reading in enumerate(readings):
-            if reading.id not in known:
+            if reading.id not in self.recent:
                 fresh.setdefault(reading.id, index)  # the same id twice in a batch: one copy
         batch = [readings[i] for i in fresh.values()]
         records = [
@@ -245,22 +266,24 @@ class Bridge:
             raise
         self.kafka.up()
         try:
-            new, refused = self.store.insert_new(contract.COLLECTION_READINGS, [r.to_document() for r in batch])
+            inserted = self.store.insert_new(contract.COLLECTION_READINGS, [r.to_document() for r in batch])
         except Exception:
             self.mongo.down()
             raise
         self.mongo.up()
+        stored = [r for i, r in enumerate(batch) if inserted.is_new(i)]
         if self.aggregator is not None:
-            self.aggregator.touch(r for i, r in enumerate(batch) if i not in refused)
+            self.aggregator.touch(stored)
+        self.recent.add_all(r.id for i, r in enumerate(batch) if i not in inserted.refused)
         metrics.FORWARDED.inc(len(records))
-        metrics.STORED.inc(new)
-        metrics.DUPLICATES.inc(len(readings) - len(batch))
+        metrics.STORED.inc(inserted.new)
+        metrics.DUPLICATES.inc(len(readings) - len(batch) + len(inserted.duplicates))
         now = datetime.now(UTC)
-        for reading in batch:
+        for reading in stored:
             metrics.PUBLISH_TO_STORED.observe(max(0.0, (now - reading.ts).total_seconds()))
         # Map MongoDB's refusals (indexes into `batch`) back to indexes into `readings`.
         positions = list(fresh.values())
-        return {positions[i]: reason for i, reason in refused.items()}
+        return {positions[i]: reason for i, reason in inserted.refused.items()}
 
     def _reject(self, rejections: list[contract.Rejection]) -> None:
         unique = {r.key: r for r in rejections}

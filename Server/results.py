@@ -95,12 +95,15 @@ class ResultsSink:
                 errors.append(result.to_document())
 
         def write() -> None:
-            new, _ = self.store.insert_new(contract.COLLECTION_PREDICTIONS, predictions)
-            metrics.RESULTS_STORED.labels("prediction").inc(new)
-            new, _ = self.store.insert_new(contract.COLLECTION_PREDICTION_ERRORS, errors)
-            metrics.RESULTS_STORED.labels("prediction_error").inc(new)
-            new, _ = self.store.insert_new(contract.COLLECTION_ALERTS, alerts)
-            metrics.RESULTS_STORED.labels("alert").inc(new)
+            inserted = self.store.insert_new(contract.COLLECTION_PREDICTIONS, predictions)
+            metrics.RESULTS_STORED.labels("prediction").inc(inserted.new)
+            if self.aggregator is not None:
+                # Only predictions stored now: a redelivered one must not count twice.
+                self.aggregator.touch_accuracy(p for i, p in enumerate(predictions) if inserted.is_new(i))
+            metrics.RESULTS_STORED.labels("prediction_error").inc(
+                self.store.insert_new(contract.COLLECTION_PREDICTION_ERRORS, errors).new
+            )
+            metrics.RESULTS_STORED.labels("alert").inc(self.store.insert_new(contract.COLLECTION_ALERTS, alerts).new)
             if rejections:
                 self.store.insert_new(contract.COLLECTION_REJECTIONS, [r.to_document() for r in rejections])
                 produce_all(
@@ -119,8 +122,6 @@ class ResultsSink:
         except RetryError:
             logger.warning("stopping with %d results not stored; Kafka will redeliver them", len(messages))
             return False
-        if self.aggregator is not None:
-            self.aggregator.touch_accuracy((d["sensor"], d["model"]["name"], d["model"]["hash"]) for d in predictions)
         stored_at = datetime.now(UTC)
         for document in predictions:
             metrics.SCORED_TO_STORED.observe(max(0.0, (stored_at - document["scored_at"]).total_seconds()))

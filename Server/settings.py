@@ -27,7 +27,7 @@ class Settings(CommonSettings, MqttSettings, KafkaSettings, MongoSettings):
     SERVER_BATCH_WAIT_MS: int = Field(20, ge=0, le=10_000)
     #: Payloads over this size are rejected unread.
     SERVER_MAX_PAYLOAD_BYTES: int = Field(contract.MAX_PAYLOAD_BYTES, ge=64, le=1 << 20)
-    #: Online accuracy per sensor and model is computed over this many latest predictions.
-    SERVER_ACCURACY_WINDOW: int = Field(100, ge=1, le=100_000)
+    #: Ids of recently stored readings kept in memory to skip redeliveries.
+    SERVER_DEDUPE_CACHE: int = Field(200_000, ge=0, le=10_000_000)
     #: Consumer group of the bridges reading predictions back from Kafka.
     KAFKA_RESULTS_GROUP_ID: str = Field("bridge-results", min_length=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ASCENDING, MongoClient
@@ -19,6 +20,19 @@ DUPLICATE_KEY = 11000
 #: MongoDB errors worth waiting out: the server is away or busy. Anything else
 #: (say, refused credentials) also retries, loudly, rather than lose data.
 TRANSIENT: tuple[type[BaseException], ...] = (ConnectionFailure, OperationFailure)
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """What an insert did: how many documents were new, which were already there, which were refused."""
+
+    new: int
+    duplicates: set[int]
+    refused: dict[int, str]
+
+    def is_new(self, index: int) -> bool:
+        """Whether the document at ``index`` was stored by this insert."""
+        return index not in self.duplicates and index not in self.refused
 
 
 class Store:
@@ -46,33 +60,28 @@ class Store:
         """Raise unless the server answers."""
         self.client.admin.command("ping")
 
-    def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
-        """Which of ``ids`` are already stored (one indexed query)."""
-        if not ids:
-            return set()
-        found = self.db[collection].find({"_id": {"$in": list(ids)}}, projection={"_id": 1})
-        return {document["_id"] for document in found}
-
-    def insert_new(self, collection: str, documents: Sequence[dict[str, Any]]) -> tuple[int, dict[int, str]]:
+    def insert_new(self, collection: str, documents: Sequence[dict[str, Any]]) -> Inserted:
         """Insert documents whose ``_id`` is not stored yet.
 
-        Returns (how many were new, {index: reason} for documents the server
-        refused for another reason than a duplicate key). A duplicate key is a
-        redelivery and is not an error. Connection errors propagate (retry).
+        A duplicate key is a redelivery, not an error: it is reported in
+        ``duplicates``. A document the server refuses for another reason is
+        reported in ``refused`` with the reason. Connection errors propagate
+        (the caller retries the batch; what was inserted then shows as duplicates).
         """
         if not documents:
-            return 0, {}
+            return Inserted(0, set(), {})
         try:
             result = self.db[collection].insert_many(list(documents), ordered=False)
-            return len(result.inserted_ids), {}
+            return Inserted(len(result.inserted_ids), set(), {})
         except BulkWriteError as error:
-            details = error.details
-            refused = {
-                e["index"]: f"MongoDB refused the document: {e.get('errmsg', 'unknown error')}"
-                for e in details.get("writeErrors", [])
-                if e.get("code") != DUPLICATE_KEY
-            }
-            return int(details.get("nInserted", 0)), refused
+            duplicates: set[int] = set()
+            refused: dict[int, str] = {}
+            for item in error.details.get("writeErrors", []):
+                if item.get("code") == DUPLICATE_KEY:
+                    duplicates.add(item["index"])
+                else:
+                    refused[item["index"]] = f"MongoDB refused the document: {item.get('errmsg', 'unknown error')}"
+            return Inserted(int(error.details.get("nInserted", 0)), duplicates, refused)
 
     def close(self) -> None:
         """Close the connection pool."""

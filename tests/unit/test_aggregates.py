@@ -1,28 +1,28 @@
-"""Per-minute windows by event time."""
+"""Per-minute windows by event time, and merging what batches add to them."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 
-from Server.aggregates import aggregate_id, summarize, window_of
+from Server.aggregates import Aggregator, Window, aggregate_id, window_of
+from tests.helpers import reading
 
 
 def test_window_is_the_utc_minute() -> None:
     moment = datetime(2026, 11, 27, 12, 34, 56, 789000, tzinfo=timezone(timedelta(hours=2)))
     assert window_of(moment) == datetime(2026, 11, 27, 10, 34, tzinfo=UTC)
+    assert aggregate_id("s1", window_of(moment)) == "s1|2026-11-27T10:34:00.000Z"
 
 
-def test_summary_of_a_window() -> None:
-    minute = datetime(2026, 11, 27, 10, 34, tzinfo=UTC)
-    document = summarize("s1", minute, [3.0, 1.0, 8.0])
-    assert document == {
-        "_id": "s1|2026-11-27T10:34:00.000Z",
-        "sensor": "s1",
-        "minute": minute,
-        "count": 3,
-        "sum": 12.0,
-        "mean": 4.0,
-        "min": 1.0,
-        "max": 8.0,
-    }
-    assert aggregate_id("s1", minute) == document["_id"]
+def test_contributions_merge_per_sensor_and_minute() -> None:
+    aggregator = Aggregator(store=None, stop=threading.Event())  # type: ignore[arg-type]
+    at = datetime(2026, 11, 27, 10, 34, 5, tzinfo=UTC)
+    first = [
+        reading("s1", v).model_copy(update={"ts": at + timedelta(seconds=i)}) for i, v in enumerate((3.0, 1.0, 8.0))
+    ]
+    aggregator.touch(first[:2])
+    aggregator.touch(first[2:] + [reading("s2", 5.0)])
+    windows = aggregator._windows
+    assert windows[("s1", window_of(first[0].ts))] == Window(count=3, total=12.0, low=1.0, high=8.0)
+    assert sum(w.count for (sensor, _), w in windows.items() if sensor == "s2") == 1
