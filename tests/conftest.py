@@ -24,7 +24,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from localstack.services import ROOT, ServiceProcess, model_env, sensor_env, server_env
+from localstack.services import ROOT, ServiceProcess, dashboard_env, model_env, sensor_env, server_env
 from localstack.testing import stack_ports, throwaway_stack
 
 ARTIFACTS = ROOT / "artifacts"
@@ -70,6 +70,7 @@ class Pipeline:
             "KAFKA_TOPIC_READINGS": f"{self.name}.analytics",
             "KAFKA_TOPIC_RESULTS": f"{self.name}.analytics_results",
             "KAFKA_TOPIC_DEADLETTER": f"{self.name}.deadletter",
+            "KAFKA_TOPIC_ALERTS": f"{self.name}.alerts",
         }
 
     def sensor_id(self, n: int | str) -> str:
@@ -87,9 +88,9 @@ class Pipeline:
             self.wait_ready(process)
         return process
 
-    def wait_ready(self, process: ServiceProcess, timeout_s: float = 90.0) -> None:
-        """Wait until the service's /readyz says it is connected to everything it needs."""
-        url = f"http://127.0.0.1:{process.env['HEALTH_PORT']}/readyz"
+    def wait_ready(self, process: ServiceProcess, timeout_s: float = 90.0, port: str | None = None) -> None:
+        """Wait until the service's /readyz (on HEALTH_PORT, or ``port``) says it is connected to everything."""
+        url = f"http://127.0.0.1:{port or process.env['HEALTH_PORT']}/readyz"
 
         def ready() -> bool:
             if not process.alive:
@@ -129,6 +130,15 @@ class Pipeline:
     def start_sensor(self, n: int | str, **overrides: str) -> ServiceProcess:
         env = sensor_env(self.stack.env, self.sensor_id(n), **{"HEALTH_PORT": "0", **overrides})
         return self._start(f"sensor-{n}", "Data_collection", env)
+
+    def start_dashboard(self, wait: bool = True, **overrides: str) -> ServiceProcess:
+        """Start the dashboard on a free port (``process.env["DASHBOARD_PORT"]``); by default wait until ready."""
+        env = dashboard_env(self.stack.env, **{"DASHBOARD_PORT": str(free_port()), **overrides})
+        process = self._start("dashboard", "Dashboard", env)
+        if wait:
+            # The dashboard answers /readyz on its own port, beside the page.
+            self.wait_ready(process, port=env["DASHBOARD_PORT"])
+        return process
 
     def stop_all(self) -> dict[str, int | None]:
         # Sensors first, then the rest, as an operator would.
