@@ -9,10 +9,10 @@ SENSORS ?= 3
 # The local stack reads .env (secrets) when it exists; `make env` creates it.
 ENVFILE := set -a; [ -f .env ] && . ./.env; set +a;
 
-.PHONY: help env venv install model run stop status logs test test-unit lint up down clean
+.PHONY: help env venv install model run stop status logs test test-unit lint bench bench-quick up down clean
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 env: ## Write .env with fresh random secrets (kept if it exists)
 	@$(PYTHON) scripts/gen_env.py
@@ -50,6 +50,12 @@ test-unit: venv ## Run the tests that need no server
 lint: venv ## Lint and check formatting
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+bench: install ## Benchmarks on a throwaway local stack (~20 min, 10-min soak); results in bench/results/
+	$(PY) -m bench
+
+bench-quick: install ## The benchmarks, short (~6 min, 1-min soak)
+	$(PY) -m bench --quick
 
 up: env ## Start everything with Docker Compose (3 sensors)
 	docker compose up --build -d --scale sensor=$(SENSORS)

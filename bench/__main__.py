@@ -1,0 +1,50 @@
+"""``python -m bench``: every benchmark on one throwaway local stack (what ``make bench`` runs).
+
+Starts Mosquitto, Kafka, FerretDB and mongo-express on their own ports (port
+base 25000) in a temporary state directory with random secrets, runs the
+benchmarks one after the other, each in its own topics and ids, writes
+``bench/results/<name>.json`` and ``bench/results/latest.md``, and stops
+everything it started. ``--quick`` is a short run (about 5 minutes);
+the default takes about 20 minutes, 10 of them the memory soak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from bench import bridge, e2e, scoring
+from bench.common import add_common_arguments, bench_stack, setup_logging
+
+BENCHMARKS = {"scoring": scoring.run, "bridge": bridge.run, "e2e": e2e.run}
+
+
+def main() -> int:
+    """Parse the options, start the stack, run the chosen benchmarks, stop the stack."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Run every benchmark on one throwaway local stack (what `make bench` runs)."
+    )
+    add_common_arguments(parser)
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated benchmarks to run (default: all: {','.join(BENCHMARKS)}; e2e includes memory)",
+    )
+    bridge.add_arguments(parser)
+    e2e.add_arguments(parser)
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    setup_logging()
+    started = time.monotonic()
+    with bench_stack(args) as bench:
+        for name in chosen:
+            BENCHMARKS[name](bench, args)
+    print(f"\ndone in {(time.monotonic() - started) / 60:.1f} min; results in {args.results_dir}/ (latest.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

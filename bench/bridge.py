@@ -1,0 +1,182 @@
+"""Benchmark 2, bridge: sustained readings per second from MQTT into both MongoDB and Kafka.
+
+The bridge runs with its guarantees on: a reading is acknowledged to the broker
+only after Kafka confirmed it and MongoDB stored it. Several publisher
+processes, each driving several simulated sensors (own connection, client id =
+sensor id), publish pre-generated readings at QoS 1 as fast as the broker
+acknowledges them. Rates are readings handled from the first publish until the
+last one was durable:
+
+- **bare subscriber** (the ceiling): a paho subscriber at QoS 1 on the same
+  broker, in its own process, doing nothing with the messages; measured before
+  and after the bridges (the machine is shared) and averaged;
+- **bridge, 1 replica** and **bridge, 2 replicas** (distinct MQTT_CLIENT_ID,
+  one MQTT_SHARE_GROUP): until the bridges' ``pipeline_readings_stored_total``
+  (counted after both Kafka and MongoDB have a reading) reaches the number sent.
+
+Afterwards MongoDB and the Kafka topic are checked to hold every reading.
+
+Run alone: ``python -m bench.bridge [--quick] [--publishers N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+from pymongo import MongoClient
+
+from bench.common import Bench, Table, metric, run_standalone, scrape, wait_until, write_result
+from bench.load import BareSubscriber, publish
+from pipeline import contract
+
+TARGET = 0.7
+SENSORS = 20
+
+
+def _count_in_kafka(bootstrap: str, topic: str) -> int:
+    """Records on ``topic`` (sum of its partitions' high watermarks; the topic is new)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks", "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        total = 0
+        for partition in metadata.topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def bare(bench: Bench, count: int, publishers: int) -> dict[str, Any]:
+    """The ceiling: a bare QoS 1 subscriber receiving ``count`` readings."""
+    namespace = bench.namespace("bare")
+    sensors = namespace.sensor_ids(SENSORS)
+    subscriber = BareSubscriber(bench.env, f"$share/{namespace.name}/{contract.MQTT_READINGS_FILTER}", count)
+    subscriber.start()
+    report = publish(bench.env, sensors, processes=publishers, per_sensor=count // SENSORS)
+    got = subscriber.result()
+    if report.errors or got.error:
+        raise RuntimeError(f"bare subscriber run failed: {report.errors} {got.error}")
+    return {
+        "readings_per_s": got.received / (got.last_at - report.started_at),
+        "received": got.received,
+        "sent": report.sent,
+        "publish_ack_rate": report.ack_rate,
+        "seconds": got.last_at - report.started_at,
+    }
+
+
+def bridges(bench: Bench, count: int, publishers: int, replicas: int) -> dict[str, Any]:
+    """``replicas`` bridges in one share group storing and forwarding ``count`` readings."""
+    namespace = bench.namespace(f"bridge{replicas}r")
+    sensors = namespace.sensor_ids(SENSORS)
+    with namespace.running():
+        servers = [namespace.start_server(replica=r + 1) for r in range(replicas)]
+        for server in servers:
+            namespace.wait_ready(server)
+
+        def stored() -> float:
+            return sum(metric(scrape(s), "pipeline_readings_stored_total") for s in servers)
+
+        report = publish(bench.env, sensors, processes=publishers, per_sensor=count // SENSORS)
+        if report.errors:
+            raise RuntimeError(f"publishers failed: {report.errors}")
+        done = wait_until(lambda: stored() >= report.sent, timeout_s=max(120.0, count / 50), every_s=0.2)
+        finished = time.time()
+        if not done:
+            raise RuntimeError(f"bridges stored {stored():.0f} of {report.sent}; logs in {bench.log_dir}")
+        batches = [scrape(s) for s in servers]
+        batch_count = sum(metric(b, "pipeline_bridge_batch_size_count") for b in batches)
+        batch_sum = sum(metric(b, "pipeline_bridge_batch_size_sum") for b in batches)
+    in_kafka = _count_in_kafka(bench.env["KAFKA_BOOTSTRAP_SERVERS"], namespace.topics["KAFKA_TOPIC_READINGS"])
+    with MongoClient(bench.env["MONGO_URI"], serverSelectionTimeoutMS=10_000) as client:
+        in_mongo = client[bench.env["MONGO_DATABASE"]][contract.COLLECTION_READINGS].count_documents(
+            {"sensor": {"$in": sensors}}
+        )
+    return {
+        "readings_per_s": report.sent / (finished - report.started_at),
+        "sent": report.sent,
+        "seconds": finished - report.started_at,
+        "publish_ack_rate": report.ack_rate,
+        "in_mongodb": in_mongo,
+        "in_kafka": in_kafka,
+        "mean_batch": batch_sum / batch_count if batch_count else float("nan"),
+        "replicas": replicas,
+    }
+
+
+def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Measure the ceiling and the bridges, print and write the table; returns the figures."""
+    count = 10_000 if bench.quick else 30_000
+    publishers = getattr(args, "publishers", 3)
+    print(
+        f"\n[bridge] bare subscriber: {count:,} readings from {SENSORS} sensors, {publishers} processes ...", flush=True
+    )
+    before = bare(bench, count, publishers)
+    results = []
+    for replicas in (1, 2):
+        print(f"[bridge] {replicas} bridge replica(s): {count:,} readings ...", flush=True)
+        results.append(bridges(bench, count, publishers, replicas))
+    print("[bridge] bare subscriber again ...", flush=True)
+    after = bare(bench, count, publishers)
+    ceiling = (before["readings_per_s"] + after["readings_per_s"]) / 2
+    one = results[0]["readings_per_s"]
+    complete = all(r["in_mongodb"] == r["sent"] and r["in_kafka"] == r["sent"] for r in results)
+    figures = {
+        "bare_subscriber": [before, after],
+        "bare_subscriber_readings_per_s": ceiling,
+        "bridges": results,
+        "bridge_vs_bare": one / ceiling,
+        "two_replicas_vs_bare": results[1]["readings_per_s"] / ceiling,
+        "every_reading_in_mongodb_and_kafka": complete,
+        "targets": {"bridge_vs_bare": {"target": TARGET, "met": one / ceiling >= TARGET}},
+        "publisher_processes": publishers,
+        "sensors": SENSORS,
+        "quick": bench.quick,
+    }
+    rows: list[list[Any]] = [["bare paho subscriber, QoS 1 (ceiling)", ceiling, 1.0, "–", "–", "–"]]
+    for result in results:
+        rows.append(
+            [
+                f"bridge, {result['replicas']} replica(s): MongoDB + Kafka, ack after both",
+                result["readings_per_s"],
+                result["readings_per_s"] / ceiling,
+                result["mean_batch"],
+                result["in_mongodb"],
+                result["in_kafka"],
+            ]
+        )
+    met = "met" if one / ceiling >= TARGET else "NOT met"
+    table = Table(
+        f"Bridge: sustained readings/s, MQTT QoS 1 -> MongoDB + Kafka ({count:,} readings, {SENSORS} sensors, "
+        f"{publishers} publisher processes)",
+        ["path", "readings/s", "x bare", "mean batch", "in MongoDB", "in Kafka"],
+        rows,
+        [
+            f"target (1 replica) >= {TARGET}x the bare subscriber: {met} ({one / ceiling:.2f}x)",
+            f"bare subscriber: mean of a run before ({before['readings_per_s']:,.0f}/s) and after "
+            f"({after['readings_per_s']:,.0f}/s) the bridges; publishers, broker, bridge, Kafka and FerretDB "
+            "share the machine's cores",
+        ],
+    )
+    write_result(bench.results_dir, "bridge", figures, [table])
+    return figures
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of this benchmark."""
+    parser.add_argument(
+        "--publishers", type=int, default=3, help="publisher processes of the bridge benchmark (default 3)"
+    )
+
+
+def main() -> int:
+    """``python -m bench.bridge``."""
+    return run_standalone("bench.bridge", __doc__.splitlines()[0], run, add_arguments)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

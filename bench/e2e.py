@@ -1,0 +1,381 @@
+"""Benchmarks 3 and 4, end to end and memory: sensor publish to prediction stored, and the services' RSS.
+
+**End to end (3).** One bridge, one model service and one real sensor process
+(``Data_collection``, 5 readings/s) run with their default settings. 100
+simulated sensors (own MQTT connection each, client id = sensor id), spread
+over a few publisher processes, publish at a fixed total rate for a phase:
+100/s, 1,000/s, then higher rates until the pipeline no longer keeps up. Each
+reading's ``ts`` is the moment it is published. Latency is the bridge's own
+measurement of prediction stored in MongoDB minus the reading's ``ts``
+(``pipeline_publish_to_prediction_stored_seconds``), taken as the difference
+of the histogram between the start and the end of the phase; quantiles are
+interpolated inside its buckets (..., 0.25, 0.5, 1, 2.5 s), and the share of
+readings at or under 1 s is exact. A phase is *sustainable* when the
+publishers reached 95 % of the rate and every prediction was stored within
+5 s of the last publish.
+
+**Memory (4).** VmRSS and VmHWM of each service process (/proc/<pid>/status),
+sampled every second during (3), and every 5 s during a soak at 500
+readings/s (``--soak-minutes``, 10 by default, 1 with ``--quick``); the
+growth is the least-squares slope of RSS over the soak after its first fifth.
+
+Run alone: ``python -m bench.e2e [--quick] [--soak-minutes M]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.common import (
+    Bench,
+    Namespace,
+    Table,
+    fraction_within,
+    histogram,
+    histogram_delta,
+    memory_mb,
+    metric,
+    quantile,
+    run_standalone,
+    scrape,
+    slope_per_minute,
+    wait_until,
+    write_result,
+)
+from bench.load import publish
+from localstack.services import ServiceProcess
+
+SENSORS = 100
+PUBLISHERS = 4
+LATENCY = "pipeline_publish_to_prediction_stored_seconds"
+#: The latency histograms of each hop, in pipeline order: (name, what it measures).
+STAGES = {
+    LATENCY: "publish -> prediction stored (end to end)",
+    "pipeline_publish_to_stored_seconds": "publish -> reading stored (bridge)",
+    "pipeline_stored_to_scored_seconds": "reading accepted -> scored (model service)",
+    "pipeline_scored_to_stored_seconds": "scored -> prediction stored (bridge)",
+}
+MODEL_STAGES = ("pipeline_stored_to_scored_seconds",)
+#: How the memory tables name each service process.
+LABELS = {
+    "Server": "Server (bridge)",
+    "Models_analysis": "Models_analysis",
+    "Data_collection": "Data_collection (sensor)",
+}
+TARGET_RATE = 1000
+TARGET_P99_S = 1.0
+SOAK_RATE = 500
+#: Drained: every reading published in the phase stored, and predictions this close behind.
+DRAIN_SLACK = 25
+DRAIN_LIMIT_S = 5.0
+
+
+@dataclass
+class Sampler:
+    """Samples each service's VmRSS and VmHWM in a thread: (seconds since start, rss MB, hwm MB) per service."""
+
+    services: list[ServiceProcess]
+    every_s: float
+    samples: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Sampler:
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.every_s):
+                return
+
+    def sample(self) -> None:
+        now = time.monotonic() - self._started
+        for service in self.services:
+            if service.process is not None:
+                rss, hwm = memory_mb(service.process.pid)
+                self.samples.setdefault(LABELS.get(service.module, service.name), []).append((now, rss, hwm))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+
+
+class Pipeline:
+    """The services of the end-to-end run and the state that carries from phase to phase."""
+
+    def __init__(self, bench: Bench, namespace: Namespace) -> None:
+        self.bench = bench
+        self.namespace = namespace
+        self.sensors = namespace.sensor_ids(SENSORS)
+        self.server = namespace.start_server()
+        self.model = namespace.start_model()
+        self.real_sensor = namespace.start_sensor(f"{namespace.name}-real", SENSOR_INTERVAL_S="0.2")
+        for process in (self.server, self.model, self.real_sensor):
+            namespace.wait_ready(process)
+        self.next_reading = 0
+
+    @property
+    def services(self) -> list[ServiceProcess]:
+        return [self.server, self.model, self.real_sensor]
+
+    def counts(self) -> tuple[float, float, dict[str, dict[float, float]]]:
+        """(readings stored, predictions stored, {stage: latency histogram}) from the bridge and the model."""
+        bridge = scrape(self.server)
+        model = scrape(self.model)
+        stages = {stage: histogram(model if stage in MODEL_STAGES else bridge, stage) for stage in STAGES}
+        return (
+            metric(bridge, "pipeline_readings_stored_total"),
+            metric(bridge, "pipeline_results_stored_total", kind="prediction"),
+            stages,
+        )
+
+    def phase(self, rate: float, duration_s: float) -> dict[str, Any]:
+        """Publish ``rate`` readings/s for ``duration_s``, wait for the predictions, return the figures."""
+        for service in self.services:
+            if not service.alive:
+                raise RuntimeError(f"{service.name} exited with {service.returncode}:\n{service.log_tail()}")
+        readings_before, _, stages_before = self.counts()
+        report = publish(
+            self.bench.env,
+            self.sensors,
+            processes=PUBLISHERS,
+            rate=rate,
+            duration_s=duration_s,
+            first=self.next_reading,
+        )
+        self.next_reading += max(report.per_sensor.values(), default=0) + 1
+        if report.errors:
+            raise RuntimeError(f"publishers failed: {report.errors}")
+
+        def drained() -> bool:
+            readings, predictions, _ = self.counts()
+            return readings - readings_before >= report.sent and readings - predictions <= DRAIN_SLACK
+
+        done = wait_until(drained, timeout_s=max(180.0, duration_s * 6), every_s=0.2)
+        drain_s = time.time() - report.last_sent_at
+        if not done:
+            raise RuntimeError(f"the pipeline did not catch up within {drain_s:.0f}s of a {rate}/s phase")
+        _, _, stages_after = self.counts()
+        deltas = {name: histogram_delta(stages_after[name], stages_before[name]) for name in STAGES}
+        latency = deltas[LATENCY]
+        achieved = report.sent / duration_s
+        return {
+            "rate": rate,
+            "seconds": duration_s,
+            "sent": report.sent,
+            "achieved_rate": achieved,
+            "refused": report.refused,
+            "drain_s": drain_s,
+            "p50_s": quantile(latency, 0.50),
+            "p95_s": quantile(latency, 0.95),
+            "p99_s": quantile(latency, 0.99),
+            "share_within_1s": fraction_within(latency, 1.0),
+            "observed": latency.get(float("inf"), 0.0),
+            "histogram": {str(k): v for k, v in latency.items()},
+            "stages": {
+                name: {
+                    "p50_s": quantile(delta, 0.5),
+                    "p99_s": quantile(delta, 0.99),
+                    "observed": delta.get(float("inf")),
+                }
+                for name, delta in deltas.items()
+            },
+            "sustainable": achieved >= 0.95 * rate and drain_s <= DRAIN_LIMIT_S,
+        }
+
+
+def _memory_rows(sampler: Sampler) -> tuple[list[list[Any]], dict[str, Any]]:
+    rows, figures = [], {}
+    for name, samples in sampler.samples.items():
+        rss = [s[1] for s in samples if s[1] == s[1]]
+        if not rss:
+            continue
+        entry = {
+            "first_mb": rss[0],
+            "steady_mb": statistics.median(rss),
+            "peak_rss_mb": max(rss),
+            "hwm_mb": max(s[2] for s in samples if s[2] == s[2]),
+        }
+        figures[name] = entry
+        rows.append([name, entry["first_mb"], entry["steady_mb"], entry["peak_rss_mb"], entry["hwm_mb"]])
+    return rows, figures
+
+
+def _soak_rows(sampler: Sampler, minutes: float) -> tuple[list[list[Any]], dict[str, Any]]:
+    rows, figures = [], {}
+    warm = minutes * 60 / 5
+    for name, samples in sampler.samples.items():
+        points = [(t, rss) for t, rss, _ in samples if rss == rss]
+        if not points:
+            continue
+        settled = [p for p in points if p[0] >= warm]
+        half = [p for p in points if p[0] >= minutes * 30]
+        entry = {
+            "start_mb": points[0][1],
+            "end_mb": points[-1][1],
+            "peak_mb": max(s[2] for s in samples if s[2] == s[2]),
+            "slope_mb_per_min": slope_per_minute(settled),
+            "slope_second_half_mb_per_min": slope_per_minute(half),
+            "samples": [[round(t, 1), round(rss, 2)] for t, rss in points],
+        }
+        figures[name] = entry
+        rows.append(
+            [
+                name,
+                entry["start_mb"],
+                entry["end_mb"],
+                entry["peak_mb"],
+                entry["slope_mb_per_min"],
+                entry["slope_second_half_mb_per_min"],
+            ]
+        )
+    return rows, figures
+
+
+def _rates(bench: Bench) -> tuple[list[float], list[float], list[float]]:
+    """(fixed rates, rates to try above 1,000/s, rates to try below it if 1,000/s is too much)."""
+    if bench.quick:
+        return [100, TARGET_RATE], [1500, 2250], [700, 400]
+    return [100, TARGET_RATE], [1500, 2000, 2500, 3000, 4000], [800, 600, 400, 200]
+
+
+def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the latency phases and the soak, print and write both tables; returns the figures."""
+    duration = 10.0 if bench.quick else 30.0
+    soak_minutes = args.soak_minutes if args.soak_minutes is not None else (1.0 if bench.quick else 10.0)
+    namespace = bench.namespace("e2e")
+    with namespace.running():
+        pipeline = Pipeline(bench, namespace)
+        sampler = Sampler(pipeline.services, every_s=1.0).start()
+        print(f"\n[e2e] warm-up: 100 readings/s from {SENSORS} sensors for 5 s ...", flush=True)
+        pipeline.phase(100, 5.0)
+        fixed, higher, lower = _rates(bench)
+        phases = []
+        for rate in fixed:
+            print(f"[e2e] {rate:,.0f} readings/s for {duration:.0f} s ...", flush=True)
+            phases.append(pipeline.phase(rate, duration))
+        # Up from 1,000/s until a rate is too much; or, if 1,000/s already is, down until one is not.
+        going_up = phases[-1]["sustainable"]
+        for rate in higher if going_up else lower:
+            print(f"[e2e] {rate:,.0f} readings/s for {duration:.0f} s ...", flush=True)
+            phases.append(pipeline.phase(rate, duration))
+            if phases[-1]["sustainable"] != going_up:
+                break
+        sampler.stop()
+        memory_rows, memory_during = _memory_rows(sampler)
+
+        print(f"[memory] soak: {SOAK_RATE} readings/s for {soak_minutes:g} min ...", flush=True)
+        soak_sampler = Sampler(pipeline.services, every_s=5.0).start()
+        soak = pipeline.phase(SOAK_RATE, soak_minutes * 60)
+        soak_sampler.stop()
+        soak_rows, soak_figures = _soak_rows(soak_sampler, soak_minutes)
+
+    sustainable = [p for p in phases if p["sustainable"]]
+    top = max(sustainable, key=lambda p: p["rate"]) if sustainable else None
+    at_target = next(p for p in phases if p["rate"] == TARGET_RATE)
+    met = at_target["p99_s"] < TARGET_P99_S and at_target["share_within_1s"] >= 0.99
+    e2e_rows = [
+        [
+            f"{p['rate']:,.0f}" + (" (highest sustainable)" if p is top else ""),
+            p["achieved_rate"],
+            p["p50_s"],
+            p["p95_s"],
+            p["p99_s"],
+            100 * p["share_within_1s"],
+            p["drain_s"],
+            p["sustainable"],
+        ]
+        for p in phases
+    ]
+    e2e_table = Table(
+        f"End to end: sensor publish -> prediction stored in MongoDB, {SENSORS} sensors, {duration:.0f} s per rate",
+        ["readings/s offered", "achieved/s", "p50 s", "p95 s", "p99 s", "% <= 1 s", "drain s", "sustainable"],
+        e2e_rows,
+        [
+            f"target p99 < {TARGET_P99_S:g} s at {TARGET_RATE:,}/s: {'met' if met else 'NOT met'} "
+            f"(p99 {at_target['p99_s']:.2f} s, {100 * at_target['share_within_1s']:.1f} % within 1 s)",
+            "quantiles interpolated inside the bridge's histogram buckets (0.1, 0.25, 0.5, 1, 2.5 s ...); "
+            "'% <= 1 s' is exact; drain = last publish to last prediction stored",
+            "one bridge, one model service (default settings), one real sensor at 5/s; "
+            f"{PUBLISHERS} publisher processes simulate the {SENSORS} sensors",
+        ],
+    )
+    stage_table = Table(
+        "End to end: where the time goes, p50 / p99 per hop (s)",
+        ["readings/s offered", *[STAGES[name] for name in STAGES if name != LATENCY]],
+        [
+            [f"{p['rate']:,.0f}"]
+            + [
+                f"{p['stages'][name]['p50_s']:.2f} / {p['stages'][name]['p99_s']:.2f}"
+                for name in STAGES
+                if name != LATENCY
+            ]
+            for p in phases
+        ],
+        ["each hop's own histogram in the bridge or the model service, same bucket interpolation"],
+    )
+    e2e_figures = {
+        "phases": phases,
+        "highest_sustainable_rate": top["rate"] if top else None,
+        "targets": {"p99_at_1000_per_s": {"target_s": TARGET_P99_S, "p99_s": at_target["p99_s"], "met": met}},
+        "quick": bench.quick,
+    }
+    write_result(bench.results_dir, "e2e", e2e_figures, [e2e_table, stage_table])
+
+    memory_tables = [
+        Table(
+            "Memory during the end-to-end run (MB)",
+            ["service", "RSS at start", "RSS steady (median)", "RSS max", "VmHWM (peak)"],
+            memory_rows,
+            ["sampled every second from /proc/<pid>/status; the sensor is the real Data_collection process"],
+        ),
+        Table(
+            f"Memory over a {soak_minutes:g}-minute soak at {SOAK_RATE} readings/s (MB)",
+            ["service", "RSS at start", "RSS at end", "VmHWM (peak)", "slope MB/min", "slope, 2nd half"],
+            soak_rows,
+            [
+                f"slope: least squares over the soak after its first fifth, sampled every 5 s; soak p99 "
+                f"{soak['p99_s']:.2f} s, achieved {soak['achieved_rate']:.0f}/s",
+            ],
+        ),
+    ]
+    memory_figures = {
+        "during_e2e": memory_during,
+        "soak": soak_figures,
+        "soak_minutes": soak_minutes,
+        "soak_rate": SOAK_RATE,
+        "soak_latency": {k: v for k, v in soak.items() if k != "histogram"},
+        "quick": bench.quick,
+    }
+    write_result(bench.results_dir, "memory", memory_figures, memory_tables)
+    return {"e2e": e2e_figures, "memory": memory_figures}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of this benchmark."""
+    parser.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=None,
+        help="length of the memory soak at 500 readings/s (default 10; 1 with --quick)",
+    )
+
+
+def main() -> int:
+    """``python -m bench.e2e``."""
+    return run_standalone("bench.e2e", __doc__.splitlines()[0], run, add_arguments)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
