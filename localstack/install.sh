@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the local stack needs to run its servers natively (no Docker):
-#   - Debian packages: mosquitto, mosquitto-clients, chromium (browser tests), and
+#   - Debian packages: mosquitto, mosquitto-clients, prometheus (monitoring test),
+#     chromium (browser tests), and
 #     Java 17 + Maven, Go, Node.js + npm when they are missing;
 #   - Kafka's jars (Maven, localstack/kafka/pom.xml), FerretDB (built from the Go
 #     module proxy, localstack/ferretdb/go.mod + go.sum) and mongo-express (npm ci,
@@ -39,7 +40,7 @@ for dir in /usr/local/go/bin /usr/lib/go/bin; do
 done
 
 packages=()
-for pkg in mosquitto mosquitto-clients chromium; do
+for pkg in mosquitto mosquitto-clients prometheus chromium; do
   installed "$pkg" || packages+=("$pkg")
 done
 [ "$(java_major)" -ge 17 ] || packages+=(openjdk-17-jre-headless)
@@ -70,6 +71,12 @@ if [ ${#packages[@]} -gt 0 ]; then
     # Debian starts its own broker on 1883, the stack's default MQTT_PORT.
     "${SUDO[@]}" systemctl disable --now mosquitto >/dev/null 2>&1 || true
     say "debian packages: disabled the packaged mosquitto service (it took port 1883)"
+  fi
+  if [[ " ${packages[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1 \
+    && systemctl is-active --quiet prometheus 2>/dev/null; then
+    # The tests run their own Prometheus on a free port; the packaged one would scrape nothing.
+    "${SUDO[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+    say "debian packages: disabled the packaged prometheus service (it took port 9090)"
   fi
   hash -r
 else

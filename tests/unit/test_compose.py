@@ -319,3 +319,212 @@ def test_mosquitto_config_uses_the_files_the_entrypoint_writes() -> None:
         assert re.search(rf"^{setting} {re.escape(auth_dir[1])}/{file}$", conf, re.M), (
             f"mosquitto/mosquitto.conf: {setting} must be {auth_dir[1]}/{file}, where the entrypoint writes it"
         )
+
+
+# --- monitoring: Prometheus and Grafana (the `monitoring` profile) ------------------------
+
+MONITORING = ROOT / "monitoring"
+PROMETHEUS_CONFIG = MONITORING / "prometheus.yml"
+GRAFANA_PROVISIONING = MONITORING / "grafana" / "provisioning"
+GRAFANA_DASHBOARDS = MONITORING / "grafana" / "dashboards"
+#: Modules that define the services' Prometheus metrics.
+METRICS_MODULES = sorted([*ROOT.glob("*/metrics.py")])
+#: Series Prometheus makes itself, not the code.
+PROMETHEUS_SERIES = {"up"}
+#: PromQL words that are not metric names (functions, aggregations, keywords).
+PROMQL_WORDS = {
+    "sum", "avg", "min", "max", "count", "topk", "bottomk", "quantile", "by", "without", "on", "ignoring",
+    "group_left", "group_right", "and", "or", "unless", "offset", "bool", "rate", "irate", "increase", "delta",
+    "deriv", "histogram_quantile", "clamp_min", "clamp_max", "abs", "time", "vector", "scalar", "label_replace",
+    "avg_over_time", "max_over_time", "min_over_time", "sum_over_time", "changes", "resets", "absent",
+}  # fmt: skip
+
+
+def mounts(service: str) -> dict[str, str]:
+    """A service's bind mounts as {target in the container: source on the host} (short syntax)."""
+    result = {}
+    for volume in SERVICES[service].get("volumes", []):
+        source, _, rest = str(volume).partition(":")
+        result[rest.split(":")[0]] = source
+    return result
+
+
+def code_metric_names() -> dict[str, str]:
+    """Every series name the code exposes -> the metric's type (Counter, Gauge or Histogram)."""
+    found: dict[str, str] = {}
+    for module in METRICS_MODULES:
+        for kind, name in re.findall(
+            r'\b(Counter|Gauge|Histogram)\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"', module.read_text()
+        ):
+            if kind == "Counter":
+                found[name.removesuffix("_total") + "_total"] = kind
+            elif kind == "Histogram":
+                for suffix in ("_bucket", "_sum", "_count"):
+                    found[name + suffix] = kind
+            else:
+                found[name] = kind
+    return found
+
+
+def metric_names_in(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: label matchers, ranges, strings and by (...) dropped."""
+    expr = re.sub(r'"[^"]*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    words = set(re.findall(r"(?<![\w.])[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
+    return words - PROMQL_WORDS
+
+
+def dashboard_exprs(path: Path) -> list[tuple[str, str]]:
+    """(panel title, expression) for every query of a Grafana dashboard, rows' nested panels included."""
+
+    def panels(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        for panel in node.get("panels", []):
+            yield panel
+            yield from panels(panel)
+
+    dashboard = json.loads(path.read_text())
+    return [(p.get("title", "?"), t["expr"]) for p in panels(dashboard) for t in p.get("targets", []) if t.get("expr")]
+
+
+def scrape_targets() -> dict[str, set[str]]:
+    """Prometheus's targets: {"static": {"host:port", ...}, "dns_a": {"name:port", ...}}."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    targets: dict[str, set[str]] = {"static": set(), "dns_a": set()}
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            targets["static"].update(static["targets"])
+        for dns in job.get("dns_sd_configs", []):
+            assert dns.get("type", "SRV") == "A", (
+                f"{PROMETHEUS_CONFIG}: job {job['job_name']}: use type A (Docker's DNS)"
+            )
+            targets["dns_a"].update(f"{name}:{dns['port']}" for name in dns["names"])
+    return targets
+
+
+def metrics_port(service: str) -> str:
+    env = environment(SERVICES[service])
+    return env.get("DASHBOARD_PORT") or env.get("HEALTH_PORT") or "8000"
+
+
+@pytest.mark.parametrize("name", ["prometheus", "grafana"])
+def test_monitoring_services_start_only_with_their_profile(name: str) -> None:
+    assert name in SERVICES, f"docker-compose.yml has no service {name}"
+    assert SERVICES[name].get("profiles") == ["monitoring"], f'service {name}: set profiles: ["monitoring"]'
+    assert SERVICES[name].get("healthcheck", {}).get("test"), f"service {name}: add a healthcheck"
+    for other, service in SERVICES.items():
+        if other not in ("prometheus", "grafana"):
+            assert "profiles" not in service, f"service {other}: the pipeline itself must start with a plain `up`"
+            assert not set(depends_on(service)) & {"prometheus", "grafana"}, f"service {other} depends on monitoring"
+
+
+def test_prometheus_mounts_its_config() -> None:
+    assert mounts("prometheus").get("/etc/prometheus/prometheus.yml") == "./monitoring/prometheus.yml"
+    command = " ".join(SERVICES["prometheus"].get("command", []))
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command, "service prometheus: --config.file"
+
+
+@pytest.mark.parametrize("service", sorted(PYTHON_SERVICES))
+def test_prometheus_scrapes_every_python_service(service: str) -> None:
+    targets = scrape_targets()
+    target = f"{service}:{metrics_port(service)}"
+    if "container_name" in SERVICES[service] or service == "sensor":
+        # Scaled with --scale: one target per replica, from Docker's DNS.
+        assert target in targets["dns_a"], f"{PROMETHEUS_CONFIG}: scrape {target} with dns_sd_configs (type A)"
+    else:
+        assert target in targets["static"] | targets["dns_a"], f"{PROMETHEUS_CONFIG}: no scrape target {target}"
+
+
+def test_prometheus_scrapes_only_compose_services() -> None:
+    targets = scrape_targets()
+    for target in targets["static"] | targets["dns_a"]:
+        host = target.rsplit(":", 1)[0]
+        assert host in SERVICES, f"{PROMETHEUS_CONFIG}: target {target} is not a service of docker-compose.yml"
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("no promtool (Debian's prometheus package, localstack/install.sh)")
+    result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True)
+    assert result.returncode == 0, f"promtool check config: {result.stdout}{result.stderr}"
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboards() -> None:
+    grafana_mounts = mounts("grafana")
+    assert grafana_mounts.get("/etc/grafana/provisioning") == "./monitoring/grafana/provisioning"
+    datasources = [
+        source
+        for file in sorted((GRAFANA_PROVISIONING / "datasources").glob("*.y*ml"))
+        for source in yaml.safe_load(file.read_text())["datasources"]
+    ]
+    prometheus = [d for d in datasources if d["type"] == "prometheus"]
+    assert len(prometheus) == 1 and prometheus[0]["url"] == "http://prometheus:9090", datasources
+    uids = {d["uid"] for d in prometheus}
+    providers = [
+        p
+        for file in sorted((GRAFANA_PROVISIONING / "dashboards").glob("*.y*ml"))
+        for p in yaml.safe_load(file.read_text())["providers"]
+    ]
+    assert providers, "monitoring/grafana/provisioning/dashboards: no dashboards provider"
+    for provider in providers:
+        path = provider["options"]["path"]
+        assert grafana_mounts.get(path) == "./monitoring/grafana/dashboards", (
+            f"the dashboards provider reads {path}, where service grafana does not mount monitoring/grafana/dashboards"
+        )
+    # Every panel queries the provisioned data source.
+    text = (GRAFANA_DASHBOARDS / "pipeline.json").read_text()
+    used = set(re.findall(r'"uid":\s*"([^"]+)"', text)) - {json.loads(text)["uid"]}
+    assert used <= uids, f"pipeline.json uses data sources {sorted(used - uids)}, not provisioned"
+
+
+def test_dashboard_uses_only_metrics_the_code_exposes() -> None:
+    known = code_metric_names()
+    assert {"pipeline_readings_received_total", "pipeline_publish_to_stored_seconds_bucket"} <= set(known), (
+        "found too few metrics in */metrics.py; has the way they are declared changed?"
+    )
+    exprs = dashboard_exprs(GRAFANA_DASHBOARDS / "pipeline.json")
+    assert exprs, "pipeline.json has no queries"
+    unknown = {
+        f"{title}: {name}"
+        for title, expr in exprs
+        for name in metric_names_in(expr)
+        if name not in known and name not in PROMETHEUS_SERIES
+    }
+    assert not unknown, f"pipeline.json queries metrics no service exposes: {sorted(unknown)}"
+    for title, expr in exprs:
+        assert metric_names_in(expr), f"pipeline.json: panel {title!r}: no metric in {expr!r}"
+        for name in metric_names_in(expr):
+            if known.get(name) == "Counter":
+                assert re.search(rf"\b(rate|irate|increase)\(\s*{name}\b", expr), (
+                    f"pipeline.json: panel {title!r}: counter {name} needs rate() or increase()"
+                )
+
+
+def test_dashboard_covers_the_pipeline() -> None:
+    queries = dashboard_exprs(GRAFANA_DASHBOARDS / "pipeline.json")
+    exprs = " ".join(expr for _, expr in queries)
+    for name in (
+        "pipeline_readings_received_total",
+        "pipeline_readings_stored_total",
+        "pipeline_readings_forwarded_total",
+        "pipeline_rejections_total",
+        "pipeline_readings_scored_total",
+        "pipeline_anomalies_total",
+        "pipeline_consumer_lag",
+        "pipeline_bridge_inbox",
+        "pipeline_sensor_pending",
+        "pipeline_connected",
+        "pipeline_connections_total",
+        "pipeline_model_info",
+    ):
+        assert name in exprs, f"pipeline.json: no panel shows {name}"
+    hops = {
+        name.removesuffix("_bucket") for name in code_metric_names() if re.match(r"pipeline_.*_seconds_bucket$", name)
+    }
+    hops -= {"pipeline_predict_seconds", "pipeline_dashboard_query_seconds"}  # work times, not hops
+    assert len(hops) >= 4, hops
+    for hop in hops:
+        for q in ("0.5", "0.95", "0.99"):
+            pattern = rf"histogram_quantile\({q},.*\brate\({hop}_bucket\b"
+            assert any(re.search(pattern, expr) for _, expr in queries), f"pipeline.json: no p{q} of {hop}"

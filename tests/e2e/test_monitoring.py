@@ -1,0 +1,261 @@
+"""Monitoring on the local stack: a real Prometheus scrapes the services, and every /metrics, /healthz, /readyz answers.
+
+Prometheus is Debian's package (localstack/install.sh); the Compose stack runs
+the official image with monitoring/prometheus.yml instead, whose targets and
+Grafana dashboard tests/unit/test_compose.py checks without Docker. Here the
+dashboard's queries also run against the real Prometheus, so a query it cannot
+parse fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from localstack.services import ROOT
+from tests.conftest import Pipeline, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+READINGS = 40
+#: The bridge's and the model's counts, for a timeout's message (one series per job: summed).
+COUNTS = 'sum by (job) ({__name__=~"pipeline_(readings|results)_.*_total"})'
+DASHBOARD_JSON = ROOT / "monitoring" / "grafana" / "dashboards" / "pipeline.json"
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    """Status and body of a GET; HTTP errors are answers too (503 is one)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@contextmanager
+def prometheus(targets: dict[str, str], workdir: Path, log: Path) -> Iterator[str]:
+    """Debian's Prometheus scraping ``{job: "host:port"}`` every second; yields its base URL, stopped after."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("no prometheus binary: run `bash localstack/install.sh` (Debian's prometheus package)")
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [t]}]} for job, t in targets.items()],
+    }
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"prometheus exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+            try:
+                return get(f"{base}/-/ready", 2)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(ready, 60, "prometheus to be ready")
+        yield base
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def api(base: str, path: str, **params: str) -> Any:
+    """The ``data`` of a Prometheus HTTP API answer; fails on an error status."""
+    status, body = get(f"{base}{path}?{urllib.parse.urlencode(params)}")
+    answer = json.loads(body)
+    assert status == 200 and answer["status"] == "success", f"{path} {params}: {status} {answer}"
+    return answer["data"]
+
+
+def query(base: str, expr: str) -> dict[str, float]:
+    """An instant query's result as {job: value} (a vector's series are told apart by their job)."""
+    return {r["metric"].get("job", ""): float(r["value"][1]) for r in api(base, "/api/v1/query", query=expr)["result"]}
+
+
+def target_health(base: str) -> dict[str, str]:
+    return {t["labels"]["job"]: t["health"] for t in api(base, "/api/v1/targets")["activeTargets"]}
+
+
+def families(text: str) -> dict[str, str]:
+    """The metric families of a /metrics body: {name: type} (counters without ``_total``)."""
+    return {family.name: family.type for family in text_string_to_metric_families(text)}
+
+
+def declared(package: str) -> dict[str, str]:
+    """The metrics ``<package>/metrics.py`` declares, as /metrics names them: {name: type}."""
+    source = (ROOT / package / "metrics.py").read_text()
+    found = re.findall(r'\b(Counter|Gauge|Histogram)\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"', source)
+    assert found, f"{package}/metrics.py declares no metrics; has the way they are declared changed?"
+    return {name.removesuffix("_total"): kind.lower() for kind, name in found}
+
+
+# --- Prometheus scrapes what the pipeline did ----------------------------------------------
+
+
+def test_prometheus_scrapes_the_counts_the_pipeline_reached(pipeline: Pipeline, tmp_path: Path) -> None:
+    server = pipeline.start_server()
+    model = pipeline.start_model()
+    sensor_port = str(free_port())
+    targets = {
+        "server": f"127.0.0.1:{server.env['HEALTH_PORT']}",
+        "model_analysis": f"127.0.0.1:{model.env['HEALTH_PORT']}",
+        "sensor": f"127.0.0.1:{sensor_port}",
+    }
+    with prometheus(targets, tmp_path, pipeline.log_dir / "prometheus.log") as base:
+        # The sensor starts once Prometheus runs: it lives READINGS x 0.2 s, long enough for several scrapes.
+        sensor = pipeline.start_sensor(
+            1,
+            HEALTH_PORT=sensor_port,
+            SENSOR_INTERVAL_S="0.2",
+            SENSOR_MAX_READINGS=str(READINGS),
+            SENSOR_LOOP="false",
+        )
+        wait_for(
+            lambda: target_health(base) == dict.fromkeys(targets, "up"),
+            30,
+            "all three targets up in /api/v1/targets",
+            lambda: f"{target_health(base)}\n{pipeline.logs()}",
+        )
+        assert query(base, "up") == dict.fromkeys(targets, 1.0)
+        published = wait_for(
+            lambda: query(base, "pipeline_sensor_published_total").get("sensor"),
+            30,
+            "the sensor's published readings in Prometheus",
+            pipeline.logs,
+        )
+        assert 0 < published <= READINGS
+        assert sensor.wait(120) == 0, sensor.log_tail()
+
+        # Every reading stored, forwarded and scored exactly once, as Prometheus scraped it.
+        wait_for(
+            lambda: (
+                query(base, "pipeline_readings_scored_total").get("model_analysis") == READINGS
+                and query(base, 'pipeline_results_stored_total{kind="prediction"}').get("server") == READINGS
+            ),
+            90,
+            f"{READINGS} readings scored and their predictions stored, in Prometheus",
+            lambda: f"{query(base, COUNTS)}\n{pipeline.logs()}",
+        )
+        wait_for(lambda: target_health(base)["sensor"] == "down", 30, "the finished sensor's target down")
+        for metric, job in (
+            ("pipeline_readings_received_total", "server"),
+            ("pipeline_readings_stored_total", "server"),
+            ("pipeline_readings_forwarded_total", "server"),
+            ("pipeline_readings_scored_total", "model_analysis"),
+            ('pipeline_results_stored_total{kind="prediction"}', "server"),
+        ):
+            assert query(base, metric) == {job: READINGS}, f"{metric} as scraped"
+        assert query(base, "pipeline_readings_duplicate_total") == {"server": 0.0}
+        assert query(base, "sum(pipeline_rejections_total) or vector(0)") == {"": 0.0}
+        assert query(base, "pipeline_prediction_errors_total") == {"model_analysis": 0.0}
+        assert 0 <= query(base, "pipeline_anomalies_total")["model_analysis"] <= READINGS
+        # The sensor's last scrape, before it exited: its readings, all acknowledged or not yet.
+        last = query(base, "max_over_time(pipeline_sensor_published_total[5m])")["sensor"]
+        assert published <= last <= READINGS
+        assert query(base, 'pipeline_connected{server="mqtt"}') == {"server": 1.0}
+        (model_info,) = api(base, "/api/v1/query", query="pipeline_model_info")["result"]
+        assert model_info["metric"]["name"] and model_info["metric"]["hash"], model_info
+        # Per-hop latency histograms got one observation per reading.
+        assert query(base, "pipeline_publish_to_stored_seconds_count") == {"server": READINGS}
+        assert query(base, "pipeline_stored_to_scored_seconds_count") == {"model_analysis": READINGS}
+        assert query(base, "pipeline_publish_to_prediction_stored_seconds_count") == {"server": READINGS}
+
+        # Every query of the Grafana dashboard is valid PromQL for this Prometheus.
+        dashboard = json.loads(DASHBOARD_JSON.read_text())
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if t.get("expr")]
+        assert exprs
+        for expr in exprs:
+            api(base, "/api/v1/query", query=expr.replace("$__rate_interval", "1m"))
+        p95 = query(base, "histogram_quantile(0.95, sum by (le) (rate(pipeline_publish_to_stored_seconds_bucket[5m])))")
+        assert p95, "no p95 of publish -> stored"
+
+
+# --- every service's /metrics, /healthz and /readyz ----------------------------------------
+
+
+def test_every_service_serves_metrics_health_and_readiness(pipeline: Pipeline) -> None:
+    server = pipeline.start_server()
+    model = pipeline.start_model()
+    sensor_port = str(free_port())
+    sensor = pipeline.start_sensor(1, HEALTH_PORT=sensor_port, SENSOR_INTERVAL_S="0.2")
+    pipeline.wait_ready(sensor)
+    dashboard = pipeline.start_dashboard()
+    shared = {"pipeline_connected": "gauge", "pipeline_connections": "counter"}
+    services = {
+        "server": (server.env["HEALTH_PORT"], {**declared("Server"), **shared, "pipeline_consumer_lag": "gauge"}),
+        "model": (model.env["HEALTH_PORT"], {**declared("Models_analysis"), "pipeline_consumer_lag": "gauge"}),
+        "sensor": (sensor_port, {**declared("Data_collection"), **shared}),
+        "dashboard": (dashboard.env["DASHBOARD_PORT"], declared("Dashboard")),
+    }
+    for name, (port, expected) in services.items():
+        base = f"http://127.0.0.1:{port}"
+        for path in ("/healthz", "/readyz"):
+            status, body = get(base + path)
+            assert status == 200, f"{name} {path}: {status} {body!r}"
+        status, body = get(base + "/metrics")
+        assert status == 200, f"{name} /metrics: {status}"
+        exposed = families(body.decode())
+        missing = {metric: kind for metric, kind in expected.items() if exposed.get(metric) != kind}
+        assert not missing, f"{name} /metrics lacks (or mistypes) {missing}"
+    # The sensor is publishing: its counters move, as its /metrics shows.
+    wait_for(
+        lambda: b"pipeline_sensor_acknowledged_total 0.0" not in get(f"http://127.0.0.1:{sensor_port}/metrics")[1],
+        30,
+        "the sensor's acknowledged readings to grow",
+    )
+
+
+def test_readyz_is_503_while_a_dependency_is_down(pipeline: Pipeline) -> None:
+    # Nobody listens on this MQTT port: the bridge is alive but not ready.
+    bridge = pipeline.start_server(wait=False, MQTT_PORT=str(free_port()))
+    base = f"http://127.0.0.1:{bridge.env['HEALTH_PORT']}"
+
+    def answers() -> tuple[int, int] | None:
+        assert bridge.alive, bridge.log_tail()
+        try:
+            return get(base + "/healthz")[0], get(base + "/readyz")[0]
+        except OSError:
+            return None
+
+    assert wait_for(answers, 60, "the bridge's health server", pipeline.logs) == (200, 503)
+    status, body = get(base + "/readyz")
+    assert status == 503
+    assert json.loads(body)["checks"]["mqtt"] is False, body
+    assert families(get(base + "/metrics")[1].decode())["pipeline_readings_received"] == "counter"
