@@ -1,7 +1,8 @@
 """Write .env from .env.example, filling every empty value with a random secret.
 
-Run by `make env` (and by `make up` / `make run` when .env is missing). An
-existing .env is left alone; values are never printed.
+Run by `make env` (and by `make up` / `make run`). An existing .env keeps its
+values; keys that .env.example gained since (a new service's password, say)
+are appended, secrets again random. Values are never printed.
 """
 
 from __future__ import annotations
@@ -24,15 +25,33 @@ def render(example: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def keys(text: str) -> list[str]:
+    """The keys set in an env file's text (comments and blank lines skipped)."""
+    return [
+        line.partition("=")[0].strip()
+        for line in text.splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    ]
+
+
 def main(argv: list[str]) -> int:
-    """Create .env (or the path given) unless it exists."""
+    """Create .env (or the path given), or add the keys it lacks."""
     target = Path(argv[1]) if len(argv) > 1 else ROOT / ".env"
-    if target.exists():
-        print(f"{target} exists; left as it is")
+    rendered = render((ROOT / ".env.example").read_text())
+    if not target.exists():
+        target.write_text(rendered)
+        target.chmod(0o600)
+        print(f"wrote {target} with fresh random secrets")
         return 0
-    target.write_text(render((ROOT / ".env.example").read_text()))
-    target.chmod(0o600)
-    print(f"wrote {target} with fresh random secrets")
+    current = target.read_text()
+    have = set(keys(current))
+    missing = [line for line in rendered.splitlines() if "=" in line and not line.lstrip().startswith("#")]
+    missing = [line for line in missing if line.partition("=")[0].strip() not in have]
+    if not missing:
+        print(f"{target} exists and has every key; left as it is")
+        return 0
+    target.write_text(current.rstrip("\n") + "\n" + "\n".join(missing) + "\n")
+    print(f"added {', '.join(line.partition('=')[0] for line in missing)} to {target}")
     return 0
 
 
