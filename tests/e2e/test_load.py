@@ -7,6 +7,7 @@ bridge benchmark's saturating publishers) and checks only what arrived.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -24,10 +25,31 @@ SENSORS = 20
 PUBLISHERS = 4
 
 
-def test_every_reading_and_prediction_arrives_exactly_once_under_load(pipeline: Pipeline) -> None:
+@pytest.fixture
+def sensors(pipeline: Pipeline) -> Iterator[list[str]]:
+    """The simulated sensors' ids; their documents are deleted afterwards.
+
+    FerretDB answers most queries by scanning a whole collection, so 20,000
+    readings and predictions left behind would slow every later test's queries.
+    """
+    ids = [pipeline.sensor_id(n) for n in range(SENSORS)]
+    yield ids
+    pipeline.stop_all()  # first, so no aggregate is written after the clean-up
+    db = pipeline.db
+    for collection in (
+        contract.COLLECTION_READINGS,
+        contract.COLLECTION_PREDICTIONS,
+        contract.COLLECTION_PREDICTION_ERRORS,
+        contract.COLLECTION_ALERTS,
+        contract.COLLECTION_AGGREGATES,
+        contract.COLLECTION_ACCURACY,
+    ):
+        db[collection].delete_many({"sensor": {"$in": ids}})
+
+
+def test_every_reading_and_prediction_arrives_exactly_once_under_load(pipeline: Pipeline, sensors: list[str]) -> None:
     server = pipeline.start_server()
     pipeline.start_model()
-    sensors = [pipeline.sensor_id(n) for n in range(SENSORS)]
     per_sensor = READINGS // SENSORS
     expected = sorted(reading_id(sensor, n) for sensor in sensors for n in range(per_sensor))
 
