@@ -12,7 +12,7 @@ from Models_analysis.registry import ModelRegistry
 from Models_analysis.scorer import Scorer
 from Models_analysis.settings import Settings
 from pipeline import lifecycle, logs, settings
-from pipeline.health import HealthServer
+from pipeline.health import Dependency, HealthServer
 from pipeline.kafka import ensure_topics, producer_config
 from pipeline.metrics import total
 
@@ -38,8 +38,9 @@ def main() -> int:
             config.KAFKA_TOPIC_ALERTS,
         ],
     )
-    producer = Producer(producer_config(config, config.KAFKA_CLIENT_ID))
-    scorer = Scorer(config, models, producer, stop)
+    kafka = Dependency("kafka")
+    producer = Producer(producer_config(config, config.KAFKA_CLIENT_ID, kafka))
+    scorer = Scorer(config, models, producer, stop, kafka)
     scorer.kafka.up()  # it answered: the topics exist
     worker = threading.Thread(target=scorer.run, name="scorer")
 

@@ -35,14 +35,23 @@ WARN_EVERY_S = 30.0
 class Scorer:
     """One model-service replica in the consumer group."""
 
-    def __init__(self, settings: Settings, models: ModelRegistry, producer: Producer, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        models: ModelRegistry,
+        producer: Producer,
+        stop: threading.Event,
+        kafka: Dependency | None = None,
+    ) -> None:
         self.settings = settings
         self.models = models
         self.producer = producer
         self.stop = stop
-        self.kafka = Dependency("kafka")
+        self.kafka = kafka or Dependency("kafka")
         self.lag = LagProbe(settings.KAFKA_TOPIC_READINGS)
-        self.consumer = Consumer(consumer_config(settings, settings.KAFKA_GROUP_ID, settings.KAFKA_CLIENT_ID))
+        self.consumer = Consumer(
+            consumer_config(settings, settings.KAFKA_GROUP_ID, settings.KAFKA_CLIENT_ID, self.kafka)
+        )
         self._last_warning = 0.0
 
     def run(self) -> None:
@@ -101,7 +110,7 @@ class Scorer:
         )
         try:
             until_done(
-                lambda: produce_all(self.producer, records, self.stop),
+                lambda: self._produce(records),
                 self.stop,
                 "produce predictions",
                 (KafkaUnavailable,),

@@ -8,7 +8,7 @@ import threading
 from confluent_kafka import Producer
 
 from pipeline import lifecycle, logs, settings
-from pipeline.health import HealthServer
+from pipeline.health import Dependency, HealthServer
 from pipeline.kafka import ensure_topics, producer_config
 from pipeline.metrics import total
 from Server.aggregates import Aggregator
@@ -39,10 +39,11 @@ def main() -> int:
         store.ensure_indexes()
     except Exception:  # noqa: BLE001 - indexes help queries; their absence must not stop the flow
         logger.exception("could not create MongoDB indexes; continuing without them")
-    producer = Producer(producer_config(config, config.MQTT_CLIENT_ID))
+    kafka = Dependency("kafka")
+    producer = Producer(producer_config(config, config.MQTT_CLIENT_ID, kafka))
     aggregator = Aggregator(store, stop)
-    bridge = Bridge(config, store, producer, stop, aggregator)
-    sink = ResultsSink(config, store, producer, stop, aggregator)
+    bridge = Bridge(config, store, producer, stop, aggregator, kafka)
+    sink = ResultsSink(config, store, producer, stop, aggregator, kafka)
     workers = [
         threading.Thread(target=bridge.run, name="bridge"),
         threading.Thread(target=sink.run, name="results"),

@@ -93,6 +93,7 @@ class Bridge:
         producer: Producer,
         stop: threading.Event,
         aggregator: Aggregator | None = None,
+        kafka: Dependency | None = None,
     ) -> None:
         self.settings = settings
         self.aggregator = aggregator
@@ -101,7 +102,7 @@ class Bridge:
         self.stop = stop
         self.recent = RecentIds(settings.SERVER_DEDUPE_CACHE)
         self.mongo = Dependency("mongodb")
-        self.kafka = Dependency("kafka")
+        self.kafka = kafka or Dependency("kafka")
         self.inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         self.connection = 0
         self.connected = threading.Event()

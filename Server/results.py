@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from pipeline import contract
+from pipeline.health import Dependency
 from pipeline.kafka import consumer_config, produce_all
 from pipeline.metrics import LagProbe
 from pipeline.retry import RetryError, until_done
@@ -41,6 +42,7 @@ class ResultsSink:
         producer: Producer,
         stop: threading.Event,
         aggregator: Aggregator | None = None,
+        kafka: Dependency | None = None,
     ) -> None:
         self.aggregator = aggregator
         self.settings = settings
@@ -49,7 +51,7 @@ class ResultsSink:
         self.stop = stop
         self.lag = LagProbe(settings.KAFKA_TOPIC_RESULTS)
         self.consumer = Consumer(
-            consumer_config(settings, settings.KAFKA_RESULTS_GROUP_ID, f"{settings.MQTT_CLIENT_ID}-results")
+            consumer_config(settings, settings.KAFKA_RESULTS_GROUP_ID, f"{settings.MQTT_CLIENT_ID}-results", kafka)
         )
         self._last_warning = 0.0
         # Not 0 even when SERVER_BATCH_WAIT_MS is: an idle sink must not spin.

@@ -9,6 +9,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from pipeline.health import Dependency
 from pipeline.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,32 @@ CONFIRM_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 
 
-def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
+#: librdkafka's own log lines go to this logger (not raw to stderr), rate-limited by pipeline.logs.
+CLIENT_LOGGER = logging.getLogger("librdkafka")
+
+
+def _client_common(settings: KafkaSettings, client_id: str, kafka: Dependency | None) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+        "client.id": client_id,
+        "reconnect.backoff.ms": 200,
+        "reconnect.backoff.max.ms": 10_000,
+        "logger": CLIENT_LOGGER,
+    }
+    if kafka is not None:
+        config["error_cb"] = lambda error: _on_error(error, kafka)
+    return config
+
+
+def _on_error(error: KafkaError, kafka: Dependency) -> None:
+    # librdkafka reports here at once when every broker is unreachable; a
+    # batch would only notice when its confirmation times out.
+    if error.code() == KafkaError._ALL_BROKERS_DOWN:
+        kafka.down()
+        CLIENT_LOGGER.warning("Kafka is unreachable (%s); retrying", error.str())
+
+
+def producer_config(settings: KafkaSettings, client_id: str, kafka: Dependency | None = None) -> dict[str, Any]:
     """A producer that never loses or doubles a record it reports delivered.
 
     Idempotence (with ``acks=all``) means librdkafka's own retries cannot write
@@ -27,29 +53,25 @@ def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
     outage is ridden out by retrying instead of failing deliveries.
     """
     return {
-        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
-        "client.id": client_id,
+        **_client_common(settings, client_id, kafka),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
         "message.timeout.ms": 10 * 60 * 1000,
-        "reconnect.backoff.ms": 200,
-        "reconnect.backoff.max.ms": 10_000,
     }
 
 
-def consumer_config(settings: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
+def consumer_config(
+    settings: KafkaSettings, group_id: str, client_id: str, kafka: Dependency | None = None
+) -> dict[str, Any]:
     """A consumer whose offsets move only when the code commits after the work is durable."""
     return {
-        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+        **_client_common(settings, client_id, kafka),
         "group.id": group_id,
-        "client.id": client_id,
         "enable.auto.commit": False,
         # A new group starts at the beginning: nothing already in Kafka is skipped.
         "auto.offset.reset": "earliest",
-        "reconnect.backoff.ms": 200,
-        "reconnect.backoff.max.ms": 10_000,
     }
 
 

@@ -101,3 +101,34 @@ def test_mongodb_down_for_30_seconds(pipeline: Pipeline) -> None:
         p.stack.stack.start_one("ferretdb")
 
     stream_with_fault(pipeline, fault, at_s=3.0)
+
+
+def test_the_bridge_reports_kafka_down_at_once_and_logs_it_readably(pipeline: Pipeline) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from tests.helpers import payload, publish, reading
+
+    server = pipeline.start_server()
+    url = f"http://127.0.0.1:{server.env['HEALTH_PORT']}/readyz"
+
+    def kafka_check() -> bool | None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(json.load(response)["checks"]["kafka"])
+        except urllib.error.HTTPError as error:
+            return bool(json.load(error)["checks"]["kafka"])
+
+    assert kafka_check() is True
+    pipeline.stack.stack.stop_one("kafka")
+    try:
+        wait_for(lambda: kafka_check() is False, 30, "/readyz to report Kafka down", pipeline.logs)
+    finally:
+        pipeline.stack.stack.start_one("kafka")
+    sensor = pipeline.sensor_id(1)
+    assert publish(pipeline.stack.env, sensor, contract.readings_topic(sensor), [payload(reading(sensor, 1.0))]) == [0]
+    wait_for(lambda: kafka_check() is True, 60, "/readyz to report Kafka back", pipeline.logs)
+    log = server.log_tail(400)
+    assert "Kafka is unreachable" in log
+    assert "%3|" not in log, "librdkafka's raw lines must go through the service's logging"
