@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import contract
 from tests.bad_payloads import bad_payloads
@@ -46,6 +48,15 @@ def test_bad_payloads_between_valid_readings(pipeline: Pipeline) -> None:
     )
     assert sorted(_raw(json.loads(m.value())) for m in dead) == sorted(raw for raw, _ in bad)
     assert server.alive, "a bad payload must never stop the bridge"
+    # Counted by reason on /metrics.
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.env['HEALTH_PORT']}/metrics", timeout=5) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    counted = sum(s.value for s in families["pipeline_rejections"].samples if s.name == "pipeline_rejections_total")
+    assert counted == len(bad)
+    reasons = {
+        s.labels["reason"] for s in families["pipeline_rejections"].samples if s.name == "pipeline_rejections_total"
+    }
+    assert "payload is not JSON" in reasons
 
 
 def _raw(document: dict[str, object]) -> bytes:
