@@ -250,37 +250,8 @@ def _rates(bench: Bench) -> tuple[list[float], list[float], list[float]]:
     return [100, TARGET_RATE], [1500, 2000, 2500, 3000, 4000], [800, 600, 400, 200]
 
 
-def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
-    """Run the latency phases and the soak, print and write both tables; returns the figures."""
-    duration = 10.0 if bench.quick else 30.0
-    soak_minutes = args.soak_minutes if args.soak_minutes is not None else (1.0 if bench.quick else 10.0)
-    namespace = bench.namespace("e2e")
-    with namespace.running():
-        pipeline = Pipeline(bench, namespace)
-        sampler = Sampler(pipeline.services, every_s=1.0).start()
-        print(f"\n[e2e] warm-up: 100 readings/s from {SENSORS} sensors for 5 s ...", flush=True)
-        pipeline.phase(100, 5.0)
-        fixed, higher, lower = _rates(bench)
-        phases = []
-        for rate in fixed:
-            print(f"[e2e] {rate:,.0f} readings/s for {duration:.0f} s ...", flush=True)
-            phases.append(pipeline.phase(rate, duration))
-        # Up from 1,000/s until a rate is too much; or, if 1,000/s already is, down until one is not.
-        going_up = phases[-1]["sustainable"]
-        for rate in higher if going_up else lower:
-            print(f"[e2e] {rate:,.0f} readings/s for {duration:.0f} s ...", flush=True)
-            phases.append(pipeline.phase(rate, duration))
-            if phases[-1]["sustainable"] != going_up:
-                break
-        sampler.stop()
-        memory_rows, memory_during = _memory_rows(sampler)
-
-        print(f"[memory] soak: {SOAK_RATE} readings/s for {soak_minutes:g} min ...", flush=True)
-        soak_sampler = Sampler(pipeline.services, every_s=5.0).start()
-        soak = pipeline.phase(SOAK_RATE, soak_minutes * 60)
-        soak_sampler.stop()
-        soak_rows, soak_figures = _soak_rows(soak_sampler, soak_minutes)
-
+def _report_e2e(bench: Bench, phases: list[dict[str, Any]], duration: float) -> dict[str, Any]:
+    """Print and write the end-to-end tables (before the soak, so a stopped soak loses nothing)."""
     sustainable = [p for p in phases if p["sustainable"]]
     top = max(sustainable, key=lambda p: p["rate"]) if sustainable else None
     at_target = next(p for p in phases if p["rate"] == TARGET_RATE)
@@ -332,6 +303,40 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         "quick": bench.quick,
     }
     write_result(bench.results_dir, "e2e", e2e_figures, [e2e_table, stage_table])
+    return e2e_figures
+
+
+def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the latency phases and the soak, print and write both tables; returns the figures."""
+    duration = 10.0 if bench.quick else 30.0
+    soak_minutes = args.soak_minutes if args.soak_minutes is not None else (1.0 if bench.quick else 10.0)
+    namespace = bench.namespace("e2e")
+    with namespace.running():
+        pipeline = Pipeline(bench, namespace)
+        sampler = Sampler(pipeline.services, every_s=1.0).start()
+        print(f"\n[e2e] warm-up: 100 readings/s from {SENSORS} sensors for 5 s ...", flush=True)
+        pipeline.phase(100, 5.0)
+        fixed, higher, lower = _rates(bench)
+        phases = []
+        for rate in fixed:
+            print(f"[e2e] {rate:,.0f} readings/s for {duration:.0f} s ...", flush=True)
+            phases.append(pipeline.phase(rate, duration))
+        # Up from 1,000/s until a rate is too much; or, if 1,000/s already is, down until one is not.
+        going_up = phases[-1]["sustainable"]
+        for rate in higher if going_up else lower:
+            print(f"[e2e] {rate:,.0f} readings/s for {duration:.0f} s ...", flush=True)
+            phases.append(pipeline.phase(rate, duration))
+            if phases[-1]["sustainable"] != going_up:
+                break
+        sampler.stop()
+        memory_rows, memory_during = _memory_rows(sampler)
+        e2e_figures = _report_e2e(bench, phases, duration)
+
+        print(f"[memory] soak: {SOAK_RATE} readings/s for {soak_minutes:g} min ...", flush=True)
+        soak_sampler = Sampler(pipeline.services, every_s=5.0).start()
+        soak = pipeline.phase(SOAK_RATE, soak_minutes * 60)
+        soak_sampler.stop()
+        soak_rows, soak_figures = _soak_rows(soak_sampler, soak_minutes)
 
     memory_tables = [
         Table(
