@@ -286,7 +286,8 @@ def publish(
     takes them; otherwise ``rate`` readings per second in total for
     ``duration_s`` (``per_sensor``, if set, caps each sensor). Reading numbers
     start at ``first``, so a second call with the same sensors can continue
-    where the last stopped.
+    where the last stopped. The workers get ``duration_s`` plus ``timeout_s``
+    to connect, publish and collect their acknowledgements.
     """
     if rate is None and per_sensor <= 0:
         raise ValueError("saturating needs per_sensor > 0")
@@ -312,7 +313,7 @@ def publish(
         ready.wait(timeout=180)
         shared_start.value = time.time() + 0.2
         got = 0
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + duration_s + timeout_s
         while got < len(workers):
             try:
                 report.merge(results.get(timeout=1.0))
