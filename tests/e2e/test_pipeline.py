@@ -66,7 +66,8 @@ def test_mongo_express_shows_the_readings(pipeline: Pipeline) -> None:
     env = pipeline.stack.env
     base = f"http://127.0.0.1:{env['MONGO_EXPRESS_PORT']}"
     # mongo-express's simple query (key/value/type=S for a string) shows this test's sensor.
-    page = f"{base}/db/{env['MONGO_DATABASE']}/{contract.COLLECTION_READINGS}?key=sensor&value={pipeline.sensor_id(1)}&type=S"
+    query = f"key=sensor&value={pipeline.sensor_id(1)}&type=S"
+    page = f"{base}/db/{env['MONGO_DATABASE']}/{contract.COLLECTION_READINGS}?{query}"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(page, timeout=30)
     assert refused.value.code == 401, "mongo-express must refuse requests without credentials"
