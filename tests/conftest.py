@@ -24,10 +24,9 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from localstack.services import ROOT, ServiceProcess, dashboard_env, model_env, sensor_env, server_env
+from localstack.services import ServiceProcess, dashboard_env, model_env, sensor_env, server_env
 from localstack.testing import stack_ports, throwaway_stack
-
-ARTIFACTS = ROOT / "artifacts"
+from tests.helpers import ARTIFACTS
 
 #: Ports of the test stack: away from the defaults, so a `make run` stack can run beside it;
 #: PIPELINE_TEST_PORT_BASE moves them all (two test runs on one machine).

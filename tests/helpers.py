@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -12,6 +14,8 @@ from confluent_kafka import Consumer
 from paho.mqtt.enums import CallbackAPIVersion
 
 from pipeline import contract
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 def publish(
@@ -81,3 +85,32 @@ def consume(bootstrap: str, topic: str, quiet_s: float = 3.0, timeout_s: float =
     finally:
         consumer.close()
     return records
+
+
+def chromium(url: str, *args: str) -> str:
+    """Run headless Chromium on ``url`` (loopback only) for 10 s of page time; returns its stdout."""
+    profile = ARTIFACTS / "chromium-profile"
+    result = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--window-size=1400,1000",
+            # Page time runs ahead while no request is pending: a few polls of the API.
+            "--virtual-time-budget=10000",
+            *args,
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return result.stdout

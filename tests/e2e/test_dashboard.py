@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import subprocess
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,7 @@ import pytest
 from localstack.services import ServiceProcess
 from pipeline import contract
 from tests.conftest import ARTIFACTS, Pipeline, free_port, wait_for
-from tests.helpers import payload, publish
+from tests.helpers import chromium, payload, publish
 from tests.unit.models import ConstantModel
 
 pytestmark = pytest.mark.e2e
@@ -128,35 +127,6 @@ class Elements(HTMLParser):
     def find(self, tag: str, **attrs: str) -> list[dict[str, str | None]]:
         wanted = {k.replace("_", "-"): v for k, v in attrs.items()}
         return [a for t, a in self.found if t == tag and all(a.get(k) == v for k, v in wanted.items())]
-
-
-def chromium(url: str, *args: str) -> str:
-    """Run headless Chromium on ``url`` (loopback only) for 10 s of page time; returns its stdout."""
-    profile = ARTIFACTS / "chromium-profile-dashboard"
-    result = subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--window-size=1400,1000",
-            # Page time runs ahead while no request is pending: a few polls of the API.
-            "--virtual-time-budget=10000",
-            *args,
-            url,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    return result.stdout
 
 
 # --- tests -------------------------------------------------------------------------

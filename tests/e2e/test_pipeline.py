@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,6 +13,7 @@ from localstack.services import ROOT
 from Models_analysis.model import load_model
 from pipeline import contract
 from tests.conftest import ARTIFACTS, Pipeline, wait_for
+from tests.helpers import chromium
 
 pytestmark = pytest.mark.e2e
 
@@ -88,27 +88,7 @@ def test_mongo_express_shows_the_readings(pipeline: Pipeline) -> None:
 
 
 def take_screenshot(url: str, path: Path) -> None:
-    """A headless Chromium screenshot of ``url`` (Debian's chromium, no network beyond loopback)."""
+    """A headless Chromium screenshot of ``url``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    profile = ARTIFACTS / "chromium-profile"
-    subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--window-size=1400,1000",
-            f"--screenshot={path}",
-            url,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    chromium(url, f"--screenshot={path}")
