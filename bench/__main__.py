@@ -4,8 +4,8 @@ Starts Mosquitto, Kafka, FerretDB and mongo-express on their own ports (port
 base 25000) in a temporary state directory with random secrets, runs the
 benchmarks one after the other, each in its own topics and ids, writes
 ``bench/results/<name>.json`` and ``bench/results/latest.md``, and stops
-everything it started. ``--quick`` is a short run (about 5 minutes);
-the default takes about 20 minutes, 10 of them the memory soak.
+everything it started. ``--quick`` is a short run (about 3 minutes);
+the default takes about 15 minutes, 10 of them the memory soak.
 """
 
 from __future__ import annotations
