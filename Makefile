@@ -14,7 +14,7 @@ ENVFILE := set -a; [ -f .env ] && . ./.env; set +a;
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-env: ## Write .env with fresh random secrets (kept if it exists)
+env: ## Write .env with random secrets; an existing .env keeps its values and gains missing keys
 	@$(PYTHON) scripts/gen_env.py
 
 $(VENV)/.installed: requirements-dev.txt pipeline/requirements.txt Data_collection/requirements.txt Server/requirements.txt Models_analysis/requirements.txt Dashboard/requirements.txt
