@@ -37,6 +37,7 @@ from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
 
 from localstack.services import ROOT, ServiceProcess, model_env, sensor_env, server_env
+from localstack.testing import namespaced_topics
 
 logger = logging.getLogger(__name__)
 
@@ -146,12 +147,7 @@ class Namespace:
     @property
     def topics(self) -> dict[str, str]:
         """The Kafka topic settings of this namespace."""
-        return {
-            "KAFKA_TOPIC_READINGS": f"{self.name}.analytics",
-            "KAFKA_TOPIC_RESULTS": f"{self.name}.analytics_results",
-            "KAFKA_TOPIC_DEADLETTER": f"{self.name}.deadletter",
-            "KAFKA_TOPIC_ALERTS": f"{self.name}.alerts",
-        }
+        return namespaced_topics(self.name)
 
     def sensor_ids(self, count: int, prefix: str = "s") -> list[str]:
         """``count`` sensor ids of this namespace."""

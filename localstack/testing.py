@@ -74,3 +74,13 @@ def throwaway_stack(state_dir: Path, port_base: int) -> Iterator[tuple[Stack, di
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def namespaced_topics(name: str) -> dict[str, str]:
+    """Kafka topic settings of their own for one test or benchmark namespace (``<name>.analytics`` ...)."""
+    return {
+        "KAFKA_TOPIC_READINGS": f"{name}.analytics",
+        "KAFKA_TOPIC_RESULTS": f"{name}.analytics_results",
+        "KAFKA_TOPIC_DEADLETTER": f"{name}.deadletter",
+        "KAFKA_TOPIC_ALERTS": f"{name}.alerts",
+    }

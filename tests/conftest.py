@@ -25,7 +25,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from localstack.services import ServiceProcess, dashboard_env, model_env, sensor_env, server_env
-from localstack.testing import stack_ports, throwaway_stack
+from localstack.testing import namespaced_topics, stack_ports, throwaway_stack
 from tests.helpers import ARTIFACTS
 
 #: Ports of the test stack: away from the defaults, so a `make run` stack can run beside it;
@@ -65,12 +65,7 @@ class Pipeline:
 
     @property
     def topics(self) -> dict[str, str]:
-        return {
-            "KAFKA_TOPIC_READINGS": f"{self.name}.analytics",
-            "KAFKA_TOPIC_RESULTS": f"{self.name}.analytics_results",
-            "KAFKA_TOPIC_DEADLETTER": f"{self.name}.deadletter",
-            "KAFKA_TOPIC_ALERTS": f"{self.name}.alerts",
-        }
+        return namespaced_topics(self.name)
 
     def sensor_id(self, n: int | str) -> str:
         return f"{self.name}-s{n}"
