@@ -244,18 +244,26 @@ class Reader:
     def minute_aggregates(self, sensor: str, minutes: int, now: datetime | None = None) -> list[Document]:
         """Per-minute count/mean/min/max of the sensor's readings, as the bridge stores them in ``aggregates``.
 
-        Empty while the collection has none (the dashboard never computes them itself).
+        Empty while the collection has none (the dashboard never computes them itself). The
+        mean is ``sum / count`` of the same document: the bridge's ``$inc`` of both is atomic,
+        while its stored ``mean`` is set by a second update a reader can arrive before.
         """
         since = (now or datetime.now(UTC)) - timedelta(minutes=minutes)
         found = (
             self.aggregates.find(
                 {"sensor": sensor, "minute": {"$gte": since}},
-                projection={"minute": 1, "count": 1, "mean": 1, "min": 1, "max": 1},
+                projection={"minute": 1, "count": 1, "sum": 1, "min": 1, "max": 1},
             )
             .sort("minute", ASCENDING)
             .limit(minutes + 1)
         )
         return [
-            {"minute": _iso(a["minute"]), "count": a["count"], "mean": a["mean"], "min": a["min"], "max": a["max"]}
+            {
+                "minute": _iso(a["minute"]),
+                "count": a["count"],
+                "mean": a["sum"] / a["count"],
+                "min": a["min"],
+                "max": a["max"],
+            }
             for a in found
         ]

@@ -164,6 +164,20 @@ def test_every_route_needs_the_login(pipeline: Pipeline) -> None:
     assert refused and float(refused[0].split()[-1]) >= 4 * len(paths)
 
 
+def test_aggregates_are_served_between_the_bridges_two_updates(pipeline: Pipeline) -> None:
+    # The bridge $inc's count and sum, then sets the mean in a second update; a page
+    # read in between must still get the minute, with the mean from sum / count.
+    dashboard = pipeline.start_dashboard()
+    sensor = pipeline.sensor_id(1)
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    pipeline.db[contract.COLLECTION_AGGREGATES].insert_one(
+        {"_id": f"{sensor}|{contract.iso(minute)}", "sensor": sensor, "minute": minute}
+        | {"count": 4, "sum": 10.0, "min": 1.0, "max": 4.0}
+    )
+    found = api(pipeline, dashboard, f"/api/aggregates/{sensor}?minutes=60")
+    assert found == [{"minute": contract.iso(minute), "count": 4, "mean": 2.5, "min": 1.0, "max": 4.0}]
+
+
 def test_api_shows_a_live_sensor_its_forecast_and_anomaly(pipeline: Pipeline, model_path: Path) -> None:
     dashboard = start_all(pipeline, model_path)
     sensor = pipeline.sensor_id(1)
