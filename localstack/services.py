@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localstack.stack import sensor_accounts
+
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,12 +110,18 @@ def server_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]
 
 
 def sensor_env(stack_env: Mapping[str, str], sensor_id: str, **overrides: str) -> dict[str, str]:
-    """A sensor's environment: the sensors' MQTT user and its own id."""
+    """A sensor's environment: its own id, and its own MQTT user if MQTT_SENSOR_ACCOUNTS has one, else the fleet's."""
+    own = sensor_accounts(stack_env.get("MQTT_SENSOR_ACCOUNTS", ""))
+    username, password = (
+        (sensor_id, own[sensor_id])
+        if sensor_id in own
+        else (stack_env["MQTT_SENSOR_USERNAME"], stack_env["MQTT_SENSOR_PASSWORD"])
+    )
     env = {
         "MQTT_HOST": stack_env["MQTT_HOST"],
         "MQTT_PORT": stack_env["MQTT_PORT"],
-        "MQTT_USERNAME": stack_env["MQTT_SENSOR_USERNAME"],
-        "MQTT_PASSWORD": stack_env["MQTT_SENSOR_PASSWORD"],
+        "MQTT_USERNAME": username,
+        "MQTT_PASSWORD": password,
         "SENSOR_ID": sensor_id,
     }
     env.update(overrides)

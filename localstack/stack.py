@@ -108,6 +108,14 @@ def _str_env(environ: Mapping[str, str], name: str, default: str) -> str:
     return environ.get(name, "").strip() or default
 
 
+def sensor_accounts(text: str) -> dict[str, str]:
+    """``MQTT_SENSOR_ACCOUNTS`` ("id:password,...") as {sensor id: password}.
+
+    mosquitto/docker-entrypoint.sh checks the entries when the broker starts.
+    """
+    return dict(entry.split(":", 1) for entry in text.replace(",", " ").split() if ":" in entry)
+
+
 @dataclass(frozen=True)
 class StackConfig:
     """Ports, credentials and directories of the local stack (see :meth:`from_env`).
@@ -131,6 +139,8 @@ class StackConfig:
     mqtt_server_password: str = field(default="", repr=False)
     mqtt_sensor_username: str = "sensor"
     mqtt_sensor_password: str = field(default="", repr=False)
+    #: Sensors with a user of their own: "id:password,id:password,..." (MQTT_SENSOR_ACCOUNTS).
+    mqtt_sensor_accounts: str = field(default="", repr=False)
     mongo_express_username: str = "admin"
     mongo_express_password: str = field(default="", repr=False)
     mongo_express_cookie_secret: str = field(default="", repr=False)
@@ -165,6 +175,7 @@ class StackConfig:
             mqtt_server_password=env.get("MQTT_SERVER_PASSWORD", ""),
             mqtt_sensor_username=_str_env(env, "MQTT_SENSOR_USERNAME", "sensor"),
             mqtt_sensor_password=env.get("MQTT_SENSOR_PASSWORD", ""),
+            mqtt_sensor_accounts=env.get("MQTT_SENSOR_ACCOUNTS", "").strip(),
             mongo_express_username=_str_env(env, "MONGO_EXPRESS_USERNAME", "admin"),
             mongo_express_password=env.get("MONGO_EXPRESS_PASSWORD", ""),
             # Only signing keys for mongo-express's cookies: a fresh random one is fine.
@@ -260,6 +271,7 @@ class StackConfig:
             self.mongo_app_password,
             self.mqtt_server_password,
             self.mqtt_sensor_password,
+            *sensor_accounts(self.mqtt_sensor_accounts).values(),
             self.mongo_express_password,
             self.mongo_express_cookie_secret,
             self.mongo_express_session_secret,
@@ -710,29 +722,26 @@ class _Mosquitto(_Server):
         data.mkdir(parents=True, exist_ok=True)
         passwd = conf / "passwd"
         acl = conf / "acl"
-        # Rebuilt at every start, so a changed password in the environment takes effect.
-        passwd.unlink(missing_ok=True)
-        users = [
-            (self.config.mqtt_server_username, self.config.mqtt_server_password),
-            (self.config.mqtt_sensor_username, self.config.mqtt_sensor_password),
-        ]
-        for index, (user, password) in enumerate(users):
-            args = [passwd_tool, *(["-c"] if index == 0 else []), "-b", str(passwd), user, password]
-            result = subprocess.run(args, capture_output=True, env=_base_env(), check=False, timeout=30)
-            if result.returncode != 0:
-                # Its output names the file and the user, never the password.
-                raise StackError(f"mosquitto_passwd failed for user {user!r}: {result.stderr.decode().strip()}")
-        passwd.chmod(0o600)
-        acl.write_text(
-            "# Rendered by localstack/stack.py at each start.\n"
-            "# The bridge's user reads every sensor's readings.\n"
-            f"user {self.config.mqtt_server_username}\n"
-            "topic read sensors/#\n"
-            "\n"
-            "# Every client may publish only under its own client id (a sensor connects\n"
-            "# with client id = sensor id). Pattern lines apply to all users.\n"
-            "pattern write sensors/%c/#\n"
-        )
+        # Rebuilt at every start, so a changed password in the environment takes
+        # effect, by the same script that writes them in Compose.
+        script = REPO_ROOT / "mosquitto" / "docker-entrypoint.sh"
+        env = {
+            **_base_env(),
+            "PATH": f"{Path(passwd_tool).parent}:{_base_env().get('PATH', '/usr/bin:/bin')}",
+            "MOSQUITTO_AUTH_DIR": str(conf),
+            "MOSQUITTO_DATA_DIR": str(data),
+            "MOSQUITTO_OWNER": "",  # this process's user runs the broker
+            "MQTT_SERVER_USERNAME": self.config.mqtt_server_username,
+            "MQTT_SERVER_PASSWORD": self.config.mqtt_server_password,
+            "MQTT_SENSOR_USERNAME": self.config.mqtt_sensor_username,
+            "MQTT_SENSOR_PASSWORD": self.config.mqtt_sensor_password,
+            "MQTT_SENSOR_ACCOUNTS": self.config.mqtt_sensor_accounts,
+        }
+        result = subprocess.run(["/bin/sh", str(script), "true"], capture_output=True, env=env, check=False, timeout=60)
+        if result.returncode != 0:
+            # Its messages name the variable and the entry, never a password.
+            why = result.stderr.decode().strip()
+            raise StackError(f"{script.name} could not write the password file and ACL: {why}")
         lines = [
             "# Rendered by localstack/stack.py at each start: do not edit.",
             "per_listener_settings false",
@@ -945,6 +954,7 @@ class Stack:
             "MQTT_SERVER_PASSWORD": config.mqtt_server_password,
             "MQTT_SENSOR_USERNAME": config.mqtt_sensor_username,
             "MQTT_SENSOR_PASSWORD": config.mqtt_sensor_password,
+            "MQTT_SENSOR_ACCOUNTS": config.mqtt_sensor_accounts,
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{config.kafka_port}",
             "MONGO_URI": config.mongo_uri,
             "MONGO_DATABASE": config.mongo_database,

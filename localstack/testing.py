@@ -46,6 +46,8 @@ def throwaway_settings(state_dir: Path, port_base: int) -> dict[str, str]:
         "MQTT_SERVER_PASSWORD": secrets.token_urlsafe(16),
         "MQTT_SENSOR_USERNAME": "sensor",
         "MQTT_SENSOR_PASSWORD": secrets.token_urlsafe(16),
+        # Two sensors with users of their own (tests/integration/test_security.py).
+        "MQTT_SENSOR_ACCOUNTS": ",".join(f"own-{n}:{secrets.token_urlsafe(16)}" for n in (1, 2)),
         "MONGO_EXPRESS_USERNAME": "admin",
         "MONGO_EXPRESS_PASSWORD": secrets.token_urlsafe(16),
     }

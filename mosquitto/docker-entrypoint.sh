@@ -1,25 +1,61 @@
 #!/bin/sh
-# Mosquitto's entry point in Compose: write the password file and the ACL from
-# the environment (.env), then replace this shell with the broker, so the
-# broker is PID 1 and gets SIGTERM (and saves its database) on `docker stop`.
+# Writes Mosquitto's password file and ACL from the environment (.env), then
+# replaces this shell with the broker, so the broker is PID 1 and gets SIGTERM
+# (and saves its database) on `docker stop`. The one definition of who may do
+# what on the broker: Compose runs it as the entry point, and the local stack
+# (localstack/stack.py) runs it with MOSQUITTO_AUTH_DIR set and the command `true`.
 #
 #   MQTT_SERVER_USERNAME / MQTT_SERVER_PASSWORD  the bridge: reads sensors/#
-#   MQTT_SENSOR_USERNAME / MQTT_SENSOR_PASSWORD  every sensor: writes only
-#                                                sensors/<its client id>/#
+#   MQTT_SENSOR_ACCOUNTS   sensors with a user of their own, "id:password,..."
+#                          (comma separated): user <id> writes only
+#                          sensors/<id>/#, whatever client id it connects with
+#   MQTT_SENSOR_USERNAME / MQTT_SENSOR_PASSWORD  the shared fleet account, for
+#                          identical replicas (`--scale sensor=N`): writes only
+#                          sensors/<its client id>/#, never under an id that
+#                          has an account of its own
 #
-# MOSQUITTO_AUTH_DIR and MOSQUITTO_DATA_DIR exist so the script can be tried
-# outside the container; Compose leaves them at their defaults.
-set -eu
+# MOSQUITTO_AUTH_DIR and MOSQUITTO_DATA_DIR exist so the script can run outside
+# the container; Compose leaves them at their defaults. MOSQUITTO_OWNER (default
+# mosquitto) gets the files when run as root; empty leaves them as they are.
+set -euf  # -f: no globbing, a password may hold "*"
 
 : "${MQTT_SERVER_USERNAME:?is not set}"
 : "${MQTT_SERVER_PASSWORD:?is not set}"
 : "${MQTT_SENSOR_USERNAME:?is not set}"
 : "${MQTT_SENSOR_PASSWORD:?is not set}"
+accounts="$(printf '%s' "${MQTT_SENSOR_ACCOUNTS:-}" | tr ',' ' ')"
+
+fail() {
+    echo "$*" >&2
+    exit 2
+}
+
 if [ "$MQTT_SERVER_USERNAME" = "$MQTT_SENSOR_USERNAME" ]; then
     # One user would get both rights and the second password would win.
-    echo "MQTT_SERVER_USERNAME and MQTT_SENSOR_USERNAME must differ" >&2
-    exit 2
+    fail "MQTT_SERVER_USERNAME and MQTT_SENSOR_USERNAME must differ"
 fi
+
+# Check every account before writing anything; the messages never show a password.
+ids=""
+n=0
+for entry in $accounts; do
+    n=$((n + 1))
+    id="${entry%%:*}"
+    password="${entry#*:}"
+    case "$entry" in *:*) ;; *) fail "MQTT_SENSOR_ACCOUNTS: entry $n is not id:password" ;; esac
+    case "$id" in
+        "" | [!A-Za-z0-9]* | *[!A-Za-z0-9_.-]*)
+            fail "MQTT_SENSOR_ACCOUNTS: entry $n: the sensor id must be letters, digits, '_', '.' or '-' (and start with a letter or digit)"
+            ;;
+    esac
+    [ "${#id}" -le 64 ] || fail "MQTT_SENSOR_ACCOUNTS: entry $n: the sensor id is longer than 64 characters"
+    [ -n "$password" ] || fail "MQTT_SENSOR_ACCOUNTS: entry $n ($id) has an empty password"
+    if [ "$id" = "$MQTT_SERVER_USERNAME" ] || [ "$id" = "$MQTT_SENSOR_USERNAME" ]; then
+        fail "MQTT_SENSOR_ACCOUNTS: entry $n: $id is already MQTT_SERVER_USERNAME or MQTT_SENSOR_USERNAME"
+    fi
+    case " $ids " in *" $id "*) fail "MQTT_SENSOR_ACCOUNTS: $id is listed twice" ;; esac
+    ids="$ids $id"
+done
 
 auth_dir="${MOSQUITTO_AUTH_DIR:-/mosquitto/auth}"
 data_dir="${MOSQUITTO_DATA_DIR:-/mosquitto/data}"
@@ -29,24 +65,43 @@ mkdir -p "$auth_dir" "$data_dir"
 # -c starts a fresh file, so a user removed from .env loses access on restart.
 mosquitto_passwd -c -b "$auth_dir/passwd" "$MQTT_SERVER_USERNAME" "$MQTT_SERVER_PASSWORD"
 mosquitto_passwd -b "$auth_dir/passwd" "$MQTT_SENSOR_USERNAME" "$MQTT_SENSOR_PASSWORD"
+for entry in $accounts; do
+    mosquitto_passwd -b "$auth_dir/passwd" "${entry%%:*}" "${entry#*:}"
+done
 
-# "pattern" lines apply to every user; %c is the client id, and a sensor
-# connects with its sensor id as client id, so it can publish only as itself.
-# The bridge reads every sensor's readings, and $SYS for the healthcheck.
-cat > "$auth_dir/acl" <<ACL
-pattern write sensors/%c/#
-
-user $MQTT_SERVER_USERNAME
-topic read sensors/#
-topic read \$SYS/#
-ACL
+# Mosquitto checks a user's own "topic" lines first (every deny, then every
+# grant) and only then the "pattern" lines, which apply to every user. The
+# fleet's grant is the pattern (%c is the client id; a sensor's client id is
+# its sensor id), so each user is denied the ids of the sensors with accounts
+# that are not its own. The bridge reads every sensor, and $SYS for the
+# healthcheck. (The deny lines grow with the square of the accounts; past a few
+# hundred, Mosquitto's dynamic-security plugin is the better tool.)
+{
+    echo "pattern write sensors/%c/#"
+    echo
+    echo "user $MQTT_SERVER_USERNAME"
+    echo "topic read sensors/#"
+    echo "topic read \$SYS/#"
+    echo
+    echo "user $MQTT_SENSOR_USERNAME"
+    for other in $ids; do echo "topic deny sensors/$other/#"; done
+    for id in $ids; do
+        echo
+        echo "user $id"
+        for other in $ids; do
+            [ "$other" = "$id" ] || echo "topic deny sensors/$other/#"
+        done
+        echo "topic write sensors/$id/#"
+    done
+} > "$auth_dir/acl"
 chmod 600 "$auth_dir/passwd" "$auth_dir/acl"
 
 # Started as root, Mosquitto drops to the "mosquitto" user before it reads
 # these files and writes its database: hand them over (as the image's own
 # entry point does for /mosquitto).
-if [ "$(id -u)" = 0 ] && id mosquitto > /dev/null 2>&1; then
-    chown -R mosquitto:mosquitto "$auth_dir" "$data_dir"
+owner="${MOSQUITTO_OWNER-mosquitto}"
+if [ -n "$owner" ] && [ "$(id -u)" = 0 ] && id "$owner" > /dev/null 2>&1; then
+    chown -R "$owner:$owner" "$auth_dir" "$data_dir"
 fi
 
 if [ "$#" -eq 0 ]; then

@@ -1,5 +1,8 @@
 """Write .env from .env.example, filling every empty value with a random secret.
 
+A value made of ``name:`` entries (MQTT_SENSOR_ACCOUNTS) gets a random
+password after each colon instead.
+
 Run by `make env` (and by `make up` / `make run`). An existing .env keeps its
 values; keys that .env.example gained since (a new service's password, say)
 are appended, secrets again random. Values are never printed.
@@ -15,12 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def render(example: str) -> str:
-    """The example's lines with each empty `KEY=` given a fresh random value."""
+    """The example's lines with each empty `KEY=` (and each empty `name:`) given a fresh random value."""
     lines = []
     for line in example.splitlines():
         key, sep, value = line.partition("=")
-        if sep and not line.lstrip().startswith("#") and value.strip() == "":
-            line = f"{key}={secrets.token_urlsafe(24)}"
+        if sep and not line.lstrip().startswith("#"):
+            entries = value.strip().split(",")
+            if value.strip() == "":
+                line = f"{key}={secrets.token_urlsafe(24)}"
+            elif all(entry.endswith(":") for entry in entries):
+                line = f"{key}=" + ",".join(entry + secrets.token_urlsafe(24) for entry in entries)
         lines.append(line)
     return "\n".join(lines) + "\n"
 

@@ -25,14 +25,16 @@ def publish(
     payloads: Sequence[bytes],
     username_key: str = "MQTT_SENSOR_USERNAME",
     password_key: str = "MQTT_SENSOR_PASSWORD",
+    login: tuple[str, str] | None = None,
 ) -> list[int]:
     """Publish ``payloads`` at QoS 1, in order; returns the broker's PUBACK reason codes.
 
-    0 is success; 16 ("no matching subscribers") means nobody got it; 135 is
-    "not authorized".
+    Logs in as ``login`` (user, password) if given, else with the users named by
+    the two keys of ``env``. 0 is success; 16 ("no matching subscribers") means
+    nobody got it; 135 is "not authorized".
     """
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.username_pw_set(env[username_key], env[password_key])
+    client.username_pw_set(*(login or (env[username_key], env[password_key])))
     codes: dict[int, int] = {}
     client.on_publish = lambda _c, _u, mid, rc, _p: codes.__setitem__(mid, rc.value)
     client.connect(env["MQTT_HOST"], int(env["MQTT_PORT"]))

@@ -17,6 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
+from localstack.services import sensor_env
+from localstack.stack import sensor_accounts
 from pipeline import contract
 from tests.conftest import ARTIFACTS, Pipeline, RunningStack, free_port, wait_for
 from tests.helpers import payload, publish, reading
@@ -64,6 +66,47 @@ def test_a_sensor_cannot_publish_as_another_sensor(pipeline: Pipeline) -> None:
     readings = pipeline.db[contract.COLLECTION_READINGS]
     wait_for(lambda: readings.find_one({"_id": honest.id}), 30, "the honest reading", pipeline.logs)
     assert readings.find_one({"_id": forged.id}) is None
+
+
+def test_a_sensor_with_its_own_user_publishes_only_as_itself(pipeline: Pipeline) -> None:
+    """MQTT_SENSOR_ACCOUNTS: user own-1 writes sensors/own-1/ whatever client id it picks, and
+    neither it nor the shared fleet account can write as own-2."""
+    pipeline.start_server()
+    env = pipeline.stack.env
+    accounts = sensor_accounts(env["MQTT_SENSOR_ACCOUNTS"])
+    own, other = ("own-1", accounts["own-1"]), ("own-2", accounts["own-2"])
+    fleet = (env["MQTT_SENSOR_USERNAME"], env["MQTT_SENSOR_PASSWORD"])
+    assert connect_code(env, own[0], other[1]) in (134, 135), "another sensor's password must be refused"
+
+    honest = reading("own-1", 1.0)
+    assert publish(env, "own-1", contract.readings_topic("own-1"), [payload(honest)], login=own) == [0]
+    forged = [reading("own-2", 2.0), reading("own-2", 3.0), reading("own-2", 4.0)]
+    # As itself, claiming own-2's client id (the fleet's pattern grants by client id), and as the fleet.
+    assert publish(env, "own-1", contract.readings_topic("own-2"), [payload(forged[0])], login=own) == [NOT_AUTHORIZED]
+    assert publish(env, "own-2", contract.readings_topic("own-2"), [payload(forged[1])], login=own) == [NOT_AUTHORIZED]
+    assert publish(env, "own-2", contract.readings_topic("own-2"), [payload(forged[2])], login=fleet) == [
+        NOT_AUTHORIZED
+    ]
+    honest_too = reading("own-2", 5.0)
+    assert publish(env, "own-2", contract.readings_topic("own-2"), [payload(honest_too)], login=other) == [0]
+
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    wait_for(lambda: readings.find_one({"_id": honest_too.id}), 30, "own-2's own reading", pipeline.logs)
+    assert readings.find_one({"_id": honest.id}), "own-1's own reading"
+    assert readings.count_documents({"_id": {"$in": [f.id for f in forged]}}) == 0
+
+
+def test_a_sensor_with_its_own_user_runs_with_it(pipeline: Pipeline) -> None:
+    """The local stack's sensor-i gets its own user when MQTT_SENSOR_ACCOUNTS has one (as `make run`)."""
+    env = sensor_env(pipeline.stack.env, "own-1")
+    assert env["MQTT_USERNAME"] == "own-1" and env["MQTT_USERNAME"] != pipeline.stack.env["MQTT_SENSOR_USERNAME"]
+    assert sensor_env(pipeline.stack.env, "sensor-9")["MQTT_USERNAME"] == pipeline.stack.env["MQTT_SENSOR_USERNAME"]
+    pipeline.start_server()
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    before = readings.count_documents({"sensor": "own-1"})
+    own = {key: env[key] for key in ("SENSOR_ID", "MQTT_USERNAME", "MQTT_PASSWORD")}
+    pipeline.start_sensor("x", SENSOR_MAX_READINGS="3", SENSOR_INTERVAL_S="0", SENSOR_LOOP="false", **own)
+    wait_for(lambda: readings.count_documents({"sensor": "own-1"}) == before + 3, 60, "own-1's readings", pipeline.logs)
 
 
 def test_the_sensor_user_cannot_read_other_sensors(stack: RunningStack) -> None:

@@ -310,6 +310,36 @@ def test_mosquitto_entrypoint_is_posix_sh() -> None:
     assert result.returncode == 0, f"mosquitto/docker-entrypoint.sh: {result.stderr}"
 
 
+@pytest.mark.parametrize(
+    ("accounts", "says"),
+    [
+        ("s1", "entry 1 is not id:password"),
+        ("s1:secret-1,s2:", "entry 2 (s2) has an empty password"),
+        ("s1:secret-1,s1:secret-2", "s1 is listed twice"),
+        ("s/1:secret-1", "entry 1: the sensor id must be"),
+        ("-s1:secret-1", "entry 1: the sensor id must be"),
+        ("sensor:secret-1", "entry 1: sensor is already"),
+    ],
+)
+def test_mosquitto_entrypoint_refuses_bad_sensor_accounts(tmp_path: Path, accounts: str, says: str) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "MOSQUITTO_AUTH_DIR": str(tmp_path / "auth"),
+        "MOSQUITTO_DATA_DIR": str(tmp_path / "data"),
+        "MQTT_SERVER_USERNAME": "bridge",
+        "MQTT_SERVER_PASSWORD": "secret-b",
+        "MQTT_SENSOR_USERNAME": "sensor",
+        "MQTT_SENSOR_PASSWORD": "secret-s",
+        "MQTT_SENSOR_ACCOUNTS": accounts,
+    }
+    script = str(ROOT / "mosquitto/docker-entrypoint.sh")
+    result = subprocess.run(["sh", script, "true"], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("MQTT_SENSOR_ACCOUNTS: ") and says in result.stderr
+    assert "secret" not in result.stderr, "a password reached the message"
+    assert not (tmp_path / "auth").exists(), "nothing is written before every entry is checked"
+
+
 def test_mosquitto_config_uses_the_files_the_entrypoint_writes() -> None:
     conf = (ROOT / "mosquitto/mosquitto.conf").read_text()
     entrypoint = (ROOT / "mosquitto/docker-entrypoint.sh").read_text()

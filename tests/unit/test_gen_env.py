@@ -46,3 +46,12 @@ def test_an_older_env_gets_the_keys_it_lacks(tmp_path: Path) -> None:
     now = values(target)
     assert len(now["MONGO_EXPRESS_PASSWORD"]) >= 24
     assert {k: now[k] for k in kept} == kept
+
+
+def test_sensor_accounts_get_a_random_password_each(tmp_path: Path) -> None:
+    target = tmp_path / ".env"
+    run(target)
+    accounts = [entry.split(":", 1) for entry in values(target)["MQTT_SENSOR_ACCOUNTS"].split(",")]
+    assert [sensor for sensor, _ in accounts] == ["sensor-1", "sensor-2", "sensor-3"]
+    passwords = [password for _, password in accounts]
+    assert all(len(p) >= 24 for p in passwords) and len(set(passwords)) == 3
