@@ -11,6 +11,13 @@ saves its state every second), so a broker that crashes can lose readings it
 already acknowledged. The sensor therefore keeps the readings acknowledged in
 the last SENSOR_REPLAY_S seconds and publishes them again, with the same ids,
 after every reconnect; the bridge recognises the copies by id.
+
+A broker with no subscriber for the topic answers "no matching subscribers"
+(MQTT 5 reason 16) and drops the reading. That happens right after a Mosquitto
+restart, before the bridge has subscribed again (Mosquitto 2.0 does not restore
+a persistent session's shared subscription). Such readings are held and
+published again every second until a subscriber takes them; they count
+against SENSOR_QUEUE_MAX, and may arrive after newer readings.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import MQTTMessageInfo
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -32,6 +40,13 @@ from pipeline.metrics import CONNECTED, RECONNECTS
 from pipeline.mqtt import connect, make_client
 
 logger = logging.getLogger(__name__)
+
+#: MQTT 5 PUBACK reason: accepted, but nobody subscribes to the topic (so it is dropped).
+NO_MATCHING_SUBSCRIBERS = 16
+#: How often readings nobody took are published again.
+HOLD_RETRY_S = 1.0
+WARN_EVERY_S = 30.0
+SENT = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
 
 
 class Publisher:
@@ -50,8 +65,12 @@ class Publisher:
         # mid -> payload until the broker acknowledges it; then (time, payload) in `recent`.
         self._unacked: dict[int, bytes] = {}
         self._early_acks: dict[int, ReasonCode] = {}
-        self._replay_mids: set[int] = set()
+        # Replayed copies (not counted in published/acked), mid -> payload.
+        self._copies: dict[int, bytes] = {}
         self._recent: collections.deque[tuple[float, bytes]] = collections.deque()
+        # (payload, counted) the broker had no subscriber for; published again every HOLD_RETRY_S.
+        self._held: list[tuple[bytes, bool]] = []
+        self._last_warning = 0.0
         client = make_client(settings, settings.SENSOR_ID)
         client.max_queued_messages_set(settings.SENSOR_QUEUE_MAX)
         client.on_connect = self._on_connect
@@ -61,29 +80,54 @@ class Publisher:
 
     def start(self, stop: threading.Event) -> bool:
         """Connect and start the network loop (paho reconnects with backoff); False if stopped first."""
+        threading.Thread(target=self._retry_held, args=(stop,), name="held-readings", daemon=True).start()
         return connect(self.client, self.settings, stop)
 
     def publish(self, reading: contract.Reading, stop: threading.Event) -> bool:
         """Queue one reading at QoS 1; wait while the queue is full. False if stopped first."""
         payload = contract.dumps(reading.to_message())
         while True:
-            info = self.client.publish(self.topic, payload, qos=1)
+            with self._lock:
+                room = len(self._held) < self.settings.SENSOR_QUEUE_MAX
             # NO_CONN still queues a QoS 1 message: it goes out on reconnect.
-            if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                with self._lock:
-                    self.published += 1
-                    early = self._early_acks.pop(info.mid, None)
-                    if early is None:
-                        self._unacked[info.mid] = payload
-                metrics.PUBLISHED.inc()
-                metrics.PENDING.inc()
-                if early is not None:
-                    self._acknowledged(info.mid, payload, early)
+            rc = self._send(payload, counted=True, new=True).rc if room else MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
+            if rc in SENT:
                 return True
-            if info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-                raise RuntimeError(f"publish to {self.topic} failed: {mqtt.error_string(info.rc)}")
+            if rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                raise RuntimeError(f"publish to {self.topic} failed: {mqtt.error_string(rc)}")
             if stop.wait(0.05):
                 return False
+
+    def _send(self, payload: bytes, counted: bool, new: bool = False) -> MQTTMessageInfo:
+        """Publish at QoS 1 and track the message by its mid (a reading if ``counted``, else a copy)."""
+        info = self.client.publish(self.topic, payload, qos=1)
+        if info.rc not in SENT:
+            return info
+        with self._lock:
+            if new:
+                self.published += 1
+            early = self._early_acks.pop(info.mid, None)
+            if early is None:
+                (self._unacked if counted else self._copies)[info.mid] = payload
+        if new:
+            metrics.PUBLISHED.inc()
+            metrics.PENDING.inc()
+        if early is not None:
+            self._settle(info.mid, payload, counted, early)
+        return info
+
+    def _retry_held(self, stop: threading.Event) -> None:
+        """Publish again, every HOLD_RETRY_S while connected, the readings no subscriber took."""
+        while not stop.wait(HOLD_RETRY_S):
+            if not self.connected.is_set():
+                continue
+            with self._lock:
+                held, self._held = self._held, []
+            for index, (payload, counted) in enumerate(held):
+                if self._send(payload, counted).rc not in SENT:
+                    with self._lock:
+                        self._held[:0] = held[index:]
+                    break
 
     @property
     def pending(self) -> int:
@@ -119,10 +163,8 @@ class Publisher:
             cutoff = time.monotonic() - self.settings.SENSOR_REPLAY_S
             payloads = [payload for at, payload in self._recent if at >= cutoff]
         for payload in payloads:
-            # Not tracked for draining: a copy the broker loses again is covered by the next replay.
-            info = self.client.publish(self.topic, payload, qos=1)
-            with self._lock:
-                self._replay_mids.add(info.mid)
+            # Not counted for draining: a copy the broker loses again is covered by the next replay.
+            self._send(payload, counted=False)
         self.replayed += len(payloads)
         if payloads:
             logger.info(
@@ -169,15 +211,34 @@ class Publisher:
 
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason_code: ReasonCode, _props: Any) -> None:
         with self._lock:
-            if mid in self._replay_mids:
-                self._replay_mids.discard(mid)
-                return
-            payload = self._unacked.pop(mid, None)
+            counted = mid in self._unacked
+            payload = self._unacked.pop(mid, None) if counted else self._copies.pop(mid, None)
             if payload is None:
-                # The PUBACK beat publish()'s return: publish() finishes the bookkeeping.
+                # The PUBACK beat publish()'s return: _send() finishes the bookkeeping.
                 self._early_acks[mid] = reason_code
                 return
-        self._acknowledged(mid, payload, reason_code)
+        self._settle(mid, payload, counted, reason_code)
+
+    def _settle(self, mid: int, payload: bytes, counted: bool, reason_code: ReasonCode) -> None:
+        """The broker answered: hold the reading if nobody subscribes, else count it acknowledged."""
+        if reason_code.value == NO_MATCHING_SUBSCRIBERS:
+            with self._lock:
+                self._held.append((payload, counted))
+                held = len(self._held)
+                warn = time.monotonic() - self._last_warning > WARN_EVERY_S
+                if warn:
+                    self._last_warning = time.monotonic()
+            if warn:
+                logger.warning(
+                    "nobody subscribes to %s (is the bridge running?): holding %d readings, publishing them again "
+                    "every %.0fs",
+                    self.topic,
+                    held,
+                    HOLD_RETRY_S,
+                )
+            return
+        if counted:
+            self._acknowledged(mid, payload, reason_code)
 
     def _acknowledged(self, mid: int, payload: bytes, reason_code: ReasonCode) -> None:
         with self._lock:

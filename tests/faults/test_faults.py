@@ -94,6 +94,27 @@ def test_kill_the_model_service_mid_stream(pipeline: Pipeline) -> None:
     stream_with_fault(pipeline, fault)
 
 
+def test_readings_nobody_subscribes_to_are_held_until_the_bridge_is_back(pipeline: Pipeline) -> None:
+    """After a Mosquitto restart the bridge's shared subscription is gone until it reconnects
+    (Mosquitto 2.0 does not restore it), so the broker drops what sensors send meanwhile
+    ("no matching subscribers"). The sensor holds those readings and sends them again."""
+    bridge = pipeline.start_server()
+    bridge.stop()
+    pipeline.processes.remove(bridge)
+    kill_server_process("mosquitto")(pipeline)
+    count = 20
+    sensor = pipeline.start_sensor(1, SENSOR_MAX_READINGS=str(count), SENSOR_INTERVAL_S="0", SENSOR_LOOP="false")
+    wait_for(lambda: "nobody subscribes to" in sensor.log_tail(), 30, "the sensor holding its readings", pipeline.logs)
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    query = {"sensor": pipeline.sensor_id(1)}
+    assert sensor.alive, "the sensor must wait for its held readings, not exit"
+    pipeline.start_server()
+    assert sensor.wait(120) == 0, f"the sensor did not get its readings acknowledged:\n{sensor.log_tail()}"
+    wait_for(lambda: readings.count_documents(query) >= count, 60, f"{count} readings", pipeline.logs)
+    time.sleep(2)
+    assert readings.count_documents(query) == count
+
+
 def test_mongodb_down_for_30_seconds(pipeline: Pipeline) -> None:
     def fault(p: Pipeline) -> None:
         p.stack.stack.stop_one("ferretdb")
