@@ -13,6 +13,7 @@ ANOMALIES = Counter("pipeline_anomalies", "Predictions whose observed value is o
 REJECTED = Counter("pipeline_model_rejections", "Messages on the readings topic that broke the contract")
 BATCH_SIZE = Histogram("pipeline_score_batch_size", "Readings per predict call", buckets=BATCH_BUCKETS)
 PREDICT_SECONDS = Histogram("pipeline_predict_seconds", "Time of one batch's predict", buckets=LATENCY_BUCKETS)
+FORECASTS = Counter("pipeline_forecasts", "Distinct forecast times used, by where the forecast came from", ["source"])
 STORED_TO_SCORED = Histogram(
     "pipeline_stored_to_scored_seconds", "Reading accepted by the bridge to scored", buckets=LATENCY_BUCKETS
 )

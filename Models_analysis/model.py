@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from typing import Any
 import joblib
 import pandas as pd
 
+from Models_analysis import metrics
 from pipeline import contract
 
 logger = logging.getLogger(__name__)
@@ -85,36 +87,100 @@ def forecast(model: Any, times: Sequence[datetime]) -> pd.DataFrame:
     return result.reset_index(drop=True)
 
 
-def score(loaded: LoadedModel, readings: Sequence[contract.Reading]) -> list[contract.Result]:
-    """Score readings with one predict call per batch (each distinct time once).
+Row = tuple[float, float, float]
 
-    If the batch's predict fails, each distinct time is retried alone so one
-    reading the model cannot handle becomes a prediction error, not a lost batch.
+
+def grid_point(moment: datetime, grid_ms: int) -> datetime:
+    """The time ``moment`` is forecast at: the nearest multiple of ``grid_ms`` (``moment`` itself for 0)."""
+    if grid_ms <= 0:
+        return moment
+    point = round(moment.timestamp() * 1000 / grid_ms) * grid_ms
+    return datetime.fromtimestamp(point / 1000, UTC)
+
+
+class Forecasts:
+    """Forecasts already made, by (model hash, time): the most recent ``size``, the oldest dropped first.
+
+    A model's forecast for a time does not change, so readings of many sensors
+    at the same grid time, in one batch or the next, share one predict row.
+    Prophet draws its intervals by sampling; the cache also makes every reading
+    at one time get the same interval.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._rows: OrderedDict[tuple[str, datetime], Row] = OrderedDict()
+
+    def get(self, model_hash: str, moment: datetime) -> Row | None:
+        row = self._rows.get((model_hash, moment))
+        if row is not None:
+            self._rows.move_to_end((model_hash, moment))
+        return row
+
+    def put(self, model_hash: str, moment: datetime, row: Row) -> None:
+        if self.size <= 0:
+            return
+        self._rows[(model_hash, moment)] = row
+        self._rows.move_to_end((model_hash, moment))
+        while len(self._rows) > self.size:
+            self._rows.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def score(
+    loaded: LoadedModel,
+    readings: Sequence[contract.Reading],
+    grid_ms: int = 0,
+    forecasts: Forecasts | None = None,
+) -> list[contract.Result]:
+    """Score readings with one predict call per batch, each distinct time once.
+
+    With ``grid_ms``, a reading is forecast at the nearest grid time (see
+    MODEL_TIME_GRID_MS); ``forecasts`` keeps forecasts between batches. If the
+    batch's predict fails, each time is retried alone, so one reading the model
+    cannot handle becomes a prediction error, not a lost batch.
     """
     now = datetime.now(UTC)
-    times = sorted({r.ts for r in readings})
-    try:
-        table = _rows(forecast(loaded.model, times), times)
-        failures: dict[datetime, str] = {}
-    except Exception as error:  # noqa: BLE001 - any model failure is isolated below
-        logger.warning("predict failed for a batch of %d times (%s); scoring them one by one", len(times), error)
-        table, failures = {}, {}
-        for moment in times:
-            try:
-                table.update(_rows(forecast(loaded.model, [moment]), [moment]))
-            except Exception as single:  # noqa: BLE001
-                failures[moment] = f"the model could not score this time: {type(single).__name__}: {single}"
+    point_of = {r.ts: grid_point(r.ts, grid_ms) for r in readings}
+    table: dict[datetime, Row] = {}
+    if forecasts is not None:
+        for point in set(point_of.values()):
+            row = forecasts.get(loaded.identity.hash, point)
+            if row is not None:
+                table[point] = row
+    times = sorted(set(point_of.values()) - table.keys())
+    metrics.FORECASTS.labels("cache").inc(len(set(point_of.values())) - len(times))
+    metrics.FORECASTS.labels("model").inc(len(times))
+    failures: dict[datetime, str] = {}
+    if times:
+        try:
+            made = _rows(forecast(loaded.model, times), times)
+        except Exception as error:  # noqa: BLE001 - any model failure is isolated below
+            logger.warning("predict failed for a batch of %d times (%s); scoring them one by one", len(times), error)
+            made = {}
+            for moment in times:
+                try:
+                    made.update(_rows(forecast(loaded.model, [moment]), [moment]))
+                except Exception as single:  # noqa: BLE001
+                    failures[moment] = f"the model could not score this time: {type(single).__name__}: {single}"
+        table.update(made)
+        if forecasts is not None:
+            for point, row in made.items():
+                forecasts.put(loaded.identity.hash, point, row)
     results: list[contract.Result] = []
     for reading in readings:
-        if reading.ts in failures or reading.ts not in table:
-            reason = failures.get(reading.ts, "the model returned no forecast for this time")
+        point = point_of[reading.ts]
+        if point in failures or point not in table:
+            reason = failures.get(point, "the model returned no forecast for this time")
             results.append(
                 contract.PredictionError(
                     id=reading.id, sensor=reading.sensor, reason=reason, model=loaded.identity, scored_at=now
                 )
             )
             continue
-        yhat, lower, upper = table[reading.ts]
+        yhat, lower, upper = table[point]
         results.append(
             contract.Prediction(
                 id=reading.id,
@@ -132,7 +198,7 @@ def score(loaded: LoadedModel, readings: Sequence[contract.Reading]) -> list[con
     return results
 
 
-def _rows(frame: pd.DataFrame, times: Sequence[datetime]) -> dict[datetime, tuple[float, float, float]]:
+def _rows(frame: pd.DataFrame, times: Sequence[datetime]) -> dict[datetime, Row]:
     values = frame[list(FORECAST_COLUMNS)].astype(float).to_numpy()
     table = {}
     for moment, (yhat, lower, upper) in zip(times, values, strict=True):

@@ -18,7 +18,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from Models_analysis import metrics
-from Models_analysis.model import LoadedModel, score
+from Models_analysis.model import Forecasts, LoadedModel, score
 from Models_analysis.registry import ModelRegistry
 from Models_analysis.settings import Settings
 from pipeline import contract
@@ -53,6 +53,7 @@ class Scorer:
             consumer_config(settings, settings.KAFKA_GROUP_ID, settings.KAFKA_CLIENT_ID, self.kafka)
         )
         self._last_warning = 0.0
+        self.forecasts = Forecasts(settings.MODEL_FORECAST_CACHE)
 
     def run(self) -> None:
         """Consume and score until stopped; the batch in hand is finished first."""
@@ -156,7 +157,7 @@ class Scorer:
             groups.setdefault(model.path, (model, []))[1].append(index)
         for model, indexes in groups.values():
             with metrics.PREDICT_SECONDS.time():
-                scored = score(model, [readings[i] for i in indexes])
+                scored = score(model, [readings[i] for i in indexes], self.settings.MODEL_TIME_GRID_MS, self.forecasts)
             metrics.BATCH_SIZE.observe(len(indexes))
             for i, result in zip(indexes, scored, strict=True):
                 results[i] = result

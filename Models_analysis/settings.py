@@ -25,3 +25,9 @@ class Settings(CommonSettings, KafkaSettings):
     MODEL_BATCH_MAX: int = Field(1000, ge=1, le=100_000)
     #: Longest a reading waits for its batch to fill (the latency budget).
     MODEL_BATCH_WAIT_MS: int = Field(200, ge=0, le=60_000)
+    #: Readings are forecast at the nearest multiple of this many milliseconds
+    #: (0: at their exact time), so readings of many sensors in the same second
+    #: share one predict row. See README "Models".
+    MODEL_TIME_GRID_MS: int = Field(1000, ge=0, le=3_600_000)
+    #: Forecasts kept between batches, by model and grid time (0: none).
+    MODEL_FORECAST_CACHE: int = Field(10_000, ge=0, le=10_000_000)

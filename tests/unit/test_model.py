@@ -9,7 +9,7 @@ import joblib
 import pandas as pd
 import pytest
 
-from Models_analysis.model import ModelError, load_model, score
+from Models_analysis.model import Forecasts, ModelError, grid_point, load_model, score
 from pipeline import contract
 from tests.unit.models import BrokenOnce, ConstantModel
 
@@ -66,3 +66,55 @@ def test_refuses_files_that_are_not_models(tmp_path: Path) -> None:
         load_model(no_predict)
     with pytest.raises(ModelError, match="no such model file"):
         load_model(tmp_path / "missing.joblib")
+
+
+def test_grid_point_is_the_nearest_multiple() -> None:
+    at = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
+    assert grid_point(at + timedelta(milliseconds=499), 1000) == at
+    assert grid_point(at + timedelta(milliseconds=501), 1000) == at + timedelta(seconds=1)
+    assert grid_point(at + timedelta(milliseconds=1234), 0) == at + timedelta(milliseconds=1234)
+    assert grid_point(at + timedelta(seconds=29), 60_000) == at
+
+
+def test_readings_in_the_same_second_share_one_forecast(tmp_path: Path) -> None:
+    path = tmp_path / "m.joblib"
+    joblib.dump(ConstantModel(level=0.0, width=1.0), path)
+    moment = datetime(2026, 11, 27, 10, tzinfo=UTC)
+    batch = [
+        contract.Reading(id=f"r{i}", sensor=f"s{i}", ts=moment + timedelta(milliseconds=7 * i), v=0.0)
+        for i in range(50)
+    ]
+    exact = load_model(path)
+    score(exact, batch, grid_ms=0)
+    assert exact.model.rows_seen == [50]
+    gridded = load_model(path)
+    results = score(gridded, batch, grid_ms=1000)
+    assert gridded.model.rows_seen == [1]
+    assert [r.ds for r in results] == [r.ts for r in batch], "a prediction keeps its reading's own time"  # type: ignore[union-attr]
+
+
+def test_forecasts_are_kept_between_batches_per_model(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.joblib", tmp_path / "b.joblib"
+    joblib.dump(ConstantModel(level=0.0, width=1.0), first)
+    joblib.dump(ConstantModel(level=5.0, width=1.0), second)
+    a, b = load_model(first), load_model(second)
+    forecasts = Forecasts(size=100)
+    start = datetime(2026, 11, 27, 10, tzinfo=UTC)
+    score(a, readings([0.0, 0.0], start), 1000, forecasts)
+    score(a, readings([0.0, 0.0, 0.0], start), 1000, forecasts)  # two times seen, one new
+    assert a.model.rows_seen == [2, 1]
+    results = score(b, readings([5.0], start), 1000, forecasts)
+    assert b.model.rows_seen == [1], "another model's forecast is never reused"
+    assert results[0].yhat == 5.0  # type: ignore[union-attr]
+
+
+def test_forecasts_keep_only_the_most_recent() -> None:
+    forecasts = Forecasts(size=2)
+    start = datetime(2026, 11, 27, 10, tzinfo=UTC)
+    for i in range(3):
+        forecasts.put("h", start + timedelta(seconds=i), (float(i), 0.0, 1.0))
+    assert len(forecasts) == 2 and forecasts.get("h", start) is None
+    assert forecasts.get("h", start + timedelta(seconds=2)) == (2.0, 0.0, 1.0)
+    off = Forecasts(size=0)
+    off.put("h", start, (0.0, 0.0, 1.0))
+    assert len(off) == 0 and off.get("h", start) is None
