@@ -13,7 +13,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -134,13 +134,17 @@ def score(
     readings: Sequence[contract.Reading],
     grid_ms: int = 0,
     forecasts: Forecasts | None = None,
+    ahead: int = 0,
 ) -> list[contract.Result]:
     """Score readings with one predict call per batch, each distinct time once.
 
     With ``grid_ms``, a reading is forecast at the nearest grid time (see
-    MODEL_TIME_GRID_MS); ``forecasts`` keeps forecasts between batches. If the
-    batch's predict fails, each time is retried alone, so one reading the model
-    cannot handle becomes a prediction error, not a lost batch.
+    MODEL_TIME_GRID_MS); ``forecasts`` keeps forecasts between batches, and the
+    same call also forecasts the ``ahead`` grid times after the batch's latest
+    (a predict call costs about as much for 30 rows as for one, and a live
+    stream needs those next). If the batch's predict fails, each time is
+    retried alone, so one reading the model cannot handle becomes a prediction
+    error, not a lost batch.
     """
     now = datetime.now(UTC)
     point_of = {r.ts: grid_point(r.ts, grid_ms) for r in readings}
@@ -155,8 +159,13 @@ def score(
     metrics.FORECASTS.labels("model").inc(len(times))
     failures: dict[datetime, str] = {}
     if times:
+        wanted = times
+        if grid_ms > 0 and forecasts is not None and ahead > 0:
+            step = timedelta(milliseconds=grid_ms)
+            later = (times[-1] + step * k for k in range(1, ahead + 1))
+            wanted = times + [t for t in later if forecasts.get(loaded.identity.hash, t) is None]
         try:
-            made = _rows(forecast(loaded.model, times), times)
+            made = _rows(forecast(loaded.model, wanted), wanted)
         except Exception as error:  # noqa: BLE001 - any model failure is isolated below
             logger.warning("predict failed for a batch of %d times (%s); scoring them one by one", len(times), error)
             made = {}

@@ -31,3 +31,5 @@ class Settings(CommonSettings, KafkaSettings):
     MODEL_TIME_GRID_MS: int = Field(1000, ge=0, le=3_600_000)
     #: Forecasts kept between batches, by model and grid time (0: none).
     MODEL_FORECAST_CACHE: int = Field(10_000, ge=0, le=10_000_000)
+    #: Grid times after a batch's latest forecast in the same predict call (0: none).
+    MODEL_FORECAST_AHEAD: int = Field(30, ge=0, le=10_000)

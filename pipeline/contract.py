@@ -23,7 +23,7 @@ import math
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import (
@@ -375,7 +375,9 @@ def _describe(error: ValidationError) -> str:
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "payload"
         message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "missing":
+        if not item["loc"]:  # the message as a whole (pydantic's JSON parser)
+            parts.append(f"payload is not a JSON object ({message})")
+        elif item["type"] == "missing":
             parts.append(f"field {where!r} is missing")
         else:
             parts.append(f"field {where!r} {message[0].lower() + message[1:]}")
@@ -459,33 +461,45 @@ def _has_bad_number(value: Any) -> bool:
     return False
 
 
-def parse_forwarded_reading(raw: bytes) -> Reading:
-    """Parse a reading the bridge validated and forwarded (it carries ``received_at``)."""
-    obj = load_json_object(raw, max_bytes=1 << 20)
+#: Largest message accepted on the pipeline's own Kafka topics.
+INTERNAL_MAX_BYTES = 1 << 20
+
+_Internal = TypeVar("_Internal", bound=BaseModel)
+_PREDICTION_ERROR = re.compile(rb'"kind"\s*:\s*"prediction_error"')
+
+
+def _parse_internal(model: type[_Internal], raw: bytes) -> _Internal:
+    """Parse a message on one of the pipeline's own Kafka topics into ``model``.
+
+    These messages were written by the pipeline with :func:`dumps` after the
+    strict checks at the edge (:func:`parse_reading`), so pydantic's own JSON
+    parser does here, at twice the speed of :func:`load_json_object`: it types
+    and bounds every field the same way, but a duplicate key (which only a
+    foreign producer could write) keeps its last value instead of being refused.
+    """
+    if len(raw) > INTERNAL_MAX_BYTES:
+        raise ContractError(f"payload is {len(raw)} bytes, over the {INTERNAL_MAX_BYTES}-byte limit")
     try:
-        return Reading.model_validate(obj)
+        return model.model_validate_json(raw)
     except ValidationError as error:
         raise ContractError(_describe(error)) from None
+
+
+def parse_forwarded_reading(raw: bytes) -> Reading:
+    """Parse a reading the bridge validated and forwarded (it carries ``received_at``)."""
+    return _parse_internal(Reading, raw)
 
 
 def parse_result(raw: bytes) -> Result:
     """Parse a message from the results topic into a prediction or a prediction error."""
-    obj = load_json_object(raw, max_bytes=1 << 20)
-    try:
-        if obj.get("kind") == "prediction_error":
-            return PredictionError.model_validate(obj)
-        return Prediction.model_validate(obj)
-    except ValidationError as error:
-        raise ContractError(_describe(error)) from None
+    if _PREDICTION_ERROR.search(raw):
+        return _parse_internal(PredictionError, raw)
+    return _parse_internal(Prediction, raw)
 
 
 def parse_alert(raw: bytes) -> Alert:
     """Parse a message from the alerts topic."""
-    obj = load_json_object(raw, max_bytes=1 << 20)
-    try:
-        return Alert.model_validate(obj)
-    except ValidationError as error:
-        raise ContractError(_describe(error)) from None
+    return _parse_internal(Alert, raw)
 
 
 def result_message(result: Result | Alert) -> bytes:

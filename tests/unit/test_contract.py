@@ -96,3 +96,23 @@ def test_topic_helpers() -> None:
     assert contract.readings_topic("s9") == "sensors/s9/readings"
     assert contract.sensor_of_topic("sensors/s9/readings") == "s9"
     assert contract.sensor_of_topic("sensors/s9/other") is None
+
+
+def test_messages_on_internal_topics_are_parsed_with_readable_reasons() -> None:
+    reading = contract.Reading(id="r-1", sensor="s1", ts=datetime(2026, 11, 27, 10, tzinfo=UTC), v=1.5)
+    forwarded = contract.dumps(reading.to_message() | {"received_at": contract.iso(datetime.now(UTC))})
+    assert contract.parse_forwarded_reading(forwarded).v == 1.5
+    for raw, reason in [
+        (b"nope", "payload is not a JSON object (Invalid JSON"),
+        (b"[1]", "payload is not a JSON object (Input should be an object"),
+        (b'{"id": "r", "sensor": "s1", "ts": "2026-11-27T10:00:00Z", "v": NaN}', "field 'v' input should be a finite"),
+        (b'{"id": "r", "sensor": "s1", "ts": 5, "v": 1}', "field 'ts' must be an ISO 8601 string"),
+        (b"{" + b" " * contract.INTERNAL_MAX_BYTES + b"}", "over the 1048576-byte limit"),
+    ]:
+        with pytest.raises(contract.ContractError) as caught:
+            contract.parse_forwarded_reading(raw)
+        assert str(caught.value).startswith(reason) or reason in str(caught.value), str(caught.value)
+    # A foreign producer's spacing still finds a prediction error.
+    spaced = b'{"kind" : "prediction_error", "id": "r", "sensor": "s1", "reason": "x",'
+    spaced += b' "model": {"name": "m", "hash": "h"}, "scored_at": "2026-11-27T10:00:00Z"}'
+    assert isinstance(contract.parse_result(spaced), contract.PredictionError)

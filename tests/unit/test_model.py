@@ -118,3 +118,19 @@ def test_forecasts_keep_only_the_most_recent() -> None:
     off = Forecasts(size=0)
     off.put("h", start, (0.0, 0.0, 1.0))
     assert len(off) == 0 and off.get("h", start) is None
+
+
+def test_the_next_seconds_are_forecast_in_the_same_call(tmp_path: Path) -> None:
+    path = tmp_path / "m.joblib"
+    joblib.dump(ConstantModel(level=0.0, width=1.0), path)
+    loaded = load_model(path)
+    forecasts = Forecasts(size=100)
+    start = datetime(2026, 11, 27, 10, tzinfo=UTC)
+    score(loaded, readings([0.0], start), 1000, forecasts, ahead=5)
+    assert loaded.model.rows_seen == [6]
+    score(loaded, readings([0.0], start + timedelta(seconds=3)), 1000, forecasts, ahead=5)
+    assert loaded.model.rows_seen == [6], "a second already forecast ahead needs no predict"
+    score(loaded, readings([0.0], start + timedelta(seconds=6)), 1000, forecasts, ahead=5)
+    assert loaded.model.rows_seen == [6, 6]
+    score(loaded, readings([0.0], start + timedelta(seconds=7.25)), 0, forecasts, ahead=5)
+    assert loaded.model.rows_seen == [6, 6, 1], "exact times are never forecast ahead"
