@@ -41,7 +41,7 @@ def main() -> int:
         logger.exception("could not create MongoDB indexes; continuing without them")
     kafka = Dependency("kafka")
     producer = Producer(producer_config(config, config.MQTT_CLIENT_ID, kafka))
-    aggregator = Aggregator(store, stop)
+    aggregator = Aggregator(store, stop, settle_s=config.SERVER_AGGREGATE_SETTLE_S)
     bridge = Bridge(config, store, producer, stop, aggregator, kafka)
     sink = ResultsSink(config, store, producer, stop, aggregator, kafka)
     workers = [

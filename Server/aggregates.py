@@ -3,28 +3,39 @@
 ``aggregates``: count, sum, mean, min and max of each sensor's readings per
 minute of event time (``_id`` = "<sensor>|<minute>"), what the peers compute
 with Kafka Streams. ``accuracy``: per sensor and model, the mean absolute
-error and the share of observations inside the forecast interval (coverage),
-overall and per hour (``_id`` = "<sensor>|<model hash>" and
-"<sensor>|<model hash>|<hour>"), so a person can see a model drift.
+error and the share of observations inside the forecast interval (coverage)
+(``_id`` = "<sensor>|<model hash>"); ``accuracy_hourly`` the same per hour
+(``_id`` = "<sensor>|<model hash>|<hour>"), so a person can see a model drift.
 
 Both are fed only by documents the bridge has just inserted for the first
-time (a redelivery is a duplicate key and contributes nothing), merged in
-memory, and written every few seconds as increments (``$inc``, ``$min``,
-``$max``) followed by the derived means. Increments, not re-reads: FerretDB
-scans a whole collection for a range query, which would not scale. The cost:
-contributions merged but not yet written when the bridge is killed are lost
-from these views (never from ``readings`` or ``predictions``), and late
-readings still land in their own, older window.
+time (a redelivery is a duplicate key and contributes nothing) and merged in
+memory. A minute (or hour) is written once, complete, when it has settled: no
+reading added for SERVER_AGGREGATE_SETTLE_S. Inserting a new document is cheap on any
+MongoDB, while an update costs FerretDB 1.24 a scan of the whole collection
+(it uses no index), which grew with every minute stored and at 1,000 readings
+per second took more time than the readings themselves. A window that gets
+readings after it was written (late readings, or a second bridge replica) is
+merged into the stored document with ``$inc``/``$min``/``$max``, guarded by a
+write id so a retry never adds twice. The running ``accuracy`` totals (one
+document per sensor and model, a small collection) are updated every flush.
+
+The cost: what is merged but not written yet is lost if the bridge is killed
+(never anything in ``readings`` or ``predictions``): up to a minute and
+SERVER_AGGREGATE_SETTLE_S for aggregates, up to an hour for the hourly accuracy.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from pipeline import contract
 from pipeline.retry import RetryError, until_done
@@ -85,16 +96,30 @@ class Score:
 class Aggregator:
     """Merges contributions from the bridge's threads and writes them every ``every_s`` seconds."""
 
-    def __init__(self, store: Store, stop: threading.Event, every_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        stop: threading.Event,
+        every_s: float = 5.0,
+        settle_s: float = 10.0,
+        max_open: int = 10_000,
+    ) -> None:
         self.store = store
         self.stop = stop
         self.every_s = every_s
+        self.settle_s = settle_s
+        self.max_open = max_open
+        # Open windows: what is not written yet, and when each was last added to (monotonic).
         self._windows: dict[tuple[str, datetime], Window] = {}
+        self._hourly: dict[str, Score] = {}
+        self._touched: dict[Any, float] = {}
+        # Running totals added since the last flush, per "<sensor>|<model hash>".
         self._scores: dict[str, Score] = {}
         self._lock = threading.Lock()
 
     def touch(self, readings: Iterable[contract.Reading]) -> None:
         """Add newly stored readings to their windows."""
+        now = time.monotonic()
         with self._lock:
             for reading in readings:
                 key = (reading.sensor, window_of(reading.ts))
@@ -103,9 +128,11 @@ class Aggregator:
                     self._windows[key] = Window(1, reading.v, reading.v, reading.v)
                 else:
                     window.add(reading.v)
+                self._touched[key] = now
 
     def touch_accuracy(self, predictions: Iterable[dict[str, Any]]) -> None:
         """Add newly stored predictions (MongoDB documents) to their sensor's and model's accuracy."""
+        now = time.monotonic()
         with self._lock:
             for p in predictions:
                 score = Score(
@@ -113,89 +140,161 @@ class Aggregator:
                 )
                 base = f"{p['sensor']}|{p['model']['hash']}"
                 hour = p["ds"].astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-                for key in (base, f"{base}|{contract.iso(hour)}"):
-                    current = self._scores.get(key)
+                hourly = f"{base}|{contract.iso(hour)}"
+                for key, scores in ((base, self._scores), (hourly, self._hourly)):
+                    current = scores.get(key)
                     if current is None:
-                        self._scores[key] = Score(score.name, score.n, score.abs_error, score.inside)
+                        scores[key] = Score(score.name, score.n, score.abs_error, score.inside)
                     else:
                         current.merge(score)
+                self._touched[hourly] = now
 
     def run(self) -> None:
-        """Write until stopped, and once more on the way out."""
+        """Write until stopped, and everything once more on the way out."""
         while not self.stop.wait(self.every_s):
             self.flush()
-        self.flush()
+        self.flush(everything=True)
 
-    def flush(self) -> int:
-        """Write what was merged since the last flush; returns how many documents were updated."""
+    def _settled(self, open_: dict[Any, Any], now: float, everything: bool) -> dict[Any, Any]:
+        """Take out of ``open_`` what had nothing added for ``settle_s`` (and the oldest past ``max_open``)."""
+        keys = [k for k in open_ if everything or now - self._touched[k] >= self.settle_s]
+        if len(open_) - len(keys) > self.max_open:
+            rest = sorted((k for k in open_ if k not in set(keys)), key=self._touched.__getitem__)
+            keys += rest[: len(open_) - len(keys) - self.max_open]
+        taken = {k: open_.pop(k) for k in keys}
+        for k in keys:
+            self._touched.pop(k, None)
+        return taken
+
+    def flush(self, everything: bool = False) -> int:
+        """Write the settled windows and the running totals; returns how many documents were written."""
+        now = time.monotonic()
         with self._lock:
-            windows, self._windows = self._windows, {}
+            windows = self._settled(self._windows, now, everything)
+            hourly = self._settled(self._hourly, now, everything)
             scores, self._scores = self._scores, {}
-        if not windows and not scores:
+        if not windows and not hourly and not scores:
             return 0
+        write_id = uuid.uuid4().hex  # the same for every retry of this flush
+        pending = {aggregate_id(s, m): _window_document(s, m, window) for (s, m), window in windows.items()}
+        pending |= {key: _score_document(key, score) for key, score in hourly.items()}
         try:
             return until_done(
-                lambda: self._write_windows(windows) + self._write_scores(scores),
+                lambda: self._write_settled(pending, write_id) + self._write_scores(scores, write_id),
                 self.stop,
                 "update aggregates and accuracy",
                 TRANSIENT,
             )
         except RetryError:
-            logger.warning("stopping with %d aggregate and accuracy updates not written", len(windows) + len(scores))
+            logger.warning("stopping with %d aggregate and accuracy updates not written", len(pending) + len(scores))
             return 0
 
-    def _write_windows(self, windows: dict[tuple[str, datetime], Window]) -> int:
-        collection = self.store.db[contract.COLLECTION_AGGREGATES]
+    def _write_settled(self, pending: dict[str, dict[str, Any]], write_id: str) -> int:
+        """Insert settled windows whole; merge into the stored one where the window exists already."""
         written = 0
-        while windows:
-            (sensor, minute), window = next(iter(windows.items()))
-            key = aggregate_id(sensor, minute)
-            document = collection.find_one_and_update(
-                {"_id": key},
-                {
-                    "$inc": {"count": window.count, "sum": window.total},
-                    "$min": {"min": window.low},
-                    "$max": {"max": window.high},
-                    "$setOnInsert": {"sensor": sensor, "minute": minute},
-                },
-                upsert=True,
-                return_document=True,
-            )
-            # Added: drop it, so a retry after an error does not add it twice.
-            del windows[(sensor, minute)]
-            written += 1
-            collection.update_one({"_id": key}, {"$set": {"mean": document["sum"] / document["count"]}})
+        for name, collection in (
+            (contract.COLLECTION_AGGREGATES, "aggregates"),
+            (contract.COLLECTION_ACCURACY_HOURLY, "accuracy_hourly"),
+        ):
+            keys = [k for k, d in pending.items() if d["_collection"] == collection]
+            if not keys:
+                continue
+            documents = [{**_stored(pending[k]), "write_id": write_id} for k in keys]
+            inserted = self.store.insert_new(name, documents)
+            if inserted.refused:
+                raise OperationFailure(f"{name} refused documents: {inserted.refused}")
+            for index, key in enumerate(keys):
+                if index in inserted.duplicates:
+                    self._merge(name, pending[key], write_id)
+                del pending[key]
+                written += 1
         return written
 
-    def _write_scores(self, scores: dict[str, Score]) -> int:
+    def _merge(self, name: str, document: dict[str, Any], write_id: str) -> None:
+        """Add a window to the stored one, unless this flush already did (same ``write_id``)."""
+        collection = self.store.db[name]
+        adds = {k: document[k] for k in _ADDED[document["_collection"]]}
+        update: dict[str, Any] = {"$inc": adds, "$set": {"write_id": write_id}}
+        if document["_collection"] == "aggregates":
+            update["$min"] = {"min": document["min"]}
+            update["$max"] = {"max": document["max"]}
+        stored = collection.find_one_and_update(
+            {"_id": document["_id"], "write_id": {"$ne": write_id}}, update, return_document=True
+        )
+        if stored is not None:
+            collection.update_one({"_id": document["_id"]}, {"$set": _derived(document["_collection"], stored)})
+
+    def _write_scores(self, scores: dict[str, Score], write_id: str) -> int:
+        """Add the running totals to ``accuracy``, then set its MAE and coverage from what is stored."""
         collection = self.store.db[contract.COLLECTION_ACCURACY]
         written = 0
         while scores:
             key, score = next(iter(scores.items()))
-            sensor, model_hash, *hour = key.split("|")
-            document = collection.find_one_and_update(
-                {"_id": key},
-                {
-                    "$inc": {"n": score.n, "abs_error_sum": score.abs_error, "inside": score.inside},
-                    "$setOnInsert": {
-                        "sensor": sensor,
-                        "model": {"name": score.name, "hash": model_hash},
-                        "hour": datetime.fromisoformat(hour[0]) if hour else None,
+            sensor, model_hash = key.split("|")
+            try:
+                stored = collection.find_one_and_update(
+                    {"_id": key, "write_id": {"$ne": write_id}},
+                    {
+                        "$inc": {"n": score.n, "abs_error_sum": score.abs_error, "inside": score.inside},
+                        "$set": {"write_id": write_id},
+                        "$setOnInsert": {"sensor": sensor, "model": {"name": score.name, "hash": model_hash}},
                     },
-                },
-                upsert=True,
-                return_document=True,
-            )
+                    upsert=True,
+                    return_document=True,
+                )
+            except DuplicateKeyError:
+                stored = None  # the filter missed because this flush's retry already added it
             del scores[key]
-            written += 1
-            collection.update_one(
-                {"_id": key},
-                {
-                    "$set": {
-                        "mae": document["abs_error_sum"] / document["n"],
-                        "coverage": document["inside"] / document["n"],
-                        "updated_at": datetime.now(UTC),
-                    }
-                },
-            )
+            if stored is not None:
+                # One by one: FerretDB 1.24 stalled every writer when this was one bulk_write.
+                collection.update_one({"_id": key}, {"$set": _derived("accuracy", stored)})
+                written += 1
         return written
+
+
+#: The fields a merge adds to a stored window.
+_ADDED = {"aggregates": ("count", "sum"), "accuracy_hourly": ("n", "abs_error_sum", "inside")}
+
+
+def _derived(kind: str, document: dict[str, Any]) -> dict[str, Any]:
+    """The fields computed from a document's totals."""
+    if kind == "aggregates":
+        return {"mean": document["sum"] / document["count"]}
+    return {
+        "mae": document["abs_error_sum"] / document["n"],
+        "coverage": document["inside"] / document["n"],
+        "updated_at": datetime.now(UTC),
+    }
+
+
+def _window_document(sensor: str, minute: datetime, window: Window) -> dict[str, Any]:
+    document = {
+        "_collection": "aggregates",
+        "_id": aggregate_id(sensor, minute),
+        "sensor": sensor,
+        "minute": minute,
+        "count": window.count,
+        "sum": window.total,
+        "min": window.low,
+        "max": window.high,
+    }
+    return document | _derived("aggregates", document)
+
+
+def _score_document(key: str, score: Score) -> dict[str, Any]:
+    sensor, model_hash, hour = key.split("|")
+    document = {
+        "_collection": "accuracy_hourly",
+        "_id": key,
+        "sensor": sensor,
+        "model": {"name": score.name, "hash": model_hash},
+        "hour": datetime.fromisoformat(hour),
+        "n": score.n,
+        "abs_error_sum": score.abs_error,
+        "inside": score.inside,
+    }
+    return document | _derived("accuracy_hourly", document)
+
+
+def _stored(document: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k != "_collection"}

@@ -29,5 +29,7 @@ class Settings(CommonSettings, MqttSettings, KafkaSettings, MongoSettings):
     SERVER_MAX_PAYLOAD_BYTES: int = Field(contract.MAX_PAYLOAD_BYTES, ge=64, le=1 << 20)
     #: Ids of recently stored readings kept in memory to skip redeliveries.
     SERVER_DEDUPE_CACHE: int = Field(200_000, ge=0, le=10_000_000)
+    #: A minute's aggregate (an hour's accuracy) is written once nothing was added to it for this long.
+    SERVER_AGGREGATE_SETTLE_S: float = Field(10.0, ge=0, le=3600)
     #: Consumer group of the bridges reading predictions back from Kafka.
     KAFKA_RESULTS_GROUP_ID: str = Field("bridge-results", min_length=1)

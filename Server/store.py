@@ -55,6 +55,7 @@ class Store:
         self.db[contract.COLLECTION_REJECTIONS].create_index([("received_at", ASCENDING)])
         self.db[contract.COLLECTION_AGGREGATES].create_index([("sensor", ASCENDING), ("minute", ASCENDING)])
         self.db[contract.COLLECTION_ALERTS].create_index([("ts", ASCENDING)])
+        self.db[contract.COLLECTION_ACCURACY_HOURLY].create_index([("sensor", ASCENDING), ("hour", ASCENDING)])
 
     def ping(self) -> None:
         """Raise unless the server answers."""

@@ -64,6 +64,8 @@ COLLECTION_AGGREGATES = "aggregates"
 COLLECTION_ALERTS = "alerts"
 #: Per sensor and model: rolling mean absolute error and interval coverage.
 COLLECTION_ACCURACY = "accuracy"
+#: The same per sensor, model and hour, written when the hour has settled.
+COLLECTION_ACCURACY_HOURLY = "accuracy_hourly"
 
 # --- limits ------------------------------------------------------------------
 

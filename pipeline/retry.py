@@ -43,7 +43,7 @@ def until_done(
 
     retrying = Retrying(
         retry=retry_if_exception_type(transient),
-        wait=wait_exponential_jitter(initial=0.2, max=10.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=10.0),
         stop=stop_when_event_set(stop),
         before_sleep=log_retry,
     )

@@ -217,7 +217,7 @@ def test_api_shows_a_live_sensor_its_forecast_and_anomaly(pipeline: Pipeline, mo
     assert long["truncated"] and len(long["payload"]) <= 161 and long["size"] == len(long_bad)
     assert "field 'ts' is missing" in long["reason"]
 
-    # Per-minute aggregates come from the bridge's `aggregates` collection (written every 5 s).
+    # Per-minute aggregates come from the bridge's `aggregates` collection (written once settled).
     def aggregated() -> list[dict[str, Any]] | None:
         found = api(pipeline, dashboard, f"/api/aggregates/{sensor}?minutes=60")
         return found if sum(m["count"] for m in found) == READINGS else None
@@ -236,6 +236,9 @@ def test_browser_shows_the_sensor_chart_band_and_anomaly(pipeline: Pipeline, mod
     bad = b'{"id": "r-1", "sensor": "%s", "ts": "2026-01-01T00:00:00Z", "v": "high"}' % sensor.encode()
     assert publish(pipeline.stack.env, sensor, topic, [bad]) == [0]
     wait_scored(pipeline, dashboard, sensor)
+    # A minute's aggregate is written once it has settled (SERVER_AGGREGATE_SETTLE_S).
+    path = f"/api/aggregates/{sensor}?minutes=60"
+    wait_for(lambda: api(pipeline, dashboard, path), 60, "the sensor's per-minute aggregates", pipeline.logs)
     user, password = login(pipeline)
     url = f"http://{user}:{password}@127.0.0.1:{dashboard.env['DASHBOARD_PORT']}/?sensor={sensor}"
 

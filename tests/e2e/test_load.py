@@ -43,6 +43,7 @@ def sensors(pipeline: Pipeline) -> Iterator[list[str]]:
         contract.COLLECTION_ALERTS,
         contract.COLLECTION_AGGREGATES,
         contract.COLLECTION_ACCURACY,
+        contract.COLLECTION_ACCURACY_HOURLY,
     ):
         db[collection].delete_many({"sensor": {"$in": ids}})
 

@@ -82,3 +82,62 @@ def test_per_minute_aggregates_by_event_time_count_each_reading_once(pipeline: P
     first, second = windows[minute], windows[minute + timedelta(minutes=1)]
     assert (first["count"], first["sum"], first["mean"], first["min"], first["max"]) == (3, 9.0, 3.0, 1.0, 6.0)
     assert (second["count"], second["mean"], second["min"], second["max"]) == (2, 15.0, 10.0, 20.0)
+
+
+def test_aggregates_merge_late_readings_and_a_retried_write_adds_nothing(pipeline: Pipeline) -> None:
+    """The bridge's derived views on FerretDB: a settled minute is inserted whole, a later
+    contribution is merged into it, and a write retried with the same write id adds nothing."""
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    from pipeline.settings import MongoSettings
+    from Server.aggregates import Aggregator, Score, Window, _window_document, aggregate_id
+    from Server.store import Store
+
+    store = Store(MongoSettings(MONGO_URI=pipeline.stack.env["MONGO_URI"], MONGO_DATABASE=pipeline.db.name))
+    aggregator = Aggregator(store, threading.Event(), settle_s=0.0)
+    sensor = pipeline.sensor_id(1)
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
+    at = [minute + timedelta(seconds=s) for s in (1, 2, 3)]
+    first = [contract.Reading(id=f"{sensor}-{i}", sensor=sensor, ts=at[i], v=v) for i, v in enumerate((4.0, 2.0))]
+    aggregator.touch(first)
+    assert aggregator.flush() == 1
+    aggregates = pipeline.db[contract.COLLECTION_AGGREGATES]
+    key = aggregate_id(sensor, minute)
+    assert aggregates.find_one({"_id": key}, {"_id": 0, "write_id": 0}) == {
+        "sensor": sensor,
+        "minute": minute,
+        "count": 2,
+        "sum": 6.0,
+        "min": 2.0,
+        "max": 4.0,
+        "mean": 3.0,
+    }
+    # A late reading of the same minute: merged into the stored window.
+    aggregator.touch([contract.Reading(id=f"{sensor}-late", sensor=sensor, ts=at[2], v=9.0)])
+    assert aggregator.flush() == 1
+    stored = aggregates.find_one({"_id": key})
+    assert (stored["count"], stored["sum"], stored["min"], stored["max"], stored["mean"]) == (3, 15.0, 2.0, 9.0, 5.0)
+    # A merge retried after an error it survived (same write id) does not add twice.
+    late = _window_document(sensor, minute, Window(1, 1.0, 1.0, 1.0))
+    aggregator._merge(contract.COLLECTION_AGGREGATES, late, "retry-1")
+    aggregator._merge(contract.COLLECTION_AGGREGATES, late, "retry-1")
+    assert aggregates.find_one({"_id": key})["count"] == 4
+
+    # Accuracy: running totals every flush, the hour once settled; a retried total adds nothing.
+    model = {"name": "m", "hash": "h1"}
+    predictions = [
+        {"sensor": sensor, "model": model, "ds": at[0], "v": v, "yhat": 10.0, "yhat_lower": 9.0, "yhat_upper": 11.0}
+        for v in (10.0, 12.0)
+    ]
+    aggregator.touch_accuracy(predictions)
+    assert aggregator.flush() == 2
+    overall = pipeline.db[contract.COLLECTION_ACCURACY].find_one({"_id": f"{sensor}|h1"})
+    assert (overall["n"], overall["mae"], overall["coverage"]) == (2, 1.0, 0.5)
+    hour = minute.replace(minute=0)
+    hourly = pipeline.db[contract.COLLECTION_ACCURACY_HOURLY].find_one({"_id": f"{sensor}|h1|{contract.iso(hour)}"})
+    assert (hourly["n"], hourly["mae"], hourly["coverage"], hourly["hour"]) == (2, 1.0, 0.5, hour)
+    assert aggregator._write_scores({f"{sensor}|h1": Score("m", 2, 2.0, 1)}, "retry-2") == 1
+    assert aggregator._write_scores({f"{sensor}|h1": Score("m", 2, 2.0, 1)}, "retry-2") == 0
+    assert pipeline.db[contract.COLLECTION_ACCURACY].find_one({"_id": f"{sensor}|h1"})["n"] == 4
+    store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 from Server.aggregates import Aggregator, Window, aggregate_id, window_of
@@ -26,3 +27,21 @@ def test_contributions_merge_per_sensor_and_minute() -> None:
     windows = aggregator._windows
     assert windows[("s1", window_of(first[0].ts))] == Window(count=3, total=12.0, low=1.0, high=8.0)
     assert sum(w.count for (sensor, _), w in windows.items() if sensor == "s2") == 1
+
+
+def test_a_window_is_written_once_it_has_settled() -> None:
+    aggregator = Aggregator(store=None, stop=threading.Event(), settle_s=10.0, max_open=2)  # type: ignore[arg-type]
+    at = datetime(2026, 11, 27, 10, 34, 5, tzinfo=UTC)
+    aggregator.touch([reading("s1", 1.0).model_copy(update={"ts": at})])
+    aggregator.touch([reading("s2", 1.0).model_copy(update={"ts": at})])
+    now = time.monotonic()
+    assert aggregator._settled(aggregator._windows, now, everything=False) == {}, "still being added to"
+    aggregator._touched[("s1", window_of(at))] -= 11.0
+    assert list(aggregator._settled(aggregator._windows, now, everything=False)) == [("s1", window_of(at))]
+    assert list(aggregator._windows) == [("s2", window_of(at))]
+    # Past max_open, the windows added to longest ago go first, settled or not.
+    for sensor in ("s3", "s4"):
+        aggregator.touch([reading(sensor, 1.0).model_copy(update={"ts": at})])
+    assert list(aggregator._settled(aggregator._windows, time.monotonic(), everything=False)) == [("s2", window_of(at))]
+    assert len(aggregator._settled(aggregator._windows, time.monotonic(), everything=True)) == 2
+    assert aggregator._windows == {} and aggregator._touched == {}
