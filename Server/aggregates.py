@@ -4,8 +4,9 @@
 minute of event time (``_id`` = "<sensor>|<minute>"), what the peers compute
 with Kafka Streams. ``accuracy``: per sensor and model, the mean absolute
 error and the share of observations inside the forecast interval (coverage)
-(``_id`` = "<sensor>|<model hash>"); ``accuracy_hourly`` the same per hour
-(``_id`` = "<sensor>|<model hash>|<hour>"), so a person can see a model drift.
+(``_id`` = "<sensor>|<model hash>"), each written at most every 15 s;
+``accuracy_hourly`` the same per hour (``_id`` = "<sensor>|<model hash>|<hour>"),
+so a person can see a model drift.
 
 Both are fed only by documents the bridge has just inserted for the first
 time (a redelivery is a duplicate key and contributes nothing) and merged in
@@ -17,7 +18,9 @@ per second took more time than the readings themselves. A window that gets
 readings after it was written (late readings, or a second bridge replica) is
 merged into the stored document with ``$inc``/``$min``/``$max``, guarded by a
 write id so a retry never adds twice. The running ``accuracy`` totals (one
-document per sensor and model, a small collection) are updated every flush.
+document per sensor and model, a small collection) are updated in place, each
+at most every ``totals_every_s`` (a new one at once), so every flush writes a
+share of them rather than all at once.
 
 The cost: what is merged but not written yet is lost if the bridge is killed
 (never anything in ``readings`` or ``predictions``): up to a minute and
@@ -103,12 +106,17 @@ class Aggregator:
         every_s: float = 5.0,
         settle_s: float = 10.0,
         max_open: int = 10_000,
+        totals_every_s: float = 15.0,
     ) -> None:
         self.store = store
         self.stop = stop
         self.every_s = every_s
         self.settle_s = settle_s
         self.max_open = max_open
+        self.totals_every_s = totals_every_s
+        # When each running total was last written (monotonic): each is written at most
+        # every totals_every_s, so a flush writes a share of them, not all at once.
+        self._totals_written: dict[str, float] = {}
         # Open windows: what is not written yet, and when each was last added to (monotonic).
         self._windows: dict[tuple[str, datetime], Window] = {}
         self._hourly: dict[str, Score] = {}
@@ -166,13 +174,23 @@ class Aggregator:
             self._touched.pop(k, None)
         return taken
 
+    def _due_totals(self, now: float, everything: bool) -> dict[str, Score]:
+        """Take the running totals not written for ``totals_every_s`` (new ones at once)."""
+        due = [
+            k
+            for k in self._scores
+            if everything or now - self._totals_written.get(k, float("-inf")) >= self.totals_every_s
+        ]
+        self._totals_written.update(dict.fromkeys(due, now))
+        return {k: self._scores.pop(k) for k in due}
+
     def flush(self, everything: bool = False) -> int:
         """Write the settled windows and the running totals; returns how many documents were written."""
         now = time.monotonic()
         with self._lock:
             windows = self._settled(self._windows, now, everything)
             hourly = self._settled(self._hourly, now, everything)
-            scores, self._scores = self._scores, {}
+            scores = self._due_totals(now, everything)
         if not windows and not hourly and not scores:
             return 0
         write_id = uuid.uuid4().hex  # the same for every retry of this flush

@@ -45,3 +45,21 @@ def test_a_window_is_written_once_it_has_settled() -> None:
     assert list(aggregator._settled(aggregator._windows, time.monotonic(), everything=False)) == [("s2", window_of(at))]
     assert len(aggregator._settled(aggregator._windows, time.monotonic(), everything=True)) == 2
     assert aggregator._windows == {} and aggregator._touched == {}
+
+
+def test_running_totals_are_written_at_most_every_totals_every_s() -> None:
+    aggregator = Aggregator(store=None, stop=threading.Event(), totals_every_s=30.0)  # type: ignore[arg-type]
+    at = datetime(2026, 11, 27, 10, 34, 5, tzinfo=UTC)
+
+    def predict(sensor: str, v: float) -> dict[str, object]:
+        model = {"name": "m", "hash": "h"}
+        return {"sensor": sensor, "model": model, "ds": at, "v": v, "yhat": 0.0, "yhat_lower": -1.0, "yhat_upper": 1.0}
+
+    aggregator.touch_accuracy([predict("s1", 0.5)])
+    assert list(aggregator._due_totals(100.0, everything=False)) == ["s1|h"], "a new total at once"
+    aggregator.touch_accuracy([predict("s1", 2.0), predict("s2", 0.0)])
+    assert list(aggregator._due_totals(110.0, everything=False)) == ["s2|h"], "s1 was written 10 s ago"
+    due = aggregator._due_totals(130.0, everything=False)
+    assert list(due) == ["s1|h"] and (due["s1|h"].n, due["s1|h"].abs_error) == (1, 2.0), "only what came since"
+    aggregator.touch_accuracy([predict("s2", 3.0)])
+    assert list(aggregator._due_totals(131.0, everything=True)) == ["s2|h"]
