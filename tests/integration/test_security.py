@@ -105,7 +105,8 @@ def test_a_sensor_with_its_own_user_runs_with_it(pipeline: Pipeline) -> None:
     readings = pipeline.db[contract.COLLECTION_READINGS]
     before = readings.count_documents({"sensor": "own-1"})
     own = {key: env[key] for key in ("SENSOR_ID", "MQTT_USERNAME", "MQTT_PASSWORD")}
-    pipeline.start_sensor("x", SENSOR_MAX_READINGS="3", SENSOR_INTERVAL_S="0", SENSOR_LOOP="false", **own)
+    sensor = pipeline.start_sensor("x", SENSOR_MAX_READINGS="3", SENSOR_INTERVAL_S="0", SENSOR_LOOP="false", **own)
+    assert sensor.wait(60) == 0, sensor.log_tail()
     wait_for(lambda: readings.count_documents({"sensor": "own-1"}) == before + 3, 60, "own-1's readings", pipeline.logs)
 
 
