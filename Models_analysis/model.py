@@ -147,15 +147,16 @@ def score(
     error, not a lost batch.
     """
     now = datetime.now(UTC)
-    point_of = {r.ts: grid_point(r.ts, grid_ms) for r in readings}
+    point_of = {ts: grid_point(ts, grid_ms) for ts in {r.ts for r in readings}}
+    points = set(point_of.values())
     table: dict[datetime, Row] = {}
     if forecasts is not None:
-        for point in set(point_of.values()):
+        for point in points:
             row = forecasts.get(loaded.identity.hash, point)
             if row is not None:
                 table[point] = row
-    times = sorted(set(point_of.values()) - table.keys())
-    metrics.FORECASTS.labels("cache").inc(len(set(point_of.values())) - len(times))
+    times = sorted(points - table.keys())
+    metrics.FORECASTS.labels("cache").inc(len(points) - len(times))
     metrics.FORECASTS.labels("model").inc(len(times))
     failures: dict[datetime, str] = {}
     if times:

@@ -167,7 +167,8 @@ class Aggregator:
         """Take out of ``open_`` what had nothing added for ``settle_s`` (and the oldest past ``max_open``)."""
         keys = [k for k in open_ if everything or now - self._touched[k] >= self.settle_s]
         if len(open_) - len(keys) > self.max_open:
-            rest = sorted((k for k in open_ if k not in set(keys)), key=self._touched.__getitem__)
+            chosen = set(keys)
+            rest = sorted((k for k in open_ if k not in chosen), key=self._touched.__getitem__)
             keys += rest[: len(open_) - len(keys) - self.max_open]
         taken = {k: open_.pop(k) for k in keys}
         for k in keys:
@@ -194,8 +195,12 @@ class Aggregator:
         if not windows and not hourly and not scores:
             return 0
         write_id = uuid.uuid4().hex  # the same for every retry of this flush
-        pending = {aggregate_id(s, m): _window_document(s, m, window) for (s, m), window in windows.items()}
-        pending |= {key: _score_document(key, score) for key, score in hourly.items()}
+        pending = {
+            contract.COLLECTION_AGGREGATES: {
+                aggregate_id(s, m): _window_document(s, m, window) for (s, m), window in windows.items()
+            },
+            contract.COLLECTION_ACCURACY_HOURLY: {key: _score_document(key, score) for key, score in hourly.items()},
+        }
         try:
             return until_done(
                 lambda: self._write_settled(pending, write_id) + self._write_scores(scores, write_id),
@@ -204,43 +209,37 @@ class Aggregator:
                 TRANSIENT,
             )
         except RetryError:
-            logger.warning("stopping with %d aggregate and accuracy updates not written", len(pending) + len(scores))
+            unwritten = sum(map(len, pending.values())) + len(scores)
+            logger.warning("stopping with %d aggregate and accuracy updates not written", unwritten)
             return 0
 
-    def _write_settled(self, pending: dict[str, dict[str, Any]], write_id: str) -> int:
-        """Insert settled windows whole; merge into the stored one where the window exists already."""
+    def _write_settled(self, pending: dict[str, dict[str, dict[str, Any]]], write_id: str) -> int:
+        """Insert settled windows whole (``pending``: collection -> id -> document); merge where one exists."""
         written = 0
-        for name, collection in (
-            (contract.COLLECTION_AGGREGATES, "aggregates"),
-            (contract.COLLECTION_ACCURACY_HOURLY, "accuracy_hourly"),
-        ):
-            keys = [k for k, d in pending.items() if d["_collection"] == collection]
-            if not keys:
-                continue
-            documents = [{**_stored(pending[k]), "write_id": write_id} for k in keys]
-            inserted = self.store.insert_new(name, documents)
+        for name, documents in pending.items():
+            keys = list(documents)
+            inserted = self.store.insert_new(name, [{**documents[k], "write_id": write_id} for k in keys])
             if inserted.refused:
                 raise OperationFailure(f"{name} refused documents: {inserted.refused}")
             for index, key in enumerate(keys):
                 if index in inserted.duplicates:
-                    self._merge(name, pending[key], write_id)
-                del pending[key]
+                    self._merge(name, documents[key], write_id)
+                del documents[key]
                 written += 1
         return written
 
     def _merge(self, name: str, document: dict[str, Any], write_id: str) -> None:
         """Add a window to the stored one, unless this flush already did (same ``write_id``)."""
         collection = self.store.db[name]
-        adds = {k: document[k] for k in _ADDED[document["_collection"]]}
-        update: dict[str, Any] = {"$inc": adds, "$set": {"write_id": write_id}}
-        if document["_collection"] == "aggregates":
+        update: dict[str, Any] = {"$inc": {k: document[k] for k in _ADDED[name]}, "$set": {"write_id": write_id}}
+        if name == contract.COLLECTION_AGGREGATES:
             update["$min"] = {"min": document["min"]}
             update["$max"] = {"max": document["max"]}
         stored = collection.find_one_and_update(
             {"_id": document["_id"], "write_id": {"$ne": write_id}}, update, return_document=True
         )
         if stored is not None:
-            collection.update_one({"_id": document["_id"]}, {"$set": _derived(document["_collection"], stored)})
+            collection.update_one({"_id": document["_id"]}, {"$set": _derived(name, stored)})
 
     def _write_scores(self, scores: dict[str, Score], write_id: str) -> int:
         """Add the running totals to ``accuracy``, then set its MAE and coverage from what is stored."""
@@ -265,18 +264,21 @@ class Aggregator:
             del scores[key]
             if stored is not None:
                 # One by one: FerretDB 1.24 stalled every writer when this was one bulk_write.
-                collection.update_one({"_id": key}, {"$set": _derived("accuracy", stored)})
+                collection.update_one({"_id": key}, {"$set": _derived(contract.COLLECTION_ACCURACY, stored)})
                 written += 1
         return written
 
 
-#: The fields a merge adds to a stored window.
-_ADDED = {"aggregates": ("count", "sum"), "accuracy_hourly": ("n", "abs_error_sum", "inside")}
+#: The fields a merge adds to a stored window, per collection.
+_ADDED = {
+    contract.COLLECTION_AGGREGATES: ("count", "sum"),
+    contract.COLLECTION_ACCURACY_HOURLY: ("n", "abs_error_sum", "inside"),
+}
 
 
-def _derived(kind: str, document: dict[str, Any]) -> dict[str, Any]:
+def _derived(collection: str, document: dict[str, Any]) -> dict[str, Any]:
     """The fields computed from a document's totals."""
-    if kind == "aggregates":
+    if collection == contract.COLLECTION_AGGREGATES:
         return {"mean": document["sum"] / document["count"]}
     return {
         "mae": document["abs_error_sum"] / document["n"],
@@ -287,7 +289,6 @@ def _derived(kind: str, document: dict[str, Any]) -> dict[str, Any]:
 
 def _window_document(sensor: str, minute: datetime, window: Window) -> dict[str, Any]:
     document = {
-        "_collection": "aggregates",
         "_id": aggregate_id(sensor, minute),
         "sensor": sensor,
         "minute": minute,
@@ -296,13 +297,12 @@ def _window_document(sensor: str, minute: datetime, window: Window) -> dict[str,
         "min": window.low,
         "max": window.high,
     }
-    return document | _derived("aggregates", document)
+    return document | _derived(contract.COLLECTION_AGGREGATES, document)
 
 
 def _score_document(key: str, score: Score) -> dict[str, Any]:
     sensor, model_hash, hour = key.split("|")
     document = {
-        "_collection": "accuracy_hourly",
         "_id": key,
         "sensor": sensor,
         "model": {"name": score.name, "hash": model_hash},
@@ -311,8 +311,4 @@ def _score_document(key: str, score: Score) -> dict[str, Any]:
         "abs_error_sum": score.abs_error,
         "inside": score.inside,
     }
-    return document | _derived("accuracy_hourly", document)
-
-
-def _stored(document: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in document.items() if k != "_collection"}
+    return document | _derived(contract.COLLECTION_ACCURACY_HOURLY, document)
