@@ -70,6 +70,8 @@ class Publisher:
         self._recent: collections.deque[tuple[float, bytes]] = collections.deque()
         # (payload, counted) the broker had no subscriber for; published again every HOLD_RETRY_S.
         self._held: list[tuple[bytes, bool]] = []
+        self._lost_at: float | None = None  # when the connection was last lost (monotonic)
+        self._closed = threading.Event()
         self._last_warning = 0.0
         client = make_client(settings, settings.SENSOR_ID)
         client.max_queued_messages_set(settings.SENSOR_QUEUE_MAX)
@@ -80,7 +82,8 @@ class Publisher:
 
     def start(self, stop: threading.Event) -> bool:
         """Connect and start the network loop (paho reconnects with backoff); False if stopped first."""
-        threading.Thread(target=self._retry_held, args=(stop,), name="held-readings", daemon=True).start()
+        # Not on `stop`: held readings must still go out while the sensor drains on its way out.
+        threading.Thread(target=self._retry_held, name="held-readings", daemon=True).start()
         return connect(self.client, self.settings, stop)
 
     def publish(self, reading: contract.Reading, stop: threading.Event) -> bool:
@@ -116,9 +119,9 @@ class Publisher:
             self._settle(info.mid, payload, counted, early)
         return info
 
-    def _retry_held(self, stop: threading.Event) -> None:
-        """Publish again, every HOLD_RETRY_S while connected, the readings no subscriber took."""
-        while not stop.wait(HOLD_RETRY_S):
+    def _retry_held(self) -> None:
+        """Publish again, every HOLD_RETRY_S while connected, the readings no subscriber took, until closed."""
+        while not self._closed.wait(HOLD_RETRY_S):
             if not self.connected.is_set():
                 continue
             with self._lock:
@@ -146,6 +149,7 @@ class Publisher:
 
     def close(self) -> None:
         """Disconnect cleanly (the session, and anything unsent in it, stays on the broker)."""
+        self._closed.set()
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -160,7 +164,9 @@ class Publisher:
     def _replay(self) -> None:
         """Publish again what the broker acknowledged in the replay window (same payloads, same ids)."""
         with self._lock:
-            cutoff = time.monotonic() - self.settings.SENSOR_REPLAY_S
+            # The window ends when the connection was lost, not now: after a long outage the
+            # readings at risk are still those acknowledged just before the broker went away.
+            cutoff = (self._lost_at or time.monotonic()) - self.settings.SENSOR_REPLAY_S
             payloads = [payload for at, payload in self._recent if at >= cutoff]
         for payload in payloads:
             # Not counted for draining: a copy the broker loses again is covered by the next replay.
@@ -168,7 +174,7 @@ class Publisher:
         self.replayed += len(payloads)
         if payloads:
             logger.info(
-                "reconnected: published again the %d readings acknowledged in the last %ss",
+                "reconnected: published again the %d readings acknowledged in the %ss before the connection was lost",
                 len(payloads),
                 self.settings.SENSOR_REPLAY_S,
             )
@@ -203,6 +209,8 @@ class Publisher:
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
     ) -> None:
         self.connected.clear()
+        with self._lock:
+            self._lost_at = time.monotonic()
         CONNECTED.labels("mqtt").set(0)
         if reason_code != 0:
             logger.warning(

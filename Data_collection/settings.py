@@ -33,6 +33,6 @@ class Settings(CommonSettings, MqttSettings):
     #: Readings held while the broker is unreachable; when full, reading the CSV waits.
     SENSOR_QUEUE_MAX: int = Field(10_000, ge=1)
     #: After a reconnect, publish again the readings the broker acknowledged in
-    #: the last this-many seconds: a broker that crashed may have lost them
-    #: (Mosquitto saves every second). 0 turns it off. The bridge drops the copies.
+    #: the last this-many seconds before the connection was lost: a broker that
+    #: crashed may have lost them (Mosquitto saves every second). 0 turns it off. The bridge drops the copies.
     SENSOR_REPLAY_S: float = Field(10.0, ge=0, le=3600)

@@ -115,6 +115,23 @@ def test_readings_nobody_subscribes_to_are_held_until_the_bridge_is_back(pipelin
     assert readings.count_documents(query) == count
 
 
+def test_after_a_long_outage_the_sensor_replays_what_was_acknowledged_before_it(pipeline: Pipeline) -> None:
+    """The replay window ends when the connection was lost: a broker away for longer than
+    SENSOR_REPLAY_S still gets the readings it acknowledged just before it crashed."""
+    pipeline.start_server()
+    sensor = pipeline.start_sensor(1, SENSOR_INTERVAL_S="0.2", SENSOR_REPLAY_S="2")
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    query = {"sensor": pipeline.sensor_id(1)}
+    wait_for(lambda: readings.count_documents(query) >= 10, 30, "the sensor's first readings", pipeline.logs)
+    pipeline.stack.stack.kill("mosquitto")
+    time.sleep(5)  # longer than SENSOR_REPLAY_S
+    pipeline.stack.stack.start_one("mosquitto")
+    wait_for(lambda: "published again the" in sensor.log_tail(), 30, "the sensor's replay", pipeline.logs)
+    line = next(x for x in sensor.log_tail().splitlines() if "published again the" in x)
+    replayed = int(line.split("published again the ")[1].split()[0])
+    assert 5 <= replayed <= 15, f"expected about 2 s of readings at 5/s: {line}"
+
+
 def test_mongodb_down_for_30_seconds(pipeline: Pipeline) -> None:
     def fault(p: Pipeline) -> None:
         p.stack.stack.stop_one("ferretdb")
