@@ -24,7 +24,7 @@ class Settings(CommonSettings, KafkaSettings):
     #: Most readings scored by one predict call.
     MODEL_BATCH_MAX: int = Field(1000, ge=1, le=100_000)
     #: Longest a reading waits for its batch to fill (the latency budget).
-    MODEL_BATCH_WAIT_MS: int = Field(200, ge=0, le=60_000)
+    MODEL_BATCH_WAIT_MS: int = Field(50, ge=0, le=60_000)
     #: Readings are forecast at the nearest multiple of this many milliseconds
     #: (0: at their exact time), so readings of many sensors in the same second
     #: share one predict row. See README "Models".

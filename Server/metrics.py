@@ -15,6 +15,12 @@ REJECTED = Counter("pipeline_rejections", "Payloads rejected, by reason", ["reas
 RESULTS_STORED = Counter("pipeline_results_stored", "Predictions and prediction errors newly stored", ["kind"])
 BATCH_SIZE = Histogram("pipeline_bridge_batch_size", "Messages per bridge batch", buckets=BATCH_BUCKETS)
 INBOX = Gauge("pipeline_bridge_inbox", "MQTT messages received and not yet processed")
+MONGO_WRITE = Histogram(
+    "pipeline_mongo_write_seconds",
+    "Time of one batch insert into MongoDB, by collection",
+    ["collection"],
+    buckets=LATENCY_BUCKETS,
+)
 PUBLISH_TO_STORED = Histogram(
     "pipeline_publish_to_stored_seconds", "Reading time (sensor clock) to stored in MongoDB", buckets=LATENCY_BUCKETS
 )

@@ -12,6 +12,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 
 from pipeline import contract
 from pipeline.settings import MongoSettings
+from Server import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ class Store:
         if not documents:
             return Inserted(0, set(), {})
         try:
-            result = self.db[collection].insert_many(list(documents), ordered=False)
+            with metrics.MONGO_WRITE.labels(collection).time():
+                result = self.db[collection].insert_many(list(documents), ordered=False)
             return Inserted(len(result.inserted_ids), set(), {})
         except BulkWriteError as error:
             duplicates: set[int] = set()

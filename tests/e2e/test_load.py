@@ -86,3 +86,5 @@ def test_every_reading_and_prediction_arrives_exactly_once_under_load(pipeline: 
         "Kafka's results topic carries exactly one prediction per reading"
     )
     assert metric(scrape(server), "pipeline_readings_duplicate_total") == 0, "no redelivery under load"
+    batches = metric(scrape(server), "pipeline_mongo_write_seconds_count", collection=contract.COLLECTION_READINGS)
+    assert batches >= READINGS / 500, "every batch insert of readings is timed (at most 500 readings a batch)"
