@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from Models_analysis import metrics
 from Models_analysis.model import Forecasts, LoadedModel, score
@@ -23,7 +23,7 @@ from Models_analysis.registry import ModelRegistry
 from Models_analysis.settings import Settings
 from pipeline import contract
 from pipeline.health import Dependency
-from pipeline.kafka import KafkaUnavailable, consumer_config, produce_all
+from pipeline.kafka import Committer, KafkaUnavailable, consumer_config, produce_all
 from pipeline.metrics import LagProbe
 from pipeline.retry import RetryError, until_done
 
@@ -52,6 +52,7 @@ class Scorer:
         self.consumer = Consumer(
             consumer_config(settings, settings.KAFKA_GROUP_ID, settings.KAFKA_CLIENT_ID, self.kafka)
         )
+        self.committer = Committer(self.consumer, settings.KAFKA_TOPIC_READINGS)
         self._last_warning = 0.0
         self.forecasts = Forecasts(settings.MODEL_FORECAST_CACHE)
 
@@ -67,6 +68,7 @@ class Scorer:
                 batch = [m for m in messages if not self._is_error(m)]
                 if batch and not self.process(batch):
                     return
+            self.committer.flush()
         finally:
             self.consumer.close()
 
@@ -131,11 +133,7 @@ class Scorer:
         for reading in readings:
             if reading.received_at is not None:
                 metrics.STORED_TO_SCORED.observe(max(0.0, (scored_at - reading.received_at).total_seconds()))
-        try:
-            self.consumer.commit(asynchronous=False)
-        except KafkaException as error:
-            # Produced but not committed: re-scored after a restart, harmless then.
-            logger.warning("could not commit offsets of %s: %s", self.settings.KAFKA_TOPIC_READINGS, error)
+        self.committer.done()
         return True
 
     def score(self, readings: list[contract.Reading]) -> list[contract.Result]:

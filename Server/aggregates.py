@@ -4,7 +4,7 @@
 minute of event time (``_id`` = "<sensor>|<minute>"), what the peers compute
 with Kafka Streams. ``accuracy``: per sensor and model, the mean absolute
 error and the share of observations inside the forecast interval (coverage)
-(``_id`` = "<sensor>|<model hash>"), each written at most every 15 s;
+(``_id`` = "<sensor>|<model hash>"), each written at most every 30 s;
 ``accuracy_hourly`` the same per hour (``_id`` = "<sensor>|<model hash>|<hour>"),
 so a person can see a model drift.
 
@@ -12,15 +12,20 @@ Both are fed only by documents the bridge has just inserted for the first
 time (a redelivery is a duplicate key and contributes nothing) and merged in
 memory. A minute (or hour) is written once, complete, when it has settled: no
 reading added for SERVER_AGGREGATE_SETTLE_S. Inserting a new document is cheap on any
-MongoDB, while an update costs FerretDB 1.24 a scan of the whole collection
-(it uses no index), which grew with every minute stored and at 1,000 readings
-per second took more time than the readings themselves. A window that gets
-readings after it was written (late readings, or a second bridge replica) is
-merged into the stored document with ``$inc``/``$min``/``$max``, guarded by a
-write id so a retry never adds twice. The running ``accuracy`` totals (one
-document per sensor and model, a small collection) are updated in place, each
-at most every ``totals_every_s`` (a new one at once), so every flush writes a
-share of them rather than all at once.
+MongoDB, while an update costs FerretDB 1.24 several milliseconds even by
+``_id``, and a scan of the whole collection with any other condition. A window
+that gets readings after it was written (late readings, or a second bridge
+replica) is merged into the stored document with ``$inc``/``$min``/``$max``.
+The running ``accuracy`` totals (one document per sensor and model) are
+updated in place, each at most every ``totals_every_s``, at its own moment in
+that interval, so a flush writes a share of them; an update whose result the
+bridge can predict (it remembers the totals it last wrote) sets the MAE and
+coverage in the same operation.
+
+Every update selects by ``_id`` alone, the only filter FerretDB answers from
+an index. A write retried after an error (that may or may not have reached the
+server) adds the condition ``write_id`` != this flush's id, so a retry never
+adds twice.
 
 The cost: what is merged but not written yet is lost if the bridge is killed
 (never anything in ``readings`` or ``predictions``): up to a minute and
@@ -29,10 +34,12 @@ SERVER_AGGREGATE_SETTLE_S for aggregates, up to an hour for the hourly accuracy.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -106,7 +113,7 @@ class Aggregator:
         every_s: float = 5.0,
         settle_s: float = 10.0,
         max_open: int = 10_000,
-        totals_every_s: float = 15.0,
+        totals_every_s: float = 30.0,
     ) -> None:
         self.store = store
         self.stop = stop
@@ -117,6 +124,8 @@ class Aggregator:
         # When each running total was last written (monotonic): each is written at most
         # every totals_every_s, so a flush writes a share of them, not all at once.
         self._totals_written: dict[str, float] = {}
+        # The totals (n, abs_error_sum, inside) of each accuracy document as this bridge last wrote them.
+        self._stored: dict[str, tuple[int, float, int]] = {}
         # Open windows: what is not written yet, and when each was last added to (monotonic).
         self._windows: dict[tuple[str, datetime], Window] = {}
         self._hourly: dict[str, Score] = {}
@@ -176,13 +185,23 @@ class Aggregator:
         return taken
 
     def _due_totals(self, now: float, everything: bool) -> dict[str, Score]:
-        """Take the running totals not written for ``totals_every_s`` (new ones at once)."""
+        """Take the running totals not written for ``totals_every_s`` (new ones at once).
+
+        After its first write, each total is written at its own phase of the
+        interval (from a hash of its key): totals that started together (every
+        sensor, when the bridge starts) would otherwise stay due together.
+        """
         due = [
             k
             for k in self._scores
             if everything or now - self._totals_written.get(k, float("-inf")) >= self.totals_every_s
         ]
-        self._totals_written.update(dict.fromkeys(due, now))
+        for key in due:
+            if key in self._totals_written:
+                self._totals_written[key] = now
+            else:
+                phase = zlib.crc32(key.encode()) % 1000 / 1000
+                self._totals_written[key] = now - phase * self.totals_every_s
         return {k: self._scores.pop(k) for k in due}
 
     def flush(self, everything: bool = False) -> int:
@@ -195,6 +214,7 @@ class Aggregator:
         if not windows and not hourly and not scores:
             return 0
         write_id = uuid.uuid4().hex  # the same for every retry of this flush
+        attempts = itertools.count()
         pending = {
             contract.COLLECTION_AGGREGATES: {
                 aggregate_id(s, m): _window_document(s, m, window) for (s, m), window in windows.items()
@@ -203,7 +223,7 @@ class Aggregator:
         }
         try:
             return until_done(
-                lambda: self._write_settled(pending, write_id) + self._write_scores(scores, write_id),
+                lambda: self._write_pending(pending, scores, write_id, retry=next(attempts) > 0),
                 self.stop,
                 "update aggregates and accuracy",
                 TRANSIENT,
@@ -213,7 +233,12 @@ class Aggregator:
             logger.warning("stopping with %d aggregate and accuracy updates not written", unwritten)
             return 0
 
-    def _write_settled(self, pending: dict[str, dict[str, dict[str, Any]]], write_id: str) -> int:
+    def _write_pending(
+        self, pending: dict[str, dict[str, dict[str, Any]]], scores: dict[str, Score], write_id: str, retry: bool
+    ) -> int:
+        return self._write_settled(pending, write_id, retry) + self._write_scores(scores, write_id, retry)
+
+    def _write_settled(self, pending: dict[str, dict[str, dict[str, Any]]], write_id: str, retry: bool) -> int:
         """Insert settled windows whole (``pending``: collection -> id -> document); merge where one exists."""
         written = 0
         for name, documents in pending.items():
@@ -223,50 +248,59 @@ class Aggregator:
                 raise OperationFailure(f"{name} refused documents: {inserted.refused}")
             for index, key in enumerate(keys):
                 if index in inserted.duplicates:
-                    self._merge(name, documents[key], write_id)
+                    self._merge(name, documents[key], write_id, retry)
                 del documents[key]
                 written += 1
         return written
 
-    def _merge(self, name: str, document: dict[str, Any], write_id: str) -> None:
-        """Add a window to the stored one, unless this flush already did (same ``write_id``)."""
+    def _merge(self, name: str, document: dict[str, Any], write_id: str, retry: bool) -> None:
+        """Add a window to the stored one; on a ``retry``, only if this flush has not already (``write_id``)."""
         collection = self.store.db[name]
         update: dict[str, Any] = {"$inc": {k: document[k] for k in _ADDED[name]}, "$set": {"write_id": write_id}}
         if name == contract.COLLECTION_AGGREGATES:
             update["$min"] = {"min": document["min"]}
             update["$max"] = {"max": document["max"]}
-        stored = collection.find_one_and_update(
-            {"_id": document["_id"], "write_id": {"$ne": write_id}}, update, return_document=True
-        )
+        stored = collection.find_one_and_update(_select(document["_id"], write_id, retry), update, return_document=True)
         if stored is not None:
             collection.update_one({"_id": document["_id"]}, {"$set": _derived(name, stored)})
 
-    def _write_scores(self, scores: dict[str, Score], write_id: str) -> int:
-        """Add the running totals to ``accuracy``, then set its MAE and coverage from what is stored."""
+    def _write_scores(self, scores: dict[str, Score], write_id: str, retry: bool) -> int:
+        """Add the running totals to ``accuracy`` and set its MAE and coverage; one update each when possible."""
         collection = self.store.db[contract.COLLECTION_ACCURACY]
         written = 0
         while scores:
             key, score = next(iter(scores.items()))
             sensor, model_hash = key.split("|")
+            update: dict[str, Any] = {
+                "$inc": {"n": score.n, "abs_error_sum": score.abs_error, "inside": score.inside},
+                "$set": {"write_id": write_id},
+                "$setOnInsert": {"sensor": sensor, "model": {"name": score.name, "hash": model_hash}},
+            }
+            known = self._stored.get(key)
+            expected = None
+            if known is not None:
+                expected = {"n": known[0] + score.n, "abs_error_sum": known[1] + score.abs_error}
+                expected["inside"] = known[2] + score.inside
+                update["$set"].update(_derived(contract.COLLECTION_ACCURACY, expected))
             try:
                 stored = collection.find_one_and_update(
-                    {"_id": key, "write_id": {"$ne": write_id}},
-                    {
-                        "$inc": {"n": score.n, "abs_error_sum": score.abs_error, "inside": score.inside},
-                        "$set": {"write_id": write_id},
-                        "$setOnInsert": {"sensor": sensor, "model": {"name": score.name, "hash": model_hash}},
-                    },
-                    upsert=True,
-                    return_document=True,
+                    _select(key, write_id, retry), update, upsert=True, return_document=True
                 )
             except DuplicateKeyError:
                 stored = None  # the filter missed because this flush's retry already added it
             del scores[key]
             if stored is not None:
-                # One by one: FerretDB 1.24 stalled every writer when this was one bulk_write.
-                collection.update_one({"_id": key}, {"$set": _derived(contract.COLLECTION_ACCURACY, stored)})
+                self._stored[key] = (stored["n"], stored["abs_error_sum"], stored["inside"])
+                if expected is None or (stored["n"], stored["inside"]) != (expected["n"], expected["inside"]):
+                    # New to this bridge, or another writer added to it meanwhile: set them from what is stored.
+                    collection.update_one({"_id": key}, {"$set": _derived(contract.COLLECTION_ACCURACY, stored)})
                 written += 1
         return written
+
+
+def _select(key: str, write_id: str, retry: bool) -> dict[str, Any]:
+    """The filter of an update: the ``_id``; on a retry also "not yet written by this flush"."""
+    return {"_id": key, "write_id": {"$ne": write_id}} if retry else {"_id": key}
 
 
 #: The fields a merge adds to a stored window, per collection.

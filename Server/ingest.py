@@ -32,7 +32,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from pipeline import contract
 from pipeline.health import Dependency
-from pipeline.kafka import KafkaUnavailable, produce_all
+from pipeline.kafka import KafkaUnavailable, produce_all, send_all
 from pipeline.metrics import CONNECTED, RECONNECTS
 from pipeline.mqtt import connect, make_client
 from pipeline.retry import RetryError, until_done
@@ -240,7 +240,7 @@ class Bridge:
         metrics.INBOX.dec(len(batch))
 
     def _deliver(self, readings: list[contract.Reading]) -> dict[int, str]:
-        """Kafka, then MongoDB, get the readings; returns {index: reason} for those MongoDB refused.
+        """Kafka and MongoDB get the readings; returns {index: reason} for those MongoDB refused.
 
         A reading this bridge stored recently (a redelivery, or a sensor's
         resend) is recognised by its id in a bounded in-memory set and skipped;
@@ -260,18 +260,24 @@ class Bridge:
         records = [
             (self.settings.KAFKA_TOPIC_READINGS, r.sensor.encode(), contract.dumps(r.to_message())) for r in batch
         ]
+        # Kafka confirms while MongoDB inserts: the batch waits for the slower, not for both in turn.
         try:
-            produce_all(self.producer, records, self.stop)
+            deliveries = send_all(self.producer, records, self.stop)
         except Exception:
             self.kafka.down()
             raise
-        self.kafka.up()
         try:
             inserted = self.store.insert_new(contract.COLLECTION_READINGS, [r.to_document() for r in batch])
         except Exception:
             self.mongo.down()
             raise
         self.mongo.up()
+        try:
+            deliveries.wait(self.producer, self.stop)
+        except Exception:
+            self.kafka.down()
+            raise
+        self.kafka.up()
         stored = [r for i, r in enumerate(batch) if inserted.is_new(i)]
         if self.aggregator is not None:
             self.aggregator.touch(stored)

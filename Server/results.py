@@ -12,11 +12,11 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, Producer
 
 from pipeline import contract
 from pipeline.health import Dependency
-from pipeline.kafka import consumer_config, produce_all
+from pipeline.kafka import Committer, consumer_config, produce_all
 from pipeline.metrics import LagProbe
 from pipeline.retry import RetryError, until_done
 from Server import metrics
@@ -53,6 +53,7 @@ class ResultsSink:
         self.consumer = Consumer(
             consumer_config(settings, settings.KAFKA_RESULTS_GROUP_ID, f"{settings.MQTT_CLIENT_ID}-results", kafka)
         )
+        self.committer = Committer(self.consumer, settings.KAFKA_TOPIC_RESULTS)
         self._last_warning = 0.0
         # Not 0 even when SERVER_BATCH_WAIT_MS is: an idle sink must not spin.
         self._wait_s = max(settings.SERVER_BATCH_WAIT_MS, MIN_WAIT_MS) / 1000
@@ -69,6 +70,7 @@ class ResultsSink:
                 self.lag.maybe_measure(self.consumer)
                 if messages and not self._store([m for m in messages if not self._is_error(m)]):
                     return
+            self.committer.flush()
         finally:
             self.consumer.close()
 
@@ -134,9 +136,5 @@ class ResultsSink:
         for document in predictions:
             metrics.SCORED_TO_STORED.observe(max(0.0, (stored_at - document["scored_at"]).total_seconds()))
             metrics.PUBLISH_TO_PREDICTION.observe(max(0.0, (stored_at - document["ds"]).total_seconds()))
-        try:
-            self.consumer.commit(asynchronous=False)
-        except KafkaException as error:
-            # Stored but not committed: redelivered later, and harmless then.
-            logger.warning("could not commit offsets of %s: %s", self.settings.KAFKA_TOPIC_RESULTS, error)
+        self.committer.done()
         return True

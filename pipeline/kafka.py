@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from pipeline.health import Dependency
 from pipeline.settings import KafkaSettings
@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 CONFIRM_TIMEOUT_S = 30.0
 #: How long a stopping service waits for confirmations in flight.
 STOP_GRACE_S = 5.0
+#: Consumers commit what they have made durable at most this often (and when they stop).
+COMMIT_EVERY_S = 1.0
 
 
 #: librdkafka's own log lines go to this logger (not raw to stderr), rate-limited by pipeline.logs.
@@ -127,14 +129,22 @@ class Deliveries:
             self.failed.append((message.topic() or "", message.key() or b"", message.value() or b""))
             logger.warning("Kafka did not take a record for %s: %s", message.topic(), error)
 
+    def wait(self, producer: Producer, stop: threading.Event) -> None:
+        """Return once Kafka has confirmed every record; KafkaUnavailable if some are not confirmed in time."""
+        deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+        while self.pending > 0:
+            producer.poll(0.1)
+            if stop.is_set():
+                # Stopping: give Kafka a short grace to confirm what is in flight.
+                deadline = min(deadline, time.monotonic() + STOP_GRACE_S)
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"{self.pending} records not confirmed by Kafka")
+        if self.failed:
+            raise KafkaUnavailable(f"{len(self.failed)} records refused by Kafka")
 
-def produce_all(producer: Producer, records: list[tuple[str, bytes, bytes]], stop: threading.Event) -> None:
-    """Produce ``records`` (topic, key, value) and return once Kafka has confirmed all of them.
 
-    Raises KafkaUnavailable when some are not confirmed within a while, so the
-    caller retries the lot (the idempotent producer and keyed consumers make
-    the repeats harmless).
-    """
+def send_all(producer: Producer, records: list[tuple[str, bytes, bytes]], stop: threading.Event) -> Deliveries:
+    """Hand ``records`` (topic, key, value) to the producer; :meth:`Deliveries.wait` for Kafka to confirm them."""
     deliveries = Deliveries()
     for topic, key, value in records:
         while True:
@@ -147,13 +157,52 @@ def produce_all(producer: Producer, records: list[tuple[str, bytes, bytes]], sto
                 producer.poll(0.1)
                 if stop.is_set():
                     raise KafkaUnavailable("stopping while Kafka's queue is full") from None
-    deadline = time.monotonic() + CONFIRM_TIMEOUT_S
-    while deliveries.pending > 0:
-        producer.poll(0.1)
-        if stop.is_set():
-            # Stopping: give Kafka a short grace to confirm what is in flight.
-            deadline = min(deadline, time.monotonic() + STOP_GRACE_S)
-        if time.monotonic() > deadline:
-            raise KafkaUnavailable(f"{deliveries.pending} records not confirmed by Kafka")
-    if deliveries.failed:
-        raise KafkaUnavailable(f"{len(deliveries.failed)} records refused by Kafka")
+    return deliveries
+
+
+def produce_all(producer: Producer, records: list[tuple[str, bytes, bytes]], stop: threading.Event) -> None:
+    """Produce ``records`` (topic, key, value) and return once Kafka has confirmed all of them.
+
+    Raises KafkaUnavailable when some are not confirmed within a while, so the
+    caller retries the lot (the idempotent producer and keyed consumers make
+    the repeats harmless).
+    """
+    send_all(producer, records, stop).wait(producer, stop)
+
+
+class Committer:
+    """Commits a consumer's offsets at most every ``every_s``, and once more when it stops.
+
+    Call :meth:`done` after each batch is durable (stored, or confirmed by
+    Kafka): a commit covers every message consumed so far, so it only ever
+    moves past work that is finished. A synchronous commit per batch held the
+    consuming thread for a round trip to Kafka every few dozen milliseconds and
+    cost the broker a write to its offsets topic each time; what a crash now
+    leaves uncommitted is at most ``every_s`` of finished work, redelivered and
+    skipped as duplicates (every write downstream is keyed by reading id).
+    """
+
+    def __init__(self, consumer: Consumer, topic: str, every_s: float = COMMIT_EVERY_S) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.every_s = every_s
+        self._last = time.monotonic()
+        self._pending = False
+
+    def done(self) -> None:
+        """A batch is durable: commit now if the last commit is ``every_s`` old."""
+        self._pending = True
+        if time.monotonic() - self._last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit what is finished, if anything, and wait for Kafka to confirm it."""
+        if not self._pending:
+            return
+        self._last = time.monotonic()
+        try:
+            self.consumer.commit(asynchronous=False)
+            self._pending = False
+        except KafkaException as error:
+            # Finished but not committed: redelivered later, and harmless then.
+            logger.warning("could not commit offsets of %s: %s", self.topic, error)

@@ -120,8 +120,8 @@ def test_aggregates_merge_late_readings_and_a_retried_write_adds_nothing(pipelin
     assert (stored["count"], stored["sum"], stored["min"], stored["max"], stored["mean"]) == (3, 15.0, 2.0, 9.0, 5.0)
     # A merge retried after an error it survived (same write id) does not add twice.
     late = _window_document(sensor, minute, Window(1, 1.0, 1.0, 1.0))
-    aggregator._merge(contract.COLLECTION_AGGREGATES, late, "retry-1")
-    aggregator._merge(contract.COLLECTION_AGGREGATES, late, "retry-1")
+    aggregator._merge(contract.COLLECTION_AGGREGATES, late, "retry-1", retry=False)
+    aggregator._merge(contract.COLLECTION_AGGREGATES, late, "retry-1", retry=True)
     assert aggregates.find_one({"_id": key})["count"] == 4
 
     # Accuracy: running totals every flush, the hour once settled; a retried total adds nothing.
@@ -137,7 +137,15 @@ def test_aggregates_merge_late_readings_and_a_retried_write_adds_nothing(pipelin
     hour = minute.replace(minute=0)
     hourly = pipeline.db[contract.COLLECTION_ACCURACY_HOURLY].find_one({"_id": f"{sensor}|h1|{contract.iso(hour)}"})
     assert (hourly["n"], hourly["mae"], hourly["coverage"], hourly["hour"]) == (2, 1.0, 0.5, hour)
-    assert aggregator._write_scores({f"{sensor}|h1": Score("m", 2, 2.0, 1)}, "retry-2") == 1
-    assert aggregator._write_scores({f"{sensor}|h1": Score("m", 2, 2.0, 1)}, "retry-2") == 0
-    assert pipeline.db[contract.COLLECTION_ACCURACY].find_one({"_id": f"{sensor}|h1"})["n"] == 4
+    accuracy = pipeline.db[contract.COLLECTION_ACCURACY]
+    assert aggregator._write_scores({f"{sensor}|h1": Score("m", 2, 6.0, 0)}, "retry-2", retry=False) == 1
+    assert aggregator._write_scores({f"{sensor}|h1": Score("m", 2, 6.0, 0)}, "retry-2", retry=True) == 0
+    overall = accuracy.find_one({"_id": f"{sensor}|h1"})
+    assert (overall["n"], overall["abs_error_sum"], overall["inside"]) == (4, 8.0, 1)
+    assert (overall["mae"], overall["coverage"]) == (2.0, 0.25), "set in the same update, from the totals it knew"
+    # Another writer (a second bridge replica) added to the totals meanwhile: MAE and coverage follow what is stored.
+    accuracy.update_one({"_id": f"{sensor}|h1"}, {"$inc": {"n": 4, "abs_error_sum": 8.0, "inside": 4}})
+    assert aggregator._write_scores({f"{sensor}|h1": Score("m", 2, 6.0, 0)}, "w-3", retry=False) == 1
+    overall = accuracy.find_one({"_id": f"{sensor}|h1"})
+    assert (overall["n"], overall["mae"], overall["coverage"]) == (10, 22.0 / 10, 5 / 10)
     store.close()

@@ -47,19 +47,35 @@ def test_a_window_is_written_once_it_has_settled() -> None:
     assert aggregator._windows == {} and aggregator._touched == {}
 
 
+def _prediction(sensor: str, v: float) -> dict[str, object]:
+    at = datetime(2026, 11, 27, 10, 34, 5, tzinfo=UTC)
+    model = {"name": "m", "hash": "h"}
+    return {"sensor": sensor, "model": model, "ds": at, "v": v, "yhat": 0.0, "yhat_lower": -1.0, "yhat_upper": 1.0}
+
+
 def test_running_totals_are_written_at_most_every_totals_every_s() -> None:
     aggregator = Aggregator(store=None, stop=threading.Event(), totals_every_s=30.0)  # type: ignore[arg-type]
-    at = datetime(2026, 11, 27, 10, 34, 5, tzinfo=UTC)
-
-    def predict(sensor: str, v: float) -> dict[str, object]:
-        model = {"name": "m", "hash": "h"}
-        return {"sensor": sensor, "model": model, "ds": at, "v": v, "yhat": 0.0, "yhat_lower": -1.0, "yhat_upper": 1.0}
-
-    aggregator.touch_accuracy([predict("s1", 0.5)])
+    aggregator.touch_accuracy([_prediction("s1", 0.5)])
     assert list(aggregator._due_totals(100.0, everything=False)) == ["s1|h"], "a new total at once"
-    aggregator.touch_accuracy([predict("s1", 2.0), predict("s2", 0.0)])
-    assert list(aggregator._due_totals(110.0, everything=False)) == ["s2|h"], "s1 was written 10 s ago"
-    due = aggregator._due_totals(130.0, everything=False)
+    next_due = aggregator._totals_written["s1|h"] + 30.0
+    assert 100.0 < next_due <= 130.0, "then within one interval"
+    aggregator.touch_accuracy([_prediction("s1", 2.0), _prediction("s2", 0.0)])
+    assert list(aggregator._due_totals(next_due - 0.1, everything=False)) == ["s2|h"], "s1 is not due yet"
+    due = aggregator._due_totals(next_due, everything=False)
     assert list(due) == ["s1|h"] and (due["s1|h"].n, due["s1|h"].abs_error) == (1, 2.0), "only what came since"
-    aggregator.touch_accuracy([predict("s2", 3.0)])
-    assert list(aggregator._due_totals(131.0, everything=True)) == ["s2|h"]
+    assert aggregator._totals_written["s1|h"] == next_due, "from then on every 30 s"
+    aggregator.touch_accuracy([_prediction("s2", 3.0)])
+    assert list(aggregator._due_totals(next_due + 0.1, everything=True)) == ["s2|h"]
+
+
+def test_totals_that_start_together_are_written_spread_over_the_interval() -> None:
+    aggregator = Aggregator(store=None, stop=threading.Event(), totals_every_s=30.0)  # type: ignore[arg-type]
+    sensors = [f"sensor-{i}" for i in range(100)]
+    aggregator.touch_accuracy([_prediction(s, 0.5) for s in sensors])
+    assert len(aggregator._due_totals(0.0, everything=False)) == 100, "all new: all at once"
+    per_flush = []
+    for flush in range(1, 7):  # a flush every 5 s for the next 30 s
+        aggregator.touch_accuracy([_prediction(s, 0.5) for s in sensors])
+        per_flush.append(len(aggregator._due_totals(flush * 5.0, everything=False)))
+    assert sum(per_flush) == 100, "each written once in the interval"
+    assert max(per_flush) <= 30, f"a share per flush, not all at once: {per_flush}"
