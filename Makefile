@@ -51,7 +51,7 @@ lint: venv ## Lint and check formatting
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: install ## Benchmarks on a throwaway local stack (~15 min, 10-min soak); results in bench/results/
+bench: install ## Benchmarks on a throwaway local stack (~25 min, 20-min soak); results in bench/results/
 	$(PY) -m bench
 
 bench-quick: install ## The benchmarks, short (~3 min, 1-min soak)

@@ -5,7 +5,7 @@ base 25000) in a temporary state directory with random secrets, runs the
 benchmarks one after the other, each in its own topics and ids, writes
 ``bench/results/<name>.json`` and ``bench/results/latest.md``, and stops
 everything it started. ``--quick`` is a short run (about 3 minutes);
-the default takes about 15 minutes, 10 of them the memory soak.
+the default takes about 25 minutes, 20 of them the memory soak.
 """
 
 from __future__ import annotations

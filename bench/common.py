@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -316,6 +317,74 @@ def memory_mb(pid: int) -> tuple[float, float]:
     except OSError:
         pass
     return values["VmRSS"], values["VmHWM"]
+
+
+#: Who uses the CPU during a benchmark: (label, a string in the process's command line), first match wins.
+CPU_GROUPS = (
+    ("bridge", "-m Server"),
+    ("model service", "-m Models_analysis"),
+    ("real sensor", "-m Data_collection"),
+    ("FerretDB", "ferretdb"),
+    ("Kafka", "kafka.Kafka"),
+    ("Mosquitto", "mosquitto"),
+    ("mongo-express", "mongo-express"),
+)
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds_by_group() -> dict[str, float]:
+    """CPU seconds (user + system) of every live process, summed per CPU_GROUPS label."""
+    used: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        label = next((name for name, marker in CPU_GROUPS if marker in command), None)
+        if label is not None:
+            used[label] = used.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+    return used
+
+
+def _machine_ticks() -> list[int]:
+    """The machine's CPU counters from /proc/stat: user, nice, system, idle, iowait, irq, softirq, steal."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+
+
+class CpuMeter:
+    """Cores each part of the stack used between :meth:`start` and :meth:`stop`.
+
+    Processes are told apart by their command line (CPU_GROUPS); the
+    benchmark's own publisher processes are counted from ``RUSAGE_CHILDREN``
+    (they are the only children that end, and are reaped, in between).
+    """
+
+    def start(self) -> CpuMeter:
+        self._started = time.monotonic()
+        self._groups = _cpu_seconds_by_group()
+        self._machine = _machine_ticks()
+        self._children = _children_cpu()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        """{label: cores} for the stack's processes, the publishers, and the machine's busy, idle and steal."""
+        wall = time.monotonic() - self._started
+        after = _cpu_seconds_by_group()
+        cores = {k: max(0.0, v - self._groups.get(k, 0.0)) / wall for k, v in after.items()}
+        cores["publishers (simulated sensors)"] = (_children_cpu() - self._children) / wall
+        ticks = [b - a for a, b in zip(self._machine, _machine_ticks(), strict=True)]
+        cores["machine: busy"] = (sum(ticks) - ticks[3] - ticks[4] - ticks[7]) / _TICK / wall
+        cores["machine: idle"] = (ticks[3] + ticks[4]) / _TICK / wall
+        cores["machine: stolen by the host"] = ticks[7] / _TICK / wall
+        return cores
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def slope_per_minute(points: Sequence[tuple[float, float]]) -> float:
