@@ -189,12 +189,21 @@ function renderSeries(series) {
 
 // --- the per-minute chart ------------------------------------------------------------
 
+function minutesRange(xs, min, max) {
+  return xs && xs.length ? [xs[0] - 60, xs[xs.length - 1] + 60] : [min, max];
+}
+
 function aggregatesChart(node) {
   return new uPlot(
     {
       width: chartWidth(node),
       height: 200,
-      scales: { x: { time: true }, count: { range: (_u, _min, max) => [0, Math.max(1, max * 1.15)] } },
+      scales: {
+        // From the data, a minute either side: with one minute stored, uPlot widened its own
+        // range to years, and every tick read "00:00".
+        x: { time: true, range: (u, min, max) => minutesRange(u.data[0], min, max) },
+        count: { range: (_u, _min, max) => [0, Math.max(1, max * 1.15)] },
+      },
       series: [
         {},
         {
