@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 
 from pipeline import contract
@@ -87,6 +87,22 @@ def consume(bootstrap: str, topic: str, quiet_s: float = 3.0, timeout_s: float =
     finally:
         consumer.close()
     return records
+
+
+def uncommitted(bootstrap: str, group: str, topic: str) -> int:
+    """Records on ``topic`` past the offsets ``group`` has committed (all of them if it committed none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ]
+        behind = 0
+        for committed in consumer.committed(partitions, timeout=10):
+            low, high = consumer.get_watermark_offsets(committed, timeout=10)
+            behind += high - (committed.offset if committed.offset >= 0 else low)
+        return behind
+    finally:
+        consumer.close()
 
 
 def chromium(url: str, *args: str) -> str:
