@@ -62,9 +62,9 @@ def payload(sensor: str, n: int, moment: datetime | None = None) -> bytes:
     """A valid reading's bytes, built without pydantic (the publisher must be cheap).
 
     The value comes from the demo CSV, the data the default model was fitted
-    to, each sensor at its own place in it: about one reading in ten falls
-    outside the forecast interval (an alert), as in a live deployment. (Values
-    made up here made every other reading an alert.)
+    to, each sensor at its own place in it: 3-15 readings in a hundred, by
+    the hour of the day, fall outside the forecast interval (an alert), as in a
+    live deployment. (Values made up here made every other reading an alert.)
     """
     ts = contract.iso(moment or datetime.now(UTC))
     values = _values()
