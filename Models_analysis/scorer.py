@@ -68,6 +68,7 @@ class Scorer:
                 batch = [m for m in messages if not self._is_error(m)]
                 if batch and not self.process(batch):
                     return
+                self.committer.tick()  # everything consumed so far is finished
             self.committer.flush()
         finally:
             self.consumer.close()

@@ -70,6 +70,7 @@ class ResultsSink:
                 self.lag.maybe_measure(self.consumer)
                 if messages and not self._store([m for m in messages if not self._is_error(m)]):
                     return
+                self.committer.tick()  # everything consumed so far is finished
             self.committer.flush()
         finally:
             self.consumer.close()

@@ -192,7 +192,15 @@ class Committer:
     def done(self) -> None:
         """A batch is durable: commit now if the last commit is ``every_s`` old."""
         self._pending = True
-        if time.monotonic() - self._last >= self.every_s:
+        self.tick()
+
+    def tick(self) -> None:
+        """Between batches, also when none came: commit finished work once the last commit is ``every_s`` old.
+
+        Without it the last batches before the input goes quiet would stay
+        uncommitted until the next batch or the stop.
+        """
+        if self._pending and time.monotonic() - self._last >= self.every_s:
             self.flush()
 
     def flush(self) -> None:

@@ -53,10 +53,17 @@ def test_three_sensors_every_reading_gets_one_prediction(pipeline: Pipeline) -> 
     by_id = {d["_id"]: d for d in readings.find({"sensor": {"$in": ids}})}
     assert all(p["v"] == by_id[p["_id"]]["v"] and p["ds"] == by_id[p["_id"]]["ts"] for p in stored)
 
-    # Offsets are committed at most once a second while running, and once more on a clean stop:
-    # stopped now, both consumer groups have committed everything, so a restart scores and stores nothing twice.
-    assert all(code == 0 for code in pipeline.stop_all().values())
+    # Offsets are committed at most once a second while running, also once the input has gone quiet,
+    # and once more on a clean stop, so a restart scores and stores nothing twice.
     bootstrap = pipeline.stack.env["KAFKA_BOOTSTRAP_SERVERS"]
+    groups = {f"{pipeline.name}-models": "KAFKA_TOPIC_READINGS", f"{pipeline.name}-results": "KAFKA_TOPIC_RESULTS"}
+    wait_for(
+        lambda: all(uncommitted(bootstrap, group, pipeline.topics[topic]) == 0 for group, topic in groups.items()),
+        15,
+        "both consumer groups committed everything while running and idle",
+        pipeline.logs,
+    )
+    assert all(code == 0 for code in pipeline.stop_all().values())
     assert uncommitted(bootstrap, f"{pipeline.name}-models", pipeline.topics["KAFKA_TOPIC_READINGS"]) == 0
     assert uncommitted(bootstrap, f"{pipeline.name}-results", pipeline.topics["KAFKA_TOPIC_RESULTS"]) == 0
 

@@ -38,6 +38,20 @@ def test_finished_batches_are_committed_at_most_every_interval_and_at_stop() -> 
     assert consumer.commits == 2, "at stop, what was finished since the last commit"
 
 
+def test_finished_work_is_committed_when_the_input_goes_quiet() -> None:
+    consumer = Consumer()
+    committer = Committer(consumer, "readings", every_s=1.0)  # type: ignore[arg-type]
+    committer.done()
+    committer.tick()
+    assert consumer.commits == 0, "within the interval: not yet"
+    committer._last -= 1.0
+    committer.tick()
+    assert consumer.commits == 1, "no new batch, but the last one is committed once the interval has passed"
+    committer._last -= 1.0
+    committer.tick()
+    assert consumer.commits == 1, "nothing finished since: no commit"
+
+
 def test_a_failed_commit_is_tried_again(caplog: pytest.LogCaptureFixture) -> None:
     consumer = Consumer(fail=True)
     committer = Committer(consumer, "readings", every_s=0.0)  # type: ignore[arg-type]
