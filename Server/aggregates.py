@@ -18,9 +18,9 @@ that gets readings after it was written (late readings, or a second bridge
 replica) is merged into the stored document with ``$inc``/``$min``/``$max``.
 The running ``accuracy`` totals (one document per sensor and model) are
 updated in place, each at most every ``totals_every_s``, at its own moment in
-that interval, so a flush writes a share of them; an update whose result the
-bridge can predict (it remembers the totals it last wrote) sets the MAE and
-coverage in the same operation.
+that interval, so a flush writes a share of them. The bridge remembers the
+totals it last wrote (it reads them once by ``_id``), so the update that adds
+to them also sets the MAE and coverage: no reader sees totals without them.
 
 Every update selects by ``_id`` alone, the only filter FerretDB answers from
 an index. A write retried after an error (that may or may not have reached the
@@ -265,7 +265,7 @@ class Aggregator:
             collection.update_one({"_id": document["_id"]}, {"$set": _derived(name, stored)})
 
     def _write_scores(self, scores: dict[str, Score], write_id: str, retry: bool) -> int:
-        """Add the running totals to ``accuracy`` and set its MAE and coverage; one update each when possible."""
+        """Add the running totals to ``accuracy`` and set its MAE and coverage in the same update."""
         collection = self.store.db[contract.COLLECTION_ACCURACY]
         written = 0
         while scores:
@@ -277,11 +277,14 @@ class Aggregator:
                 "$setOnInsert": {"sensor": sensor, "model": {"name": score.name, "hash": model_hash}},
             }
             known = self._stored.get(key)
-            expected = None
-            if known is not None:
-                expected = {"n": known[0] + score.n, "abs_error_sum": known[1] + score.abs_error}
-                expected["inside"] = known[2] + score.inside
-                update["$set"].update(_derived(contract.COLLECTION_ACCURACY, expected))
+            if known is None:
+                # New to this bridge: read what is stored (by _id, cheap), so the one update below
+                # also sets MAE and coverage and no reader ever sees totals without them.
+                found = collection.find_one({"_id": key}, {"n": 1, "abs_error_sum": 1, "inside": 1})
+                known = (found["n"], found["abs_error_sum"], found["inside"]) if found else (0, 0.0, 0)
+            expected = {"n": known[0] + score.n, "abs_error_sum": known[1] + score.abs_error}
+            expected["inside"] = known[2] + score.inside
+            update["$set"].update(_derived(contract.COLLECTION_ACCURACY, expected))
             try:
                 stored = collection.find_one_and_update(
                     _select(key, write_id, retry), update, upsert=True, return_document=True
@@ -291,8 +294,8 @@ class Aggregator:
             del scores[key]
             if stored is not None:
                 self._stored[key] = (stored["n"], stored["abs_error_sum"], stored["inside"])
-                if expected is None or (stored["n"], stored["inside"]) != (expected["n"], expected["inside"]):
-                    # New to this bridge, or another writer added to it meanwhile: set them from what is stored.
+                if (stored["n"], stored["inside"]) != (expected["n"], expected["inside"]):
+                    # Another writer (a second replica) added to it meanwhile: set them from what is stored.
                     collection.update_one({"_id": key}, {"$set": _derived(contract.COLLECTION_ACCURACY, stored)})
                 written += 1
         return written

@@ -167,7 +167,7 @@ def test_anomalies_become_alerts_and_accuracy_matches_a_hand_computation(pipelin
     expected_mae = sum(abs(v - 100.0) for v in values) / len(values)  # (0+3+10+6+0+400)/6
     expected_coverage = sum(95.0 <= v <= 105.0 for v in values) / len(values)  # 3 of 6
     document = wait_for(
-        # Each running total is written at most every 15 s (Server/aggregates.py).
+        # A new running total is written at once, then at most every 30 s (Server/aggregates.py).
         lambda: (d := accuracy.find_one({"_id": f"{sensor}|{model_hash}"})) and d["n"] == 6 and d,
         90,
         "accuracy",

@@ -149,3 +149,57 @@ def test_aggregates_merge_late_readings_and_a_retried_write_adds_nothing(pipelin
     overall = accuracy.find_one({"_id": f"{sensor}|h1"})
     assert (overall["n"], overall["mae"], overall["coverage"]) == (10, 22.0 / 10, 5 / 10)
     store.close()
+
+
+def test_an_accuracy_total_is_never_stored_without_its_mae_and_coverage(pipeline: Pipeline) -> None:
+    """Each write of a running total is one update that also sets MAE and coverage (FerretDB).
+
+    Watched with pymongo's command monitoring: a reader between two updates used
+    to find totals without their MAE.
+    """
+    import threading
+
+    from pymongo import monitoring
+
+    from pipeline.settings import MongoSettings
+    from Server.aggregates import Aggregator, Score
+    from Server.store import Store
+
+    class Commands(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command.get(event.command_name) == contract.COLLECTION_ACCURACY:
+                self.names.append(event.command_name)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    commands = Commands()
+    monitoring.register(commands)  # before the client exists: it applies to clients made from now on
+    store = Store(MongoSettings(MONGO_URI=pipeline.stack.env["MONGO_URI"], MONGO_DATABASE=pipeline.db.name))
+    aggregator = Aggregator(store, threading.Event())
+    accuracy = pipeline.db[contract.COLLECTION_ACCURACY]
+    sensor = pipeline.sensor_id(1)
+    other, new = f"{sensor}|h-other", f"{sensor}|h-new"
+    # One total another replica wrote first; one nobody has written.
+    accuracy.insert_one({"_id": other, "n": 2, "abs_error_sum": 2.0, "inside": 2, "mae": 1.0, "coverage": 1.0})
+
+    commands.names.clear()
+    assert aggregator._write_scores({other: Score("m", 2, 6.0, 0), new: Score("m", 1, 3.0, 1)}, "w-1", False) == 2
+    assert commands.names == ["find", "findAndModify"] * 2, "new to this bridge: read once, then one update"
+    stored = accuracy.find_one({"_id": other})
+    assert (stored["n"], stored["mae"], stored["coverage"]) == (4, 2.0, 0.5)
+    stored = accuracy.find_one({"_id": new})
+    assert (stored["n"], stored["mae"], stored["coverage"]) == (1, 3.0, 1.0)
+
+    commands.names.clear()
+    assert aggregator._write_scores({new: Score("m", 1, 1.0, 0)}, "w-2", False) == 1
+    assert commands.names == ["findAndModify"], "known totals: one update, nothing else"
+    stored = accuracy.find_one({"_id": new})
+    assert (stored["n"], stored["mae"], stored["coverage"]) == (2, 2.0, 0.5)
+    store.close()
