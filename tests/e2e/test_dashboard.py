@@ -275,9 +275,11 @@ def test_health_shows_services_up_and_their_rates(pipeline: Pipeline, model_path
     wait_scored(pipeline, dashboard, pipeline.sensor_id(1))
 
     def rated() -> dict[str, dict[str, Any]] | None:
-        # A rate needs two samples of the counters at least a second apart.
+        # A rate needs two samples of each service's counters at least a second apart
+        # (each service is probed on its own, so one may have its rate before the other).
         found = {s["name"]: s for s in api(pipeline, dashboard, "/api/health")}
-        return found if found["server"]["received_per_s"] is not None else None
+        rates = (found["server"]["received_per_s"], found["model_analysis"]["scored_per_s"])
+        return found if None not in rates else None
 
     after = wait_for(rated, 10, "a rate", pipeline.logs)
     assert after["server"]["received_total"] - (before["server"]["received_total"] or 0) == READINGS
