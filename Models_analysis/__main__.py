@@ -54,7 +54,9 @@ def main() -> int:
         )
 
     health = HealthServer(
-        config.HEALTH_PORT, ready={"kafka": scorer.kafka}, alive=lambda: worker.is_alive() or worker.ident is None
+        config.HEALTH_PORT,
+        ready={"kafka": scorer.kafka, "model": scorer.model},
+        alive=lambda: worker.is_alive() or worker.ident is None,
     )
     health.start()
     try:

@@ -10,7 +10,9 @@ BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 SCORED = Counter("pipeline_readings_scored", "Readings scored into a prediction")
 PREDICTION_ERRORS = Counter("pipeline_prediction_errors", "Readings the model could not score")
 ANOMALIES = Counter("pipeline_anomalies", "Predictions whose observed value is outside the interval")
-REJECTED = Counter("pipeline_model_rejections", "Messages on the readings topic that broke the contract")
+REJECTED = Counter(
+    "pipeline_model_rejections", "Messages on the readings topic that broke the contract, by kind", ["reason"]
+)
 BATCH_SIZE = Histogram("pipeline_score_batch_size", "Readings per predict call", buckets=BATCH_BUCKETS)
 PREDICT_SECONDS = Histogram("pipeline_predict_seconds", "Time of one batch's predict", buckets=LATENCY_BUCKETS)
 FORECASTS = Counter("pipeline_forecasts", "Distinct forecast times used, by where the forecast came from", ["source"])

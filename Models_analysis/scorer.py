@@ -1,39 +1,101 @@
 """The scoring loop: Kafka readings in, predictions out, offsets committed after.
 
 Readings are consumed in micro-batches (up to MODEL_BATCH_MAX, waiting at most
-MODEL_BATCH_WAIT_MS) and scored with one predict call per batch. Predictions
-are produced to the results topic keyed by sensor; only once Kafka has
-confirmed them are the input offsets committed. A crash re-scores at most the
-uncommitted batch, and the bridge stores by reading id, so nothing doubles.
+MODEL_BATCH_WAIT_MS) and scored with one predict call per model in use.
+Predictions are produced to the results topic keyed by sensor; only once Kafka
+has confirmed them are the input offsets committed. A crash re-scores at most
+the uncommitted batch, and the bridge stores by reading id, so nothing doubles.
+The cycle, and what becomes a dead letter, is :class:`pipeline.batch.BatchLoop`'s.
+
+Every predict call runs under a time budget (MODEL_PREDICT_TIMEOUT_S) in a
+worker thread of its own: past it, the batch's readings become prediction
+errors that say so, the service reports itself not ready with the reason, and
+the next batches do too, at once, until the call returns. A Python thread
+cannot be killed, so a model that never returns holds one thread and its
+memory; the readings keep being stored by the bridge whatever the model does.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, Message, Producer
 
 from Models_analysis import metrics
 from Models_analysis.model import Forecasts, LoadedModel, score
 from Models_analysis.registry import ModelRegistry
 from Models_analysis.settings import Settings
 from pipeline import contract
+from pipeline.batch import Attempt, BatchLoop, DeadLetters, Failure, KafkaSource
 from pipeline.health import Dependency
-from pipeline.kafka import Committer, KafkaUnavailable, consumer_config, produce_all
-from pipeline.metrics import LagProbe
-from pipeline.retry import RetryError, until_done
+from pipeline.kafka import Deliveries, KafkaUnavailable, consumer_config, send_all
 
 logger = logging.getLogger(__name__)
 
-WARN_EVERY_S = 30.0
+
+class PredictBudget:
+    """Runs predict calls one at a time in a worker thread, each within ``timeout_s``.
+
+    ``health`` is down (with the reason) while a call is past its budget.
+    """
+
+    def __init__(self, timeout_s: float, health: Dependency) -> None:
+        self.timeout_s = timeout_s
+        self.health = health
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+        self._late: concurrent.futures.Future[object] | None = None
+        self._late_since = 0.0
+        health.up()
+
+    def busy(self) -> str | None:
+        """Why no call can be made now (an earlier call is past its budget and still running), else None."""
+        if self._late is not None and self._late.done():
+            logger.warning("the model's late predict call returned after %.1fs", time.monotonic() - self._late_since)
+            self._late = None
+            self.health.up()
+        if self._late is None:
+            return None
+        return (
+            f"the model's predict has run {time.monotonic() - self._late_since:.0f}s, past its"
+            f" {self.timeout_s:g}s budget (MODEL_PREDICT_TIMEOUT_S), and has not returned"
+        )
+
+    def call(self, function: object, *args: object) -> object:
+        """``function(*args)`` within the budget; TimeoutError (with the reason) past it."""
+        future = self._pool.submit(function, *args)  # type: ignore[arg-type]
+        try:
+            return future.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            self._late, self._late_since = future, time.monotonic() - self.timeout_s
+            reason = f"the model's predict did not return within {self.timeout_s:g}s (MODEL_PREDICT_TIMEOUT_S)"
+            self.health.down(reason)
+            logger.error("%s; its readings become prediction errors until it returns", reason)
+            raise TimeoutError(reason) from None
+
+    def close(self) -> None:
+        """Let a running call go (a hung one cannot be stopped)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What one batch became: the results and alerts to produce, keyed by (topic, reading id)."""
+
+    records: list[tuple[tuple[str, str], tuple[str, bytes, bytes]]]
+    results: list[contract.Result]
+    origin: dict[tuple[str, str], int]
 
 
 class Scorer:
     """One model-service replica in the consumer group."""
+
+    what = "produce predictions"
 
     def __init__(
         self,
@@ -48,82 +110,66 @@ class Scorer:
         self.producer = producer
         self.stop = stop
         self.kafka = kafka or Dependency("kafka")
-        self.lag = LagProbe(settings.KAFKA_TOPIC_READINGS)
-        self.consumer = Consumer(
-            consumer_config(settings, settings.KAFKA_GROUP_ID, settings.KAFKA_CLIENT_ID, self.kafka)
+        self.model = Dependency("model")
+        self.budget = PredictBudget(settings.MODEL_PREDICT_TIMEOUT_S, self.model)
+        consumer = Consumer(consumer_config(settings, settings.KAFKA_GROUP_ID, settings.KAFKA_CLIENT_ID, self.kafka))
+        self.source = KafkaSource(
+            consumer, [settings.KAFKA_TOPIC_READINGS], settings.MODEL_BATCH_MAX, settings.MODEL_BATCH_WAIT_MS / 1000
         )
-        self.committer = Committer(self.consumer, settings.KAFKA_TOPIC_READINGS)
-        self._last_warning = 0.0
         self.forecasts = Forecasts(settings.MODEL_FORECAST_CACHE)
+        dead_letters = DeadLetters(producer, settings.KAFKA_TOPIC_DEADLETTER, stop, metrics.REJECTED)
+        self.loop = BatchLoop(self.source, self, dead_letters, stop, (KafkaUnavailable,))
 
     def run(self) -> None:
         """Consume and score until stopped; the batch in hand is finished first."""
-        self.consumer.subscribe([self.settings.KAFKA_TOPIC_READINGS])
         try:
-            while not self.stop.is_set():
-                messages = self.consumer.consume(
-                    num_messages=self.settings.MODEL_BATCH_MAX, timeout=self.settings.MODEL_BATCH_WAIT_MS / 1000
-                )
-                self.lag.maybe_measure(self.consumer)
-                batch = [m for m in messages if not self._is_error(m)]
-                if batch and not self.process(batch):
-                    return
-                self.committer.tick()  # everything consumed so far is finished
-            self.committer.flush()
+            self.loop.run()
         finally:
-            self.consumer.close()
+            self.budget.close()
 
-    def _is_error(self, message: Message) -> bool:
-        error = message.error()
-        if error is None:
-            return False
-        if error.code() != KafkaError._PARTITION_EOF and time.monotonic() - self._last_warning > WARN_EVERY_S:
-            self._last_warning = time.monotonic()
-            logger.warning("Kafka consumer of %s: %s", self.settings.KAFKA_TOPIC_READINGS, error)
-        return True
+    def handle(self, message: Message) -> contract.Reading:
+        """One reading from the readings topic (a contract error makes it a dead letter)."""
+        return contract.parse_forwarded_reading(message.value() or b"")
 
-    def process(self, messages: list[Message]) -> bool:
-        """Score one batch, produce the results, commit. False if stopped before it was durable."""
-        readings: list[contract.Reading] = []
-        records: list[tuple[str, bytes, bytes]] = []
-        for message in messages:
-            raw = message.value() or b""
-            try:
-                readings.append(contract.parse_forwarded_reading(raw))
-            except contract.ContractError as error:
-                rejection = contract.Rejection.of(raw, "kafka", message.topic() or "", str(error), datetime.now(UTC))
-                records.append(
-                    (
-                        self.settings.KAFKA_TOPIC_DEADLETTER,
-                        rejection.topic.encode(),
-                        contract.dumps(rejection.model_dump()),
-                    )
-                )
-                metrics.REJECTED.inc()
-                logger.warning("rejected a message on %s: %s", rejection.topic, error)
-        self.models.refresh()
-        results = self.score(readings)
-        records.extend(
-            (self.settings.KAFKA_TOPIC_RESULTS, result.sensor.encode(), contract.result_message(result))
-            for result in results
-        )
-        records.extend(
-            (self.settings.KAFKA_TOPIC_ALERTS, r.sensor.encode(), contract.result_message(contract.Alert.of(r)))
-            for r in results
-            if isinstance(r, contract.Prediction) and r.anomaly
-        )
+    def write(self, readings: list[contract.Reading], attempt: Attempt) -> dict[int, Failure]:
+        """Score the batch once, produce its results and alerts; returns the readings Kafka refused."""
+        scored: Scored | None = attempt.memo.get("scored")
+        if scored is None:
+            self.models.refresh()
+            scored = attempt.memo["scored"] = self._build(readings)
+        deliveries: Deliveries = attempt.memo.setdefault("kafka", Deliveries())
         try:
-            until_done(
-                lambda: self._produce(records),
-                self.stop,
-                "produce predictions",
-                (KafkaUnavailable,),
-            )
-        except RetryError:
-            logger.warning(
-                "stopping with %d predictions unconfirmed; their readings will be scored again", len(results)
-            )
-            return False
+            send_all(self.producer, scored.records, self.stop, deliveries).wait(self.producer, self.stop)
+        except KafkaUnavailable:
+            self.kafka.down()
+            raise
+        self.kafka.up()
+        if not attempt.memo.get("counted"):
+            attempt.memo["counted"] = True
+            self._count(readings, scored.results)
+        return {
+            scored.origin[key]: Failure("kafka_refused", reason)
+            for key, reason in deliveries.refused.items()
+            if key in scored.origin
+        }
+
+    def _build(self, readings: list[contract.Reading]) -> Scored:
+        results = self.score(readings)
+        records: list[tuple[tuple[str, str], tuple[str, bytes, bytes]]] = []
+        origin: dict[tuple[str, str], int] = {}
+        topics = self.settings.KAFKA_TOPIC_RESULTS, self.settings.KAFKA_TOPIC_ALERTS
+        for index, result in enumerate(results):
+            key = (topics[0], result.id)
+            records.append((key, (topics[0], result.sensor.encode(), contract.result_message(result))))
+            origin[key] = index
+            if isinstance(result, contract.Prediction) and result.anomaly:
+                alert = contract.Alert.of(result)
+                key = (topics[1], result.id)
+                records.append((key, (topics[1], result.sensor.encode(), contract.result_message(alert))))
+                origin[key] = index
+        return Scored(records, results, origin)
+
+    def _count(self, readings: list[contract.Reading], results: list[contract.Result]) -> None:
         scored_at = datetime.now(UTC)
         for result in results:
             if isinstance(result, contract.Prediction):
@@ -134,38 +180,50 @@ class Scorer:
         for reading in readings:
             if reading.received_at is not None:
                 metrics.STORED_TO_SCORED.observe(max(0.0, (scored_at - reading.received_at).total_seconds()))
-        self.committer.done()
-        return True
 
     def score(self, readings: list[contract.Reading]) -> list[contract.Result]:
-        """Score readings, one predict per model in use; results keep the readings' order."""
+        """Score readings, one predict per model in use, each within the time budget; results keep their order."""
         groups: dict[Path, tuple[LoadedModel, list[int]]] = {}
         results: list[contract.Result | None] = [None] * len(readings)
         now = datetime.now(UTC)
+
+        def errors(indexes: list[int], reason: str, model: contract.ModelIdentity) -> None:
+            for i in indexes:
+                reading = readings[i]
+                results[i] = contract.PredictionError(
+                    id=reading.id, sensor=reading.sensor, reason=reason, model=model, scored_at=now
+                )
+
         for index, reading in enumerate(readings):
             model = self.models.for_sensor(reading.sensor)
             if model is None:
-                results[index] = contract.PredictionError(
-                    id=reading.id,
-                    sensor=reading.sensor,
-                    reason=f"no model for sensor {reading.sensor} and no default.joblib",
-                    model=contract.ModelIdentity(name="none", hash="none"),
-                    scored_at=now,
+                errors(
+                    [index],
+                    f"no model for sensor {reading.sensor} and no default.joblib",
+                    contract.ModelIdentity(name="none", hash="none"),
                 )
                 continue
             groups.setdefault(model.path, (model, []))[1].append(index)
         for model, indexes in groups.values():
-            with metrics.PREDICT_SECONDS.time():
-                scored = score(model, [readings[i] for i in indexes], self.settings.MODEL_TIME_GRID_MS, self.forecasts)
+            busy = self.budget.busy()
+            if busy is not None:
+                errors(indexes, busy, model.identity)
+                continue
+            batch = [readings[i] for i in indexes]
+            try:
+                with metrics.PREDICT_SECONDS.time():
+                    scored = self.budget.call(
+                        score,
+                        model,
+                        batch,
+                        self.settings.MODEL_TIME_GRID_MS,
+                        self.forecasts,
+                        self.settings.MODEL_FORECAST_AHEAD,
+                    )
+            except TimeoutError as error:
+                errors(indexes, str(error), model.identity)
+                continue
             metrics.BATCH_SIZE.observe(len(indexes))
-            for i, result in zip(indexes, scored, strict=True):
+            for i, result in zip(indexes, scored, strict=True):  # type: ignore[call-overload]
                 results[i] = result
         return [r for r in results if r is not None]
-
-    def _produce(self, records: list[tuple[str, bytes, bytes]]) -> None:
-        try:
-            produce_all(self.producer, records, self.stop)
-        except KafkaUnavailable:
-            self.kafka.down()
-            raise
-        self.kafka.up()

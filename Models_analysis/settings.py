@@ -33,3 +33,6 @@ class Settings(CommonSettings, KafkaSettings):
     MODEL_FORECAST_CACHE: int = Field(10_000, ge=0, le=10_000_000)
     #: Grid times after a batch's latest forecast in the same predict call (0: none).
     MODEL_FORECAST_AHEAD: int = Field(30, ge=0, le=10_000)
+    #: Longest one predict call may take; past it the batch becomes prediction errors and
+    #: the service is not ready until the call returns.
+    MODEL_PREDICT_TIMEOUT_S: float = Field(10.0, gt=0, le=3600)

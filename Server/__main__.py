@@ -36,9 +36,10 @@ def main() -> int:
     )
     store = Store(config)
     try:
+        store.ensure_rejections_capped(config.SERVER_REJECTIONS_MAX_MB * 1024 * 1024)
         store.ensure_indexes()
-    except Exception:  # noqa: BLE001 - indexes help queries; their absence must not stop the flow
-        logger.exception("could not create MongoDB indexes; continuing without them")
+    except Exception:  # noqa: BLE001 - these bound and speed up storage; their absence must not stop the flow
+        logger.exception("could not set up MongoDB's collections and indexes; continuing without them")
     kafka = Dependency("kafka")
     producer = Producer(producer_config(config, config.MQTT_CLIENT_ID, kafka))
     aggregator = Aggregator(store, stop, settle_s=config.SERVER_AGGREGATE_SETTLE_S)

@@ -10,7 +10,8 @@ away, the batch is retried with backoff and nothing is acknowledged, so the
 broker stops sending and keeps the rest in the persistent session. A crash
 loses nothing: unacknowledged messages are redelivered and the keyed writes
 make the repeat harmless: a reading already in MongoDB is not forwarded again,
-and every consumer writes by reading id.
+and every consumer writes by reading id. The cycle itself (and what becomes a
+rejection) is :class:`pipeline.batch.BatchLoop`'s.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from pipeline import contract
+from pipeline.batch import Attempt, BatchLoop, DeadLetters, Failure
 from pipeline.health import Dependency
-from pipeline.kafka import KafkaUnavailable, produce_all, send_all
+from pipeline.kafka import Deliveries, KafkaUnavailable, send_all
 from pipeline.metrics import CONNECTED, RECONNECTS
 from pipeline.mqtt import connect, make_client
-from pipeline.retry import RetryError, until_done
 from Server import metrics
 from Server.aggregates import Aggregator
 from Server.settings import Settings
@@ -78,13 +79,25 @@ class RecentIds:
                 del self._ids[reading_id]
 
 
-def reason_kind(reason: str) -> str:
-    """A short, stable label for a rejection reason (for counters)."""
-    return reason.split(" (")[0].split(":")[0][:60]
+@dataclass(frozen=True)
+class Prepared:
+    """A valid reading with its Kafka value and MongoDB document, both built (and so encodable)."""
+
+    reading: contract.Reading
+    value: bytes
+    document: dict[str, Any]
 
 
 class Bridge:
-    """The MQTT side of the server: subscribe, batch, store, forward, acknowledge."""
+    """The MQTT side of the server: subscribe, batch, store, forward, acknowledge.
+
+    It is the :class:`pipeline.batch.Source` (the broker's messages, acknowledged
+    by manual PUBACK) and the :class:`pipeline.batch.Handler` (validate, then
+    MongoDB and Kafka) of its :class:`pipeline.batch.BatchLoop`.
+    """
+
+    transport = "mqtt"
+    what = "store and forward readings"
 
     def __init__(
         self,
@@ -113,6 +126,19 @@ class Bridge:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         self.client = client
+        self.loop = BatchLoop(
+            self,
+            self,
+            DeadLetters(
+                producer,
+                settings.KAFKA_TOPIC_DEADLETTER,
+                stop,
+                metrics.REJECTED,
+                lambda documents: store.insert_new(contract.COLLECTION_REJECTIONS, documents),
+            ),
+            stop,
+            RETRYABLE,
+        )
 
     # --- MQTT callbacks (paho's network thread) ------------------------------
 
@@ -163,9 +189,10 @@ class Bridge:
             )
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self.inbox.put(
-            Incoming(message.topic, message.payload, message.mid, message.qos, self.connection, datetime.now(UTC))
-        )
+        # The topic's raw bytes: paho's `topic` property would raise on bytes that are not UTF-8
+        # (a broker must refuse them, but an exception here would end paho's network thread).
+        topic = bytes(message._topic).decode("utf-8", errors="replace")
+        self.inbox.put(Incoming(topic, message.payload, message.mid, message.qos, self.connection, datetime.now(UTC)))
         metrics.INBOX.inc()
 
     # --- lifecycle ----------------------------------------------------------
@@ -181,12 +208,12 @@ class Bridge:
 
     def run(self) -> None:
         """Process batches until stopped, then finish the batch in hand."""
-        while not self.stop.is_set():
-            batch = self._next_batch()
-            if batch:
-                self.process(batch)
+        self.loop.run()
 
-    def _next_batch(self) -> list[Incoming]:
+    # --- pipeline.batch.Source ---------------------------------------------
+
+    def poll(self) -> list[Incoming]:
+        """The next batch: up to SERVER_BATCH_MAX messages, waiting at most SERVER_BATCH_WAIT_MS for more."""
         try:
             first = self.inbox.get(timeout=0.2)
         except queue.Empty:
@@ -199,48 +226,44 @@ class Bridge:
                 batch.append(self.inbox.get(timeout=remaining) if remaining > 0 else self.inbox.get_nowait())
             except queue.Empty:
                 break
-        return batch
-
-    # --- one batch ----------------------------------------------------------
-
-    def process(self, batch: list[Incoming]) -> None:
-        """Validate, store, forward and acknowledge one batch (or leave it unacknowledged on stop)."""
         metrics.RECEIVED.inc(len(batch))
         metrics.BATCH_SIZE.observe(len(batch))
-        readings: list[tuple[Incoming, contract.Reading]] = []
-        rejections: list[tuple[Incoming, contract.Rejection]] = []
+        return batch
+
+    def describe(self, item: Incoming) -> tuple[bytes, str, datetime]:
+        return item.payload, item.topic, item.received_at
+
+    def done(self, batch: list[Incoming]) -> None:
+        """Acknowledge the batch: MongoDB and Kafka have every reading, the rejections are kept."""
         for item in batch:
-            try:
-                reading = contract.parse_reading(
-                    item.payload, item.topic, max_bytes=self.settings.SERVER_MAX_PAYLOAD_BYTES
-                )
-                readings.append((item, reading.model_copy(update={"received_at": item.received_at})))
-            except contract.ContractError as error:
-                rejections.append(
-                    (item, contract.Rejection.of(item.payload, "mqtt", item.topic, str(error), item.received_at))
-                )
-        try:
-            refused = until_done(
-                lambda: self._deliver([r for _, r in readings]), self.stop, "store and forward readings", RETRYABLE
-            )
-            for index in sorted(refused, reverse=True):
-                item, reading = readings.pop(index)
-                rejections.append(
-                    (item, contract.Rejection.of(item.payload, "mqtt", item.topic, refused[index], item.received_at))
-                )
-            if rejections:
-                until_done(
-                    lambda: self._reject([r for _, r in rejections]), self.stop, "keep rejected payloads", RETRYABLE
-                )
-        except RetryError:
-            logger.warning("stopping with %d readings not yet durable; the broker will redeliver them", len(batch))
-            return
-        for item in batch:
-            self._ack(item)
+            # A message from an earlier connection is redelivered on the new one
+            # (persistent session); acking its old packet id could ack another message.
+            if item.qos > 0 and item.connection == self.connection:
+                self.client.ack(item.mid, item.qos)
         metrics.INBOX.dec(len(batch))
 
-    def _deliver(self, readings: list[contract.Reading]) -> dict[int, str]:
-        """Kafka and MongoDB get the readings; returns {index: reason} for those MongoDB refused.
+    def tick(self) -> None:
+        """Nothing is due between batches: acknowledgements go out with each batch."""
+
+    def release(self, finished: bool) -> None:
+        """Nothing to do: :meth:`close` disconnects once the service has stopped."""
+
+    # --- pipeline.batch.Handler --------------------------------------------
+
+    def handle(self, item: Incoming) -> Prepared:
+        """Validate one payload and build its Kafka value and MongoDB document (any error rejects it)."""
+        reading = contract.parse_reading(item.payload, item.topic, max_bytes=self.settings.SERVER_MAX_PAYLOAD_BYTES)
+        reading = reading.model_copy(update={"received_at": item.received_at})
+        value = contract.dumps(reading.to_message())
+        if len(value) > contract.MAX_RECORD_BYTES:
+            raise contract.ContractError(
+                f"the reading's Kafka record is {len(value)} bytes, over the {contract.MAX_RECORD_BYTES}-byte limit",
+                "too_large",
+            )
+        return Prepared(reading, value, reading.to_document())
+
+    def write(self, batch: list[Prepared], attempt: Attempt) -> dict[int, Failure]:
+        """Kafka and MongoDB get the readings; returns those either refused, by index.
 
         A reading this bridge stored recently (a redelivery, or a sensor's
         resend) is recognised by its id in a bounded in-memory set and skipped;
@@ -248,63 +271,59 @@ class Bridge:
         Kafka a second time (the model service and MongoDB key by reading id,
         so that changes nothing). MongoDB's duplicate-key answer catches the
         rest. Asking MongoDB first would cost a query per batch, and FerretDB
-        answers an ``_id $in`` query by scanning the whole collection.
+        answers an ``_id $in`` query by scanning the whole collection. What
+        Kafka confirmed or MongoDB stored in an earlier try of this batch
+        (``attempt``) is not sent again.
         """
-        if not readings:
-            return {}
         fresh: dict[str, int] = {}
-        for index, reading in enumerate(readings):
-            if reading.id not in self.recent:
-                fresh.setdefault(reading.id, index)  # the same id twice in a batch: one copy
-        batch = [readings[i] for i in fresh.values()]
-        records = [
-            (self.settings.KAFKA_TOPIC_READINGS, r.sensor.encode(), contract.dumps(r.to_message())) for r in batch
-        ]
+        for index, item in enumerate(batch):
+            if item.reading.id not in self.recent:
+                fresh.setdefault(item.reading.id, index)  # the same id twice in a batch: one copy
+        todo = [batch[i] for i in fresh.values()]
+        deliveries: Deliveries = attempt.memo.setdefault("kafka", Deliveries())
+        confirmed_before = len(deliveries.confirmed)
+        stored_before = attempt.of("mongodb")
+        records = (
+            (p.reading.id, (self.settings.KAFKA_TOPIC_READINGS, p.reading.sensor.encode(), p.value)) for p in todo
+        )
         # Kafka confirms while MongoDB inserts: the batch waits for the slower, not for both in turn.
         try:
-            deliveries = send_all(self.producer, records, self.stop)
+            send_all(self.producer, records, self.stop, deliveries)
         except Exception:
             self.kafka.down()
             raise
+        to_insert = [i for i, p in enumerate(todo) if p.reading.id not in stored_before]
         try:
-            inserted = self.store.insert_new(contract.COLLECTION_READINGS, [r.to_document() for r in batch])
-        except Exception:
-            self.mongo.down()
+            inserted = self.store.insert_new(contract.COLLECTION_READINGS, [todo[i].document for i in to_insert])
+        except Exception as error:
+            if isinstance(error, TRANSIENT):
+                self.mongo.down()
             raise
         self.mongo.up()
+        stored_before.update(todo[to_insert[i]].reading.id for i in range(len(to_insert)) if i not in inserted.refused)
         try:
             deliveries.wait(self.producer, self.stop)
         except Exception:
             self.kafka.down()
             raise
         self.kafka.up()
-        stored = [r for i, r in enumerate(batch) if inserted.is_new(i)]
+        index_of = {p.reading.id: i for i, p in enumerate(todo)}
+        refused: dict[int, Failure] = {
+            index_of[key]: Failure("kafka_refused", reason)
+            for key, reason in deliveries.refused.items()
+            if key in index_of
+        }
+        refused.update((to_insert[i], Failure("store_refused", reason)) for i, reason in inserted.refused.items())
+        stored = [todo[to_insert[i]].reading for i in range(len(to_insert)) if inserted.is_new(i)]
         if self.aggregator is not None:
             self.aggregator.touch(stored)
-        self.recent.add_all(r.id for i, r in enumerate(batch) if i not in inserted.refused)
-        metrics.FORWARDED.inc(len(records))
+        self.recent.add_all(p.reading.id for i, p in enumerate(todo) if i not in refused)
+        metrics.FORWARDED.inc(len(deliveries.confirmed) - confirmed_before)
         metrics.STORED.inc(inserted.new)
-        metrics.DUPLICATES.inc(len(readings) - len(batch) + len(inserted.duplicates))
+        metrics.DUPLICATES.inc(len(batch) - len(todo) + len(inserted.duplicates))
         now = datetime.now(UTC)
         for reading in stored:
             metrics.PUBLISH_TO_STORED.observe(max(0.0, (now - reading.ts).total_seconds()))
-        # Map MongoDB's refusals (indexes into `batch`) back to indexes into `readings`.
+        # Map the refusals (indexes into `todo`) back to indexes into `batch`.
         positions = list(fresh.values())
-        return {positions[i]: reason for i, reason in inserted.refused.items()}
-
-    def _reject(self, rejections: list[contract.Rejection]) -> None:
-        unique = {r.key: r for r in rejections}
-        self.store.insert_new(contract.COLLECTION_REJECTIONS, [r.to_document() for r in unique.values()])
-        records = [
-            (self.settings.KAFKA_TOPIC_DEADLETTER, r.topic.encode(), contract.dumps(r.model_dump())) for r in rejections
-        ]
-        produce_all(self.producer, records, self.stop)
-        for rejection in rejections:
-            metrics.REJECTED.labels(reason_kind(rejection.reason)).inc()
-            logger.info("rejected a payload on %s %s: %s", rejection.transport, rejection.topic, rejection.reason)
-
-    def _ack(self, item: Incoming) -> None:
-        # A message from an earlier connection is redelivered on the new one
-        # (persistent session); acking its old packet id could ack another message.
-        if item.qos > 0 and item.connection == self.connection:
-            self.client.ack(item.mid, item.qos)
+        return {positions[i]: failure for i, failure in refused.items()}

@@ -1,39 +1,56 @@
-"""Predictions from Kafka into MongoDB; offsets are committed only after MongoDB has them.
+"""Predictions and alerts from Kafka into MongoDB; offsets are committed only after MongoDB has them.
 
 A crash before the commit makes Kafka redeliver the batch; the inserts are
 keyed by reading id, so the repeat changes nothing. A message that is not a
-valid result is kept in the rejections collection and the dead-letter topic.
+valid result, or that MongoDB refuses, is kept in the rejections collection
+and the dead-letter topic (:class:`pipeline.batch.BatchLoop` decides that, and
+retries while MongoDB is away).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, Message, Producer
 
 from pipeline import contract
+from pipeline.batch import Attempt, BatchLoop, DeadLetters, Failure, KafkaSource
 from pipeline.health import Dependency
-from pipeline.kafka import Committer, consumer_config, produce_all
-from pipeline.metrics import LagProbe
-from pipeline.retry import RetryError, until_done
+from pipeline.kafka import consumer_config
 from Server import metrics
 from Server.aggregates import Aggregator
 from Server.ingest import RETRYABLE
 from Server.settings import Settings
-from Server.store import Store
+from Server.store import TRANSIENT, Store
 
 logger = logging.getLogger(__name__)
 
 BATCH_MAX = 1000
 MIN_WAIT_MS = 10
-WARN_EVERY_S = 30.0
+#: Which collection a result goes to, and its label in pipeline_results_stored_total.
+_KINDS = {
+    contract.COLLECTION_PREDICTIONS: "prediction",
+    contract.COLLECTION_PREDICTION_ERRORS: "prediction_error",
+    contract.COLLECTION_ALERTS: "alert",
+}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A message from the results or alerts topic as the MongoDB document it becomes."""
+
+    collection: str
+    document: dict[str, Any]
 
 
 class ResultsSink:
-    """Consumes the results topic and stores predictions and prediction errors."""
+    """Consumes the results and alerts topics and stores predictions, prediction errors and alerts."""
+
+    what = "store predictions"
 
     def __init__(
         self,
@@ -47,95 +64,67 @@ class ResultsSink:
         self.aggregator = aggregator
         self.settings = settings
         self.store = store
-        self.producer = producer
-        self.stop = stop
-        self.lag = LagProbe(settings.KAFKA_TOPIC_RESULTS)
-        self.consumer = Consumer(
+        self.mongo = Dependency("mongodb")
+        consumer = Consumer(
             consumer_config(settings, settings.KAFKA_RESULTS_GROUP_ID, f"{settings.MQTT_CLIENT_ID}-results", kafka)
         )
-        self.committer = Committer(self.consumer, settings.KAFKA_TOPIC_RESULTS)
-        self._last_warning = 0.0
-        # Not 0 even when SERVER_BATCH_WAIT_MS is: an idle sink must not spin.
-        self._wait_s = max(settings.SERVER_BATCH_WAIT_MS, MIN_WAIT_MS) / 1000
+        # A batch waits at most the bridge's batch budget to fill (a fixed 0.5 s was
+        # added to every prediction's latency below 2,000 results/s); under load,
+        # what queued during the last insert comes back at once anyway. Not 0 even
+        # when SERVER_BATCH_WAIT_MS is: an idle sink must not spin.
+        wait_s = max(settings.SERVER_BATCH_WAIT_MS, MIN_WAIT_MS) / 1000
+        self.source = KafkaSource(
+            consumer, [settings.KAFKA_TOPIC_RESULTS, settings.KAFKA_TOPIC_ALERTS], BATCH_MAX, wait_s
+        )
+        dead_letters = DeadLetters(
+            producer,
+            settings.KAFKA_TOPIC_DEADLETTER,
+            stop,
+            metrics.REJECTED,
+            lambda documents: store.insert_new(contract.COLLECTION_REJECTIONS, documents),
+        )
+        self.loop = BatchLoop(self.source, self, dead_letters, stop, RETRYABLE)
 
     def run(self) -> None:
         """Consume until stopped; then commit what was stored and leave the group."""
-        self.consumer.subscribe([self.settings.KAFKA_TOPIC_RESULTS, self.settings.KAFKA_TOPIC_ALERTS])
-        try:
-            while not self.stop.is_set():
-                # A batch waits at most the bridge's batch budget to fill (a fixed 0.5 s was
-                # added to every prediction's latency below 2,000 results/s); under load,
-                # what queued during the last insert comes back at once anyway.
-                messages = self.consumer.consume(num_messages=BATCH_MAX, timeout=self._wait_s)
-                self.lag.maybe_measure(self.consumer)
-                if messages and not self._store([m for m in messages if not self._is_error(m)]):
-                    return
-                self.committer.tick()  # everything consumed so far is finished
-            self.committer.flush()
-        finally:
-            self.consumer.close()
+        self.loop.run()
 
-    def _is_error(self, message: object) -> bool:
-        error = message.error()  # type: ignore[attr-defined]
-        if error is None:
-            return False
-        if error.code() != KafkaError._PARTITION_EOF and time.monotonic() - self._last_warning > WARN_EVERY_S:
-            self._last_warning = time.monotonic()
-            logger.warning("Kafka consumer of %s: %s", self.settings.KAFKA_TOPIC_RESULTS, error)
-        return True
+    def handle(self, message: Message) -> Parsed:
+        """The document a message becomes (a contract error rejects it)."""
+        raw = message.value() or b""
+        if message.topic() == self.settings.KAFKA_TOPIC_ALERTS:
+            return Parsed(contract.COLLECTION_ALERTS, contract.parse_alert(raw).to_document())
+        result = contract.parse_result(raw)
+        if isinstance(result, contract.Prediction):
+            return Parsed(contract.COLLECTION_PREDICTIONS, result.to_document())
+        return Parsed(contract.COLLECTION_PREDICTION_ERRORS, result.to_document())
 
-    def _store(self, messages: list) -> bool:  # type: ignore[type-arg]
-        predictions: list[dict] = []  # type: ignore[type-arg]
-        errors: list[dict] = []  # type: ignore[type-arg]
-        alerts: list[dict] = []  # type: ignore[type-arg]
-        rejections: list[contract.Rejection] = []
-        now = datetime.now(UTC)
-        for message in messages:
-            raw = message.value() or b""
-            try:
-                if message.topic() == self.settings.KAFKA_TOPIC_ALERTS:
-                    alerts.append(contract.parse_alert(raw).to_document())
-                    continue
-                result = contract.parse_result(raw)
-            except contract.ContractError as error:
-                rejections.append(contract.Rejection.of(raw, "kafka", message.topic(), str(error), now))
+    def write(self, items: list[Parsed], attempt: Attempt) -> dict[int, Failure]:
+        """Insert each collection's documents (keyed by reading id); returns those MongoDB refused."""
+        refused: dict[int, Failure] = {}
+        stored: list[dict[str, Any]] = []
+        for collection, kind in _KINDS.items():
+            done = attempt.of(collection)
+            indexes = [i for i, item in enumerate(items) if item.collection == collection and i not in done]
+            if not indexes:
                 continue
-            if isinstance(result, contract.Prediction):
-                predictions.append(result.to_document())
-            else:
-                errors.append(result.to_document())
-
-        def write() -> None:
-            inserted = self.store.insert_new(contract.COLLECTION_PREDICTIONS, predictions)
-            metrics.RESULTS_STORED.labels("prediction").inc(inserted.new)
-            if self.aggregator is not None:
+            try:
+                inserted = self.store.insert_new(collection, [items[i].document for i in indexes])
+            except TRANSIENT:
+                self.mongo.down()
+                raise
+            self.mongo.up()
+            done.update(indexes)
+            for position, reason in inserted.refused.items():
+                refused[indexes[position]] = Failure("store_refused", reason)
+            metrics.RESULTS_STORED.labels(kind).inc(inserted.new)
+            if collection == contract.COLLECTION_PREDICTIONS:
                 # Only predictions stored now: a redelivered one must not count twice.
-                self.aggregator.touch_accuracy(p for i, p in enumerate(predictions) if inserted.is_new(i))
-            metrics.RESULTS_STORED.labels("prediction_error").inc(
-                self.store.insert_new(contract.COLLECTION_PREDICTION_ERRORS, errors).new
-            )
-            metrics.RESULTS_STORED.labels("alert").inc(self.store.insert_new(contract.COLLECTION_ALERTS, alerts).new)
-            if rejections:
-                self.store.insert_new(contract.COLLECTION_REJECTIONS, [r.to_document() for r in rejections])
-                produce_all(
-                    self.producer,
-                    [
-                        (self.settings.KAFKA_TOPIC_DEADLETTER, r.topic.encode(), contract.dumps(r.model_dump()))
-                        for r in rejections
-                    ],
-                    self.stop,
-                )
-                for rejection in rejections:
-                    logger.warning("rejected a message on %s: %s", rejection.topic, rejection.reason)
-
-        try:
-            until_done(write, self.stop, "store predictions", RETRYABLE)
-        except RetryError:
-            logger.warning("stopping with %d results not stored; Kafka will redeliver them", len(messages))
-            return False
+                stored = [items[i].document for p, i in enumerate(indexes) if inserted.is_new(p)]
+                if self.aggregator is not None:
+                    self.aggregator.touch_accuracy(stored)
         stored_at = datetime.now(UTC)
-        for document in predictions:
+        for document in stored:
             metrics.SCORED_TO_STORED.observe(max(0.0, (stored_at - document["scored_at"]).total_seconds()))
             metrics.PUBLISH_TO_PREDICTION.observe(max(0.0, (stored_at - document["ds"]).total_seconds()))
-        self.committer.done()
-        return True
+        return refused

@@ -26,7 +26,9 @@ class Settings(CommonSettings, MqttSettings, KafkaSettings, MongoSettings):
     #: How long a batch waits to fill before it is written.
     SERVER_BATCH_WAIT_MS: int = Field(20, ge=0, le=10_000)
     #: Payloads over this size are rejected unread.
-    SERVER_MAX_PAYLOAD_BYTES: int = Field(contract.MAX_PAYLOAD_BYTES, ge=64, le=1 << 20)
+    SERVER_MAX_PAYLOAD_BYTES: int = Field(contract.MAX_PAYLOAD_BYTES, ge=64, le=contract.MAX_PAYLOAD_LIMIT)
+    #: The rejections collection is capped at this size: past it the oldest go first.
+    SERVER_REJECTIONS_MAX_MB: int = Field(128, ge=1, le=1_000_000)
     #: Ids of recently stored readings kept in memory to skip redeliveries.
     SERVER_DEDUPE_CACHE: int = Field(200_000, ge=0, le=10_000_000)
     #: A minute's aggregate (an hour's accuracy) is written once nothing was added to it for this long.

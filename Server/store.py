@@ -49,6 +49,36 @@ class Store:
         )
         self.db = self.client[settings.MONGO_DATABASE]
 
+    def ensure_rejections_capped(self, max_bytes: int) -> None:
+        """Make ``rejections`` a capped collection of ``max_bytes``, so a flood of bad messages cannot fill the disk.
+
+        The oldest rejections go first once it is full (every one is also on the
+        dead-letter topic, for Kafka's retention). A collection made before this
+        existed is converted where the server can (MongoDB's ``convertToCapped``);
+        FerretDB 1.24 cannot, and says so in the log. FerretDB trims a capped
+        collection in the background, about once a minute.
+        """
+        name = contract.COLLECTION_REJECTIONS
+        if name not in self.db.list_collection_names(filter={"name": name}):
+            self.db.create_collection(name, capped=True, size=max_bytes)
+            logger.info("created %s, capped at %d bytes", name, max_bytes)
+            return
+        options = self.db[name].options()
+        if options.get("capped"):
+            if options.get("size") != max_bytes:
+                logger.warning(
+                    "%s is capped at %s bytes, not SERVER_REJECTIONS_MAX_MB's %d; drop it to change the size",
+                    name,
+                    options.get("size"),
+                    max_bytes,
+                )
+            return
+        try:
+            self.db.command("convertToCapped", name, size=max_bytes)
+            logger.info("converted %s to a capped collection of %d bytes", name, max_bytes)
+        except OperationFailure as error:
+            logger.warning("%s is not capped and cannot be converted here (%s): it grows without bound", name, error)
+
     def ensure_indexes(self) -> None:
         """Indexes for the queries people and the dashboard make (by sensor, by time)."""
         self.db[contract.COLLECTION_READINGS].create_index([("sensor", ASCENDING), ("ts", ASCENDING)])

@@ -23,15 +23,18 @@ import math
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
+    TypeAdapter,
     ValidationError,
     field_validator,
 )
@@ -68,28 +71,84 @@ COLLECTION_ACCURACY = "accuracy"
 COLLECTION_ACCURACY_HOURLY = "accuracy_hourly"
 
 # --- limits ------------------------------------------------------------------
+#
+# Every size, count and range a payload can have is bounded here, so that a
+# reading that passes :func:`parse_reading` can always be encoded as BSON
+# (MongoDB and FerretDB) and as a Kafka record within Kafka's limit. README
+# "The message contract" lists them.
 
-#: Largest payload the bridge accepts; larger ones are rejected, not parsed.
+#: Largest payload the bridge accepts by default (SERVER_MAX_PAYLOAD_BYTES); larger ones are rejected, not parsed.
 MAX_PAYLOAD_BYTES = 16 * 1024
+#: The most SERVER_MAX_PAYLOAD_BYTES may be: the broker's own limit (mosquitto.conf ``message_size_limit``).
+MAX_PAYLOAD_LIMIT = 256 * 1024
 #: At most this many extra (non-contract) fields on a reading.
 MAX_EXTRA_FIELDS = 32
 #: Extra fields may nest objects/lists this deep (a scalar is depth 0).
 MAX_EXTRA_DEPTH = 3
+#: Keys and list items in a whole payload, at every depth.
+MAX_VALUES = 2048
+#: Characters a JSON number may be written with (``-1.2345678901234567e-308`` has 24).
+MAX_NUMBER_CHARS = 40
+#: Integers must fit MongoDB's 64-bit integer.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: Timestamps before this are taken for a broken clock, not for history.
 EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
 #: Timestamps further ahead than this are taken for a broken clock.
 MAX_CLOCK_SKEW = timedelta(days=1)
+#: A rejection keeps at most this many bytes of the payload (plus its size and SHA-256), so its
+#: record always fits MongoDB's and Kafka's limits whatever arrived.
+MAX_KEPT_BYTES = 4096
+#: Reasons and topics kept in a rejection are cut to these many characters.
+MAX_REASON_CHARS = 1000
+MAX_TOPIC_CHARS = 256
+#: Largest record the pipeline produces to Kafka (the broker's default ``message.max.bytes`` is
+#: 1,048,588 bytes; the headroom covers the record's key and headers).
+MAX_RECORD_BYTES = 1_000_000
 
 SensorId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 ReadingId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+#: Every key at every depth: MongoDB refuses ``$``-prefixed, dotted and NUL keys, FerretDB more.
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _CONTRACT_FIELDS = frozenset({"id", "sensor", "ts", "v"})
 #: Fields the bridge sets; a sensor may not send them.
 _RESERVED_FIELDS = frozenset({"_id", "received_at"})
+#: Lone UTF-16 surrogates (JSON can escape them; no UTF-8 encoder takes them) and NUL.
+_BAD_CHARACTER = re.compile("[\ud800-\udfff\x00]")
+
+#: Why a message was refused, in a fixed set of words: the ``reason`` label of
+#: ``pipeline_rejections_total`` and the ``kind`` of a rejection. The reason
+#: itself (which may quote the payload) is for people and never a label.
+RejectKind = Literal[
+    "empty",
+    "too_large",
+    "not_utf8",
+    "not_json",
+    "not_object",
+    "duplicate_key",
+    "bad_key",
+    "bad_number",
+    "bad_string",
+    "too_deep",
+    "too_many_values",
+    "too_many_fields",
+    "reserved_field",
+    "missing_field",
+    "bad_field",
+    "wrong_topic",
+    "wrong_sensor",
+    "store_refused",
+    "kafka_refused",
+    "unexpected",
+]
+REJECT_KINDS: tuple[str, ...] = get_args(RejectKind)
 
 
 class ContractError(ValueError):
-    """A payload that breaks the contract; ``str(error)`` is the reason for a person."""
+    """A payload that breaks the contract; ``str(error)`` is the reason for a person, ``kind`` its class."""
+
+    def __init__(self, reason: str, kind: RejectKind = "bad_field") -> None:
+        super().__init__(reason)
+        self.kind: RejectKind = kind
 
 
 # --- the models --------------------------------------------------------------
@@ -132,7 +191,10 @@ class Reading(BaseModel):
     @field_validator("ts")
     @classmethod
     def _plausible_time(cls, value: datetime) -> datetime:
-        value = value.astimezone(UTC)
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError:  # 9999-12-31T23:59:59-01:00 is past the last UTC moment Python has
+            raise ValueError("is outside the years 1 to 9999 in UTC") from None
         if value < EARLIEST_TS:
             raise ValueError(f"is before {EARLIEST_TS.date()}: the sensor clock is wrong")
         if value > datetime.now(UTC) + MAX_CLOCK_SKEW:
@@ -262,56 +324,104 @@ class PredictionError(BaseModel):
 
 
 class Rejection(BaseModel):
-    """A payload that broke the contract, kept byte-exact with the reason it was refused."""
+    """A message that broke the contract, kept with the reason it was refused.
+
+    The payload is kept byte-exact up to :data:`MAX_KEPT_BYTES`; a longer one
+    keeps that prefix, its ``size`` and the ``sha256`` of all of it
+    (``truncated`` is true), so a rejection's record always fits MongoDB's and
+    Kafka's limits, whatever arrived.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     payload: str
     payload_encoding: Literal["utf-8", "base64"]
     size: int
+    sha256: str
+    truncated: bool
     transport: Literal["mqtt", "kafka"]
     topic: str
     received_at: AwareDatetime
+    kind: RejectKind
     reason: str
+    #: Stable id: a redelivered copy of the same bad message (same transport, topic and bytes) is kept once.
+    key: str
 
     @classmethod
     def of(
-        cls, raw: bytes, transport: Literal["mqtt", "kafka"], topic: str, reason: str, received_at: datetime
+        cls,
+        raw: bytes,
+        transport: Literal["mqtt", "kafka"],
+        topic: str,
+        reason: str,
+        received_at: datetime,
+        kind: RejectKind = "bad_field",
     ) -> Rejection:
-        """Keep ``raw`` exactly: as text when it is UTF-8, else as base64."""
-        try:
-            payload, encoding = raw.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+        """Keep ``raw`` (its first MAX_KEPT_BYTES): as text when it is UTF-8, else as base64."""
+        kept = raw[:MAX_KEPT_BYTES]
+        payload, encoding = _as_text(kept, whole=len(kept) == len(raw))
+        digest = hashlib.sha256(raw).hexdigest()
         return cls(
             payload=payload,
-            payload_encoding=encoding,  # type: ignore[arg-type]
+            payload_encoding=encoding,
             size=len(raw),
+            sha256=digest,
+            truncated=len(kept) < len(raw),
             transport=transport,
-            topic=topic,
+            topic=_printable(topic, MAX_TOPIC_CHARS),
             received_at=received_at,
-            reason=reason,
+            kind=kind,
+            reason=_printable(reason, MAX_REASON_CHARS),
+            key=hashlib.sha256(f"{transport}:{topic}".encode(errors="replace") + b"\0" + raw).hexdigest(),
         )
 
     def raw(self) -> bytes:
-        """The payload's original bytes."""
+        """The kept bytes: the whole payload unless ``truncated``."""
         if self.payload_encoding == "base64":
             return base64.b64decode(self.payload)
         return self.payload.encode("utf-8")
 
-    @property
-    def key(self) -> str:
-        """A stable id: a redelivered copy of the same bad message is kept once."""
-        return hashlib.sha256(f"{self.transport}:{self.topic}".encode() + b"\0" + self.raw()).hexdigest()
-
     def to_document(self) -> dict[str, Any]:
         """The MongoDB document, keyed by :attr:`key`."""
-        document = self.model_dump()
+        document = self.model_dump(exclude={"key"})
         document["_id"] = self.key
         return document
 
 
+def _as_text(kept: bytes, whole: bool) -> tuple[str, Literal["utf-8", "base64"]]:
+    """``kept`` as UTF-8 text if it is text, else as base64."""
+    try:
+        return kept.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as error:
+        # A prefix may end inside a character: keep the text before it.
+        if not whole and error.reason == "unexpected end of data":
+            return kept[: error.start].decode("utf-8"), "utf-8"
+    return base64.b64encode(kept).decode("ascii"), "base64"
+
+
+def _printable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with anything no UTF-8 encoder takes replaced."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return _BAD_CHARACTER.sub("\ufffd", text)
+
+
 Result = Prediction | PredictionError
+
+
+def _result_kind(value: Any) -> str:
+    # A message without "kind" is a prediction (its default), as before the field existed.
+    return str(value.get("kind", "prediction") if isinstance(value, dict) else getattr(value, "kind", "prediction"))
+
+
+#: A message on the results topic: its ``kind`` says which model it is.
+_RESULT = TypeAdapter(
+    Annotated[
+        Annotated[Prediction, Tag("prediction")] | Annotated[PredictionError, Tag("prediction_error")],
+        Discriminator(_result_kind),
+    ]
+)
+_RESULT_TAGS = frozenset({"prediction", "prediction_error"})
 
 
 # --- helpers -----------------------------------------------------------------
@@ -351,67 +461,133 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused if a key repeats or is not a plain field name (at every depth)."""
     obj: dict[str, Any] = {}
     for key, value in pairs:
+        if not _FIELD_NAME.match(key):
+            raise ContractError(
+                f"field name {_printable(key, 40)!r} is not allowed (letters, digits and _, at most 64,"
+                " not starting with a digit)",
+                "bad_key",
+            )
         if key in obj:
-            raise ContractError(f"duplicate key {key!r} in a JSON object")
+            raise ContractError(f"duplicate key {key!r} in a JSON object", "duplicate_key")
         obj[key] = value
     return obj
 
 
 def _reject_constant(name: str) -> Any:
-    raise ContractError(f"{name} is not a number JSON allows")
+    raise ContractError(f"{name} is not a number JSON allows", "bad_number")
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
+def _number_text(text: str) -> None:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ContractError(
+            f"a number written with {len(text)} characters, over the limit of {MAX_NUMBER_CHARS}", "bad_number"
+        )
+
+
+def _parse_int(text: str) -> int:
+    _number_text(text)
+    value = int(text)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ContractError(f"the integer {text} is too large to store (MongoDB keeps 64-bit integers)", "bad_number")
+    return value
+
+
+def _parse_float(text: str) -> float:
+    _number_text(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise ContractError(f"the number {text} is too large to store", "bad_number")
+    return value
+
+
+def _check_values(value: Any, budget: list[int]) -> int:
+    """Check strings and nesting below ``value``; returns its depth (a scalar is 0).
+
+    ``budget`` counts keys and list items down to zero across the whole payload.
+    """
+    if isinstance(value, str):
+        if _BAD_CHARACTER.search(value):
+            raise ContractError(
+                "a string holds a NUL character or a lone UTF-16 surrogate, which cannot be stored", "bad_string"
+            )
+        return 0
+    if isinstance(value, dict | list):
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            raise ContractError(f"more than {MAX_VALUES} keys and list items in the payload", "too_many_values")
+        items = value.values() if isinstance(value, dict) else value
+        deepest = 0
+        for item in items:
+            if isinstance(value, list) and isinstance(item, list):
+                # FerretDB refuses arrays directly inside arrays.
+                raise ContractError("a list directly inside a list cannot be stored", "too_deep")
+            deepest = max(deepest, _check_values(item, budget))
+        return 1 + deepest
     return 0
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError) -> tuple[str, RejectKind]:
     parts = []
+    kind: RejectKind = "bad_field"
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "payload"
+        loc = item["loc"]
+        if loc and loc[0] in _RESULT_TAGS:  # the union's tag is not a field
+            loc = loc[1:]
+        where = ".".join(str(p) for p in loc) or "payload"
         message = item["msg"].removeprefix("Value error, ")
-        if not item["loc"]:  # the message as a whole (pydantic's JSON parser)
+        if not loc:  # the message as a whole (pydantic's JSON parser)
             parts.append(f"payload is not a JSON object ({message})")
+            kind = "not_json"
         elif item["type"] == "missing":
             parts.append(f"field {where!r} is missing")
+            kind = "missing_field" if kind == "bad_field" else kind
         else:
             parts.append(f"field {where!r} {message[0].lower() + message[1:]}")
-    return "; ".join(parts)
+    return "; ".join(parts), kind
 
 
 def load_json_object(raw: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
-    """Parse ``raw`` as one JSON object, strictly.
+    """Parse ``raw`` as one JSON object, strictly, within every limit of the contract.
 
     Raises :class:`ContractError` with a reason for a person: empty, too large,
-    not UTF-8, not JSON, duplicate keys, NaN/Infinity, or not an object.
+    not UTF-8, not JSON, duplicate or unstorable keys at any depth, NaN,
+    Infinity or numbers past their limits, strings no store takes, too deep or
+    too many values, or not an object.
     """
     if not raw:
-        raise ContractError("payload is empty")
+        raise ContractError("payload is empty", "empty")
     if len(raw) > max_bytes:
-        raise ContractError(f"payload is {len(raw)} bytes, over the {max_bytes}-byte limit")
+        raise ContractError(f"payload is {len(raw)} bytes, over the {max_bytes}-byte limit", "too_large")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ContractError(f"payload is not UTF-8 (bad byte at offset {error.start})") from None
+        raise ContractError(f"payload is not UTF-8 (bad byte at offset {error.start})", "not_utf8") from None
     try:
-        # The stdlib parser is used (not orjson) because it can refuse duplicate
-        # keys and NaN/Infinity, which orjson silently accepts or mangles.
-        value = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+        # The stdlib parser is used (not orjson) because its hooks can refuse
+        # duplicate keys, NaN/Infinity and oversized numbers while parsing.
+        value = json.loads(
+            text,
+            object_pairs_hook=_object,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+        )
     except ContractError:
         raise
     except RecursionError:
-        raise ContractError("payload is nested too deeply") from None
+        raise ContractError("payload is nested too deeply", "too_deep") from None
     except json.JSONDecodeError as error:
-        raise ContractError(f"payload is not JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+        raise ContractError(
+            f"payload is not JSON ({error.msg} at line {error.lineno} column {error.colno})", "not_json"
+        ) from None
     if not isinstance(value, dict):
-        raise ContractError(f"payload is a JSON {type(value).__name__ if value is not None else 'null'}, not an object")
+        raise ContractError(
+            f"payload is a JSON {type(value).__name__ if value is not None else 'null'}, not an object", "not_object"
+        )
     return value
 
 
@@ -420,58 +596,48 @@ def parse_reading(raw: bytes, topic: str | None = None, *, max_bytes: int = MAX_
 
     When ``topic`` is given, the reading's sensor must be the one in the topic
     (a sensor may only speak for itself). Raises :class:`ContractError` whose
-    message says what was wrong.
+    message says what was wrong. A reading returned here can always be
+    encoded: :meth:`Reading.to_document` as BSON, :meth:`Reading.to_message`
+    as a Kafka record within :data:`MAX_RECORD_BYTES` (tests/fuzz holds the
+    property tests of that promise).
     """
     obj = load_json_object(raw, max_bytes=max_bytes)
     reserved = sorted(_RESERVED_FIELDS.intersection(obj))
     if reserved:
-        raise ContractError(f"field {reserved[0]!r} is set by the pipeline, not by a sensor")
+        raise ContractError(f"field {reserved[0]!r} is set by the pipeline, not by a sensor", "reserved_field")
     extras = [k for k in obj if k not in _CONTRACT_FIELDS]
     if len(extras) > MAX_EXTRA_FIELDS:
-        raise ContractError(f"{len(extras)} extra fields, over the limit of {MAX_EXTRA_FIELDS}")
-    for key in extras:
-        if not _FIELD_NAME.match(key):
-            raise ContractError(
-                f"extra field name {key[:40]!r} is not allowed (letters, digits, _; not starting with a digit)"
-            )
-        if _depth(obj[key]) > MAX_EXTRA_DEPTH:
-            raise ContractError(f"extra field {key!r} nests deeper than {MAX_EXTRA_DEPTH} levels")
-        if _has_bad_number(obj[key]):
-            raise ContractError(f"extra field {key!r} holds a number too large to store")
+        raise ContractError(f"{len(extras)} extra fields, over the limit of {MAX_EXTRA_FIELDS}", "too_many_fields")
+    budget = [MAX_VALUES]
+    for key, value in obj.items():
+        if _check_values(value, budget) > MAX_EXTRA_DEPTH:
+            raise ContractError(f"extra field {key!r} nests deeper than {MAX_EXTRA_DEPTH} levels", "too_deep")
     try:
         reading = Reading.model_validate(obj)
     except ValidationError as error:
-        raise ContractError(_describe(error)) from None
+        raise ContractError(*_describe(error)) from None
     if topic is not None:
         expected = sensor_of_topic(topic)
         if expected is None:
-            raise ContractError(f"topic {topic!r} is not a readings topic (sensors/<sensor>/readings)")
+            raise ContractError(
+                f"topic {_printable(topic, 80)!r} is not a readings topic (sensors/<sensor>/readings)", "wrong_topic"
+            )
         if reading.sensor != expected:
-            raise ContractError(f"sensor {reading.sensor!r} does not match the topic's sensor {expected!r}")
+            raise ContractError(
+                f"sensor {reading.sensor!r} does not match the topic's sensor {_printable(expected, 80)!r}",
+                "wrong_sensor",
+            )
     return reading
-
-
-def _has_bad_number(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return abs(value) >= 2**63
-    if isinstance(value, dict):
-        return any(_has_bad_number(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_bad_number(v) for v in value)
-    return False
 
 
 #: Largest message accepted on the pipeline's own Kafka topics.
 INTERNAL_MAX_BYTES = 1 << 20
 
 _Internal = TypeVar("_Internal", bound=BaseModel)
-_PREDICTION_ERROR = re.compile(rb'"kind"\s*:\s*"prediction_error"')
 
 
-def _parse_internal(model: type[_Internal], raw: bytes) -> _Internal:
-    """Parse a message on one of the pipeline's own Kafka topics into ``model``.
+def _parse_internal(adapter: TypeAdapter[_Internal], raw: bytes) -> _Internal:
+    """Parse a message on one of the pipeline's own Kafka topics.
 
     These messages were written by the pipeline with :func:`dumps` after the
     strict checks at the edge (:func:`parse_reading`), so pydantic's own JSON
@@ -480,28 +646,33 @@ def _parse_internal(model: type[_Internal], raw: bytes) -> _Internal:
     foreign producer could write) keeps its last value instead of being refused.
     """
     if len(raw) > INTERNAL_MAX_BYTES:
-        raise ContractError(f"payload is {len(raw)} bytes, over the {INTERNAL_MAX_BYTES}-byte limit")
+        raise ContractError(f"payload is {len(raw)} bytes, over the {INTERNAL_MAX_BYTES}-byte limit", "too_large")
     try:
-        return model.model_validate_json(raw)
+        return adapter.validate_json(raw)
     except ValidationError as error:
-        raise ContractError(_describe(error)) from None
+        raise ContractError(*_describe(error)) from None
+
+
+_READING = TypeAdapter(Reading)
+_ALERT = TypeAdapter(Alert)
 
 
 def parse_forwarded_reading(raw: bytes) -> Reading:
     """Parse a reading the bridge validated and forwarded (it carries ``received_at``)."""
-    return _parse_internal(Reading, raw)
+    reading = _parse_internal(_READING, raw)
+    if reading.extras and _check_values(reading.extras, [MAX_VALUES]) > MAX_EXTRA_DEPTH + 1:
+        raise ContractError(f"extra fields nest deeper than {MAX_EXTRA_DEPTH} levels", "too_deep")
+    return reading
 
 
 def parse_result(raw: bytes) -> Result:
-    """Parse a message from the results topic into a prediction or a prediction error."""
-    if _PREDICTION_ERROR.search(raw):
-        return _parse_internal(PredictionError, raw)
-    return _parse_internal(Prediction, raw)
+    """Parse a message from the results topic into a prediction or a prediction error (by its ``kind``)."""
+    return _parse_internal(_RESULT, raw)
 
 
 def parse_alert(raw: bytes) -> Alert:
     """Parse a message from the alerts topic."""
-    return _parse_internal(Alert, raw)
+    return _parse_internal(_ALERT, raw)
 
 
 def result_message(result: Result | Alert) -> bytes:

@@ -27,14 +27,18 @@ class Dependency:
     def __init__(self, name: str) -> None:
         self.name = name
         self._up = threading.Event()
+        #: Why it is down, when the code that saw it said (shown by /readyz).
+        self.why: str | None = None
 
     def up(self) -> None:
         """The last request succeeded."""
         self._up.set()
+        self.why = None
 
-    def down(self) -> None:
-        """The last request failed."""
+    def down(self, why: str | None = None) -> None:
+        """The last request failed (``why``, for people, when known)."""
         self._up.clear()
+        self.why = why
 
     def __call__(self) -> bool:
         return self._up.is_set()
@@ -47,10 +51,14 @@ def liveness(alive: Check) -> tuple[int, dict[str, object]]:
 
 
 def readiness(ready: Mapping[str, Check]) -> tuple[int, dict[str, object]]:
-    """The status code and JSON body of ``/readyz``: every check, and whether all pass."""
+    """The status code and JSON body of ``/readyz``: every check, whether all pass, and why one fails."""
     checks = {name: bool(check()) for name, check in ready.items()}
     ok = all(checks.values())
-    return (200 if ok else 503), {"status": "ready" if ok else "not ready", "checks": checks}
+    body: dict[str, object] = {"status": "ready" if ok else "not ready", "checks": checks}
+    why = {name: getattr(ready[name], "why", None) for name, passed in checks.items() if not passed}
+    if any(why.values()):
+        body["why"] = {name: reason for name, reason in why.items() if reason}
+    return (200 if ok else 503), body
 
 
 def metrics() -> tuple[bytes, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
@@ -116,58 +117,100 @@ class KafkaUnavailable(RuntimeError):
     """Kafka did not confirm every record in time; the caller retries the batch."""
 
 
+#: Errors that refuse one record for what it is (retrying it can never help),
+#: as opposed to Kafka being away or busy.
+RECORD_REFUSED = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError._INVALID_ARG,
+    }
+)
+
+Record = tuple[str, bytes, bytes]
+
+
 class Deliveries:
-    """Waits for Kafka to confirm a batch of produced records."""
+    """Kafka's answers for the records of one batch, by a key the caller gives each record.
+
+    One object serves every try of a batch: a record Kafka confirmed
+    (``confirmed``) or that is still queued in the producer (``pending``; the
+    idempotent producer keeps retrying it) is not produced again, so a retried
+    batch never doubles a record. ``refused`` holds the records Kafka refused
+    for what they are (too large, invalid), with the reason.
+    """
 
     def __init__(self) -> None:
-        self.pending = 0
-        self.failed: list[tuple[str, bytes, bytes]] = []
+        self.pending: set[Hashable] = set()
+        self.confirmed: set[Hashable] = set()
+        self.refused: dict[Hashable, str] = {}
+        self._failed = 0
 
-    def callback(self, error: KafkaError | None, message: Message) -> None:
-        self.pending -= 1
-        if error is not None:
-            self.failed.append((message.topic() or "", message.key() or b"", message.value() or b""))
-            logger.warning("Kafka did not take a record for %s: %s", message.topic(), error)
+    def callback_for(self, key: Hashable) -> Callable[[KafkaError | None, Message], None]:
+        def callback(error: KafkaError | None, message: Message) -> None:
+            self.pending.discard(key)
+            if error is None:
+                self.confirmed.add(key)
+            elif error.code() in RECORD_REFUSED:
+                self.refused[key] = f"Kafka refused the record: {error.str()}"
+            else:  # produced again on the next try
+                self._failed += 1
+                logger.warning("Kafka did not take a record for %s: %s", message.topic(), error)
+
+        return callback
+
+    def answered(self, key: Hashable) -> bool:
+        """Whether the record needs no producing (confirmed, refused, or still on its way)."""
+        return key in self.confirmed or key in self.pending or key in self.refused
 
     def wait(self, producer: Producer, stop: threading.Event) -> None:
-        """Return once Kafka has confirmed every record; KafkaUnavailable if some are not confirmed in time."""
+        """Return once Kafka has answered for every record; KafkaUnavailable if some are not confirmed in time."""
         deadline = time.monotonic() + CONFIRM_TIMEOUT_S
-        while self.pending > 0:
+        while self.pending:
             producer.poll(0.1)
             if stop.is_set():
                 # Stopping: give Kafka a short grace to confirm what is in flight.
                 deadline = min(deadline, time.monotonic() + STOP_GRACE_S)
             if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"{self.pending} records not confirmed by Kafka")
-        if self.failed:
-            raise KafkaUnavailable(f"{len(self.failed)} records refused by Kafka")
+                raise KafkaUnavailable(f"{len(self.pending)} records not confirmed by Kafka")
+        failed, self._failed = self._failed, 0
+        if failed:
+            raise KafkaUnavailable(f"{failed} records not taken by Kafka")
 
 
-def send_all(producer: Producer, records: list[tuple[str, bytes, bytes]], stop: threading.Event) -> Deliveries:
-    """Hand ``records`` (topic, key, value) to the producer; :meth:`Deliveries.wait` for Kafka to confirm them."""
-    deliveries = Deliveries()
-    for topic, key, value in records:
+def send_all(
+    producer: Producer,
+    records: Iterable[tuple[Hashable, Record]],
+    stop: threading.Event,
+    deliveries: Deliveries | None = None,
+) -> Deliveries:
+    """Hand ``records`` ((key, (topic, record key, value))) to the producer; wait with :meth:`Deliveries.wait`.
+
+    Records ``deliveries`` already has an answer for (or are on their way) are
+    skipped. A record the producer refuses at once (say, larger than
+    ``message.max.bytes``) is put in ``refused`` and the others go on.
+    """
+    deliveries = deliveries if deliveries is not None else Deliveries()
+    for key, (topic, record_key, value) in records:
+        if deliveries.answered(key):
+            continue
         while True:
             try:
-                producer.produce(topic, value=value, key=key, on_delivery=deliveries.callback)
-                deliveries.pending += 1
+                producer.produce(topic, value=value, key=record_key, on_delivery=deliveries.callback_for(key))
+                deliveries.pending.add(key)
                 break
             except BufferError:
                 # librdkafka's queue is full: let it deliver some first.
                 producer.poll(0.1)
                 if stop.is_set():
                     raise KafkaUnavailable("stopping while Kafka's queue is full") from None
+            except KafkaException as error:
+                deliveries.refused[key] = f"Kafka refused the record: {error.args[0].str()}"
+                break
     return deliveries
-
-
-def produce_all(producer: Producer, records: list[tuple[str, bytes, bytes]], stop: threading.Event) -> None:
-    """Produce ``records`` (topic, key, value) and return once Kafka has confirmed all of them.
-
-    Raises KafkaUnavailable when some are not confirmed within a while, so the
-    caller retries the lot (the idempotent producer and keyed consumers make
-    the repeats harmless).
-    """
-    send_all(producer, records, stop).wait(producer, stop)
 
 
 class Committer:

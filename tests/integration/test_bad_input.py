@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import urllib.request
 
@@ -38,15 +39,19 @@ def test_bad_payloads_between_valid_readings(pipeline: Pipeline) -> None:
     wait_for(lambda: rejections.count_documents({"topic": topic}) == len(bad), 60, "every rejection", pipeline.logs)
     assert {d["_id"] for d in readings.find({"sensor": sensor})} == {r.id for r in good}
 
-    kept = {_raw(d): d for d in rejections.find({"topic": topic})}
+    kept = {d["sha256"]: d for d in rejections.find({"topic": topic})}
     for raw, reason in bad:
-        assert raw in kept, f"payload {raw[:60]!r} was not kept byte-exact"
-        assert reason in kept[raw]["reason"], f"{raw[:60]!r}: reason {kept[raw]['reason']!r} lacks {reason!r}"
+        document = kept.get(hashlib.sha256(raw).hexdigest())
+        assert document is not None, f"payload {raw[:60]!r} was not kept"
+        assert_kept(raw, document)
+        assert reason in document["reason"], f"{raw[:60]!r}: reason {document['reason']!r} lacks {reason!r}"
+        assert document["kind"] in contract.REJECT_KINDS
 
     dead = consume(
         pipeline.stack.env["KAFKA_BOOTSTRAP_SERVERS"], pipeline.topics["KAFKA_TOPIC_DEADLETTER"], want=len(bad)
     )
-    assert sorted(_raw(json.loads(m.value())) for m in dead) == sorted(raw for raw, _ in bad)
+    records = [json.loads(m.value()) for m in dead]
+    assert sorted(r["sha256"] for r in records) == sorted(hashlib.sha256(raw).hexdigest() for raw, _ in bad)
     assert server.alive, "a bad payload must never stop the bridge"
     # Counted by reason on /metrics.
     with urllib.request.urlopen(f"http://127.0.0.1:{server.env['HEALTH_PORT']}/metrics", timeout=5) as response:
@@ -56,9 +61,17 @@ def test_bad_payloads_between_valid_readings(pipeline: Pipeline) -> None:
     reasons = {
         s.labels["reason"] for s in families["pipeline_rejections"].samples if s.name == "pipeline_rejections_total"
     }
-    assert "payload is not JSON" in reasons
+    # Labels come from the fixed set of kinds, never from the payload.
+    assert "not_json" in reasons and reasons <= set(contract.REJECT_KINDS)
 
 
-def _raw(document: dict[str, object]) -> bytes:
+def assert_kept(raw: bytes, document: dict[str, object]) -> None:
+    """A rejection keeps the payload byte-exact, or (past MAX_KEPT_BYTES) a prefix with the size and SHA-256."""
     text = str(document["payload"])
-    return base64.b64decode(text) if document["payload_encoding"] == "base64" else text.encode()
+    kept = base64.b64decode(text) if document["payload_encoding"] == "base64" else text.encode()
+    assert document["size"] == len(raw) and document["sha256"] == hashlib.sha256(raw).hexdigest()
+    if len(raw) <= contract.MAX_KEPT_BYTES:
+        assert kept == raw and document["truncated"] is False, f"payload {raw[:60]!r} was not kept byte-exact"
+    else:
+        assert document["truncated"] is True and raw.startswith(kept)
+        assert contract.MAX_KEPT_BYTES - 3 <= len(kept) <= contract.MAX_KEPT_BYTES
