@@ -59,6 +59,24 @@ class Incoming:
     received_at: datetime
 
 
+def prepare(payload: bytes, topic: str, received_at: datetime, max_bytes: int) -> Prepared:
+    """One MQTT message, validated, with its Kafka value and MongoDB document built.
+
+    Raises :class:`contract.ContractError` for a payload that breaks the
+    contract; tests/unit/test_fuzz.py holds the property that nothing else
+    escapes and that what it returns is encodable within the limits.
+    """
+    reading = contract.parse_reading(payload, topic, max_bytes=max_bytes)
+    reading = reading.model_copy(update={"received_at": received_at})
+    value = contract.dumps(reading.to_message())
+    if len(value) > contract.MAX_RECORD_BYTES:
+        raise contract.ContractError(
+            f"the reading's Kafka record is {len(value)} bytes, over the {contract.MAX_RECORD_BYTES}-byte limit",
+            "too_large",
+        )
+    return Prepared(reading, value, reading.to_document())
+
+
 class RecentIds:
     """The ids of the last ``size`` readings stored, oldest forgotten first (insertion-ordered dict)."""
 
@@ -252,15 +270,7 @@ class Bridge:
 
     def handle(self, item: Incoming) -> Prepared:
         """Validate one payload and build its Kafka value and MongoDB document (any error rejects it)."""
-        reading = contract.parse_reading(item.payload, item.topic, max_bytes=self.settings.SERVER_MAX_PAYLOAD_BYTES)
-        reading = reading.model_copy(update={"received_at": item.received_at})
-        value = contract.dumps(reading.to_message())
-        if len(value) > contract.MAX_RECORD_BYTES:
-            raise contract.ContractError(
-                f"the reading's Kafka record is {len(value)} bytes, over the {contract.MAX_RECORD_BYTES}-byte limit",
-                "too_large",
-            )
-        return Prepared(reading, value, reading.to_document())
+        return prepare(item.payload, item.topic, item.received_at, self.settings.SERVER_MAX_PAYLOAD_BYTES)
 
     def write(self, batch: list[Prepared], attempt: Attempt) -> dict[int, Failure]:
         """Kafka and MongoDB get the readings; returns those either refused, by index.

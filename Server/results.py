@@ -47,6 +47,19 @@ class Parsed:
     document: dict[str, Any]
 
 
+def parse(raw: bytes, is_alert: bool) -> Parsed:
+    """A message from the alerts topic (``is_alert``) or the results topic as its document.
+
+    Raises :class:`contract.ContractError` for anything else (tests/unit/test_fuzz.py).
+    """
+    if is_alert:
+        return Parsed(contract.COLLECTION_ALERTS, contract.parse_alert(raw).to_document())
+    result = contract.parse_result(raw)
+    if isinstance(result, contract.Prediction):
+        return Parsed(contract.COLLECTION_PREDICTIONS, result.to_document())
+    return Parsed(contract.COLLECTION_PREDICTION_ERRORS, result.to_document())
+
+
 class ResultsSink:
     """Consumes the results and alerts topics and stores predictions, prediction errors and alerts."""
 
@@ -91,13 +104,7 @@ class ResultsSink:
 
     def handle(self, message: Message) -> Parsed:
         """The document a message becomes (a contract error rejects it)."""
-        raw = message.value() or b""
-        if message.topic() == self.settings.KAFKA_TOPIC_ALERTS:
-            return Parsed(contract.COLLECTION_ALERTS, contract.parse_alert(raw).to_document())
-        result = contract.parse_result(raw)
-        if isinstance(result, contract.Prediction):
-            return Parsed(contract.COLLECTION_PREDICTIONS, result.to_document())
-        return Parsed(contract.COLLECTION_PREDICTION_ERRORS, result.to_document())
+        return parse(message.value() or b"", message.topic() == self.settings.KAFKA_TOPIC_ALERTS)
 
     def write(self, items: list[Parsed], attempt: Attempt) -> dict[int, Failure]:
         """Insert each collection's documents (keyed by reading id); returns those MongoDB refused."""

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -143,6 +144,20 @@ RejectKind = Literal[
 REJECT_KINDS: tuple[str, ...] = get_args(RejectKind)
 
 
+def _utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 is past the last UTC moment Python (and BSON) has
+        raise ValueError("is outside the years 1 to 9999 in UTC") from None
+
+
+#: Every time in a message: with a zone, stored as UTC (so it is always a BSON date).
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+#: Free text the pipeline writes (a reason, a model's name): cut to MAX_REASON_CHARS, and a NUL or lone
+#: surrogate (an exception's message can hold anything) replaced, so every store and encoder takes it.
+Text = Annotated[str, AfterValidator(lambda text: _printable(text, MAX_REASON_CHARS))]
+
+
 class ContractError(ValueError):
     """A payload that breaks the contract; ``str(error)`` is the reason for a person, ``kind`` its class."""
 
@@ -166,9 +181,9 @@ class Reading(BaseModel):
 
     id: ReadingId
     sensor: SensorId
-    ts: AwareDatetime
+    ts: UtcDatetime
     v: float = Field(allow_inf_nan=False)
-    received_at: AwareDatetime | None = None
+    received_at: UtcDatetime | None = None
 
     @field_validator("v", mode="before")
     @classmethod
@@ -191,10 +206,6 @@ class Reading(BaseModel):
     @field_validator("ts")
     @classmethod
     def _plausible_time(cls, value: datetime) -> datetime:
-        try:
-            value = value.astimezone(UTC)
-        except OverflowError:  # 9999-12-31T23:59:59-01:00 is past the last UTC moment Python has
-            raise ValueError("is outside the years 1 to 9999 in UTC") from None
         if value < EARLIEST_TS:
             raise ValueError(f"is before {EARLIEST_TS.date()}: the sensor clock is wrong")
         if value > datetime.now(UTC) + MAX_CLOCK_SKEW:
@@ -233,8 +244,8 @@ class ModelIdentity(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str
-    hash: str
+    name: Text
+    hash: Text
 
 
 class Prediction(BaseModel):
@@ -245,14 +256,14 @@ class Prediction(BaseModel):
     kind: Literal["prediction"] = "prediction"
     id: ReadingId
     sensor: SensorId
-    ds: AwareDatetime
+    ds: UtcDatetime
     yhat: float = Field(allow_inf_nan=False)
     yhat_lower: float = Field(allow_inf_nan=False)
     yhat_upper: float = Field(allow_inf_nan=False)
     v: float = Field(allow_inf_nan=False)
     anomaly: bool
     model: ModelIdentity
-    scored_at: AwareDatetime
+    scored_at: UtcDatetime
 
     def to_document(self) -> dict[str, Any]:
         """The MongoDB document, keyed by the reading id."""
@@ -268,7 +279,7 @@ class Alert(BaseModel):
 
     id: ReadingId
     sensor: SensorId
-    ts: AwareDatetime
+    ts: UtcDatetime
     v: float = Field(allow_inf_nan=False)
     yhat: float = Field(allow_inf_nan=False)
     yhat_lower: float = Field(allow_inf_nan=False)
@@ -277,7 +288,7 @@ class Alert(BaseModel):
     #: How far outside the interval the value is (always positive).
     miss: float = Field(allow_inf_nan=False)
     model: ModelIdentity
-    detected_at: AwareDatetime
+    detected_at: UtcDatetime
 
     @classmethod
     def of(cls, prediction: Prediction) -> Alert:
@@ -312,9 +323,9 @@ class PredictionError(BaseModel):
     kind: Literal["prediction_error"] = "prediction_error"
     id: ReadingId
     sensor: SensorId
-    reason: str
+    reason: Text
     model: ModelIdentity
-    scored_at: AwareDatetime
+    scored_at: UtcDatetime
 
     def to_document(self) -> dict[str, Any]:
         """The MongoDB document, keyed by the reading id."""
@@ -341,7 +352,7 @@ class Rejection(BaseModel):
     truncated: bool
     transport: Literal["mqtt", "kafka"]
     topic: str
-    received_at: AwareDatetime
+    received_at: UtcDatetime
     kind: RejectKind
     reason: str
     #: Stable id: a redelivered copy of the same bad message (same transport, topic and bytes) is kept once.
@@ -357,7 +368,7 @@ class Rejection(BaseModel):
         received_at: datetime,
         kind: RejectKind = "bad_field",
     ) -> Rejection:
-        """Keep ``raw`` (its first MAX_KEPT_BYTES): as text when it is UTF-8, else as base64."""
+        """Keep ``raw`` (its first MAX_KEPT_BYTES): as text when it is UTF-8 without NUL, else as base64."""
         kept = raw[:MAX_KEPT_BYTES]
         payload, encoding = _as_text(kept, whole=len(kept) == len(raw))
         digest = hashlib.sha256(raw).hexdigest()
@@ -389,13 +400,16 @@ class Rejection(BaseModel):
 
 
 def _as_text(kept: bytes, whole: bool) -> tuple[str, Literal["utf-8", "base64"]]:
-    """``kept`` as UTF-8 text if it is text, else as base64."""
+    """``kept`` as UTF-8 text if it is text without NUL (which some stores refuse), else as base64."""
+    text: str | None = None
     try:
-        return kept.decode("utf-8"), "utf-8"
+        text = kept.decode("utf-8")
     except UnicodeDecodeError as error:
         # A prefix may end inside a character: keep the text before it.
         if not whole and error.reason == "unexpected end of data":
-            return kept[: error.start].decode("utf-8"), "utf-8"
+            text = kept[: error.start].decode("utf-8")
+    if text is not None and "\x00" not in text:
+        return text, "utf-8"
     return base64.b64encode(kept).decode("ascii"), "base64"
 
 
@@ -608,7 +622,7 @@ def parse_reading(raw: bytes, topic: str | None = None, *, max_bytes: int = MAX_
     extras = [k for k in obj if k not in _CONTRACT_FIELDS]
     if len(extras) > MAX_EXTRA_FIELDS:
         raise ContractError(f"{len(extras)} extra fields, over the limit of {MAX_EXTRA_FIELDS}", "too_many_fields")
-    budget = [MAX_VALUES]
+    budget = [MAX_VALUES - len(obj)]
     for key, value in obj.items():
         if _check_values(value, budget) > MAX_EXTRA_DEPTH:
             raise ContractError(f"extra field {key!r} nests deeper than {MAX_EXTRA_DEPTH} levels", "too_deep")
@@ -660,7 +674,8 @@ _ALERT = TypeAdapter(Alert)
 def parse_forwarded_reading(raw: bytes) -> Reading:
     """Parse a reading the bridge validated and forwarded (it carries ``received_at``)."""
     reading = _parse_internal(_READING, raw)
-    if reading.extras and _check_values(reading.extras, [MAX_VALUES]) > MAX_EXTRA_DEPTH + 1:
+    # The same budget as at the edge: the contract's four fields, then the extras.
+    if reading.extras and _check_values(reading.extras, [MAX_VALUES - len(_CONTRACT_FIELDS)]) > MAX_EXTRA_DEPTH + 1:
         raise ContractError(f"extra fields nest deeper than {MAX_EXTRA_DEPTH} levels", "too_deep")
     return reading
 

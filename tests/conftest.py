@@ -21,12 +21,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 from pymongo import MongoClient
 from pymongo.database import Database
 
 from localstack.services import ServiceProcess, dashboard_env, model_env, sensor_env, server_env
 from localstack.testing import namespaced_topics, stack_ports, throwaway_stack
 from tests.helpers import ARTIFACTS
+
+# Property-based tests: a fixed example budget (HYPOTHESIS_MAX_EXAMPLES), no per-example deadline on
+# a shared 2-core machine, and failing examples kept in the repository and replayed on every run.
+settings.register_profile(
+    "pipeline",
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "300")),
+    deadline=None,
+    database=DirectoryBasedExampleDatabase(str(Path(__file__).parent / "hypothesis-examples")),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("pipeline")
 
 #: Ports of the test stack: away from the defaults, so a `make run` stack can run beside it;
 #: PIPELINE_TEST_PORT_BASE moves them all (two test runs on one machine).
