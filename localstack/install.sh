@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the local stack needs to run its servers natively (no Docker):
-#   - Debian packages: mosquitto, mosquitto-clients, prometheus (monitoring test),
-#     chromium (browser tests), and
-#     Java 17 + Maven, Go, Node.js + npm when they are missing;
+#   - Debian packages: mosquitto, mosquitto-clients, mosquitto-dev and
+#     libmosquitto-dev (headers for the broker plugin), prometheus (monitoring
+#     test), chromium (browser tests), and
+#     a C compiler, Java 17 + Maven, Go, Node.js + npm when they are missing;
+#   - Mosquitto's client_owners plugin (mosquitto/plugin/, C) into the cache;
 #   - Kafka's jars (Maven, localstack/kafka/pom.xml), FerretDB (built from the Go
 #     module proxy, localstack/ferretdb/go.mod + go.sum) and mongo-express (npm ci,
 #     localstack/mongo-express/package-lock.json) into the cache directory
@@ -40,9 +42,10 @@ for dir in /usr/local/go/bin /usr/lib/go/bin; do
 done
 
 packages=()
-for pkg in mosquitto mosquitto-clients prometheus chromium; do
+for pkg in mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev prometheus chromium; do
   installed "$pkg" || packages+=("$pkg")
 done
+command -v cc >/dev/null 2>&1 || packages+=(gcc libc6-dev)
 [ "$(java_major)" -ge 17 ] || packages+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 command -v go >/dev/null 2>&1 || packages+=(golang-go)
@@ -103,6 +106,23 @@ cleanup() { [ ${#TMPS[@]} -eq 0 ] || rm -rf "${TMPS[@]}"; }
 trap cleanup EXIT
 
 status=0
+
+# ----------------------------------------------------------------- Mosquitto's plugin (C)
+
+# mosquitto/plugin/client_owners.c binds client ids to users; the local stack's
+# broker loads it from here (localstack/stack.py checks the stamp, so a changed
+# source is never run stale).
+plugin_src=$ROOT/mosquitto/plugin
+plugin_dest=$CACHE/mosquitto-plugin
+plugin_stamp=$(stamp_of "$plugin_src/client_owners.c" "$plugin_src/build.sh")
+if is_current "$plugin_dest" "$plugin_stamp"; then
+  say "mosquitto plugin: cached"
+else
+  new_tmp mosquitto-plugin
+  sh "$plugin_src/build.sh" "$tmp/mosquitto_client_owners.so" || die "mosquitto plugin: the build failed"
+  finish "$tmp" "$plugin_dest" "$plugin_stamp"
+  say "mosquitto plugin: built"
+fi
 
 # ----------------------------------------------------------------- Kafka (Maven)
 
