@@ -384,7 +384,8 @@ def _subscriber(
 ) -> None:
     """A bare paho subscriber at QoS 1 (paho acknowledges each message after on_message): the ceiling."""
     state = {"received": 0, "first_at": float("nan"), "last_at": float("nan")}
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bare-{time.time_ns()}", protocol=mqtt.MQTTv5)
+    # The bridge's user may use only the bridge's client ids (the throwaway stack's "*-bridge-*").
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bare-bridge-{time.time_ns()}", protocol=mqtt.MQTTv5)
     client.username_pw_set(env["MQTT_SERVER_USERNAME"], env["MQTT_SERVER_PASSWORD"])
 
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:

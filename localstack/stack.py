@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -137,6 +138,8 @@ class StackConfig:
     mongo_app_password: str = field(default="", repr=False)
     mqtt_server_username: str = "bridge"
     mqtt_server_password: str = field(default="", repr=False)
+    #: The bridge's client ids, '*' a wildcard (MQTT_SERVER_CLIENT_IDS): only its user may use them.
+    mqtt_server_client_ids: str = "bridge-*"
     mqtt_sensor_username: str = "sensor"
     mqtt_sensor_password: str = field(default="", repr=False)
     #: Sensors with a user of their own: "id:password,id:password,..." (MQTT_SENSOR_ACCOUNTS).
@@ -173,6 +176,7 @@ class StackConfig:
             mongo_app_password=env.get("MONGO_APP_PASSWORD", ""),
             mqtt_server_username=_str_env(env, "MQTT_SERVER_USERNAME", "bridge"),
             mqtt_server_password=env.get("MQTT_SERVER_PASSWORD", ""),
+            mqtt_server_client_ids=_str_env(env, "MQTT_SERVER_CLIENT_IDS", "bridge-*"),
             mqtt_sensor_username=_str_env(env, "MQTT_SENSOR_USERNAME", "sensor"),
             mqtt_sensor_password=env.get("MQTT_SENSOR_PASSWORD", ""),
             mqtt_sensor_accounts=env.get("MQTT_SENSOR_ACCOUNTS", "").strip(),
@@ -371,6 +375,64 @@ def _tail(path: Path, lines: int) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- mosquitto.conf
+
+#: The broker configuration Compose runs; the local stack renders its own from it.
+MOSQUITTO_CONF = REPO_ROOT / "mosquitto" / "mosquitto.conf"
+#: Settings whose values are paths on the machine that runs the broker: the local stack sets its own.
+MOSQUITTO_PATH_SETTINGS = ("password_file", "acl_file", "plugin", "plugin_opt_owners_file", "persistence_location")
+#: Listener ports of mosquitto/mosquitto.conf -> the local stack's port setting that replaces it.
+MOSQUITTO_LISTENERS = {"1883": "MQTT_PORT", "9001": "MQTT_WS_PORT"}
+#: The client_owners plugin's sources: install.sh builds it, with a stamp of their hash.
+MOSQUITTO_PLUGIN_SOURCES = tuple(REPO_ROOT / "mosquitto" / "plugin" / name for name in ("client_owners.c", "build.sh"))
+
+
+def mosquitto_plugin_stamp() -> str:
+    """The hash install.sh writes beside the plugin it built from the current sources (its stamp_of)."""
+    return hashlib.sha256(b"".join(path.read_bytes() for path in MOSQUITTO_PLUGIN_SOURCES)).hexdigest()
+
+
+def render_mosquitto_conf(
+    source: str, paths: Mapping[str, str], ports: Mapping[str, int], *, run_as_root: bool = False
+) -> str:
+    """The local stack's mosquitto.conf: ``source`` (mosquitto/mosquitto.conf) with only paths and listeners changed.
+
+    ``paths`` gives a value for each of :data:`MOSQUITTO_PATH_SETTINGS`; each
+    ``listener <port>`` becomes ``listener <ports[MOSQUITTO_LISTENERS[port]]> 127.0.0.1``.
+    Every other line, and so every limit, stays as Compose has it.
+    """
+    missing = set(MOSQUITTO_PATH_SETTINGS) - set(paths)
+    if missing:
+        raise StackError(f"render_mosquitto_conf: no path for {sorted(missing)}")
+    seen: set[str] = set()
+    lines = ["# Rendered by localstack/stack.py from mosquitto/mosquitto.conf at each start: do not edit."]
+    if run_as_root:
+        # Started as root, mosquitto drops to user `mosquitto`, which can then
+        # read neither the 0600 password file nor write the data directory.
+        lines.append("user root")
+    for line in source.splitlines():
+        words = line.split()
+        key = words[0] if words and not words[0].startswith("#") else ""
+        if key in MOSQUITTO_PATH_SETTINGS:
+            if key in seen:
+                raise StackError(f"mosquitto.conf sets {key} twice; the local stack renders one")
+            seen.add(key)
+            line = f"{key} {paths[key]}"
+        elif key == "listener":
+            port = words[1] if len(words) > 1 else ""
+            if port not in MOSQUITTO_LISTENERS:
+                known = ", ".join(MOSQUITTO_LISTENERS)
+                raise StackError(f"mosquitto.conf has a listener on {port!r}; localstack/stack.py knows only {known}")
+            # Note: mosquitto 2.0.11 binds a websockets listener on every interface whatever address is given.
+            line = f"listener {ports[MOSQUITTO_LISTENERS[port]]} 127.0.0.1"
+        elif key == "user":
+            raise StackError("mosquitto.conf sets `user`; the local stack decides that")
+        lines.append(line)
+    if seen != set(MOSQUITTO_PATH_SETTINGS):
+        raise StackError(f"mosquitto.conf lacks {sorted(set(MOSQUITTO_PATH_SETTINGS) - seen)}")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- servers
@@ -710,18 +772,27 @@ class _Mosquitto(_Server):
     def conf_file(self) -> Path:
         return self.config.conf_dir(self.name) / "mosquitto.conf"
 
+    @property
+    def plugin(self) -> Path:
+        """The client_owners plugin install.sh builds (mosquitto/plugin/)."""
+        return self.config.cache_dir / "mosquitto-plugin" / "mosquitto_client_owners.so"
+
     def prepare(self, log: Any) -> None:
         if _find_executable("mosquitto", "/usr/sbin/mosquitto") is None:
             raise StackError("mosquitto is not installed; run `bash localstack/install.sh`")
         passwd_tool = _find_executable("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
         if passwd_tool is None:
             raise StackError("mosquitto_passwd is not installed (package mosquitto); run `bash localstack/install.sh`")
+        stamp = self.plugin.parent / ".stamp"
+        if not self.plugin.exists() or not stamp.exists() or stamp.read_text().strip() != mosquitto_plugin_stamp():
+            # Never run a plugin built from other sources than the ones checked out.
+            raise StackError(
+                f"mosquitto: {self.plugin} is missing or older than mosquitto/plugin/; run `bash localstack/install.sh`"
+            )
         conf = self.config.conf_dir(self.name)
         data = self.config.data_dir(self.name)
         conf.mkdir(parents=True, exist_ok=True)
         data.mkdir(parents=True, exist_ok=True)
-        passwd = conf / "passwd"
-        acl = conf / "acl"
         # Rebuilt at every start, so a changed password in the environment takes
         # effect, by the same script that writes them in Compose.
         script = REPO_ROOT / "mosquitto" / "docker-entrypoint.sh"
@@ -733,6 +804,7 @@ class _Mosquitto(_Server):
             "MOSQUITTO_OWNER": "",  # this process's user runs the broker
             "MQTT_SERVER_USERNAME": self.config.mqtt_server_username,
             "MQTT_SERVER_PASSWORD": self.config.mqtt_server_password,
+            "MQTT_SERVER_CLIENT_IDS": self.config.mqtt_server_client_ids,
             "MQTT_SENSOR_USERNAME": self.config.mqtt_sensor_username,
             "MQTT_SENSOR_PASSWORD": self.config.mqtt_sensor_password,
             "MQTT_SENSOR_ACCOUNTS": self.config.mqtt_sensor_accounts,
@@ -742,49 +814,21 @@ class _Mosquitto(_Server):
             # Its messages name the variable and the entry, never a password.
             why = result.stderr.decode().strip()
             raise StackError(f"{script.name} could not write the password file and ACL: {why}")
-        lines = [
-            "# Rendered by localstack/stack.py at each start: do not edit.",
-            "per_listener_settings false",
-            "allow_anonymous false",
-            f"password_file {passwd}",
-            f"acl_file {acl}",
-            "",
-            "persistence true",
-            f"persistence_location {data}/",
-            # The default saves every 30 min; a kill -9 would lose what the bridge's
-            # persistent session queued since. The file is small: save every second.
-            "autosave_interval 1",
-            "",
-            # Without it QoS 1 crawls at ~660 msg/s on loopback (Nagle holds back PUBACKs).
-            "set_tcp_nodelay true",
-            # A persistent session holds a fault test's 10,000 QoS 1 readings while the
-            # bridge is down; past the default (1000) mosquitto silently drops them.
-            # max_queued_bytes stays 0 (no limit).
-            "max_queued_messages 1000000",
-            # Unacknowledged QoS 1 messages in flight per client (default 20): a larger
-            # window for throughput, still bounded for a bridge that acks after storing.
-            "max_inflight_messages 100",
-            "",
-            "log_dest stderr",  # stdout is block-buffered when redirected to a file
-            # Not "information": it would log every autosave, i.e. every second.
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "connection_messages true",
-            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
-            "",
-            f"listener {self.config.mqtt_port} 127.0.0.1",
-            "protocol mqtt",
-            # Note: mosquitto 2.0.11 binds the websockets listener on every interface
-            # whatever address is given here.
-            f"listener {self.config.mqtt_ws_port} 127.0.0.1",
-            "protocol websockets",
-        ]
-        if os.geteuid() == 0:
-            # Started as root, mosquitto drops to user `mosquitto`, which can then
-            # read neither the 0600 password file nor write the data directory.
-            lines.insert(1, "user root")
-        self.conf_file.write_text("\n".join(lines) + "\n")
+        # Compose's mosquitto.conf, every limit included, with this machine's paths and ports.
+        self.conf_file.write_text(
+            render_mosquitto_conf(
+                MOSQUITTO_CONF.read_text(),
+                {
+                    "password_file": str(conf / "passwd"),
+                    "acl_file": str(conf / "acl"),
+                    "plugin": str(self.plugin),
+                    "plugin_opt_owners_file": str(conf / "owners"),
+                    "persistence_location": f"{data}/",
+                },
+                self.ports,
+                run_as_root=os.geteuid() == 0,
+            )
+        )
 
     def command(self) -> list[str]:
         mosquitto = _find_executable("mosquitto", "/usr/sbin/mosquitto") or "mosquitto"
@@ -793,10 +837,12 @@ class _Mosquitto(_Server):
     def probe(self) -> bool:
         import paho.mqtt.client as mqtt
 
+        # The fleet account with a throwaway client id: the bridge's user may use
+        # only the bridge's client ids, and a probe must never take over a bridge's session.
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"localstack-probe-{uuid.uuid4().hex[:8]}", clean_session=True
         )
-        client.username_pw_set(self.config.mqtt_server_username, self.config.mqtt_server_password)
+        client.username_pw_set(self.config.mqtt_sensor_username, self.config.mqtt_sensor_password)
         outcome: dict[str, Any] = {}
 
         def on_connect(_client: Any, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any) -> None:
@@ -818,7 +864,7 @@ class _Mosquitto(_Server):
         if reason is None:
             return False
         if reason.is_failure:
-            raise StackError(f"mosquitto refused MQTT_SERVER_USERNAME's login: {reason}")
+            raise StackError(f"mosquitto refused MQTT_SENSOR_USERNAME's login: {reason}")
         return True
 
 
@@ -952,6 +998,7 @@ class Stack:
             "MQTT_WS_PORT": str(config.mqtt_ws_port),
             "MQTT_SERVER_USERNAME": config.mqtt_server_username,
             "MQTT_SERVER_PASSWORD": config.mqtt_server_password,
+            "MQTT_SERVER_CLIENT_IDS": config.mqtt_server_client_ids,
             "MQTT_SENSOR_USERNAME": config.mqtt_sensor_username,
             "MQTT_SENSOR_PASSWORD": config.mqtt_sensor_password,
             "MQTT_SENSOR_ACCOUNTS": config.mqtt_sensor_accounts,

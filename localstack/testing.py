@@ -44,6 +44,8 @@ def throwaway_settings(state_dir: Path, port_base: int) -> dict[str, str]:
         "MONGO_APP_PASSWORD": secrets.token_urlsafe(16),
         "MQTT_SERVER_USERNAME": "bridge",
         "MQTT_SERVER_PASSWORD": secrets.token_urlsafe(16),
+        # The bridge's client ids: the default, and the tests' and benchmarks' "<namespace>-bridge-<n>".
+        "MQTT_SERVER_CLIENT_IDS": "bridge-*,*-bridge-*",
         "MQTT_SENSOR_USERNAME": "sensor",
         "MQTT_SENSOR_PASSWORD": secrets.token_urlsafe(16),
         # Two sensors with users of their own (tests/integration/test_security.py).

@@ -1,18 +1,30 @@
 #!/bin/sh
-# Writes Mosquitto's password file and ACL from the environment (.env), then
-# replaces this shell with the broker, so the broker is PID 1 and gets SIGTERM
-# (and saves its database) on `docker stop`. The one definition of who may do
-# what on the broker: Compose runs it as the entry point, and the local stack
-# (localstack/stack.py) runs it with MOSQUITTO_AUTH_DIR set and the command `true`.
+# Writes Mosquitto's password file, ACL and client-id owners from the
+# environment (.env), then replaces this shell with the broker, so the broker is
+# PID 1 and gets SIGTERM (and saves its database) on `docker stop`. The one
+# definition of who may do what on the broker: Compose runs it as the entry
+# point, and the local stack (localstack/stack.py) runs it with
+# MOSQUITTO_AUTH_DIR set and the command `true`.
 #
-#   MQTT_SERVER_USERNAME / MQTT_SERVER_PASSWORD  the bridge: reads sensors/#
+#   MQTT_SERVER_USERNAME / MQTT_SERVER_PASSWORD  the bridge: reads sensors/#,
+#                          publishes nothing
+#   MQTT_SERVER_CLIENT_IDS the bridge's client ids (its MQTT_CLIENT_IDs and the
+#                          healthcheck's), comma separated; '*' matches any run
+#                          of characters. Default "bridge-*". Only the bridge's
+#                          user may connect with them, and it may use no other.
 #   MQTT_SENSOR_ACCOUNTS   sensors with a user of their own, "id:password,..."
-#                          (comma separated): user <id> writes only
-#                          sensors/<id>/#, whatever client id it connects with
+#                          (comma separated): user <id> connects only with
+#                          client id <id>, no other user can, and it writes
+#                          only sensors/<id>/#
 #   MQTT_SENSOR_USERNAME / MQTT_SENSOR_PASSWORD  the shared fleet account, for
-#                          identical replicas (`--scale sensor=N`): writes only
-#                          sensors/<its client id>/#, never under an id that
-#                          has an account of its own
+#                          identical replicas (`--scale sensor=N`): connects
+#                          with any client id that is not the bridge's or an
+#                          own-user sensor's, and writes only
+#                          sensors/<its client id>/#
+#
+# The owners file is read by the client_owners plugin (mosquitto/plugin/),
+# which refuses a CONNECT whose client id belongs to another user before the
+# broker looks for that id's session.
 #
 # MOSQUITTO_AUTH_DIR and MOSQUITTO_DATA_DIR exist so the script can run outside
 # the container; Compose leaves them at their defaults. MOSQUITTO_OWNER (default
@@ -24,6 +36,7 @@ set -euf  # -f: no globbing, a password may hold "*"
 : "${MQTT_SENSOR_USERNAME:?is not set}"
 : "${MQTT_SENSOR_PASSWORD:?is not set}"
 accounts="$(printf '%s' "${MQTT_SENSOR_ACCOUNTS:-}" | tr ',' ' ')"
+server_ids="$(printf '%s' "${MQTT_SERVER_CLIENT_IDS:-bridge-*}" | tr ',' ' ')"
 
 fail() {
     echo "$*" >&2
@@ -34,6 +47,20 @@ if [ "$MQTT_SERVER_USERNAME" = "$MQTT_SENSOR_USERNAME" ]; then
     # One user would get both rights and the second password would win.
     fail "MQTT_SERVER_USERNAME and MQTT_SENSOR_USERNAME must differ"
 fi
+for name in "$MQTT_SERVER_USERNAME" "$MQTT_SENSOR_USERNAME"; do
+    # The ACL and owners files are split on white space.
+    case "$name" in *[[:space:]:]*) fail "MQTT_SERVER_USERNAME and MQTT_SENSOR_USERNAME must not contain ':' or white space" ;; esac
+done
+
+# The bridge's client ids: letters, digits, '_', '.', '-' and the wildcard '*'.
+[ -n "$(printf '%s' "$server_ids" | tr -d ' ')" ] || fail "MQTT_SERVER_CLIENT_IDS names no client id"
+for pattern in $server_ids; do
+    case "$pattern" in
+        *[!A-Za-z0-9_.*-]*) fail "MQTT_SERVER_CLIENT_IDS: '$pattern' may hold only letters, digits, '_', '.', '-' and '*'" ;;
+        *[!*]*) ;;
+        *) fail "MQTT_SERVER_CLIENT_IDS: '$pattern' would give the bridge every client id" ;;
+    esac
+done
 
 # Check every account before writing anything; the messages never show a password.
 ids=""
@@ -54,6 +81,10 @@ for entry in $accounts; do
         fail "MQTT_SENSOR_ACCOUNTS: entry $n: $id is already MQTT_SERVER_USERNAME or MQTT_SENSOR_USERNAME"
     fi
     case " $ids " in *" $id "*) fail "MQTT_SENSOR_ACCOUNTS: $id is listed twice" ;; esac
+    for pattern in $server_ids; do
+        # shellcheck disable=SC2254  # the pattern is meant to match
+        case "$id" in $pattern) fail "MQTT_SENSOR_ACCOUNTS: entry $n: $id is one of the bridge's client ids ($pattern in MQTT_SERVER_CLIENT_IDS)" ;; esac
+    done
     ids="$ids $id"
 done
 
@@ -72,10 +103,14 @@ done
 # Mosquitto checks a user's own "topic" lines first (every deny, then every
 # grant) and only then the "pattern" lines, which apply to every user. The
 # fleet's grant is the pattern (%c is the client id; a sensor's client id is
-# its sensor id), so each user is denied the ids of the sensors with accounts
-# that are not its own. The bridge reads every sensor, and $SYS for the
-# healthcheck. (The deny lines grow with the square of the accounts; past a few
-# hundred, Mosquitto's dynamic-security plugin is the better tool.)
+# its sensor id). The plugin already keeps other users off an own-user
+# sensor's client id, but a client id may hold '/' ("own-1/x" would extend the
+# pattern to sensors/own-1/x/#), so each user is still denied the ids of the
+# sensors with accounts that are not its own. The pattern matches the bridge's
+# user too; the plugin refuses every publish of that user first. The bridge
+# reads every sensor, and $SYS for the healthcheck. (The deny lines grow with
+# the square of the accounts; past a few hundred, Mosquitto's dynamic-security
+# plugin is the better tool.)
 {
     echo "pattern write sensors/%c/#"
     echo
@@ -94,7 +129,15 @@ done
         echo "topic write sensors/$id/#"
     done
 } > "$auth_dir/acl"
-chmod 600 "$auth_dir/passwd" "$auth_dir/acl"
+
+# Who owns which client ids (read by the client_owners plugin; see the header).
+{
+    echo "# Written by docker-entrypoint.sh at each start: owner <user> <client id pattern>"
+    for pattern in $server_ids; do echo "owner $MQTT_SERVER_USERNAME $pattern"; done
+    echo "readonly $MQTT_SERVER_USERNAME"
+    for id in $ids; do echo "owner $id $id"; done
+} > "$auth_dir/owners"
+chmod 600 "$auth_dir/passwd" "$auth_dir/acl" "$auth_dir/owners"
 
 # Started as root, Mosquitto drops to the "mosquitto" user before it reads
 # these files and writes its database: hand them over (as the image's own

@@ -161,9 +161,11 @@ def test_dockerfiles_run_as_non_root_with_exec_form_cmd(path: str) -> None:
     assert cmds, f"{path}: no CMD"
     assert cmds[-1].startswith("["), f"{path}: CMD must be exec form (python is PID 1 and gets SIGTERM)"
     copies = [args for word, args in steps if word == "COPY"]
-    assert any(re.match(r"(--\S+\s+)*pipeline/\s+pipeline/?$", c) for c in copies), (
-        f"{path}: must COPY pipeline/ pipeline/ (the shared package)"
-    )
+    python_dockerfiles = {SERVICES[name]["build"]["dockerfile"] for name in PYTHON_SERVICES}
+    if path in python_dockerfiles:
+        assert any(re.match(r"(--\S+\s+)*pipeline/\s+pipeline/?$", c) for c in copies), (
+            f"{path}: must COPY pipeline/ pipeline/ (the shared package)"
+        )
 
 
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
@@ -297,7 +299,12 @@ def test_mounted_scripts_get_the_variables_they_require(name: str, script: str, 
     needed = set(re.findall(pattern, (ROOT / script).read_text()))
     assert needed, f"{script}: found no required variables; has the script changed?"
     mounts = " ".join(str(v) for v in SERVICES[name].get("volumes", []))
-    assert "./" + script.split("/")[0] in mounts, f"service {name} does not mount {script}"
+    build = SERVICES[name].get("build")
+    if isinstance(build, dict):
+        copied = [args for word, args in instructions(ROOT / build["dockerfile"]) if word == "COPY"]
+        assert any(args.split()[0] == script for args in copied), f"service {name}: its image does not COPY {script}"
+    else:
+        assert "./" + script.split("/")[0] in mounts, f"service {name} does not mount {script}"
     missing = sorted(needed - set(environment(SERVICES[name])))
     assert not missing, f"service {name}: {script} requires {missing}, not in its environment"
 
@@ -349,6 +356,181 @@ def test_mosquitto_config_uses_the_files_the_entrypoint_writes() -> None:
         assert re.search(rf"^{setting} {re.escape(auth_dir[1])}/{file}$", conf, re.M), (
             f"mosquitto/mosquitto.conf: {setting} must be {auth_dir[1]}/{file}, where the entrypoint writes it"
         )
+
+
+# --- one broker configuration for Compose and the local stack -------------------------
+
+#: Settings that must be in mosquitto/mosquitto.conf: the limits and the security that both stacks share.
+MOSQUITTO_REQUIRED = (
+    "per_listener_settings",
+    "allow_anonymous",
+    "plugin",
+    "plugin_opt_owners_file",
+    "persistence",
+    "autosave_interval",
+    "max_queued_messages",
+    "max_queued_bytes",
+    "max_inflight_messages",
+    "max_packet_size",
+    "set_tcp_nodelay",
+)
+
+
+def mosquitto_settings(text: str) -> list[tuple[str, str]]:
+    """(setting, value) for every line of a mosquitto.conf that is not a comment, in order."""
+    result = []
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key and not key.startswith("#"):
+            result.append((key, value.strip()))
+    return result
+
+
+def local_mosquitto_conf(run_as_root: bool = False) -> str:
+    from localstack.stack import MOSQUITTO_CONF, MOSQUITTO_PATH_SETTINGS, render_mosquitto_conf
+
+    paths = {key: f"/local/{key}" for key in MOSQUITTO_PATH_SETTINGS}
+    return render_mosquitto_conf(
+        MOSQUITTO_CONF.read_text(), paths, {"MQTT_PORT": 21883, "MQTT_WS_PORT": 21884}, run_as_root=run_as_root
+    )
+
+
+@pytest.mark.parametrize("run_as_root", [False, True])
+def test_the_local_stack_runs_composes_mosquitto_settings(run_as_root: bool) -> None:
+    """Only paths, listeners and `user` may differ between the two brokers; every limit is the same."""
+    from localstack.stack import MOSQUITTO_PATH_SETTINGS
+
+    local_only = {*MOSQUITTO_PATH_SETTINGS, "listener", "user"}
+    compose = mosquitto_settings((ROOT / "mosquitto/mosquitto.conf").read_text())
+    local = mosquitto_settings(local_mosquitto_conf(run_as_root))
+    assert [s for s in compose if s[0] not in local_only] == [s for s in local if s[0] not in local_only]
+    assert [k for k, _ in compose if k in local_only] == [k for k, _ in local if k in local_only and k != "user"]
+    assert (("user", "root") in local) == run_as_root
+    listeners = [v for k, v in local if k == "listener"]
+    assert listeners == ["21883 127.0.0.1", "21884 127.0.0.1"], "the local stack listens on loopback only"
+
+
+def test_mosquitto_conf_states_the_limits() -> None:
+    settings = dict(mosquitto_settings((ROOT / "mosquitto/mosquitto.conf").read_text()))
+    missing = [key for key in MOSQUITTO_REQUIRED if key not in settings]
+    assert not missing, f"mosquitto/mosquitto.conf: set {missing}"
+    assert settings["allow_anonymous"] == "false" and settings["per_listener_settings"] == "false"
+    for key in ("max_queued_messages", "max_queued_bytes", "max_packet_size"):
+        assert int(settings[key]) > 0, f"mosquitto/mosquitto.conf: {key} 0 means no limit"
+    # Mosquitto 2.0 answers a payload over message_size_limit with PUBACK reason 149, which MQTT 5
+    # does not allow in a PUBACK: paho-mqtt drops the connection and resends the message forever.
+    assert "message_size_limit" not in settings, "limit sizes with max_packet_size (see mosquitto.conf)"
+    assert settings["plugin"] == "/usr/lib/mosquitto_client_owners.so"
+    dockerfile = [args for word, args in instructions(ROOT / "mosquitto/Dockerfile") if word == "COPY"]
+    assert any(args.endswith(" " + settings["plugin"]) for args in dockerfile), "mosquitto/Dockerfile: COPY the plugin"
+    assert any(args == "mosquitto/mosquitto.conf /mosquitto/config/mosquitto.conf" for args in dockerfile)
+
+
+def compose_default(service: str, variable: str) -> str:
+    value = environment(SERVICES[service])[variable]
+    ref = INTERPOLATION.fullmatch(value)
+    assert ref and ref["op"] == ":-", f"service {service}: give {variable} a default, ${{{variable}:-...}}"
+    return ref["arg"]
+
+
+def client_ids_match(patterns: str, client_id: str) -> bool:
+    """The client_owners plugin's rule: '*' matches any run of characters, nothing else is special."""
+    return any(
+        re.fullmatch(".*".join(map(re.escape, p.split("*"))), client_id) for p in patterns.replace(",", " ").split()
+    )
+
+
+def test_the_bridge_and_the_healthcheck_use_client_ids_mosquitto_gives_the_bridges_user() -> None:
+    """Mosquitto refuses the bridge's user any client id outside MQTT_SERVER_CLIENT_IDS."""
+    from localstack.stack import StackConfig
+
+    patterns = compose_default("mosquitto", "MQTT_SERVER_CLIENT_IDS")
+    entrypoint = (ROOT / "mosquitto/docker-entrypoint.sh").read_text()
+    assert f"${{MQTT_SERVER_CLIENT_IDS:-{patterns}}}" in entrypoint, "the entrypoint's default differs from Compose's"
+    assert StackConfig.__dataclass_fields__["mqtt_server_client_ids"].default == patterns
+    bridge = environment(SERVICES["server"])["MQTT_CLIENT_ID"]
+    assert client_ids_match(patterns, bridge), f"server's MQTT_CLIENT_ID {bridge} is not in {patterns}"
+    test = " ".join(SERVICES["mosquitto"]["healthcheck"]["test"])
+    probe = re.search(r"-i (\S+)", test)
+    assert probe and "MQTT_SERVER_USERNAME" in test, "the healthcheck logs in as the bridge's user with -i <id>"
+    assert client_ids_match(patterns, probe[1]) and probe[1] != bridge, (
+        f"the healthcheck's client id {probe[1]} must be one of the bridge's ({patterns}) that no bridge uses"
+    )
+
+
+def run_entrypoint(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "MOSQUITTO_AUTH_DIR": str(tmp_path / "auth"),
+        "MOSQUITTO_DATA_DIR": str(tmp_path / "data"),
+        "MOSQUITTO_OWNER": "",
+        "MQTT_SERVER_USERNAME": "bridge",
+        "MQTT_SERVER_PASSWORD": "secret-b",
+        "MQTT_SENSOR_USERNAME": "sensor",
+        "MQTT_SENSOR_PASSWORD": "secret-s",
+        **variables,
+    }
+    script = str(ROOT / "mosquitto/docker-entrypoint.sh")
+    return subprocess.run(["sh", script, "true"], env=env, capture_output=True, text=True, check=False)
+
+
+def test_mosquitto_entrypoint_writes_the_client_id_owners(tmp_path: Path) -> None:
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("no mosquitto_passwd (Debian's mosquitto package)")
+    result = run_entrypoint(tmp_path, MQTT_SERVER_CLIENT_IDS="bridge-*,edge-1", MQTT_SENSOR_ACCOUNTS="s1:p1,s2:p2")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in (tmp_path / "auth/owners").read_text().splitlines() if not line.startswith("#")]
+    assert lines == [
+        "owner bridge bridge-*",
+        "owner bridge edge-1",
+        "readonly bridge",
+        "owner s1 s1",
+        "owner s2 s2",
+    ]
+    assert (tmp_path / "auth/owners").stat().st_mode & 0o077 == 0, "the owners file is private"
+    default = run_entrypoint(tmp_path / "default")
+    assert default.returncode == 0, default.stderr
+    assert "owner bridge bridge-*" in (tmp_path / "default/auth/owners").read_text().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("variables", "says"),
+    [
+        ({"MQTT_SERVER_CLIENT_IDS": "bridge-*,*"}, "'*' would give the bridge every client id"),
+        ({"MQTT_SERVER_CLIENT_IDS": "**"}, "'**' would give the bridge every client id"),
+        ({"MQTT_SERVER_CLIENT_IDS": "bridge/1"}, "'bridge/1' may hold only"),
+        ({"MQTT_SERVER_CLIENT_IDS": ","}, "MQTT_SERVER_CLIENT_IDS names no client id"),
+        (
+            {"MQTT_SERVER_CLIENT_IDS": "bridge-*", "MQTT_SENSOR_ACCOUNTS": "s1:secret-1,bridge-7:secret-2"},
+            "MQTT_SENSOR_ACCOUNTS: entry 2: bridge-7 is one of the bridge's client ids",
+        ),
+        ({"MQTT_SERVER_USERNAME": "the bridge"}, "must not contain ':' or white space"),
+    ],
+)
+def test_mosquitto_entrypoint_refuses_client_ids_it_cannot_give_one_owner(
+    tmp_path: Path, variables: dict[str, str], says: str
+) -> None:
+    result = run_entrypoint(tmp_path, **variables)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert "secret" not in result.stderr, "a password reached the message"
+    assert not (tmp_path / "auth").exists(), "nothing is written before every setting is checked"
+
+
+def test_compose_file_resolves_with_the_compose_cli(tmp_path: Path) -> None:
+    """`docker compose config --quiet` with the real Compose CLI, if it was built (shared notes, section 7)."""
+    cli = shutil.which("docker-compose") or "/tmp/compose-build/docker-compose"
+    if not Path(cli).exists():
+        pytest.skip("no Compose CLI (build it as in LOCAL_STACK_NOTES.md section 7)")
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{key}=x\n" for key in sorted(env_example_keys())))
+    result = subprocess.run(
+        [cli, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 # --- monitoring: Prometheus and Grafana (the `monitoring` profile) ------------------------
