@@ -56,9 +56,7 @@ class PredictBudget:
     def busy(self) -> str | None:
         """Why no call can be made now (an earlier call is past its budget and still running), else None."""
         if self._late is not None and self._late.done():
-            logger.warning("the model's late predict call returned after %.1fs", time.monotonic() - self._late_since)
             self._late = None
-            self.health.up()
         if self._late is None:
             return None
         return (
@@ -76,7 +74,13 @@ class PredictBudget:
             reason = f"the model's predict did not return within {self.timeout_s:g}s (MODEL_PREDICT_TIMEOUT_S)"
             self.health.down(reason)
             logger.error("%s; its readings become prediction errors until it returns", reason)
+            future.add_done_callback(self._returned)
             raise TimeoutError(reason) from None
+
+    def _returned(self, _future: concurrent.futures.Future[object]) -> None:
+        # In the worker thread, as soon as the late call ends: ready again without waiting for a batch.
+        logger.warning("the model's late predict call returned after %.1fs", time.monotonic() - self._late_since)
+        self.health.up()
 
     def close(self) -> None:
         """Let a running call go (a hung one cannot be stopped)."""

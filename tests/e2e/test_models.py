@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from Models_analysis.model import file_hash, load_model
 from pipeline import contract
 from tests.conftest import Pipeline, wait_for
 from tests.helpers import consume, payload, publish, reading
-from tests.unit.models import ConstantModel
+from tests.unit.models import ConstantModel, SlowModel
 
 pytestmark = pytest.mark.e2e
 
@@ -175,3 +177,51 @@ def test_anomalies_become_alerts_and_accuracy_matches_a_hand_computation(pipelin
     assert document["mae"] == pytest.approx(expected_mae)
     assert document["coverage"] == pytest.approx(expected_coverage)
     assert document["model"] == {"name": "flat", "hash": model_hash}
+
+
+def test_a_model_that_hangs_turns_its_batches_into_prediction_errors_and_the_service_not_ready(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    path = tmp_path / "slow.joblib"
+    joblib.dump({"model": SlowModel(seconds=12.0), "metadata": {"name": "slow"}}, path)
+    pipeline.start_server()
+    model = pipeline.start_model(MODEL_PATH=str(path), MODEL_PREDICT_TIMEOUT_S="1")
+    sensor = pipeline.sensor_id(1)
+    topic = contract.readings_topic(sensor)
+    first = [reading(sensor, float(i)) for i in range(5)]
+    assert publish(pipeline.stack.env, sensor, topic, [payload(r) for r in first]) == [0] * 5
+    errors = pipeline.db[contract.COLLECTION_PREDICTION_ERRORS]
+    query = {"sensor": sensor}
+    wait_for(lambda: errors.count_documents(query) == 5, 60, "5 prediction errors", pipeline.logs)
+    for document in errors.find(query):
+        assert "MODEL_PREDICT_TIMEOUT_S" in document["reason"], document["reason"]
+    assert pipeline.db[contract.COLLECTION_READINGS].count_documents(query) == 5, "readings are stored regardless"
+
+    url = f"http://127.0.0.1:{model.env['HEALTH_PORT']}/readyz"
+    try:
+        urllib.request.urlopen(url, timeout=5)
+        pytest.fail("the model service must not be ready while predict is past its budget")
+    except urllib.error.HTTPError as error:
+        code, body = error.code, json.load(error)
+    assert code == 503 and body["checks"]["model"] is False
+    assert "MODEL_PREDICT_TIMEOUT_S" in body["why"]["model"]
+
+    # Once the late call returns, the service is ready again and scores as usual.
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status == 200
+        except urllib.error.HTTPError:
+            return False
+
+    wait_for(ready, 60, "the model service to be ready again", pipeline.logs)
+    later = [reading(sensor, float(i)) for i in range(5)]
+    assert publish(pipeline.stack.env, sensor, topic, [payload(r) for r in later]) == [0] * 5
+    predictions = pipeline.db[contract.COLLECTION_PREDICTIONS]
+    wait_for(
+        lambda: predictions.count_documents({"_id": {"$in": [r.id for r in later]}}) == 5,
+        60,
+        "the later readings' predictions",
+        pipeline.logs,
+    )
+    assert "did not return within 1s" in model.log_tail(200)

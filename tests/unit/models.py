@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 
 
@@ -36,4 +38,19 @@ class BrokenOnce(ConstantModel):
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         if (frame["ds"] == self.bad).any():
             raise ValueError(f"cannot forecast {self.bad}")
+        return super().predict(frame)
+
+
+class SlowModel(ConstantModel):
+    """Takes ``seconds`` over each of its first ``times`` predict calls (a model that hangs), then is quick."""
+
+    def __init__(self, seconds: float, times: int = 1) -> None:
+        super().__init__(level=0.0, width=100.0)
+        self.seconds = seconds
+        self.times = times
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if self.times > 0:
+            self.times -= 1
+            time.sleep(self.seconds)
         return super().predict(frame)
