@@ -16,6 +16,7 @@ rejection) is :class:`pipeline.batch.BatchLoop`'s.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
@@ -45,6 +46,12 @@ from Server.store import TRANSIENT, Store
 logger = logging.getLogger(__name__)
 
 RETRYABLE = TRANSIENT + (KafkaUnavailable,)
+
+#: Mosquitto's store, published every sys_interval (10 s) and retained: its queue depth, as gauges.
+BROKER_STORE_TOPICS = {
+    "$SYS/broker/store/messages/count": metrics.BROKER_STORED,
+    "$SYS/broker/store/messages/bytes": metrics.BROKER_STORED_BYTES,
+}
 
 
 @dataclass
@@ -176,7 +183,10 @@ class Bridge:
         RECONNECTS.labels("mqtt").inc()
         # Subscribe on every connect, session or not: a broker that lost its
         # state would otherwise leave the bridge subscribed to nothing.
-        client.subscribe(self.subscription, options=SubscribeOptions(qos=1))
+        client.subscribe(
+            [(self.subscription, SubscribeOptions(qos=1))]
+            + [(topic, SubscribeOptions(qos=0)) for topic in BROKER_STORE_TOPICS]
+        )
         logger.info(
             "connected to MQTT %s:%s as %s (session present: %s); subscribing to %s",
             self.settings.MQTT_HOST,
@@ -189,9 +199,11 @@ class Bridge:
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: Any, _mid: int, codes: list[ReasonCode], _props: Any
     ) -> None:
-        if any(code.is_failure for code in codes):
-            logger.error("the broker refused the subscription to %s: %s", self.subscription, codes)
+        if codes and codes[0].is_failure:
+            logger.error("the broker refused the subscription to %s: %s", self.subscription, codes[0])
             return
+        if any(code.is_failure for code in codes[1:]):
+            logger.warning("the broker refused $SYS (its queue depth will not be measured): %s", codes[1:])
         # Ready only now: a reading published before the SUBACK could find no subscriber.
         self.connected.set()
         logger.info("subscribed to %s", self.subscription)
@@ -210,6 +222,11 @@ class Bridge:
         # The topic's raw bytes: paho's `topic` property would raise on bytes that are not UTF-8
         # (a broker must refuse them, but an exception here would end paho's network thread).
         topic = bytes(message._topic).decode("utf-8", errors="replace")
+        gauge = BROKER_STORE_TOPICS.get(topic)
+        if gauge is not None:
+            with contextlib.suppress(ValueError):
+                gauge.set(float(message.payload))
+            return
         self.inbox.put(Incoming(topic, message.payload, message.mid, message.qos, self.connection, datetime.now(UTC)))
         metrics.INBOX.inc()
 

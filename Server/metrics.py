@@ -15,6 +15,10 @@ REJECTED = Counter("pipeline_rejections", "Payloads rejected, by reason", ["reas
 RESULTS_STORED = Counter("pipeline_results_stored", "Predictions and prediction errors newly stored", ["kind"])
 BATCH_SIZE = Histogram("pipeline_bridge_batch_size", "Messages per bridge batch", buckets=BATCH_BUCKETS)
 INBOX = Gauge("pipeline_bridge_inbox", "MQTT messages received and not yet processed")
+#: Mosquitto's own count ($SYS/broker/store/messages/...): what it holds for offline or slow sessions
+#: (the bridge's queue while MongoDB or Kafka is away), in flight and retained. README "Outage budget".
+BROKER_STORED = Gauge("pipeline_broker_stored_messages", "Messages the MQTT broker holds in its store")
+BROKER_STORED_BYTES = Gauge("pipeline_broker_stored_bytes", "Bytes of the messages the MQTT broker holds")
 MONGO_WRITE = Histogram(
     "pipeline_mongo_write_seconds",
     "Time of one batch insert into MongoDB, by collection",
