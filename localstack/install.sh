@@ -194,6 +194,32 @@ else
   say "ferretdb $ferretdb_version: built"
 fi
 
+# ----------------------------------------------------------------- Docker Compose's CLI (Go)
+
+# Not to run containers (there is no engine here): `docker compose config`
+# resolves the project (overrides, extends, profiles, variables) exactly as a
+# user's Compose does, and tests/unit/test_compose.py runs it.
+compose_version=$(awk '$1 == "github.com/docker/compose/v5" { print $2 }' "$HERE/compose/go.mod" | head -n1)
+[ -n "$compose_version" ] || die "no github.com/docker/compose/v5 requirement in localstack/compose/go.mod"
+compose_dest=$CACHE/compose-$compose_version
+compose_stamp=$(stamp_of "$HERE/compose/go.mod" "$HERE/compose/go.sum")
+if is_current "$compose_dest" "$compose_stamp"; then
+  say "docker compose $compose_version: cached"
+elif ! go_ok; then
+  say "docker compose $compose_version: NOT BUILT: it needs Go >= 1.24" >&2
+  status=1
+else
+  new_tmp compose
+  (
+    cd "$HERE/compose"
+    export GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local CGO_ENABLED=0
+    go build -trimpath -o "$tmp/docker-compose" github.com/docker/compose/v5/cmd
+  ) || die "docker compose: the build failed"
+  "$tmp/docker-compose" version >/dev/null || die "docker compose: the built binary does not run"
+  finish "$tmp" "$compose_dest" "$compose_stamp"
+  say "docker compose $compose_version: built"
+fi
+
 # ----------------------------------------------------------------- mongo-express (npm)
 
 me_version=$(sed -n 's/.*"mongo-express": *"\([^"]*\)".*/\1/p' "$HERE/mongo-express/package.json" | head -n1)

@@ -88,3 +88,15 @@ def namespaced_topics(name: str) -> dict[str, str]:
         "KAFKA_TOPIC_DEADLETTER": f"{name}.deadletter",
         "KAFKA_TOPIC_ALERTS": f"{name}.alerts",
     }
+
+
+def compose_cli() -> Path:
+    """The real Docker Compose CLI that localstack/install.sh built (its version from localstack/compose/go.mod)."""
+    go_mod = Path(__file__).parent / "compose" / "go.mod"
+    version = next(
+        line.split()[1]
+        for line in go_mod.read_text().splitlines()
+        if line.strip().startswith("github.com/docker/compose/v5 ")
+    )
+    cache = StackConfig.from_env(require_secrets=False).cache_dir
+    return cache / f"compose-{version}" / "docker-compose"

@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 import pytest
 import yaml
 from jsonschema import Draft7Validator
+
+from localstack.testing import compose_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -516,21 +519,44 @@ def test_mosquitto_entrypoint_refuses_client_ids_it_cannot_give_one_owner(
     assert not (tmp_path / "auth").exists(), "nothing is written before every setting is checked"
 
 
-def test_compose_file_resolves_with_the_compose_cli(tmp_path: Path) -> None:
-    """`docker compose config --quiet` with the real Compose CLI, if it was built (shared notes, section 7)."""
-    cli = shutil.which("docker-compose") or "/tmp/compose-build/docker-compose"
-    if not Path(cli).exists():
-        pytest.skip("no Compose CLI (build it as in LOCAL_STACK_NOTES.md section 7)")
+def compose_config(
+    tmp_path: Path, *files: Path, args: tuple[str, ...] = ("--quiet",)
+) -> subprocess.CompletedProcess[str]:
+    """`docker compose config` with the real Compose CLI that localstack/install.sh builds, on a copy of the project."""
+    cli = compose_cli()
+    assert cli.exists(), f"no Compose CLI at {cli}: run `bash localstack/install.sh` (make install)"
     env_file = tmp_path / ".env"
-    env_file.write_text("".join(f"{key}=x\n" for key in sorted(env_example_keys())))
-    result = subprocess.run(
-        [cli, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config", "--quiet"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    env_file.write_text("".join(f"{key}=x\n" for key in sorted(env_example_keys())) + "LINE_1_PASSWORD=x\n")
+    command = [str(cli), "--env-file", str(env_file)]
+    for file in files:
+        command += ["-f", str(file)]
+    return subprocess.run([*command, "config", *args], capture_output=True, text=True, cwd=ROOT, check=False)
+
+
+def test_compose_file_resolves_with_the_compose_cli(tmp_path: Path) -> None:
+    result = compose_config(tmp_path, COMPOSE_FILE)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_readmes_override_for_a_sensor_with_its_own_user_resolves(tmp_path: Path) -> None:
+    """The docker-compose.override.yml the README's Security section shows, merged as Compose merges it."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("docker-compose.override.yml", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    override = ROOT / f".test-override-{uuid.uuid4().hex[:8]}.yml"  # beside docker-compose.yml: `file:` is relative
+    override.write_text(block)
+    try:
+        result = compose_config(tmp_path, COMPOSE_FILE, override, args=("--format", "json"))
+    finally:
+        override.unlink()
+    assert result.returncode == 0, result.stderr
+    service = json.loads(result.stdout)["services"]["sensor-line-1"]
+    assert service["environment"]["SENSOR_ID"] == "line-1" and service["environment"]["MQTT_USERNAME"] == "line-1"
+    assert (
+        service["build"]
+        == json.loads(compose_config(tmp_path, COMPOSE_FILE, args=("--format", "json")).stdout)["services"]["sensor"][
+            "build"
+        ]
+    ), "the override must build the same sensor image"
 
 
 # --- monitoring: Prometheus and Grafana (the `monitoring` profile) ------------------------
