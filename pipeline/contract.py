@@ -80,7 +80,7 @@ COLLECTION_ACCURACY_HOURLY = "accuracy_hourly"
 
 #: Largest payload the bridge accepts by default (SERVER_MAX_PAYLOAD_BYTES); larger ones are rejected, not parsed.
 MAX_PAYLOAD_BYTES = 16 * 1024
-#: The most SERVER_MAX_PAYLOAD_BYTES may be: the broker's own limit (mosquitto.conf ``message_size_limit``).
+#: The most SERVER_MAX_PAYLOAD_BYTES may be: the broker refuses a larger packet (mosquitto.conf ``max_packet_size``).
 MAX_PAYLOAD_LIMIT = 256 * 1024
 #: At most this many extra (non-contract) fields on a reading.
 MAX_EXTRA_FIELDS = 32
