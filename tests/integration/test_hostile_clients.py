@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 from localstack.stack import MOSQUITTO_CONF, MOSQUITTO_PATH_SETTINGS, sensor_accounts
 from pipeline import contract
 from tests.conftest import Pipeline, RunningStack, wait_for
-from tests.helpers import consume, payload, publish, reading
+from tests.helpers import connack, consume, payload, publish, reading
 
 pytestmark = pytest.mark.integration
 
@@ -53,51 +53,6 @@ def logins(env: dict[str, str]) -> dict[str, tuple[str, str]]:
         "own-1": ("own-1", own["own-1"]),
         "own-2": ("own-2", own["own-2"]),
     }
-
-
-def connack(
-    env: dict[str, str],
-    client_id: str,
-    login: tuple[str, str] | None,
-    *,
-    clean_start: bool = True,
-    protocol: int = mqtt.MQTTv5,
-    auth_method: str | None = None,
-    websockets: bool = False,
-) -> int:
-    """Connect once (session expiry 0: nothing stays behind) and leave; the CONNACK reason code, -1 if none."""
-    transport = "websockets" if websockets else "tcp"
-    port = int(env["MQTT_WS_PORT"] if websockets else env["MQTT_PORT"])
-    if protocol == mqtt.MQTTv5:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, transport=transport)
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = 0
-        if auth_method:
-            properties.AuthenticationMethod = auth_method
-        connect_args: dict[str, Any] = {"clean_start": clean_start, "properties": properties}
-    else:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=protocol,
-            clean_session=clean_start,
-            transport=transport,
-        )
-        connect_args = {}
-    if login is not None:
-        client.username_pw_set(*login)
-    codes: list[int] = []
-    client.on_connect = lambda _c, _u, _f, rc, _p: codes.append(rc.value)
-    client.connect(env["MQTT_HOST"], port, **connect_args)
-    client.loop_start()
-    try:
-        deadline = time.monotonic() + 10
-        while not codes and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return codes[0] if codes else -1
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 @dataclass

@@ -21,7 +21,7 @@ from localstack.services import sensor_env
 from localstack.stack import sensor_accounts
 from pipeline import contract
 from tests.conftest import ARTIFACTS, Pipeline, RunningStack, free_port, wait_for
-from tests.helpers import payload, publish, reading
+from tests.helpers import connack, payload, publish, reading
 
 pytestmark = pytest.mark.integration
 
@@ -29,25 +29,9 @@ NOT_AUTHORIZED = 135
 SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
 
 
-def connect_code(
-    env: dict[str, str], username: str | None, password: str | None, port: int | None = None, client_id: str = "probe"
-) -> int:
+def connect_code(env: dict[str, str], username: str | None, password: str | None, client_id: str = "probe") -> int:
     """The CONNACK reason code the broker gives these credentials (and client id)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    if username is not None:
-        client.username_pw_set(username, password)
-    codes: list[int] = []
-    client.on_connect = lambda _c, _u, _f, rc, _p: codes.append(rc.value)
-    client.connect(env["MQTT_HOST"], port or int(env["MQTT_PORT"]))
-    client.loop_start()
-    try:
-        deadline = time.monotonic() + 10
-        while not codes and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return codes[0] if codes else -1
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    return connack(env, client_id, (username, password or "") if username is not None else None)
 
 
 def test_mqtt_refuses_anonymous_clients_and_wrong_passwords(stack: RunningStack) -> None:
