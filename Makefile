@@ -44,7 +44,7 @@ status: ## Show what the local stack runs
 test: install ## Run every test on the real local stack (what CI runs)
 	$(PY) -m pytest
 
-test-unit: venv ## Run the tests that need no server
+test-unit: install ## Run the tests that need no server (the Compose tests use the CLI `make install` builds)
 	$(PY) -m pytest tests/unit
 
 lint: venv ## Lint and check formatting

@@ -213,10 +213,14 @@ def _rows(frame: pd.DataFrame, times: Sequence[datetime]) -> dict[datetime, Row]
     table = {}
     for moment, (yhat, lower, upper) in zip(times, values, strict=True):
         if not all(map(_finite, (yhat, lower, upper))):
-            raise ModelError(f"the model returned a non-finite forecast for {moment}")
+            raise ModelError(f"the model returned a non-finite or absurd forecast for {moment}")
         table[moment] = (float(yhat), float(lower), float(upper))
     return table
 
 
+#: Forecasts beyond this are refused as broken (readings are within ±2^53): kept finite in every sum.
+MAX_FORECAST = 1e300
+
+
 def _finite(value: float) -> bool:
-    return value == value and value not in (float("inf"), float("-inf"))
+    return value == value and abs(value) <= MAX_FORECAST

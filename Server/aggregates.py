@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError
 
 from pipeline import contract
 from pipeline.retry import RetryError, until_done
@@ -244,9 +244,14 @@ class Aggregator:
         for name, documents in pending.items():
             keys = list(documents)
             inserted = self.store.insert_new(name, [{**documents[k], "write_id": write_id} for k in keys])
-            if inserted.refused:
-                raise OperationFailure(f"{name} refused documents: {inserted.refused}")
+            for index, reason in inserted.refused.items():
+                # A derived document the server refuses would be refused forever: retrying it would stop
+                # every later aggregate. readings and predictions still hold what it summed.
+                logger.error("%s %s not written: %s", name, keys[index], reason)
             for index, key in enumerate(keys):
+                if index in inserted.refused:
+                    del documents[key]
+                    continue
                 if index in inserted.duplicates:
                     self._merge(name, documents[key], write_id, retry)
                 del documents[key]

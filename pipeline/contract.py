@@ -90,6 +90,9 @@ MAX_EXTRA_DEPTH = 3
 MAX_VALUES = 2048
 #: Characters a JSON number may be written with (``-1.2345678901234567e-308`` has 24).
 MAX_NUMBER_CHARS = 40
+#: A reading's value is at most this in magnitude (2^53: every integer up to it is exact as a double),
+#: so the sums and errors the bridge keeps per sensor (aggregates, accuracy) can never overflow.
+MAX_ABS_VALUE = 2**53
 #: Integers must fit MongoDB's 64-bit integer.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: Timestamps before this are taken for a broken clock, not for history.
@@ -191,8 +194,8 @@ class Reading(BaseModel):
         # JSON true/false and "1.5" are not numbers; pydantic would coerce them.
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError("must be a JSON number")
-        if isinstance(value, int) and abs(value) > 2**53:
-            raise ValueError("is too large to store exactly as a double")
+        if abs(value) > MAX_ABS_VALUE:  # NaN and infinities are refused by the field itself
+            raise ValueError(f"is too large: a reading's value is at most {MAX_ABS_VALUE:,} in magnitude")
         return value
 
     @field_validator("ts", mode="before")

@@ -203,3 +203,34 @@ def test_an_accuracy_total_is_never_stored_without_its_mae_and_coverage(pipeline
     stored = accuracy.find_one({"_id": new})
     assert (stored["n"], stored["mae"], stored["coverage"]) == (2, 2.0, 0.5)
     store.close()
+
+
+def test_a_derived_document_the_store_refuses_is_logged_not_retried_forever(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A minute whose sum overflowed (values the contract now refuses) must not stop every later aggregate."""
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    from pipeline.settings import MongoSettings
+    from Server.aggregates import Aggregator, aggregate_id
+    from Server.store import Store
+
+    store = Store(MongoSettings(MONGO_URI=pipeline.stack.env["MONGO_URI"], MONGO_DATABASE=pipeline.db.name))
+    aggregator = Aggregator(store, threading.Event(), settle_s=0.0)
+    bad, good = pipeline.sensor_id("bad"), pipeline.sensor_id("good")
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
+    huge = [
+        contract.Reading.model_construct(id=f"{bad}-{i}", sensor=bad, ts=minute, v=1.7e308, received_at=None)
+        for i in range(2)
+    ]
+    aggregator.touch([*huge, contract.Reading(id=f"{good}-1", sensor=good, ts=minute, v=1.0)])
+    flush = threading.Thread(target=aggregator.flush, daemon=True)
+    flush.start()
+    flush.join(timeout=60)
+    assert not flush.is_alive(), "the flush must not retry a refused document forever"
+    aggregates = pipeline.db[contract.COLLECTION_AGGREGATES]
+    assert aggregates.find_one({"_id": aggregate_id(good, minute)}) is not None
+    assert aggregates.find_one({"_id": aggregate_id(bad, minute)}) is None
+    assert f"{aggregate_id(bad, minute)} not written" in caplog.text
+    store.close()

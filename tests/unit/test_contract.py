@@ -116,3 +116,11 @@ def test_messages_on_internal_topics_are_parsed_with_readable_reasons() -> None:
     spaced = b'{"kind" : "prediction_error", "id": "r", "sensor": "s1", "reason": "x",'
     spaced += b' "model": {"name": "m", "hash": "h"}, "scored_at": "2026-11-27T10:00:00Z"}'
     assert isinstance(contract.parse_result(spaced), contract.PredictionError)
+
+
+@pytest.mark.parametrize("value", [2**53 + 1, -(2**53) - 1, 1e16, -1.7976931348623157e308])
+def test_values_past_the_magnitude_limit_are_refused(value: float) -> None:
+    """Sums and errors of a sensor's readings (aggregates, accuracy) must stay finite: |v| <= 2^53."""
+    with pytest.raises(contract.ContractError, match="at most 9,007,199,254,740,992 in magnitude"):
+        contract.parse_reading(payload(v=value), TOPIC)
+    assert contract.parse_reading(payload(v=float(2**53)), TOPIC).v == 2**53

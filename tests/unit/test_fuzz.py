@@ -90,6 +90,7 @@ def check_bridge(raw: bytes, topic: str = TOPIC) -> contract.Reading | None:
         return None
     assert_document(prepared.document)
     assert len(prepared.value) <= contract.MAX_RECORD_BYTES
+    assert abs(prepared.reading.v) <= contract.MAX_ABS_VALUE, "sums of a sensor's values must stay finite"
     # What the bridge forwards, the model service takes.
     forwarded = contract.parse_forwarded_reading(prepared.value)
     assert forwarded.id == prepared.reading.id and forwarded.v == prepared.reading.v
