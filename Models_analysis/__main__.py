@@ -13,7 +13,7 @@ from Models_analysis.scorer import Scorer
 from Models_analysis.settings import Settings
 from pipeline import lifecycle, logs, settings
 from pipeline.health import Dependency, HealthServer
-from pipeline.kafka import ensure_topics, producer_config
+from pipeline.kafka import ensure_pipeline_topics, producer_config
 from pipeline.metrics import total
 
 logger = logging.getLogger("Models_analysis")
@@ -29,15 +29,7 @@ def main() -> int:
         logger.error("MODEL_PATH: %s", error)
         return 2
     stop = lifecycle.stop_event()
-    ensure_topics(
-        config,
-        [
-            config.KAFKA_TOPIC_READINGS,
-            config.KAFKA_TOPIC_RESULTS,
-            config.KAFKA_TOPIC_DEADLETTER,
-            config.KAFKA_TOPIC_ALERTS,
-        ],
-    )
+    ensure_pipeline_topics(config)
     kafka = Dependency("kafka")
     producer = Producer(producer_config(config, config.KAFKA_CLIENT_ID, kafka))
     scorer = Scorer(config, models, producer, stop, kafka)

@@ -9,7 +9,7 @@ from confluent_kafka import Producer
 
 from pipeline import lifecycle, logs, settings
 from pipeline.health import Dependency, HealthServer
-from pipeline.kafka import ensure_topics, producer_config
+from pipeline.kafka import ensure_pipeline_topics, producer_config
 from pipeline.metrics import total
 from Server.aggregates import Aggregator
 from Server.ingest import Bridge
@@ -25,15 +25,7 @@ def main() -> int:
     config = settings.load(Settings)
     logs.setup(config.LOG_LEVEL, "server")
     stop = lifecycle.stop_event()
-    ensure_topics(
-        config,
-        [
-            config.KAFKA_TOPIC_READINGS,
-            config.KAFKA_TOPIC_RESULTS,
-            config.KAFKA_TOPIC_DEADLETTER,
-            config.KAFKA_TOPIC_ALERTS,
-        ],
-    )
+    ensure_pipeline_topics(config)
     store = Store(config)
     try:
         store.ensure_rejections_capped(config.SERVER_REJECTIONS_MAX_MB * 1024 * 1024)

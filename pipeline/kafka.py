@@ -78,9 +78,34 @@ def consumer_config(
     }
 
 
-def ensure_topics(settings: KafkaSettings, topics: list[str], timeout_s: float = 60.0) -> None:
+#: The dead-letter topic keeps at most this many bytes per partition (oldest segments go first), so a
+#: flood of bad messages cannot fill Kafka's disk; the other topics keep Kafka's defaults.
+DEADLETTER_RETENTION_BYTES = 256 * 1024 * 1024
+
+
+def ensure_pipeline_topics(settings: KafkaSettings) -> None:
+    """Create the pipeline's four topics if missing (readings, results, dead letters, alerts)."""
+    ensure_topics(
+        settings,
+        [
+            settings.KAFKA_TOPIC_READINGS,
+            settings.KAFKA_TOPIC_RESULTS,
+            settings.KAFKA_TOPIC_DEADLETTER,
+            settings.KAFKA_TOPIC_ALERTS,
+        ],
+        configs={settings.KAFKA_TOPIC_DEADLETTER: {"retention.bytes": str(DEADLETTER_RETENTION_BYTES)}},
+    )
+
+
+def ensure_topics(
+    settings: KafkaSettings,
+    topics: list[str],
+    timeout_s: float = 60.0,
+    configs: dict[str, dict[str, str]] | None = None,
+) -> None:
     """Create the topics the service uses, if missing, with KAFKA_NUM_PARTITIONS partitions.
 
+    ``configs`` gives topic configs by name (applied when the topic is made).
     Waits (retrying) until Kafka answers, so a service started before Kafka is
     ready does not crash.
     """
@@ -96,7 +121,15 @@ def ensure_topics(settings: KafkaSettings, topics: list[str], timeout_s: float =
             if not missing:
                 return
             futures = admin.create_topics(
-                [NewTopic(t, num_partitions=settings.KAFKA_NUM_PARTITIONS, replication_factor=1) for t in missing]
+                [
+                    NewTopic(
+                        t,
+                        num_partitions=settings.KAFKA_NUM_PARTITIONS,
+                        replication_factor=1,
+                        config=(configs or {}).get(t, {}),
+                    )
+                    for t in missing
+                ]
             )
             for topic, future in futures.items():
                 try:

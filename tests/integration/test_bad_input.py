@@ -143,3 +143,18 @@ def test_rejections_are_a_capped_collection_of_the_configured_size(pipeline: Pip
     pipeline.stack.mongo()[old][contract.COLLECTION_REJECTIONS].insert_one({"_id": "x"})
     server = pipeline.start_server(MONGO_DATABASE=old)
     assert "is not capped and cannot be converted here" in server.log_tail(200)
+
+
+def test_the_deadletter_topic_is_bounded_in_bytes(pipeline: Pipeline) -> None:
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from pipeline.kafka import DEADLETTER_RETENTION_BYTES
+
+    pipeline.start_server()
+    admin = AdminClient({"bootstrap.servers": pipeline.stack.env["KAFKA_BOOTSTRAP_SERVERS"]})
+    topic = pipeline.topics["KAFKA_TOPIC_DEADLETTER"]
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result(timeout=30)
+    assert configs["retention.bytes"].value == str(DEADLETTER_RETENTION_BYTES)
+    readings = ConfigResource(ConfigResource.Type.TOPIC, pipeline.topics["KAFKA_TOPIC_READINGS"])
+    assert admin.describe_configs([readings])[readings].result(timeout=30)["retention.bytes"].value == "-1"
