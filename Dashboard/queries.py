@@ -232,11 +232,13 @@ class Reader:
                     "received_at": _iso(r.get("received_at")),
                     "transport": r.get("transport"),
                     "topic": r.get("topic"),
+                    "kind": r.get("kind"),
                     "reason": r.get("reason"),
                     "size": r.get("size"),
                     "payload_encoding": r.get("payload_encoding"),
                     "payload": payload,
-                    "truncated": truncated,
+                    # Cut here for the preview, or already when it was kept (past 4 KiB).
+                    "truncated": truncated or bool(r.get("truncated")),
                 }
             )
         return result
