@@ -41,15 +41,16 @@ stop: ## Stop the local stack's servers and services
 status: ## Show what the local stack runs
 	@$(ENVFILE) $(PY) -m localstack status
 
-test: install ## Run every test on the real local stack (what CI runs)
+test: install lint ## Lint, type-check, then run every test on the real local stack (what CI runs)
 	$(PY) -m pytest
 
 test-unit: install ## Run the tests that need no server (the Compose tests use the CLI `make install` builds)
 	$(PY) -m pytest tests/unit
 
-lint: venv ## Lint and check formatting
+lint: venv ## Lint, check formatting and type-check (ruff, mypy)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
 
 bench: install ## Benchmarks on a throwaway local stack (~25 min, 20-min soak); results in bench/results/
 	$(PY) -m bench

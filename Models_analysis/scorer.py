@@ -21,6 +21,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,9 +65,9 @@ class PredictBudget:
             f" {self.timeout_s:g}s budget (MODEL_PREDICT_TIMEOUT_S), and has not returned"
         )
 
-    def call(self, function: object, *args: object) -> object:
+    def call(self, function: Callable[..., object], *args: object) -> object:
         """``function(*args)`` within the budget; TimeoutError (with the reason) past it."""
-        future = self._pool.submit(function, *args)  # type: ignore[arg-type]
+        future = self._pool.submit(function, *args)
         try:
             return future.result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError:

@@ -56,7 +56,8 @@ def frame_from_mongo(sensor: str | None, since: datetime | None, until: datetime
         query["sensor"] = sensor
     if since or until:
         query["ts"] = {**({"$gte": since} if since else {}), **({"$lt": until} if until else {})}
-    with MongoClient(config.MONGO_URI.get_secret_value(), tz_aware=True) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(config.MONGO_URI.get_secret_value(), tz_aware=True)
+    with client:
         cursor = client[config.MONGO_DATABASE][contract.COLLECTION_READINGS].find(query, {"ts": 1, "v": 1, "_id": 0})
         documents = list(cursor)
     frame = pd.DataFrame(

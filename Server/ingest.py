@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import Producer
@@ -121,7 +121,7 @@ class Bridge:
     MongoDB and Kafka) of its :class:`pipeline.batch.BatchLoop`.
     """
 
-    transport = "mqtt"
+    transport: Literal["mqtt", "kafka"] = "mqtt"
     what = "store and forward readings"
 
     def __init__(
@@ -227,7 +227,9 @@ class Bridge:
             with contextlib.suppress(ValueError):
                 gauge.set(float(message.payload))
             return
-        self.inbox.put(Incoming(topic, message.payload, message.mid, message.qos, self.connection, datetime.now(UTC)))
+        self.inbox.put(
+            Incoming(topic, bytes(message.payload), message.mid, message.qos, self.connection, datetime.now(UTC))
+        )
         metrics.INBOX.inc()
 
     # --- lifecycle ----------------------------------------------------------

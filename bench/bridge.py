@@ -92,7 +92,8 @@ def bridges(bench: Bench, count: int, publishers: int, replicas: int) -> dict[st
         batch_count = sum(metric(b, "pipeline_bridge_batch_size_count") for b in batches)
         batch_sum = sum(metric(b, "pipeline_bridge_batch_size_sum") for b in batches)
     in_kafka = _count_in_kafka(bench.env["KAFKA_BOOTSTRAP_SERVERS"], namespace.topics["KAFKA_TOPIC_READINGS"])
-    with MongoClient(bench.env["MONGO_URI"], serverSelectionTimeoutMS=10_000) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(bench.env["MONGO_URI"], serverSelectionTimeoutMS=10_000)
+    with client:
         in_mongo = client[bench.env["MONGO_DATABASE"]][contract.COLLECTION_READINGS].count_documents(
             {"sensor": {"$in": sensors}}
         )

@@ -167,7 +167,7 @@ class _Sensor:
 
 def _pump(sensors: Sequence[_Sensor], timeout: float) -> None:
     """One round of the shared event loop: read what arrived, write what is queued, keep alive."""
-    by_socket = {s.client.socket(): s for s in sensors if s.client.socket() is not None}
+    by_socket = {sock: s for s in sensors if (sock := s.client.socket()) is not None}
     if not by_socket:
         time.sleep(timeout)
         return
@@ -188,7 +188,7 @@ def _worker(
     first: int,
     start_at: Any,
     ready: multiprocessing.synchronize.Barrier,
-    results: multiprocessing.Queue,  # type: ignore[type-arg]
+    results: multiprocessing.Queue[Any],
 ) -> None:
     """One publisher process: connect its sensors, wait for the common start, publish, wait for the acks.
 
@@ -380,7 +380,7 @@ def _subscriber(
     expected: int,
     timeout_s: float,
     ready: multiprocessing.synchronize.Event,
-    results: multiprocessing.Queue,  # type: ignore[type-arg]
+    results: multiprocessing.Queue[Any],
 ) -> None:
     """A bare paho subscriber at QoS 1 (paho acknowledges each message after on_message): the ceiling."""
     state = {"received": 0, "first_at": float("nan"), "last_at": float("nan")}

@@ -68,7 +68,7 @@ def seed_rate(model: Any, readings: int) -> dict[str, float]:
     return {"readings_per_s": readings / took, "seconds_per_reading": took / readings, "readings": readings}
 
 
-def raw_ceiling(model: Any, batch: int, repeats: int) -> dict[str, float]:
+def raw_ceiling(model: Any, batch: int, repeats: int) -> dict[str, Any]:
     """One predict on ``batch`` distinct times, ``repeats`` times; the median is the ceiling."""
     frames = [frame_of(times(batch, datetime.now(UTC) - timedelta(hours=2 + i))) for i in range(repeats + 1)]
     model.predict(frames[0])  # warm up
@@ -130,7 +130,7 @@ def consume_results(bootstrap: str, topic: str, count: int, timeout_s: float) ->
             for message in consumer.consume(num_messages=1000, timeout=0.5):
                 if message.error() is not None:
                     continue
-                result = orjson.loads(message.value())
+                result = orjson.loads(message.value() or b"{}")
                 scored = datetime.fromisoformat(result["scored_at"]).timestamp()
                 seen[result["id"]] = (scored, message.timestamp()[1] / 1000)
     finally:
@@ -143,11 +143,11 @@ def service_rate(bench: Bench, count: int, replicas: int, grid_ms: int = 1000) -
     namespace = bench.namespace(f"score{replicas}r{grid_ms}g")
     bootstrap = bench.env["KAFKA_BOOTSTRAP_SERVERS"]
     with namespace.running():
-        from pipeline.kafka import ensure_topics
+        from pipeline.kafka import ensure_pipeline_topics
         from pipeline.settings import KafkaSettings
 
         topics = namespace.topics
-        ensure_topics(KafkaSettings(KAFKA_BOOTSTRAP_SERVERS=bootstrap, **topics), list(topics.values()))
+        ensure_pipeline_topics(KafkaSettings.model_validate({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **topics}))
         fill_topic(bootstrap, topics["KAFKA_TOPIC_READINGS"], count)
         models = [namespace.start_model(replica=r + 1, MODEL_TIME_GRID_MS=str(grid_ms)) for r in range(replicas)]
         for model in models:

@@ -734,13 +734,12 @@ class _Kafka(_Server):
             return False  # spare librdkafka's connection-refused noise
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(
-            {
-                "bootstrap.servers": f"127.0.0.1:{self.config.kafka_port}",
-                "socket.timeout.ms": 3000,
-                "logger": logging.getLogger(f"{__name__}.kafka-probe"),
-            }
-        )
+        probe_config: dict[str, Any] = {
+            "bootstrap.servers": f"127.0.0.1:{self.config.kafka_port}",
+            "socket.timeout.ms": 3000,
+            "logger": logging.getLogger(f"{__name__}.kafka-probe"),
+        }
+        admin = AdminClient(probe_config)
         try:
             metadata = admin.list_topics(timeout=3)
         except Exception:  # KafkaException, or a timeout while the broker settles

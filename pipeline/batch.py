@@ -45,6 +45,7 @@ from pipeline.retry import RetryError, until_done
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M")
+M_contra = TypeVar("M_contra", contravariant=True)
 T = TypeVar("T")
 
 #: Consumer errors (other than reaching the end of a partition) are logged at most this often.
@@ -100,13 +101,13 @@ class Source(Protocol[M]):
         """The loop ends; ``finished`` when every batch it took was made durable."""
 
 
-class Handler(Protocol[M, T]):
+class Handler(Protocol[M_contra, T]):
     """What a consumer does with its messages."""
 
     #: What a write does, for the retry log ("store and forward readings").
     what: str
 
-    def handle(self, message: M) -> T:
+    def handle(self, message: M_contra) -> T:
         """Turn one message into what will be written; raise (anything) to reject the message."""
 
     def write(self, items: list[T], attempt: Attempt) -> dict[int, Failure]:
@@ -144,7 +145,8 @@ class DeadLetters:
         send_all(self.producer, records, self.stop, deliveries).wait(self.producer, self.stop)
         for index, reason in deliveries.refused.items():
             # A rejection is at most a few KiB (contract.MAX_KEPT_BYTES): this would be a bug, kept visible.
-            logger.error("Kafka refused the dead-letter record of %s: %s", rejections[int(index)].key, reason)  # type: ignore[call-overload]
+            which = rejections[index].key if isinstance(index, int) else index
+            logger.error("Kafka refused the dead-letter record of %s: %s", which, reason)
         for rejection in rejections:
             self.counter.labels(rejection.kind).inc()
             logger.info(

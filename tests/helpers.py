@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer, TopicPartition
@@ -143,12 +143,12 @@ def connack(
     login: tuple[str, str] | None,
     *,
     clean_start: bool = True,
-    protocol: int = mqtt.MQTTv5,
+    protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
     auth_method: str | None = None,
     websockets: bool = False,
 ) -> int:
     """Connect once (session expiry 0: nothing stays behind) and leave; the CONNACK reason code, -1 if none."""
-    transport = "websockets" if websockets else "tcp"
+    transport: Literal["tcp", "websockets"] = "websockets" if websockets else "tcp"
     port = int(env["MQTT_WS_PORT"] if websockets else env["MQTT_PORT"])
     if protocol == mqtt.MQTTv5:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, transport=transport)

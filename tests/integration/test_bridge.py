@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,13 @@ from tests.conftest import Pipeline, wait_for
 from tests.helpers import consume, payload, publish, reading
 
 pytestmark = pytest.mark.integration
+
+
+def one(collection: Any, query: dict[str, Any]) -> dict[str, Any]:
+    """The one document matching ``query``; fails the test if there is none."""
+    document = collection.find_one(query)
+    assert document is not None, f"nothing in {collection.name} matches {query}"
+    return dict(document)
 
 
 def test_a_reading_reaches_mongodb_and_kafka_exactly_once(pipeline: Pipeline) -> None:
@@ -94,7 +102,9 @@ def test_aggregates_merge_late_readings_and_a_retried_write_adds_nothing(pipelin
     from Server.aggregates import Aggregator, Score, Window, _window_document, aggregate_id
     from Server.store import Store
 
-    store = Store(MongoSettings(MONGO_URI=pipeline.stack.env["MONGO_URI"], MONGO_DATABASE=pipeline.db.name))
+    store = Store(
+        MongoSettings.model_validate({"MONGO_URI": pipeline.stack.env["MONGO_URI"], "MONGO_DATABASE": pipeline.db.name})
+    )
     aggregator = Aggregator(store, threading.Event(), settle_s=0.0)
     sensor = pipeline.sensor_id(1)
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
@@ -116,13 +126,13 @@ def test_aggregates_merge_late_readings_and_a_retried_write_adds_nothing(pipelin
     # A late reading of the same minute: merged into the stored window.
     aggregator.touch([contract.Reading(id=f"{sensor}-late", sensor=sensor, ts=at[2], v=9.0)])
     assert aggregator.flush() == 1
-    stored = aggregates.find_one({"_id": key})
+    stored = one(aggregates, {"_id": key})
     assert (stored["count"], stored["sum"], stored["min"], stored["max"], stored["mean"]) == (3, 15.0, 2.0, 9.0, 5.0)
     # A merge retried after an error it survived (same write id) does not add twice.
     late = _window_document(sensor, minute, Window(1, 1.0, 1.0, 1.0))
     aggregator._merge(contract.COLLECTION_AGGREGATES, late, "retry-1", retry=False)
     aggregator._merge(contract.COLLECTION_AGGREGATES, late, "retry-1", retry=True)
-    assert aggregates.find_one({"_id": key})["count"] == 4
+    assert one(aggregates, {"_id": key})["count"] == 4
 
     # Accuracy: running totals every flush, the hour once settled; a retried total adds nothing.
     model = {"name": "m", "hash": "h1"}
@@ -132,21 +142,21 @@ def test_aggregates_merge_late_readings_and_a_retried_write_adds_nothing(pipelin
     ]
     aggregator.touch_accuracy(predictions)
     assert aggregator.flush() == 2
-    overall = pipeline.db[contract.COLLECTION_ACCURACY].find_one({"_id": f"{sensor}|h1"})
+    overall = one(pipeline.db[contract.COLLECTION_ACCURACY], {"_id": f"{sensor}|h1"})
     assert (overall["n"], overall["mae"], overall["coverage"]) == (2, 1.0, 0.5)
     hour = minute.replace(minute=0)
-    hourly = pipeline.db[contract.COLLECTION_ACCURACY_HOURLY].find_one({"_id": f"{sensor}|h1|{contract.iso(hour)}"})
+    hourly = one(pipeline.db[contract.COLLECTION_ACCURACY_HOURLY], {"_id": f"{sensor}|h1|{contract.iso(hour)}"})
     assert (hourly["n"], hourly["mae"], hourly["coverage"], hourly["hour"]) == (2, 1.0, 0.5, hour)
     accuracy = pipeline.db[contract.COLLECTION_ACCURACY]
     assert aggregator._write_scores({f"{sensor}|h1": Score("m", 2, 6.0, 0)}, "retry-2", retry=False) == 1
     assert aggregator._write_scores({f"{sensor}|h1": Score("m", 2, 6.0, 0)}, "retry-2", retry=True) == 0
-    overall = accuracy.find_one({"_id": f"{sensor}|h1"})
+    overall = one(accuracy, {"_id": f"{sensor}|h1"})
     assert (overall["n"], overall["abs_error_sum"], overall["inside"]) == (4, 8.0, 1)
     assert (overall["mae"], overall["coverage"]) == (2.0, 0.25), "set in the same update, from the totals it knew"
     # Another writer (a second bridge replica) added to the totals meanwhile: MAE and coverage follow what is stored.
     accuracy.update_one({"_id": f"{sensor}|h1"}, {"$inc": {"n": 4, "abs_error_sum": 8.0, "inside": 4}})
     assert aggregator._write_scores({f"{sensor}|h1": Score("m", 2, 6.0, 0)}, "w-3", retry=False) == 1
-    overall = accuracy.find_one({"_id": f"{sensor}|h1"})
+    overall = one(accuracy, {"_id": f"{sensor}|h1"})
     assert (overall["n"], overall["mae"], overall["coverage"]) == (10, 22.0 / 10, 5 / 10)
     store.close()
 
@@ -181,7 +191,9 @@ def test_an_accuracy_total_is_never_stored_without_its_mae_and_coverage(pipeline
 
     commands = Commands()
     monitoring.register(commands)  # before the client exists: it applies to clients made from now on
-    store = Store(MongoSettings(MONGO_URI=pipeline.stack.env["MONGO_URI"], MONGO_DATABASE=pipeline.db.name))
+    store = Store(
+        MongoSettings.model_validate({"MONGO_URI": pipeline.stack.env["MONGO_URI"], "MONGO_DATABASE": pipeline.db.name})
+    )
     aggregator = Aggregator(store, threading.Event())
     accuracy = pipeline.db[contract.COLLECTION_ACCURACY]
     sensor = pipeline.sensor_id(1)
@@ -192,15 +204,15 @@ def test_an_accuracy_total_is_never_stored_without_its_mae_and_coverage(pipeline
     commands.names.clear()
     assert aggregator._write_scores({other: Score("m", 2, 6.0, 0), new: Score("m", 1, 3.0, 1)}, "w-1", False) == 2
     assert commands.names == ["find", "findAndModify"] * 2, "new to this bridge: read once, then one update"
-    stored = accuracy.find_one({"_id": other})
+    stored = one(accuracy, {"_id": other})
     assert (stored["n"], stored["mae"], stored["coverage"]) == (4, 2.0, 0.5)
-    stored = accuracy.find_one({"_id": new})
+    stored = one(accuracy, {"_id": new})
     assert (stored["n"], stored["mae"], stored["coverage"]) == (1, 3.0, 1.0)
 
     commands.names.clear()
     assert aggregator._write_scores({new: Score("m", 1, 1.0, 0)}, "w-2", False) == 1
     assert commands.names == ["findAndModify"], "known totals: one update, nothing else"
-    stored = accuracy.find_one({"_id": new})
+    stored = one(accuracy, {"_id": new})
     assert (stored["n"], stored["mae"], stored["coverage"]) == (2, 2.0, 0.5)
     store.close()
 
@@ -216,7 +228,9 @@ def test_a_derived_document_the_store_refuses_is_logged_not_retried_forever(
     from Server.aggregates import Aggregator, aggregate_id
     from Server.store import Store
 
-    store = Store(MongoSettings(MONGO_URI=pipeline.stack.env["MONGO_URI"], MONGO_DATABASE=pipeline.db.name))
+    store = Store(
+        MongoSettings.model_validate({"MONGO_URI": pipeline.stack.env["MONGO_URI"], "MONGO_DATABASE": pipeline.db.name})
+    )
     aggregator = Aggregator(store, threading.Event(), settle_s=0.0)
     bad, good = pipeline.sensor_id("bad"), pipeline.sensor_id("good")
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)

@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -123,12 +124,14 @@ def test_the_sensor_user_cannot_read_other_sensors(stack: RunningStack) -> None:
 def test_mongodb_refuses_unauthenticated_clients(stack: RunningStack) -> None:
     port = stack.env["MONGO_PORT"]
     database = stack.env["MONGO_DATABASE"]
-    with MongoClient(f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=5000) as anonymous:
+    anonymous: MongoClient[dict[str, Any]] = MongoClient(f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=5000)
+    with anonymous:
         with pytest.raises(OperationFailure):
             anonymous[database][contract.COLLECTION_READINGS].find_one()
     user = stack.env["MONGO_APP_USERNAME"]
     wrong = f"mongodb://{user}:wrong@127.0.0.1:{port}/{database}?authSource={database}"
-    with MongoClient(wrong, serverSelectionTimeoutMS=5000) as impostor:
+    impostor: MongoClient[dict[str, Any]] = MongoClient(wrong, serverSelectionTimeoutMS=5000)
+    with impostor:
         with pytest.raises(OperationFailure):
             impostor[database][contract.COLLECTION_READINGS].find_one()
     with stack.mongo() as client:
@@ -206,7 +209,7 @@ def test_sensors_and_bridge_work_over_tls(pipeline: Pipeline, tmp_path: Path) ->
     )
     try:
         tls = {"MQTT_PORT": str(port), "MQTT_TLS_CA_FILE": str(ca)}
-        pipeline.start_server(**tls)
+        pipeline.start_server(MQTT_PORT=str(port), MQTT_TLS_CA_FILE=str(ca))
         sensor = pipeline.start_sensor(1, SENSOR_MAX_READINGS="3", SENSOR_INTERVAL_S="0", SENSOR_LOOP="false", **tls)
         assert sensor.wait(60) == 0, sensor.log_tail()
         readings = pipeline.db[contract.COLLECTION_READINGS]

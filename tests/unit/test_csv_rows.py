@@ -69,5 +69,6 @@ def test_replay_loops_and_moves_time_forward(tmp_path: Path) -> None:
     it = replay(rows, loop=True)
     got = [next(it) for _ in range(4)]
     assert [r.value for r in got] == [1, 2, 1, 2]
+    assert got[2].ts is not None and got[0].ts is not None
     assert got[2].ts - got[0].ts == timedelta(minutes=2)
     assert list(replay(rows, loop=False)) == rows
