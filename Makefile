@@ -9,7 +9,7 @@ SENSORS ?= 3
 # The local stack reads .env (secrets) when it exists; `make env` creates it.
 ENVFILE := set -a; [ -f .env ] && . ./.env; set +a;
 
-.PHONY: help env venv install model run stop status logs test test-unit lint bench bench-quick up down clean
+.PHONY: help env venv install model run stop status logs test test-unit lint lock bench bench-quick up down clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -17,10 +17,11 @@ help: ## List the targets
 env: ## Write .env with random secrets; an existing .env keeps its values and gains missing keys
 	@$(PYTHON) scripts/gen_env.py
 
-$(VENV)/.installed: requirements-dev.txt pipeline/requirements.txt Data_collection/requirements.txt Server/requirements.txt Models_analysis/requirements.txt Dashboard/requirements.txt
+# Installed from the hashed lock, so every machine gets the same packages (`make lock` re-resolves it).
+$(VENV)/.installed: requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
 	@touch $@
 
 venv: $(VENV)/.installed ## Create .venv with the pinned Python packages
@@ -46,6 +47,17 @@ test: install lint ## Lint, type-check, then run every test on the real local st
 
 test-unit: install ## Run the tests that need no server (the Compose tests use the CLI `make install` builds)
 	$(PY) -m pytest tests/unit
+
+# One resolution for every lock: the venv's (requirements-dev.lock, what tests and the local stack
+# use) first, then each image's, constrained to it, so an image runs the versions the tests ran.
+LOCK := $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes
+LOCKED := Data_collection Server Models_analysis Dashboard
+
+lock: venv ## Re-resolve the hashed locks (requirements-dev.lock, <service>/requirements.lock) after a requirements change
+	$(LOCK) requirements-dev.txt -o requirements-dev.lock
+	@for service in $(LOCKED); do \
+		$(LOCK) -c requirements-dev.lock $$service/requirements.txt -o $$service/requirements.lock || exit 1; \
+	done
 
 lint: venv ## Lint, check formatting and type-check (ruff, mypy)
 	$(VENV)/bin/ruff check .
