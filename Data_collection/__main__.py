@@ -43,6 +43,7 @@ def main() -> int:
         config.SENSOR_INTERVAL_S,
         config.SENSOR_LOOP,
     )
+    publisher.resend_spooled(stop)
     sent = 0
     next_at = time.monotonic()
     last_summary = next_at

@@ -12,6 +12,12 @@ already acknowledged. The sensor therefore keeps the readings acknowledged in
 the last SENSOR_REPLAY_S seconds and publishes them again, with the same ids,
 after every reconnect; the bridge recognises the copies by id.
 
+Every reading is also kept on the sensor's own disk until the broker
+acknowledges it (:class:`Data_collection.spool.Spool`, SENSOR_SPOOL_DIR): a sensor
+killed with readings in its queue sends them, with their ids, when it starts
+again. SENSOR_QUEUE_MAX bounds both; when full, the sensor stops reading its CSV
+and says so, rather than drop.
+
 A broker with no subscriber for the topic answers "no matching subscribers"
 (MQTT 5 reason 16) and drops the reading. That happens right after a Mosquitto
 restart, before the bridge has subscribed again (Mosquitto 2.0 does not restore
@@ -35,6 +41,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from Data_collection import metrics
 from Data_collection.settings import Settings
+from Data_collection.spool import Spool
 from pipeline import contract
 from pipeline.metrics import CONNECTED, RECONNECTS
 from pipeline.mqtt import connect, make_client
@@ -73,6 +80,8 @@ class Publisher:
         self._lost_at: float | None = None  # when the connection was last lost (monotonic)
         self._closed = threading.Event()
         self._last_warning = 0.0
+        self._last_full_warning = 0.0
+        self.spool = Spool(settings.SENSOR_SPOOL_DIR / f"{settings.SENSOR_ID}.sqlite", settings.SENSOR_QUEUE_MAX)
         client = make_client(settings, settings.SENSOR_ID)
         client.max_queued_messages_set(settings.SENSOR_QUEUE_MAX)
         client.on_connect = self._on_connect
@@ -87,19 +96,53 @@ class Publisher:
         return connect(self.client, self.settings, stop)
 
     def publish(self, reading: contract.Reading, stop: threading.Event) -> bool:
-        """Queue one reading at QoS 1; wait while the queue is full. False if stopped first."""
-        payload = contract.dumps(reading.to_message())
+        """Keep one reading on disk and queue it at QoS 1; wait while the queue is full. False if stopped first."""
+        return self._publish(contract.dumps(reading.to_message()), stop, spooled=False)
+
+    def resend_spooled(self, stop: threading.Event) -> int:
+        """Publish first what an earlier run kept on disk and the broker never acknowledged (same ids)."""
+        left = self.spool.pending()
+        if left:
+            logger.warning(
+                "sensor %s: %d readings from before the last stop were never acknowledged; publishing them first",
+                self.settings.SENSOR_ID,
+                len(left),
+            )
+        for payload in left:
+            if not self._publish(payload, stop, spooled=True):
+                break
+        return len(left)
+
+    def _publish(self, payload: bytes, stop: threading.Event, spooled: bool) -> bool:
         while True:
             with self._lock:
-                room = len(self._held) < self.settings.SENSOR_QUEUE_MAX
-            # NO_CONN still queues a QoS 1 message: it goes out on reconnect.
-            rc = self._send(payload, counted=True, new=True).rc if room else MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
+                room = len(self._held) < self.settings.SENSOR_QUEUE_MAX and (spooled or not self.spool.full)
+            if room:
+                if not spooled:
+                    self.spool.add(payload)  # on disk before it can be sent
+                    spooled = True
+                # NO_CONN still queues a QoS 1 message: it goes out on reconnect.
+                rc = self._send(payload, counted=True, new=True).rc
+            else:
+                rc = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
+                self._warn_full()
             if rc in SENT:
                 return True
             if rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                 raise RuntimeError(f"publish to {self.topic} failed: {mqtt.error_string(rc)}")
             if stop.wait(0.05):
                 return False
+
+    def _warn_full(self) -> None:
+        if time.monotonic() - self._last_full_warning > WARN_EVERY_S:
+            self._last_full_warning = time.monotonic()
+            logger.warning(
+                "sensor %s: %d readings wait for the broker (SENSOR_QUEUE_MAX, kept in %s): "
+                "reading the CSV pauses until the broker acknowledges some",
+                self.settings.SENSOR_ID,
+                len(self.spool),
+                self.spool.path,
+            )
 
     def _send(self, payload: bytes, counted: bool, new: bool = False) -> MQTTMessageInfo:
         """Publish at QoS 1 and track the message by its mid (a reading if ``counted``, else a copy)."""
@@ -152,6 +195,7 @@ class Publisher:
         self._closed.set()
         self.client.disconnect()
         self.client.loop_stop()
+        self.spool.close()
 
     def _remember(self, payload: bytes) -> None:
         """Keep an acknowledged reading for the replay window (call with the lock held)."""
@@ -249,6 +293,8 @@ class Publisher:
             self._acknowledged(mid, payload, reason_code)
 
     def _acknowledged(self, mid: int, payload: bytes, reason_code: ReasonCode) -> None:
+        # The broker has it (or refused it for good, which is counted and logged): off the disk.
+        self.spool.remove(payload)
         with self._lock:
             self.acked += 1
             if reason_code.is_failure:

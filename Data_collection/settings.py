@@ -30,8 +30,11 @@ class Settings(CommonSettings, MqttSettings):
     SENSOR_LOOP: bool = True
     #: Stop after this many readings (0 = no limit).
     SENSOR_MAX_READINGS: int = Field(0, ge=0)
-    #: Readings held while the broker is unreachable; when full, reading the CSV waits.
+    #: Readings held while the broker is unreachable (in memory and on disk); when full, reading the CSV waits.
     SENSOR_QUEUE_MAX: int = Field(10_000, ge=1)
+    #: Where the sensor keeps, in <SENSOR_ID>.sqlite, the readings the broker has not acknowledged,
+    #: so that a sensor killed mid-stream sends them when it starts again (a volume under Compose).
+    SENSOR_SPOOL_DIR: Path = Path("spool")
     #: After a reconnect, publish again the readings the broker acknowledged in
     #: the last this-many seconds before the connection was lost: a broker that
     #: crashed may have lost them (Mosquitto saves every second). 0 turns it off. The bridge drops the copies.

@@ -124,6 +124,8 @@ def sensor_env(stack_env: Mapping[str, str], sensor_id: str, **overrides: str) -
         "MQTT_PASSWORD": password,
         "SENSOR_ID": sensor_id,
     }
+    if "SENSOR_SPOOL_DIR" in stack_env:
+        env["SENSOR_SPOOL_DIR"] = stack_env["SENSOR_SPOOL_DIR"]
     env.update(overrides)
     return env
 

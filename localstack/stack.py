@@ -1004,6 +1004,8 @@ class Stack:
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{config.kafka_port}",
             "MONGO_URI": config.mongo_uri,
             "MONGO_DATABASE": config.mongo_database,
+            # Each sensor keeps what the broker has not acknowledged in <id>.sqlite here.
+            "SENSOR_SPOOL_DIR": str(config.state_dir / "sensor-spool"),
         }
 
     def log_path(self, name: str) -> Path:

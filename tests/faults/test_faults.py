@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import sqlite3
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -241,3 +243,62 @@ def test_a_bridge_outage_past_the_old_200000_message_queue_limit_loses_nothing(p
     wait_for(lambda: readings.count_documents(query) >= total, 600, f"{total} readings", pipeline.logs)
     for sensor in ids:
         assert readings.count_documents({"sensor": sensor}) == per_sensor, f"{sensor} lost readings in the outage"
+
+
+def _spooled_ids(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {json.loads(row[0])["id"] for row in db.execute("SELECT payload FROM pending")}
+
+
+def test_a_sensor_killed_while_the_broker_is_away_sends_what_it_held_when_it_starts_again(pipeline: Pipeline) -> None:
+    """The readings in a sensor's queue are on its disk (SENSOR_SPOOL_DIR): kill -9 loses none of them."""
+    pipeline.start_server()
+    first_run = 100
+    sensor = pipeline.start_sensor(1, SENSOR_MAX_READINGS=str(first_run), SENSOR_INTERVAL_S="0.05", SENSOR_LOOP="false")
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    query = {"sensor": pipeline.sensor_id(1)}
+    wait_for(lambda: readings.count_documents(query) >= 10, 30, "the first readings", pipeline.logs)
+    pipeline.stack.stack.stop_one("mosquitto")
+    try:
+        # It generates the rest of its readings into its queue, then waits for the broker: kill it there.
+        time.sleep(7)  # 100 readings at 0.05 s take 5 s
+        sensor.kill()
+        pipeline.processes.remove(sensor)
+        spool = Path(sensor.env["SENSOR_SPOOL_DIR"]) / f"{pipeline.sensor_id(1)}.sqlite"
+        held = _spooled_ids(spool)
+        assert held, "the killed sensor's queue must be on its disk"
+    finally:
+        pipeline.stack.stack.start_one("mosquitto")
+    second_run = 5
+    again = pipeline.start_sensor(1, SENSOR_MAX_READINGS=str(second_run), SENSOR_INTERVAL_S="0", SENSOR_LOOP="false")
+    assert again.wait(120) == 0, again.log_tail()
+    assert f"{len(held)} readings from before the last stop were never acknowledged" in again.log_tail()
+    total = first_run + second_run
+    wait_for(lambda: readings.count_documents(query) >= total, 60, f"{total} readings", pipeline.logs)
+    time.sleep(2)
+    stored = {d["_id"] for d in readings.find(query, {"_id": 1})}
+    assert len(stored) == total, f"{len(stored)} stored; every reading of both runs exactly once is {total}"
+    assert held <= stored
+    assert not _spooled_ids(spool), "acknowledged readings leave the disk"
+
+
+def test_a_sensor_whose_queue_is_full_pauses_its_csv_and_says_so(pipeline: Pipeline) -> None:
+    pipeline.start_server()
+    sensor = pipeline.start_sensor(
+        1, SENSOR_MAX_READINGS="40", SENSOR_INTERVAL_S="0.02", SENSOR_LOOP="false", SENSOR_QUEUE_MAX="10"
+    )
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    query = {"sensor": pipeline.sensor_id(1)}
+    wait_for(lambda: readings.count_documents(query) >= 1, 30, "the first reading", pipeline.logs)
+    pipeline.stack.stack.stop_one("mosquitto")
+    try:
+        wait_for(
+            lambda: "reading the CSV pauses" in sensor.log_tail(), 30, "the sensor saying it pauses", pipeline.logs
+        )
+        assert sensor.alive
+    finally:
+        pipeline.stack.stack.start_one("mosquitto")
+    assert sensor.wait(120) == 0, sensor.log_tail()
+    wait_for(lambda: readings.count_documents(query) >= 40, 60, "all 40 readings", pipeline.logs)
+    time.sleep(1)
+    assert readings.count_documents(query) == 40
