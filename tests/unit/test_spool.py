@@ -1,0 +1,47 @@
+"""The sensor's disk spool: ordered, bounded, and still there after the process that wrote it is gone."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from Data_collection.spool import Spool
+
+operations = st.lists(st.tuples(st.sampled_from(["add", "remove", "reopen"]), st.binary(min_size=1, max_size=8)))
+
+
+@given(operations, st.integers(1, 5))
+def test_the_spool_is_an_ordered_set_that_survives_reopening(ops: list[tuple[str, bytes]], limit: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "deep" / "s.sqlite"
+        spool = Spool(path, limit)
+        model: list[bytes] = []
+        for op, payload in ops:
+            if op == "add":
+                spool.add(payload)
+                if payload not in model:
+                    model.append(payload)
+            elif op == "remove":
+                spool.remove(payload)
+                if payload in model:
+                    model.remove(payload)
+            else:  # a new process opens the same file
+                spool.close()
+                spool = Spool(path, limit)
+            assert spool.pending() == model
+            assert len(spool) == len(model)
+            assert spool.full == (len(model) >= limit)
+        spool.close()
+
+
+def test_what_is_added_is_on_disk_before_add_returns(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite", 10)
+    spool.add(b"one")
+    # Read by another connection, as the next run of the sensor would, without closing the first.
+    other = Spool(tmp_path / "s.sqlite", 10)
+    assert other.pending() == [b"one"]
+    other.close()
+    spool.close()
