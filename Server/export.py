@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import orjson
 import pyarrow as pa
@@ -103,31 +104,54 @@ def export(
     database: str,
     collection: str,
     found: dict[str, Any],
-    out: Path,
+    out: Path | None,
     form: Literal["csv", "parquet"],
     progress: bool = True,
 ) -> int:
-    """Write every matching document to ``out``; returns how many. Written to a temporary file, then renamed."""
+    """Write every matching document to ``out`` (None: standard output); returns how many.
+
+    A file is written under a temporary name and renamed when complete, so a
+    failed export never leaves a file that looks whole.
+    """
     total = client[database][collection].count_documents(found) if progress else None
-    schema = SCHEMAS[collection]
-    tmp = out.with_name(f".{out.name}.part")
-    written = 0
     with tqdm(total=total, unit=" rows", disable=not progress, file=sys.stderr) as bar:
-        if form == "parquet":
-            with pq.ParquetWriter(tmp, schema) as writer:
-                for chunk in batches(client, database, collection, found):
-                    writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-                    written += len(chunk)
-                    bar.update(len(chunk))
-        else:
-            with tmp.open("w", newline="") as handle:
-                table = csv.DictWriter(handle, fieldnames=schema.names)
-                table.writeheader()
-                for chunk in batches(client, database, collection, found):
-                    table.writerows({k: _csv(v) for k, v in r.items()} for r in chunk)
-                    written += len(chunk)
-                    bar.update(len(chunk))
-    tmp.replace(out)
+        if out is None:
+            written = _write(sys.stdout.buffer, client, database, collection, found, form, bar)
+            sys.stdout.buffer.flush()
+            return written
+        tmp = out.with_name(f".{out.name}.part")
+        with tmp.open("wb") as handle:
+            written = _write(handle, client, database, collection, found, form, bar)
+        tmp.replace(out)
+    return written
+
+
+def _write(
+    handle: BinaryIO,
+    client: MongoClient[dict[str, Any]],
+    database: str,
+    collection: str,
+    found: dict[str, Any],
+    form: Literal["csv", "parquet"],
+    bar: tqdm[Any],
+) -> int:
+    schema = SCHEMAS[collection]
+    written = 0
+    if form == "parquet":
+        with pq.ParquetWriter(handle, schema) as writer:
+            for chunk in batches(client, database, collection, found):
+                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                written += len(chunk)
+                bar.update(len(chunk))
+        return written
+    text = io.TextIOWrapper(handle, encoding="utf-8", newline="", write_through=True)
+    table = csv.DictWriter(text, fieldnames=schema.names)
+    table.writeheader()
+    for chunk in batches(client, database, collection, found):
+        table.writerows({k: _csv(v) for k, v in r.items()} for r in chunk)
+        written += len(chunk)
+        bar.update(len(chunk))
+    text.detach()  # leave ``handle`` open for its owner
     return written
 
 
@@ -160,14 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         help="what to export (default readings)",
     )
     parser.add_argument("--format", dest="form", choices=["csv", "parquet"], default="csv")
-    parser.add_argument("--out", type=Path, required=True, help="the file to write")
+    parser.add_argument("--out", required=True, help="the file to write, or - for standard output")
     args = parser.parse_args(argv)
     config = settings.load(MongoSettings)
     client: MongoClient[dict[str, Any]] = MongoClient(config.MONGO_URI.get_secret_value(), tz_aware=True)
     with client:
         found = query(args.sensor, args.since, args.until, args.collection)
-        count = export(client, config.MONGO_DATABASE, args.collection, found, args.out, args.form)
-    sys.stderr.write(f"wrote {count} {args.collection} to {args.out}\n")
+        out = None if args.out == "-" else Path(args.out)
+        count = export(client, config.MONGO_DATABASE, args.collection, found, out, args.form)
+    sys.stderr.write(f"wrote {count} {args.collection} to {out or 'standard output'}\n")
     return 0
 
 

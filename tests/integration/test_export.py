@@ -88,3 +88,25 @@ def test_a_bad_time_is_a_clear_error(pipeline: Pipeline, tmp_path: Path) -> None
     result = run_export(pipeline, "--since", "yesterday", "--out", str(tmp_path / "x.csv"))
     assert result.returncode == 2 and "--since: 'yesterday' is not an ISO 8601 time" in result.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("form", ["csv", "parquet"])
+def test_export_to_standard_output(pipeline: Pipeline, tmp_path: Path, form: str) -> None:
+    sensor = pipeline.sensor_id(1)
+    at = datetime(2026, 11, 3, tzinfo=UTC)
+    pipeline.db[contract.COLLECTION_READINGS].insert_many(
+        [{"_id": f"{sensor}-{i}", "sensor": sensor, "ts": at, "v": float(i)} for i in range(3)]
+    )
+    env = {**os.environ, "MONGO_URI": pipeline.stack.env["MONGO_URI"], "MONGO_DATABASE": pipeline.db.name}
+    result = subprocess.run(
+        [sys.executable, "-m", "Server.export", "--sensor", sensor, "--format", form, "--out", "-"],
+        cwd=ROOT, env=env, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert b"wrote 3 readings to standard output" in result.stderr
+    if form == "csv":
+        assert result.stdout.decode().splitlines()[0] == "id,sensor,ts,v,received_at,extra"
+        assert len(result.stdout.decode().splitlines()) == 4
+    else:
+        (tmp_path / "out.parquet").write_bytes(result.stdout)
+        assert [r["v"] for r in pq.read_table(tmp_path / "out.parquet").to_pylist()] == [0.0, 1.0, 2.0]
