@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import uuid
@@ -39,6 +41,8 @@ PYTHON_SERVICES = {
     "model_analysis": "Models_analysis.settings",
     "dashboard": "Dashboard.settings",
 }
+#: Services that are tools, started only by `docker compose run <tool>` (a profile of their own).
+TOOLS = {"train"}
 #: A variable whose name contains one of these is a credential.
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|USERNAME|TOKEN|KEY")
 
@@ -199,7 +203,8 @@ def test_healthchecks_get_the_variables_they_use(name: str) -> None:
     test = SERVICES[name]["healthcheck"]["test"]
     command = " ".join(test) if isinstance(test, list) else test
     used = set(re.findall(r"\$\$\{?([A-Za-z_][A-Za-z0-9_]*)", command)) - {"SYS"}
-    missing = used - set(environment(SERVICES[name]))
+    assigned = set(re.findall(r"(?<![\w$])([A-Za-z_][A-Za-z0-9_]*)=", command))  # the check's own shell variables
+    missing = used - assigned - set(environment(SERVICES[name]))
     assert not missing, f"service {name}: its healthcheck reads {sorted(missing)}, not in its environment"
 
 
@@ -519,18 +524,49 @@ def test_mosquitto_entrypoint_refuses_client_ids_it_cannot_give_one_owner(
     assert not (tmp_path / "auth").exists(), "nothing is written before every setting is checked"
 
 
+def env_example_values() -> dict[str, str]:
+    """.env.example's keys and values, as `make env` writes them (a stand-in for each random secret)."""
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            values[key.strip()] = value.strip() if value.strip() and not value.strip().endswith(":") else "x"
+    return values
+
+
 def compose_config(
-    tmp_path: Path, *files: Path, args: tuple[str, ...] = ("--quiet",)
+    tmp_path: Path,
+    *files: Path,
+    args: tuple[str, ...] = ("--quiet",),
+    options: tuple[str, ...] = (),
+    dotenv: dict[str, str | None] | None = None,
+    environ: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`docker compose config` with the real Compose CLI that localstack/install.sh builds, on a copy of the project."""
+    """`docker compose [options] config [args]` with the real Compose CLI that localstack/install.sh builds.
+
+    The project's .env is what `make env` writes, changed by `dotenv` (None drops
+    a key); `environ` is the shell's environment, which Compose prefers to .env.
+    The caller's own environment never leaks a project variable in.
+    """
     cli = compose_cli()
     assert cli.exists(), f"no Compose CLI at {cli}: run `bash localstack/install.sh` (make install)"
+    values: dict[str, str | None] = {**env_example_values(), "LINE_1_PASSWORD": "x", **(dotenv or {})}
     env_file = tmp_path / ".env"
-    env_file.write_text("".join(f"{key}=x\n" for key in sorted(env_example_keys())) + "LINE_1_PASSWORD=x\n")
-    command = [str(cli), "--env-file", str(env_file)]
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in sorted(values.items()) if value is not None))
+    env = {k: v for k, v in os.environ.items() if k not in values and not k.startswith("COMPOSE_")}
+    env.update(environ or {})
+    command = [str(cli), "--env-file", str(env_file), *options]
     for file in files:
         command += ["-f", str(file)]
-    return subprocess.run([*command, "config", *args], capture_output=True, text=True, cwd=ROOT, check=False)
+    return subprocess.run([*command, "config", *args], capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+
+
+def resolved(tmp_path: Path, *args: str, **kwargs: Any) -> dict[str, Any]:
+    """The project as Compose resolves it (`config --format json`), for the services named in args (or all)."""
+    result = compose_config(tmp_path, COMPOSE_FILE, args=("--format", "json", *args), **kwargs)
+    assert result.returncode == 0, result.stderr
+    project: dict[str, Any] = json.loads(result.stdout)
+    return project
 
 
 def test_compose_file_resolves_with_the_compose_cli(tmp_path: Path) -> None:
@@ -557,6 +593,267 @@ def test_the_readmes_override_for_a_sensor_with_its_own_user_resolves(tmp_path: 
             "build"
         ]
     ), "the override must build the same sensor image"
+
+
+# --- Docker as the README documents it ------------------------------------------------
+
+README = ROOT / "README.md"
+#: Compose's global options that take a value (`docker compose [OPTIONS] COMMAND`).
+COMPOSE_OPTIONS_WITH_VALUE = {"-f", "--file", "-p", "--project-name", "--profile", "--env-file", "--project-directory"}
+
+
+def code_in(markdown: str) -> list[str]:
+    """The code a Markdown text shows: each line of its fenced blocks, and each `inline` span."""
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", markdown, re.S | re.M)
+    prose = re.sub(r"^```[^\n]*\n.*?^```", "", markdown, flags=re.S | re.M)
+    return [line for block in blocks for line in block.splitlines()] + re.findall(r"`([^`\n]+)`", prose)
+
+
+def documented_compose_commands(command: str) -> list[tuple[list[str], list[str]]]:
+    """(global options, arguments) of every `docker compose [options] <command> ...` that the README's code
+    and docker-compose.yml's comments show a user."""
+    comments = [line.split("#", 1)[1] for line in COMPOSE_FILE.read_text().splitlines() if "#" in line]
+    found = []
+    for code in code_in(README.read_text()) + comments:
+        for match in re.finditer(r"docker compose\b([^#`;&|)]*)", code):
+            words = shlex.split(match[1].rstrip(" \\"))  # a continued line ends in a backslash
+            options = []
+            while words and words[0].startswith("-"):
+                options.append(words.pop(0))
+                if options[-1] in COMPOSE_OPTIONS_WITH_VALUE and words:
+                    options.append(words.pop(0))
+            if words and words[0] == command:
+                found.append((options, words[1:]))
+    return found
+
+
+def readme_section(title: str) -> str:
+    """A README section's text, from its heading (any level) to the next heading of the same or a higher level
+    (a `#` line inside a fenced code block is a comment, not a heading)."""
+    lines, level, fenced = [], 0, False
+    for line in README.read_text().splitlines():
+        fenced ^= line.startswith("```")
+        heading = None if fenced else re.match(r"(#+) (.*?)\s*$", line)
+        if heading and level and len(heading[1]) <= level:
+            break
+        if level:
+            lines.append(line)
+        elif heading and heading[2] == title:
+            level = len(heading[1])
+    assert level, f"README.md has no section {title!r}"
+    return "\n".join(lines)
+
+
+def final_stage(dockerfile: Path) -> list[tuple[str, str]]:
+    """The instructions of a Dockerfile's last stage (the image that runs)."""
+    steps = instructions(dockerfile)
+    start = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    return steps[start + 1 :]
+
+
+def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
+    """The ENV values a stage sets (KEY=value form)."""
+    return dict(word.split("=", 1) for w, args in stage if w == "ENV" for word in shlex.split(args) if "=" in word)
+
+
+def test_every_documented_up_keeps_the_sensors_the_user_asked_for(tmp_path: Path) -> None:
+    """`up` without --scale sets every service back to its scale in the file: for the sensors, SENSORS (.env).
+
+    So each documented `up` (make up's, a plain one, the monitoring profile's) must leave the count
+    to the file, and the file must take it from SENSORS, the shell's value first.
+    """
+    ups = documented_compose_commands("up")
+    assert any("monitoring" in options for options, _ in ups), f"found no documented monitoring `up`: {ups}"
+    assert len(ups) >= 3, f"found too few documented `docker compose up` commands: {ups}"
+    for options, args in ups:
+        line = " ".join(["docker compose", *options, "up", *args])
+        assert not any(arg.startswith("--scale") for arg in args), (
+            f"README: `{line}`: --scale lasts only until the next `up` without it; the count is SENSORS in .env"
+        )
+        for sensors, expected in ((None, 3), ("7", 7), ("0", 0)):
+            project = resolved(tmp_path, options=tuple(options), dotenv={"SENSORS": sensors})
+            scale = project["services"]["sensor"].get("scale")
+            assert scale == expected, f"`{line}` with SENSORS={sensors} in .env runs {scale} sensors, not {expected}"
+    assert env_example_values().get("SENSORS") == "3", ".env.example: SENSORS=3 (what `make env` writes)"
+    shell = resolved(tmp_path, dotenv={"SENSORS": "7"}, environ={"SENSORS": "10"})
+    assert shell["services"]["sensor"]["scale"] == 10, "the shell's SENSORS (`make up SENSORS=10`) must win over .env's"
+
+
+def test_start_interval_has_its_start_period_and_the_readme_states_docker_engine_25(tmp_path: Path) -> None:
+    """start_interval came with Docker Engine 25; Compose refuses it at `up` without start_period."""
+    project = resolved(tmp_path, options=("--profile", "*"))
+    with_interval = [name for name, s in project["services"].items() if s.get("healthcheck", {}).get("start_interval")]
+    for name in with_interval:
+        assert project["services"][name]["healthcheck"].get("start_period"), (
+            f"service {name}: start_interval without start_period (`up` fails: 'healthcheck.start_interval "
+            "requires healthcheck.start_period to be set')"
+        )
+    if with_interval:
+        docker = readme_section("Docker")
+        assert re.search(r"Docker Engine 25(\.0)? or newer", docker), (
+            "README, Docker: healthcheck.start_interval needs Docker Engine 25; state it as the minimum"
+        )
+        assert re.search(r"Compose v2\.\d+(\.\d+)? or newer", docker), "README, Docker: state the minimum Compose"
+
+
+def test_train_is_a_tool_only_docker_compose_run_starts(tmp_path: Path) -> None:
+    """`docker compose run --rm train ...` trains a model into ./models with the model service's own image."""
+    for options in ((), ("--profile", "monitoring")):
+        assert "train" not in resolved(tmp_path, options=options)["services"], "`up` must not start the train tool"
+    project = resolved(tmp_path, "train", "model_analysis")  # naming a service enables its profile, as `run` does
+    train, model = project["services"]["train"], project["services"]["model_analysis"]
+    assert train["build"] == model["build"], "train must build the model service's image"
+    assert train.get("pull_policy") == "build", "train: pull_policy: build (the code as it is now, as `up --build`)"
+    writable = [v for v in train.get("volumes", []) if v["target"] == "/app/models"]
+    assert writable and writable[0]["source"] == str(ROOT / "models") and not writable[0].get("read_only"), (
+        "train must mount ./models at /app/models, writable"
+    )
+    served = [v for v in model.get("volumes", []) if v["target"] == "/app/models"]
+    assert served and served[0]["source"] == str(ROOT / "models") and served[0].get("read_only"), (
+        "model_analysis reads ./models at /app/models, read-only"
+    )
+    workdir = [args for word, args in final_stage(ROOT / "Models_analysis/Dockerfile") if word == "WORKDIR"][-1]
+    assert workdir.rstrip("/") + "/models" == "/app/models", "the README's models/... paths are relative to WORKDIR"
+
+
+def test_train_runs_as_the_owner_of_the_models_folder(tmp_path: Path) -> None:
+    """The tool drops from root to the uid and gid that own ./models, so the model it writes is the user's."""
+    train = resolved(tmp_path, "train")["services"]["train"]
+    assert train.get("user") in ("root", "0"), "train starts as root, only to take the owner of models/"
+    entrypoint = [part.replace("$$", "$") for part in train["entrypoint"]]  # Compose's escaped $
+    (tmp_path / "models").mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "setpriv").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    (bin_dir / "setpriv").chmod(0o755)
+    args = ["--csv", "models/my data.csv", "--out", "models/mine.joblib"]
+    result = subprocess.run(
+        [*entrypoint, *args], cwd=tmp_path, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    owner = (tmp_path / "models").stat()
+    assert result.stdout.splitlines() == [
+        f"--reuid={owner.st_uid}",
+        f"--regid={owner.st_gid}",
+        "--clear-groups",
+        "python",
+        "-m",
+        "Models_analysis.train",
+        *args,
+    ]
+    assert train["environment"].get("MPLCONFIGDIR", "").startswith("/tmp/"), (
+        "train: the host's uid has no home in the image; give matplotlib a folder any user can create"
+    )
+
+
+def test_the_readmes_train_commands_write_into_the_models_mount() -> None:
+    runs = [args for _, args in documented_compose_commands("run") if "train" in args]
+    assert runs, "README: show how to train with `docker compose run --rm train ...`"
+    for args in runs:
+        line = " ".join(["docker compose run", *args])
+        assert "--rm" in args[: args.index("train")], f"README: `{line}`: add --rm (a tool leaves no container)"
+        rest = args[args.index("train") + 1 :]
+        if rest == ["..."]:
+            continue  # a mention, not a command to copy
+        assert "--out" in rest and rest[rest.index("--out") + 1].startswith("models/"), (
+            f"README: `{line}`: write the model under models/ (./models), or it is lost with the container"
+        )
+        if "--csv" in rest:
+            assert rest[rest.index("--csv") + 1].startswith(("models/", "Data_collection/")), (
+                f"README: `{line}`: the tool sees ./models (models/...) and the demo data, nothing else of the host"
+            )
+
+
+def test_the_settings_table_gives_the_model_path_compose_uses() -> None:
+    default = compose_default("model_analysis", "MODEL_PATH")
+    assert env_of(final_stage(ROOT / "Models_analysis/Dockerfile")).get("MODEL_PATH") == default, (
+        "Models_analysis/Dockerfile trains its model where Compose's MODEL_PATH default points"
+    )
+    row = next((line for line in README.read_text().splitlines() if line.startswith("| `MODEL_PATH`")), "")
+    assert f"`{default}`" in row, f"README, Settings: MODEL_PATH's default under Compose is {default}"
+
+
+def test_the_readme_recreates_the_model_service_to_change_its_settings() -> None:
+    """`docker compose restart` keeps a container's environment: a changed .env needs `up` (a new container)."""
+    swap = readme_section("Models")
+    assert not re.search(r"elsewhere\s+and\s+restart", swap), "README, Models: `restart` does not read .env again"
+    code = [line.split("#", 1)[0].strip() for line in code_in(swap)]
+    assert "docker compose up -d model_analysis" in code, (
+        "README, Models: show `docker compose up -d model_analysis` after MODEL_PATH changed in .env"
+    )
+
+
+@pytest.mark.parametrize(
+    ("mongosh", "status", "says"),
+    [
+        ("exit 0", 0, ""),
+        ('echo "MongoServerError: Authentication failed." >&2; exit 1', 1, "docker compose down -v"),
+        ('echo "MongoNetworkError: connect ECONNREFUSED 172.18.0.2:27017" >&2; exit 1', 1, "ECONNREFUSED"),
+    ],
+)
+def test_the_mongo_healthcheck_says_when_the_volume_holds_other_credentials(
+    tmp_path: Path, mongosh: str, status: int, says: str
+) -> None:
+    """A .env made anew beside an old mongo-data volume: the check fails for good, and says why and what to do."""
+    test = resolved(tmp_path, "mongo")["services"]["mongo"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mongosh").write_text(f"#!/bin/sh\n{mongosh}\n")
+    (bin_dir / "mongosh").chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "MONGO_APP_USERNAME": "pipeline",
+        "MONGO_APP_PASSWORD": "secret-p",
+        "MONGO_DATABASE": "sensor_pipeline",
+    }
+    result = subprocess.run(["/bin/sh", "-c", test[1].replace("$$", "$")], env=env, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == status, output
+    assert says in output
+    assert ("down -v" in output) == ("Authentication failed" in mongosh), output
+    assert "secret-p" not in output, "a password reached the health log"
+    if "down -v" in output:
+        assert "Troubleshooting" in output and readme_section("Troubleshooting"), "the hint points at the README"
+        assert "docker compose down -v" in readme_section("Troubleshooting")
+
+
+@pytest.mark.parametrize("path", sorted({SERVICES[name]["build"]["dockerfile"] for name in PYTHON_SERVICES}))
+def test_python_runs_at_build_time_as_the_runtime_user(path: str) -> None:
+    """Code run at build time as root leaves root-owned caches (matplotlib's font cache, for one) that the
+    runtime user cannot write: it warns and builds them again at every start."""
+    stage = final_stage(ROOT / path)
+    runtime_user = [args for word, args in stage if word == "USER"][-1]
+    user = "root"
+    for word, args in stage:
+        if word == "USER":
+            user = args
+        elif word == "RUN" and re.search(r"\bpython\b", args):
+            assert user == runtime_user, f"{path}: `RUN {args[:50]}...` runs as {user}; run it as {runtime_user}"
+
+
+def test_the_model_image_builds_matplotlibs_cache_for_its_runtime_user() -> None:
+    stage = final_stage(ROOT / "Models_analysis/Dockerfile")
+    runtime_user = [args for word, args in stage if word == "USER"][-1]
+    config_dir = env_of(stage).get("MPLCONFIGDIR", "")
+    assert config_dir, "Models_analysis/Dockerfile: set MPLCONFIGDIR (Prophet imports matplotlib)"
+    home = next((args for word, args in stage if word == "RUN" and "useradd" in args and "--create-home" in args), "")
+    assert home.split()[-1] == runtime_user, "the runtime user needs a home"
+    assert config_dir.startswith(f"/home/{runtime_user}/"), (
+        f"MPLCONFIGDIR={config_dir}: keep it in {runtime_user}'s home, which only that user writes"
+    )
+    trains = [i for i, (word, args) in enumerate(stage) if word == "RUN" and "Models_analysis.train" in args]
+    assert trains, "the image trains its default model (and so builds matplotlib's cache) at build time"
+
+
+def test_the_readme_says_what_becomes_of_a_scaled_sensors_id() -> None:
+    """Compose gives replicas no settings of their own: their ids are host names, new on every recreate."""
+    docker = readme_section("Docker")
+    assert re.search(r"recreat", docker) and "SENSOR_ID" in docker, (
+        "README, Docker: say that a replica's id changes when Compose recreates it, and how to give a sensor a "
+        "stable one (a service of its own with SENSOR_ID)"
+    )
+    assert "SENSOR_ID" not in environment(SERVICES["sensor"]), "the replicas share one environment"
 
 
 # --- monitoring: Prometheus and Grafana (the `monitoring` profile) ------------------------
@@ -652,7 +949,8 @@ def test_monitoring_services_start_only_with_their_profile(name: str) -> None:
     assert SERVICES[name].get("healthcheck", {}).get("test"), f"service {name}: add a healthcheck"
     for other, service in SERVICES.items():
         if other not in ("prometheus", "grafana"):
-            assert "profiles" not in service, f"service {other}: the pipeline itself must start with a plain `up`"
+            if other not in TOOLS:
+                assert "profiles" not in service, f"service {other}: the pipeline itself must start with a plain `up`"
             assert not set(depends_on(service)) & {"prometheus", "grafana"}, f"service {other} depends on monitoring"
 
 

@@ -55,3 +55,16 @@ def test_sensor_accounts_get_a_random_password_each(tmp_path: Path) -> None:
     assert [sensor for sensor, _ in accounts] == ["sensor-1", "sensor-2", "sensor-3"]
     passwords = [password for _, password in accounts]
     assert all(len(p) >= 24 for p in passwords) and len(set(passwords)) == 3
+
+
+def test_sensors_is_written_as_a_number_and_an_older_env_gains_it(tmp_path: Path) -> None:
+    """SENSORS (Compose's sensor replicas) is a setting, not a secret: 3, kept as the user sets it."""
+    target = tmp_path / ".env"
+    run(target)
+    assert values(target)["SENSORS"] == "3"
+    target.write_text("".join(f"{k}={v}\n" for k, v in values(target).items() if k != "SENSORS"))
+    assert "added SENSORS" in run(target)
+    assert values(target)["SENSORS"] == "3"
+    target.write_text(target.read_text().replace("SENSORS=3", "SENSORS=10"))
+    run(target)
+    assert values(target)["SENSORS"] == "10"
