@@ -70,8 +70,8 @@ bench: install ## Benchmarks on a throwaway local stack (~25 min, 20-min soak); 
 bench-quick: install ## The benchmarks, short (~3 min, 1-min soak)
 	$(PY) -m bench --quick
 
-up: env ## Start everything with Docker Compose (3 sensors)
-	docker compose up --build -d --scale sensor=$(SENSORS)
+up: env ## Start everything with Docker Compose (SENSORS sensors: .env, or make up SENSORS=10)
+	docker compose up --build -d
 
 down: ## Stop the Docker Compose stack
 	docker compose down

@@ -1066,3 +1066,30 @@ def test_dashboard_covers_the_pipeline() -> None:
         for q in ("0.5", "0.95", "0.99"):
             pattern = rf"histogram_quantile\({q},.*\brate\({hop}_bucket\b"
             assert any(re.search(pattern, expr) for _, expr in queries), f"pipeline.json: no p{q} of {hop}"
+
+
+def test_make_up_leaves_the_sensor_count_to_the_file() -> None:
+    """`--scale` on `make up` would override SENSORS in .env (the file's `scale:` already reads it)."""
+    recipe = re.search(r"^up:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
+    assert recipe is not None, "Makefile: no up target"
+    assert "docker compose up" in recipe.group(1) and "--scale" not in recipe.group(1)
+
+
+@pytest.mark.parametrize("service", ["Data_collection", "Server", "Models_analysis", "Dashboard"])
+def test_images_install_from_their_hashed_lock(service: str) -> None:
+    steps = instructions(ROOT / service / "Dockerfile")
+    runs = [args for word, args in steps if word == "RUN" and "pip install" in args]
+    assert runs == [f"pip install --require-hashes -r {service}/requirements.lock"], runs
+    copies = [args for word, args in steps if word == "COPY"]
+    assert f"{service}/requirements.lock {service}/requirements.lock" in copies
+
+
+def test_sensors_keep_their_spool_on_a_volume(tmp_path: Path) -> None:
+    """What a sensor has not had acknowledged outlives its container (README "What happens when something fails")."""
+    spool = env_of(final_stage(ROOT / "Data_collection/Dockerfile")).get("SENSOR_SPOOL_DIR")
+    assert spool, "Data_collection/Dockerfile: set SENSOR_SPOOL_DIR"
+    made = [a for w, a in final_stage(ROOT / "Data_collection/Dockerfile") if w == "RUN" and spool in a]
+    assert made and "-o app" in made[0], "the spool folder must exist in the image, owned by the runtime user"
+    sensor = resolved(tmp_path)["services"]["sensor"]
+    volumes = [v for v in sensor.get("volumes", []) if v.get("target") == spool]
+    assert volumes and volumes[0]["type"] == "volume", f"sensor: mount a named volume at {spool}"
