@@ -13,10 +13,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import bridge, e2e, outage, scoring
+from bench import bridge, e2e, kafka_clients, outage, scoring
 from bench.common import add_common_arguments, bench_stack, setup_logging
 
-BENCHMARKS = {"scoring": scoring.run, "bridge": bridge.run, "outage": outage.run, "e2e": e2e.run}
+BENCHMARKS = {
+    "scoring": scoring.run,
+    "bridge": bridge.run,
+    "kafka_clients": kafka_clients.run,
+    "outage": outage.run,
+    "e2e": e2e.run,
+}
 
 
 def main() -> int:
@@ -33,6 +39,7 @@ def main() -> int:
     bridge.add_arguments(parser)
     e2e.add_arguments(parser)
     outage.add_arguments(parser)
+    kafka_clients.add_arguments(parser)
     args = parser.parse_args()
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in BENCHMARKS]
