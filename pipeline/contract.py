@@ -468,8 +468,9 @@ def sensor_of_topic(topic: str) -> str | None:
 
 
 def dumps(value: dict[str, Any]) -> bytes:
-    """Serialize a message (datetimes as ISO 8601 with offset)."""
-    return orjson.dumps(value, default=_default)
+    """Serialize a message, every datetime in the one form messages use (:func:`iso`: UTC, milliseconds, ``Z``)."""
+    # Passed through to _default: orjson's own form (``...831000+00:00``) differed from the readings' ``...831Z``.
+    return orjson.dumps(value, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
 
 
 def _default(value: Any) -> Any:
