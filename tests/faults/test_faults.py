@@ -22,10 +22,12 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from pipeline import contract
-from tests.conftest import Pipeline, wait_for
+from tests.conftest import Pipeline, free_port, wait_for
 from tests.helpers import consume, payload, publish, reading
 
 pytestmark = pytest.mark.faults
@@ -202,6 +204,22 @@ def test_the_bridge_reports_kafka_down_at_once_and_logs_it_readably(pipeline: Pi
     assert "%3|" not in log, "librdkafka's raw lines must go through the service's logging"
 
 
+def _sys_store_count(pipeline: Pipeline) -> tuple[Callable[[], float], mqtt.Client]:
+    """The latest $SYS/broker/store/messages/count, read as the bridge's user (it may read $SYS); and the client."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{pipeline.name}-bridge-probe", protocol=mqtt.MQTTv5)
+    client.username_pw_set(pipeline.stack.env["MQTT_SERVER_USERNAME"], pipeline.stack.env["MQTT_SERVER_PASSWORD"])
+    latest = [0.0]
+    client.on_connect = lambda c, _u, _f, _rc, _p: c.subscribe("$SYS/broker/store/messages/count")
+    client.on_message = lambda _c, _u, message: latest.__setitem__(0, float(message.payload))
+    client.connect(pipeline.stack.env["MQTT_HOST"], int(pipeline.stack.env["MQTT_PORT"]))
+    client.loop_start()
+
+    def count() -> float:
+        return latest[0]
+
+    return count, client
+
+
 def _publish_share(args: tuple[dict[str, str], str, list[bytes]]) -> list[int]:
     env, sensor, payloads = args
     return publish(env, sensor, contract.readings_topic(sensor), payloads)
@@ -223,6 +241,14 @@ def test_a_bridge_outage_past_the_old_200000_message_queue_limit_loses_nothing(p
         codes = pool.map(_publish_share, batches)
     for sensor, answers in zip(ids, codes, strict=True):
         assert answers == [0] * per_sensor, f"{sensor}: the broker did not take every reading: {Counter(answers)}"
+    # Mosquitto publishes its store's size in $SYS every 10 s (retained): wait until it counts them all,
+    # so the value the bridge reads when it connects is this backlog, not one from mid-publishing.
+    sys_count, probe = _sys_store_count(pipeline)
+    try:
+        wait_for(lambda: sys_count() >= per_sensor * sensors, 60, "the broker's count of the backlog", pipeline.logs)
+    finally:
+        probe.disconnect()
+        probe.loop_stop()
     server = pipeline.start_server(wait=False)
 
     def broker_holds() -> float:
@@ -236,7 +262,7 @@ def test_a_bridge_outage_past_the_old_200000_message_queue_limit_loses_nothing(p
         return float(line.split()[1])
 
     held = wait_for(broker_holds, 60, "the broker's queue depth on /metrics", pipeline.logs)
-    assert held >= 100_000, f"the broker reported holding {held} messages with 210,000 queued"
+    assert held >= per_sensor * sensors, f"the bridge reported the broker holding {held} messages with 210,000 queued"
     readings = pipeline.db[contract.COLLECTION_READINGS]
     total = per_sensor * sensors
     query = {"sensor": {"$in": ids}}
@@ -282,23 +308,46 @@ def test_a_sensor_killed_while_the_broker_is_away_sends_what_it_held_when_it_sta
     assert not _spooled_ids(spool), "acknowledged readings leave the disk"
 
 
+def _metric(port: str, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
 def test_a_sensor_whose_queue_is_full_pauses_its_csv_and_says_so(pipeline: Pipeline) -> None:
     pipeline.start_server()
+    port, total = str(free_port()), 1000  # 20 s at 0.02 s: still running when the broker stops
     sensor = pipeline.start_sensor(
-        1, SENSOR_MAX_READINGS="40", SENSOR_INTERVAL_S="0.02", SENSOR_LOOP="false", SENSOR_QUEUE_MAX="10"
+        1,
+        SENSOR_MAX_READINGS=str(total),
+        SENSOR_INTERVAL_S="0.02",
+        SENSOR_LOOP="false",
+        SENSOR_QUEUE_MAX="10",
+        HEALTH_PORT=port,
     )
     readings = pipeline.db[contract.COLLECTION_READINGS]
     query = {"sensor": pipeline.sensor_id(1)}
-    wait_for(lambda: readings.count_documents(query) >= 1, 30, "the first reading", pipeline.logs)
+
+    def acknowledged() -> float:
+        try:
+            return _metric(port, "pipeline_sensor_acknowledged_total")
+        except OSError:  # not serving yet
+            return 0.0
+
+    # The sensor's own count, not MongoDB's: on a database holding earlier tests' readings a count is slow.
+    wait_for(acknowledged, 30, "the broker's first acknowledgement", pipeline.logs)
     pipeline.stack.stack.stop_one("mosquitto")
     try:
-        wait_for(
-            lambda: "reading the CSV pauses" in sensor.log_tail(), 30, "the sensor saying it pauses", pipeline.logs
-        )
+        # Paused: with the broker away, no more than the queue's 10 readings leave the CSV.
+        time.sleep(2)
+        published = _metric(port, "pipeline_sensor_published_total")
+        time.sleep(2)
+        assert _metric(port, "pipeline_sensor_published_total") == published < total
         assert sensor.alive
+        assert "reading the CSV pauses" in sensor.log_tail()
     finally:
         pipeline.stack.stack.start_one("mosquitto")
     assert sensor.wait(120) == 0, sensor.log_tail()
-    wait_for(lambda: readings.count_documents(query) >= 40, 60, "all 40 readings", pipeline.logs)
+    wait_for(lambda: readings.count_documents(query) >= total, 60, f"all {total} readings", pipeline.logs)
     time.sleep(1)
-    assert readings.count_documents(query) == 40
+    assert readings.count_documents(query) == total
