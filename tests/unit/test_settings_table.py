@@ -1208,6 +1208,15 @@ def _reading(n: int, sensor: str = "s-1") -> contract.Reading:
     return contract.Reading(id=f"r-{n}", sensor=sensor, ts=datetime.now(UTC), v=float(n))
 
 
+def stopped_after(seconds: float) -> threading.Event:
+    """A stop event set after ``seconds``: a publish that should go through at once cannot hang the test."""
+    event = threading.Event()
+    timer = threading.Timer(seconds, event.set)
+    timer.daemon = True
+    timer.start()
+    return event
+
+
 @contextlib.contextmanager
 def real_publisher(**values: Any) -> Iterator[Publisher]:
     """A Publisher with its real paho client (never connected) and its spool in a folder of its own."""
@@ -1224,7 +1233,7 @@ def real_publisher(**values: Any) -> Iterator[Publisher]:
 @example(size=1)
 def test_the_sensor_holds_sensor_queue_max_readings_while_the_broker_is_away(size: int) -> None:
     """No broker: what is published is held, up to SENSOR_QUEUE_MAX; the next one is not taken."""
-    running, stopped = threading.Event(), threading.Event()
+    running, stopped = stopped_after(10.0), threading.Event()
     stopped.set()
     with real_publisher(SENSOR_QUEUE_MAX=size) as publisher:
         assert all(publisher.publish(_reading(n), running) for n in range(size))
@@ -1234,7 +1243,7 @@ def test_the_sensor_holds_sensor_queue_max_readings_while_the_broker_is_away(siz
 
 
 def test_a_full_queue_makes_publishing_wait_until_stopped() -> None:
-    stop = threading.Event()
+    stop = stopped_after(10.0)
     with real_publisher(SENSOR_QUEUE_MAX=3) as publisher:
         for n in range(3):
             assert publisher.publish(_reading(n), stop)
@@ -1280,7 +1289,7 @@ def test_the_publisher_connects_as_sensor_id_and_publishes_to_its_topic() -> Non
 
 def test_unacknowledged_readings_are_kept_in_sensor_spool_dir_and_sent_first_on_the_next_start(tmp_path: Path) -> None:
     folder = tmp_path / "spool-here"
-    stop = threading.Event()
+    stop = stopped_after(10.0)
     with recorded_publisher(folder, SENSOR_ID="gate-7") as first:
         for n in range(4):
             assert first.publisher.publish(_reading(n, "gate-7"), stop)
@@ -1309,7 +1318,7 @@ def test_after_a_reconnect_the_sensor_replays_what_was_acknowledged_within_senso
 ) -> None:
     """The readings acknowledged in the SENSOR_REPLAY_S seconds before the connection was lost, whatever the
     outage's length, are published again after the reconnect (0: none)."""
-    clock, stop = Clock(), threading.Event()
+    clock, stop = Clock(), stopped_after(10.0)
     flags = SimpleNamespace(session_present=False)
     with mock.patch.object(publisher_module, "time", clock):
         with recorded_publisher(SENSOR_REPLAY_S=window, SENSOR_QUEUE_MAX=1000) as recorded:
@@ -1488,6 +1497,7 @@ def test_payloads_over_server_max_payload_bytes_are_rejected(limit: int, data: s
 @example(settle=10, elapsed=9)
 @example(settle=10, elapsed=10)
 @example(settle=0, elapsed=0)
+@example(settle=1, elapsed=0)
 def test_an_aggregate_is_written_once_nothing_was_added_for_settle_s(settle: int, elapsed: int) -> None:
     clock, store = Clock(), RecordingStore()
     at = datetime(2026, 11, 27, 10, 34, 5, tzinfo=UTC)
@@ -1497,12 +1507,15 @@ def test_an_aggregate_is_written_once_nothing_was_added_for_settle_s(settle: int
         clock.now += elapsed
         written = aggregator.flush()
         assert written == (1 if elapsed >= settle else 0), (settle, elapsed)
-        if settle >= 2 and elapsed < settle:
+        if not written and settle >= 2:
             clock.now += settle - elapsed - 1
             aggregator.touch([_reading(2).model_copy(update={"ts": at})])  # added again: it waits anew
             clock.now += settle - 1
             assert aggregator.flush() == 0
             clock.now += 1
+            assert aggregator.flush() == 1
+        elif not written:
+            clock.now += settle - elapsed
             assert aggregator.flush() == 1
     minutes = [d for name, documents in store.inserted if name == contract.COLLECTION_AGGREGATES for d in documents]
     assert len(minutes) == 1
