@@ -338,16 +338,7 @@ def _reads() -> list[Any]:
     cases: list[Any] = []
     for row in _rows_or_none():
         for service in (s for s in row.used_by if s != BROKER):
-            marks = []
-            if (row.name, service) == ("HEALTH_PORT", "dashboard"):
-                marks.append(
-                    pytest.mark.xfail(
-                        strict=True,
-                        reason="README: HEALTH_PORT is used by all; the dashboard answers /healthz, /readyz and "
-                        "/metrics on DASHBOARD_PORT and ignores HEALTH_PORT (Dashboard/settings.py says so)",
-                    )
-                )
-            cases.append(pytest.param(row.name, service, marks=marks, id=f"{row.name}-{service}"))
+            cases.append(pytest.param(row.name, service, id=f"{row.name}-{service}"))
     return cases
 
 
@@ -356,17 +347,6 @@ def test_every_service_named_reads_the_variable(name: str, service: str) -> None
     """A field nothing reads has no effect (as MODEL_FORECAST_AHEAD once had): each one is read somewhere."""
     package = PACKAGES[service]
     assert name in _attributes_read(package), f"{name}: nothing in {package}/ or pipeline/ reads it"
-
-
-#: Settings a service reads that the table does not list under it (README.md should say; the test says what).
-NOT_IN_THE_TABLE = {
-    ("dashboard", "MONGO_URI"): "the table lists MONGO_URI under server only; the dashboard reads it too",
-    ("dashboard", "MONGO_DATABASE"): "the table lists MONGO_DATABASE under server only; the dashboard reads it too",
-    ("dashboard", "DASHBOARD_PORT"): "the dashboard's own settings are not in the table",
-    ("dashboard", "DASHBOARD_USERNAME"): "the dashboard's own settings are not in the table",
-    ("dashboard", "DASHBOARD_PASSWORD"): "the dashboard's own settings are not in the table",
-    ("dashboard", "DASHBOARD_SERVICES"): "the dashboard's own settings are not in the table",
-}
 
 
 @functools.cache
@@ -386,9 +366,7 @@ def _fields_read() -> list[Any]:
         for name in cls.model_fields:
             if name not in _own_attributes_read(PACKAGES[service]):
                 continue  # read, if at all, by shared code: the other test holds it to the table
-            known = NOT_IN_THE_TABLE.get((service, name))
-            marks = [pytest.mark.xfail(strict=False, reason=known)] if known else []
-            cases.append(pytest.param(service, name, marks=marks, id=f"{service}-{name}"))
+            cases.append(pytest.param(service, name, id=f"{service}-{name}"))
     return cases
 
 
