@@ -319,8 +319,7 @@ def test_mounted_scripts_get_the_variables_they_require(name: str, script: str, 
 
 def test_mosquitto_entrypoint_is_posix_sh() -> None:
     sh = shutil.which("sh")
-    if sh is None:
-        pytest.skip("no sh on this machine")
+    assert sh is not None, "no sh on this machine"
     result = subprocess.run([sh, "-n", str(ROOT / "mosquitto/docker-entrypoint.sh")], capture_output=True, text=True)
     assert result.returncode == 0, f"mosquitto/docker-entrypoint.sh: {result.stderr}"
 
@@ -483,8 +482,7 @@ def run_entrypoint(tmp_path: Path, **variables: str) -> subprocess.CompletedProc
 
 
 def test_mosquitto_entrypoint_writes_the_client_id_owners(tmp_path: Path) -> None:
-    if shutil.which("mosquitto_passwd") is None:
-        pytest.skip("no mosquitto_passwd (Debian's mosquitto package)")
+    assert shutil.which("mosquitto_passwd"), "mosquitto_passwd is missing: run `bash localstack/install.sh`"
     result = run_entrypoint(tmp_path, MQTT_SERVER_CLIENT_IDS="bridge-*,edge-1", MQTT_SENSOR_ACCOUNTS="s1:p1,s2:p2")
     assert result.returncode == 0, result.stderr
     lines = [line for line in (tmp_path / "auth/owners").read_text().splitlines() if not line.startswith("#")]
@@ -980,8 +978,7 @@ def test_prometheus_scrapes_only_compose_services() -> None:
 
 def test_prometheus_config_passes_promtool() -> None:
     promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("no promtool (Debian's prometheus package, localstack/install.sh)")
+    assert promtool is not None, "no promtool: run `bash localstack/install.sh` (Debian's prometheus package)"
     result = subprocess.run([promtool, "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True)
     assert result.returncode == 0, f"promtool check config: {result.stdout}{result.stderr}"
 

@@ -88,6 +88,7 @@ from Server.store import Inserted, Store
 from tests.conftest import free_port
 from tests.helpers import payload
 from tests.unit.models import ConstantModel, SlowModel
+from tests.unit.test_compose import run_entrypoint
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -890,8 +891,7 @@ class Certificates:
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     """A CA, a server certificate for 127.0.0.1 and a client certificate it signed, and an unrelated CA."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+    assert shutil.which("openssl"), "openssl is missing (Debian's openssl package)"
     folder = tmp_path_factory.mktemp("tls")
 
     def openssl(*args: str) -> None:
@@ -1904,23 +1904,12 @@ def test_topics_are_created_with_kafka_num_partitions(partitions: int) -> None:
 
 
 def test_the_broker_gives_the_bridges_user_the_client_ids_of_mqtt_server_client_ids(tmp_path: Path) -> None:
-    if shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto_passwd is not installed")
+    assert shutil.which("mosquitto_passwd"), "mosquitto_passwd is missing: run `bash localstack/install.sh`"
 
     def owners(ids: str | None) -> list[str]:
         auth = tmp_path / f"auth-{uuid.uuid4().hex}"
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "MOSQUITTO_AUTH_DIR": str(auth),
-            "MOSQUITTO_DATA_DIR": str(tmp_path / "data"),
-            "MOSQUITTO_OWNER": "",
-            "MQTT_SERVER_USERNAME": "bridge",
-            "MQTT_SERVER_PASSWORD": "secret-b",
-            "MQTT_SENSOR_USERNAME": "sensor",
-            "MQTT_SENSOR_PASSWORD": "secret-s",
-            **({"MQTT_SERVER_CLIENT_IDS": ids} if ids is not None else {}),
-        }
-        result = subprocess.run(["sh", str(ENTRYPOINT), "true"], env=env, capture_output=True, text=True, check=False)
+        chosen = {"MQTT_SERVER_CLIENT_IDS": ids} if ids is not None else {}
+        result = run_entrypoint(tmp_path, MOSQUITTO_AUTH_DIR=str(auth), **chosen)
         assert result.returncode == 0, result.stderr
         return [line for line in (auth / "owners").read_text().splitlines() if line.startswith("owner ")]
 
