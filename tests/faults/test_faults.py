@@ -279,15 +279,28 @@ def _spooled_ids(path: Path) -> set[str]:
 def test_a_sensor_killed_while_the_broker_is_away_sends_what_it_held_when_it_starts_again(pipeline: Pipeline) -> None:
     """The readings in a sensor's queue are on its disk (SENSOR_SPOOL_DIR): kill -9 loses none of them."""
     pipeline.start_server()
-    first_run = 100
-    sensor = pipeline.start_sensor(1, SENSOR_MAX_READINGS=str(first_run), SENSOR_INTERVAL_S="0.05", SENSOR_LOOP="false")
+    first_run, port = 200, str(free_port())
+    sensor = pipeline.start_sensor(
+        1, SENSOR_MAX_READINGS=str(first_run), SENSOR_INTERVAL_S="0.05", SENSOR_LOOP="false", HEALTH_PORT=port
+    )
     readings = pipeline.db[contract.COLLECTION_READINGS]
     query = {"sensor": pipeline.sensor_id(1)}
-    wait_for(lambda: readings.count_documents(query) >= 10, 30, "the first readings", pipeline.logs)
+
+    def counted(name: str) -> float:
+        try:
+            return _metric(port, name)
+        except OSError:  # not serving yet
+            return 0.0
+
+    # The sensor's own counters, not MongoDB's: on a database holding earlier tests' readings a count is slow.
+    wait_for(lambda: counted("pipeline_sensor_acknowledged_total") >= 10, 30, "acknowledgements", pipeline.logs)
     pipeline.stack.stack.stop_one("mosquitto")
     try:
         # It generates the rest of its readings into its queue, then waits for the broker: kill it there.
-        time.sleep(7)  # 100 readings at 0.05 s take 5 s
+        wait_for(
+            lambda: counted("pipeline_sensor_published_total") >= first_run, 60, "all readings made", pipeline.logs
+        )
+        assert sensor.alive, "the sensor must still be waiting for the broker"
         sensor.kill()
         pipeline.processes.remove(sensor)
         spool = Path(sensor.env["SENSOR_SPOOL_DIR"]) / f"{pipeline.sensor_id(1)}.sqlite"
