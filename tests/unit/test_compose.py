@@ -336,18 +336,7 @@ def test_mosquitto_entrypoint_is_posix_sh() -> None:
     ],
 )
 def test_mosquitto_entrypoint_refuses_bad_sensor_accounts(tmp_path: Path, accounts: str, says: str) -> None:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "MOSQUITTO_AUTH_DIR": str(tmp_path / "auth"),
-        "MOSQUITTO_DATA_DIR": str(tmp_path / "data"),
-        "MQTT_SERVER_USERNAME": "bridge",
-        "MQTT_SERVER_PASSWORD": "secret-b",
-        "MQTT_SENSOR_USERNAME": "sensor",
-        "MQTT_SENSOR_PASSWORD": "secret-s",
-        "MQTT_SENSOR_ACCOUNTS": accounts,
-    }
-    script = str(ROOT / "mosquitto/docker-entrypoint.sh")
-    result = subprocess.run(["sh", script, "true"], env=env, capture_output=True, text=True, check=False)
+    result = run_entrypoint(tmp_path, MQTT_SENSOR_ACCOUNTS=accounts)
     assert result.returncode == 2
     assert result.stderr.startswith("MQTT_SENSOR_ACCOUNTS: ") and says in result.stderr
     assert "secret" not in result.stderr, "a password reached the message"
