@@ -138,10 +138,12 @@ class Scorer:
 
     def write(self, readings: list[contract.Reading], attempt: Attempt) -> dict[int, Failure]:
         """Score the batch once, produce its results and alerts; returns the readings Kafka refused."""
-        scored: Scored | None = attempt.memo.get("scored")
+        # Scored once per list of readings: a retry one message at a time passes each reading alone.
+        memo_key = ("scored", tuple(r.id for r in readings))
+        scored: Scored | None = attempt.memo.get(memo_key)
         if scored is None:
             self.models.refresh()
-            scored = attempt.memo["scored"] = self._build(readings)
+            scored = attempt.memo[memo_key] = self._build(readings)
         deliveries: Deliveries = attempt.memo.setdefault("kafka", Deliveries())
         try:
             send_all(self.producer, scored.records, self.stop, deliveries).wait(self.producer, self.stop)
@@ -149,9 +151,10 @@ class Scorer:
             self.kafka.down()
             raise
         self.kafka.up()
-        if not attempt.memo.get("counted"):
-            attempt.memo["counted"] = True
-            self._count(readings, scored.results)
+        counted = attempt.of("counted")
+        fresh = [r for r in scored.results if r.id not in counted]
+        counted.update(r.id for r in fresh)
+        self._count([r for r in readings if r.id in {f.id for f in fresh}], fresh)
         return {
             scored.origin[key]: Failure("kafka_refused", reason)
             for key, reason in deliveries.refused.items()

@@ -111,8 +111,11 @@ class ResultsSink:
         refused: dict[int, Failure] = {}
         stored: list[dict[str, Any]] = []
         for collection, kind in _KINDS.items():
+            # Keyed by document id, not position: a retry one message at a time passes other lists.
             done = attempt.of(collection)
-            indexes = [i for i, item in enumerate(items) if item.collection == collection and i not in done]
+            indexes = [
+                i for i, item in enumerate(items) if item.collection == collection and item.document["_id"] not in done
+            ]
             if not indexes:
                 continue
             try:
@@ -121,7 +124,7 @@ class ResultsSink:
                 self.mongo.down()
                 raise
             self.mongo.up()
-            done.update(indexes)
+            done.update(items[i].document["_id"] for i in indexes)
             for position, reason in inserted.refused.items():
                 refused[indexes[position]] = Failure("store_refused", reason)
             metrics.RESULTS_STORED.labels(kind).inc(inserted.new)

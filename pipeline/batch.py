@@ -73,7 +73,7 @@ class Attempt:
 
     done: dict[str, set[Any]] = field(default_factory=dict)
     #: Anything a handler computes once per batch (say, the model's forecasts) and reuses on a retry.
-    memo: dict[str, Any] = field(default_factory=dict)
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     def of(self, where: str) -> set[Any]:
         """The keys already durable in ``where`` (a set the handler adds to)."""
