@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -117,15 +118,19 @@ class Publisher:
         while True:
             with self._lock:
                 room = len(self._held) < self.settings.SENSOR_QUEUE_MAX and (spooled or not self.spool.full)
-            if room:
-                if not spooled:
+            why = None
+            if room and not spooled:
+                try:
                     self.spool.add(payload)  # on disk before it can be sent
                     spooled = True
+                except sqlite3.Error as error:  # a full or failing disk: wait, as for a full queue, and say why
+                    room, why = False, f"the spool cannot be written ({error})"
+            if room:
                 # NO_CONN still queues a QoS 1 message: it goes out on reconnect.
                 rc = self._send(payload, counted=True, new=True).rc
             else:
                 rc = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
-                self._warn_full()
+                self._warn_full(why)
             if rc in SENT:
                 return True
             if rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
@@ -133,15 +138,13 @@ class Publisher:
             if stop.wait(0.05):
                 return False
 
-    def _warn_full(self) -> None:
+    def _warn_full(self, why: str | None = None) -> None:
         if time.monotonic() - self._last_full_warning > WARN_EVERY_S:
             self._last_full_warning = time.monotonic()
             logger.warning(
-                "sensor %s: %d readings wait for the broker (SENSOR_QUEUE_MAX, kept in %s): "
-                "reading the CSV pauses until the broker acknowledges some",
+                "sensor %s: %s: reading the CSV pauses until it can go on",
                 self.settings.SENSOR_ID,
-                len(self.spool),
-                self.spool.path,
+                why or f"{len(self.spool)} readings wait for the broker (SENSOR_QUEUE_MAX, kept in {self.spool.path})",
             )
 
     def _send(self, payload: bytes, counted: bool, new: bool = False) -> MQTTMessageInfo:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
 import tempfile
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
+from unittest import mock
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from Data_collection.publisher import Publisher
+from Data_collection.settings import Settings
 from Data_collection.spool import Spool
+from pipeline import contract
 
 operations = st.lists(st.tuples(st.sampled_from(["add", "remove", "reopen"]), st.binary(min_size=1, max_size=8)))
 
@@ -45,3 +53,25 @@ def test_what_is_added_is_on_disk_before_add_returns(tmp_path: Path) -> None:
     assert other.pending() == [b"one"]
     other.close()
     spool.close()
+
+
+def test_a_spool_that_cannot_be_written_makes_the_sensor_wait_and_say_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk must pause the sensor (as a full queue does), not crash it and not send unspooled readings."""
+    settings = Settings.model_validate(
+        {"SENSOR_ID": "s-1", "SENSOR_SPOOL_DIR": str(tmp_path), "MQTT_USERNAME": "u", "MQTT_PASSWORD": "p"}
+    )
+    publisher = Publisher(settings)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    reading = contract.Reading(id="r1", sensor="s-1", ts=datetime.now(UTC), v=1.0)
+    try:
+        with mock.patch.object(
+            publisher.spool, "add", side_effect=sqlite3.OperationalError("database or disk is full")
+        ):
+            assert publisher.publish(reading, stop) is False, "it waits until stopped"
+        assert publisher.published == 0, "nothing leaves that is not on disk"
+        assert "the spool cannot be written (database or disk is full)" in caplog.text
+    finally:
+        publisher.close()
