@@ -341,16 +341,17 @@ def report(
 def write_json(document: dict[str, Any], path: Path) -> None:
     """Write ``document`` with NaN as null (JSON has no NaN)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_nulls(document), indent=2) + "\n")
+    path.write_text(json.dumps(json_safe(document), indent=2) + "\n")
 
 
-def _nulls(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity (nested in dicts and lists) as None: JSON has neither."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _nulls(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_nulls(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
