@@ -2,7 +2,7 @@
 # Installs what the local stack needs to run its servers natively (no Docker):
 #   - Debian packages: mosquitto, mosquitto-clients, mosquitto-dev and
 #     libmosquitto-dev (headers for the broker plugin), prometheus (monitoring
-#     test), chromium (browser tests), and
+#     test), prometheus-alertmanager (alerting test), chromium (browser tests), and
 #     a C compiler, Java 17 + Maven, Go, Node.js + npm when they are missing;
 #   - Mosquitto's client_owners plugin (mosquitto/plugin/, C) into the cache;
 #   - Kafka's jars (Maven, localstack/kafka/pom.xml), FerretDB (built from the Go
@@ -42,10 +42,11 @@ for dir in /usr/local/go/bin /usr/lib/go/bin; do
 done
 
 packages=()
-for pkg in mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev prometheus chromium; do
+for pkg in mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev prometheus prometheus-alertmanager chromium; do
   installed "$pkg" || packages+=("$pkg")
 done
 command -v cc >/dev/null 2>&1 || packages+=(gcc libc6-dev)
+command -v patch >/dev/null 2>&1 || packages+=(patch)
 [ "$(java_major)" -ge 17 ] || packages+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 command -v go >/dev/null 2>&1 || packages+=(golang-go)
@@ -80,6 +81,12 @@ if [ ${#packages[@]} -gt 0 ]; then
     # The tests run their own Prometheus on a free port; the packaged one would scrape nothing.
     "${SUDO[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
     say "debian packages: disabled the packaged prometheus service (it took port 9090)"
+  fi
+  if [[ " ${packages[*]} " == *" prometheus-alertmanager "* ]] && command -v systemctl >/dev/null 2>&1 \
+    && systemctl is-active --quiet prometheus-alertmanager 2>/dev/null; then
+    # The alerting test runs its own Alertmanager (/usr/bin/prometheus-alertmanager) on a free port.
+    "${SUDO[@]}" systemctl disable --now prometheus-alertmanager >/dev/null 2>&1 || true
+    say "debian packages: disabled the packaged prometheus-alertmanager service (it took port 9093)"
   fi
   hash -r
 else
@@ -155,7 +162,7 @@ ferretdb_version=$(awk '$1 == "github.com/FerretDB/FerretDB" { print $2 } $2 == 
   "$HERE/ferretdb/go.mod" | head -n1)
 [ -n "$ferretdb_version" ] || die "no github.com/FerretDB/FerretDB requirement in localstack/ferretdb/go.mod"
 ferretdb_dest=$CACHE/ferretdb-$ferretdb_version
-ferretdb_stamp=$(stamp_of "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum")
+ferretdb_stamp=$(stamp_of "$HERE/ferretdb/go.mod" "$HERE/ferretdb/go.sum" "$HERE"/ferretdb/patches/*.patch)
 go_ok() {  # FerretDB's go.mod says go 1.24
   local major minor
   read -r major minor < <(go env GOVERSION 2>/dev/null | sed -n 's/^go\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
@@ -185,6 +192,10 @@ else
     printf '%s\n' "$ferretdb_version" >"$tmp/src/build/version/version.txt"
     printf 'localstack\n' >"$tmp/src/build/version/package.txt"
     cd "$tmp/src"
+    # Fixes of ours, each explained at the top of its file (localstack/README.md).
+    for fix in "$HERE"/ferretdb/patches/*.patch; do
+      patch -p1 --forward --quiet <"$fix" || die "ferretdb: $fix does not apply to $ferretdb_version"
+    done
     go build -trimpath -o "$tmp/ferretdb" ./cmd/ferretdb
   )
   rm -rf "$tmp/src"
