@@ -254,6 +254,19 @@ def test_backtest_of_a_csv_worked_by_hand(tmp_path: Path, capsys: pytest.Capture
     assert "naive-week" in captured.out and f"wrote {out}" in captured.out
 
 
+def test_resampled_readings_are_replayed_at_the_new_interval(tmp_path: Path) -> None:
+    csv = daily_pattern_csv(tmp_path / "wave.csv")
+    out = tmp_path / "bt.json"
+    assert run("--csv", str(csv), "--window", "8d", "--resample", "2h", "--kinds", "trend", "--out", str(out)) == 0
+    document = json.loads(out.read_text())
+    assert document["source"]["readings"] == 10 * 12
+    assert document["plan"]["season_readings"] == 12 and document["plan"]["sampling_interval_s"] == 7200
+    # A 2-hour mean a day later is still 0.24 higher, and a week later 1.68.
+    metrics = document["metrics"]
+    assert metrics["naive-day"]["n"] == 24 and metrics["naive-day"]["mae"] == pytest.approx(0.24)
+    assert metrics["naive-week"]["mae"] == pytest.approx(1.68)
+
+
 @pytest.mark.parametrize(
     ("content", "args", "message"),
     [
