@@ -158,6 +158,9 @@ def test_a_stopped_bridge_is_alerted_silenced_and_resolved(
     config = manager.config.read_text()
     assert f"url: '{receiver.url}'" in config, "the entry point did not put ALERT_WEBHOOK_URL in place, intact"
     assert manager.config.stat().st_mode & 0o077 == 0, "the rendered configuration holds the URL: owner only"
+    # AlertDeliveryFailing reads this series of Alertmanager's (tests/unit/test_alert_rules.py takes it as given).
+    status, metrics = get(f"{manager.url}/metrics")
+    assert status == 200 and b'alertmanager_notifications_failed_total{integration="webhook"' in metrics
 
     server = pipeline.start_server()
     instance = f"127.0.0.1:{server.env['HEALTH_PORT']}"

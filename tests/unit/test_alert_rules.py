@@ -39,7 +39,8 @@ EXPECTED = {
     "ModelChanged": "info",
     "AlertDeliveryFailing": "warning",
 }
-#: Series that come from elsewhere than the pipeline's code: Prometheus's own, and Alertmanager's.
+#: Series from elsewhere than the pipeline's code: Prometheus's own, and Alertmanager's (its /metrics is
+#: checked for it in tests/e2e/test_alerting.py).
 EXTERNAL_SERIES = {"up", "alertmanager_notifications_failed_total"}
 #: PromQL functions the rules use beyond those tests/unit/test_compose.py knows.
 MORE_PROMQL_WORDS = {"le"}
