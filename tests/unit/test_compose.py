@@ -929,16 +929,16 @@ def metrics_port(service: str) -> str:
     return env.get("DASHBOARD_PORT") or env.get("HEALTH_PORT") or "8000"
 
 
-@pytest.mark.parametrize("name", ["prometheus", "grafana"])
+@pytest.mark.parametrize("name", ["prometheus", "grafana", "alertmanager"])
 def test_monitoring_services_start_only_with_their_profile(name: str) -> None:
     assert name in SERVICES, f"docker-compose.yml has no service {name}"
     assert SERVICES[name].get("profiles") == ["monitoring"], f'service {name}: set profiles: ["monitoring"]'
     assert SERVICES[name].get("healthcheck", {}).get("test"), f"service {name}: add a healthcheck"
     for other, service in SERVICES.items():
-        if other not in ("prometheus", "grafana"):
+        if other not in ("prometheus", "grafana", "alertmanager"):
             if other not in TOOLS:
                 assert "profiles" not in service, f"service {other}: the pipeline itself must start with a plain `up`"
-            assert not set(depends_on(service)) & {"prometheus", "grafana"}, f"service {other} depends on monitoring"
+            assert not set(depends_on(service)) & {"prometheus", "grafana", "alertmanager"}, f"service {other} depends on monitoring"
 
 
 def test_prometheus_mounts_its_config() -> None:
