@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
+import io
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pymongo.errors import PyMongoError
 
 from Dashboard import metrics
 from Dashboard.probe import ServiceProbe
-from Dashboard.queries import Reader
+from Dashboard.queries import MAX_RANGE, RAW_UP_TO, Reader
 from Dashboard.settings import Settings
 from pipeline import contract, health
 
@@ -35,7 +38,11 @@ STATIC = Path(__file__).resolve().parent / "static"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 REALM = 'Basic realm="sensor pipeline", charset="UTF-8"'
 
-Minutes = Annotated[int, Query(ge=1, le=24 * 60)]
+#: Raw points: at most RAW_UP_TO; a chart's range (rollups), and a download: at most MAX_RANGE.
+Minutes = Annotated[int, Query(ge=1, le=RAW_UP_TO // timedelta(minutes=1))]
+RangeMinutes = Annotated[int, Query(ge=1, le=MAX_RANGE // timedelta(minutes=1))]
+#: The columns of a CSV download, in order.
+CSV_COLUMNS = ("id", "sensor", "ts", "v", "yhat", "yhat_lower", "yhat_upper", "anomaly")
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 
@@ -51,6 +58,20 @@ def credentials_match(header: str | None, username: str, password: str) -> bool:
     user_ok = secrets.compare_digest(given_user.encode(), username.encode())
     password_ok = secrets.compare_digest(given_password.encode(), password.encode())
     return user_ok & password_ok
+
+
+def csv_lines(sensor: str, points: Iterator[dict[str, Any]], every: int = 1000) -> Iterator[str]:
+    """The header and the points as CSV text, ``every`` rows at a time; an empty field is a missing forecast."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for count, point in enumerate(points, start=1):
+        writer.writerow([sensor if column == "sensor" else point[column] for column in CSV_COLUMNS])
+        if count % every == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
 
 
 def create_app(settings: Settings, reader: Reader, probe: ServiceProbe) -> FastAPI:
@@ -93,10 +114,22 @@ def create_app(settings: Settings, reader: Reader, probe: ServiceProbe) -> FastA
             return reader.series(sensor, minutes)
 
     @app.get("/api/aggregates/{sensor}")
-    def aggregates(sensor: contract.SensorId, minutes: Minutes = 60) -> list[dict[str, Any]]:
-        """Per-minute count/mean/min/max of the sensor's readings (from the ``aggregates`` collection)."""
+    def aggregates(sensor: contract.SensorId, minutes: RangeMinutes = 60) -> dict[str, Any]:
+        """Count/mean/min/max of the sensor's readings per minute (up to 3 h), hour (up to 14 days) or day."""
         with metrics.QUERY_SECONDS.labels("aggregates").time():
-            return reader.minute_aggregates(sensor, minutes)
+            return reader.aggregates(sensor, minutes)
+
+    @app.get("/api/sensors/{sensor}/readings.csv")
+    def download(sensor: contract.SensorId, minutes: RangeMinutes = 60) -> StreamingResponse:
+        """The sensor's readings of the last ``minutes`` with their forecasts, as CSV, streamed a minute at a time."""
+        until = datetime.now(UTC)
+        since = until - timedelta(minutes=minutes)
+        name = f"{sensor}_{since:%Y%m%dT%H%M}_{until:%Y%m%dT%H%M}.csv"
+        return StreamingResponse(
+            csv_lines(sensor, reader.points(sensor, since, until)),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     @app.get("/api/alerts")
     def alerts(limit: Limit = 50) -> list[dict[str, Any]]:

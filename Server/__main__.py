@@ -7,15 +7,17 @@ import threading
 
 from confluent_kafka import Producer
 
-from pipeline import lifecycle, logs, settings
+from pipeline import contract, lifecycle, logs, settings
 from pipeline.health import Dependency, HealthServer
 from pipeline.kafka import ensure_pipeline_topics, producer_config
 from pipeline.metrics import total
 from Server.aggregates import Aggregator
 from Server.ingest import Bridge
 from Server.results import ResultsSink
+from Server.retention import Retention, rules
 from Server.settings import Settings
 from Server.store import Store
+from Server.timeline import Timeline
 
 logger = logging.getLogger("Server")
 
@@ -27,20 +29,28 @@ def main() -> int:
     stop = lifecycle.stop_event()
     ensure_pipeline_topics(config)
     store = Store(config)
+    retention = Retention(store, stop, rules(config))
     try:
-        store.ensure_rejections_capped(config.SERVER_REJECTIONS_MAX_MB * 1024 * 1024)
+        store.ensure_capped(
+            contract.COLLECTION_REJECTIONS, config.SERVER_REJECTIONS_MAX_MB * 2**20, "SERVER_REJECTIONS_MAX_MB"
+        )
+        store.ensure_capped(contract.COLLECTION_ALERTS, config.SERVER_ALERTS_MAX_MB * 2**20, "SERVER_ALERTS_MAX_MB")
         store.ensure_indexes()
+        retention.setup()
     except Exception:  # noqa: BLE001 - these bound and speed up storage; their absence must not stop the flow
         logger.exception("could not set up MongoDB's collections and indexes; continuing without them")
     kafka = Dependency("kafka")
     producer = Producer(producer_config(config, config.MQTT_CLIENT_ID, kafka))
-    aggregator = Aggregator(store, stop, settle_s=config.SERVER_AGGREGATE_SETTLE_S)
+    timeline = Timeline(store, stop)
+    aggregator = Aggregator(store, stop, settle_s=config.SERVER_AGGREGATE_SETTLE_S, timeline=timeline)
     bridge = Bridge(config, store, producer, stop, aggregator, kafka)
     sink = ResultsSink(config, store, producer, stop, aggregator, kafka)
     workers = [
         threading.Thread(target=bridge.run, name="bridge"),
         threading.Thread(target=sink.run, name="results"),
         threading.Thread(target=aggregator.run, name="aggregates"),
+        threading.Thread(target=timeline.run, name="timeline"),
+        threading.Thread(target=retention.run, name="retention"),
     ]
 
     def summary() -> None:

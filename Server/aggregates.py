@@ -1,35 +1,25 @@
-"""Derived views kept in MongoDB: per-minute aggregates per sensor, and online model accuracy.
+"""Online model accuracy kept in MongoDB, per sensor and model, running and per hour.
 
-``aggregates``: count, sum, mean, min and max of each sensor's readings per
-minute of event time (``_id`` = "<sensor>|<minute>"), what the peers compute
-with Kafka Streams. ``accuracy``: per sensor and model, the mean absolute
-error and the share of observations inside the forecast interval (coverage)
-(``_id`` = "<sensor>|<model hash>"), each written at most every 30 s;
-``accuracy_hourly`` the same per hour (``_id`` = "<sensor>|<model hash>|<hour>"),
-so a person can see a model drift.
+``accuracy``: per sensor and model, the mean absolute error and the share of
+observations inside the forecast interval (coverage) (``_id`` =
+"<sensor>|<model hash>"), each written at most every 30 s, at its own moment in
+that interval, so a flush writes a share of them. ``accuracy_hourly`` the same
+per hour (``_id`` = "<sensor>|<model hash>|<hour>"), written once, whole, when
+the hour has settled (no prediction added for SERVER_AGGREGATE_SETTLE_S), so a
+person can see a model drift. The bridge remembers the totals it last wrote (it
+reads them once by ``_id``), so the update that adds to them also sets the MAE
+and coverage: no reader sees totals without them.
 
-Both are fed only by documents the bridge has just inserted for the first
-time (a redelivery is a duplicate key and contributes nothing) and merged in
-memory. A minute (or hour) is written once, complete, when it has settled: no
-reading added for SERVER_AGGREGATE_SETTLE_S. Inserting a new document is cheap on any
-MongoDB, while an update costs FerretDB 1.24 several milliseconds even by
-``_id``, and a scan of the whole collection with any other condition. A window
-that gets readings after it was written (late readings, or a second bridge
-replica) is merged into the stored document with ``$inc``/``$min``/``$max``.
-The running ``accuracy`` totals (one document per sensor and model) are
-updated in place, each at most every ``totals_every_s``, at its own moment in
-that interval, so a flush writes a share of them. The bridge remembers the
-totals it last wrote (it reads them once by ``_id``), so the update that adds
-to them also sets the MAE and coverage: no reader sees totals without them.
-
-Every update selects by ``_id`` alone, the only filter FerretDB answers from
-an index. A write retried after an error (that may or may not have reached the
-server) adds the condition ``write_id`` != this flush's id, so a retry never
-adds twice.
+Fed only by predictions the bridge has just inserted for the first time (a
+redelivery is a duplicate key and contributes nothing); the readings and
+predictions also go on to :class:`Server.timeline.Timeline`, which keeps the
+documents the live page reads. Every update selects by ``_id`` alone, the only
+filter FerretDB answers from an index. A write retried after an error adds the
+condition ``write_id`` != this flush's id, so a retry never adds twice.
 
 The cost: what is merged but not written yet is lost if the bridge is killed
-(never anything in ``readings`` or ``predictions``): up to a minute and
-SERVER_AGGREGATE_SETTLE_S for aggregates, up to an hour for the hourly accuracy.
+(never anything in ``readings`` or ``predictions``): up to an hour of hourly
+accuracy, 30 s of the running totals.
 """
 
 from __future__ import annotations
@@ -42,7 +32,7 @@ import uuid
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -50,42 +40,9 @@ from pymongo.errors import DuplicateKeyError
 from pipeline import contract
 from pipeline.retry import RetryError, until_done
 from Server.store import TRANSIENT, Store
+from Server.timeline import Timeline
 
 logger = logging.getLogger(__name__)
-
-WINDOW = timedelta(minutes=1)
-
-
-def window_of(moment: datetime) -> datetime:
-    """The start of the minute ``moment`` falls in (UTC)."""
-    return moment.astimezone(UTC).replace(second=0, microsecond=0)
-
-
-def aggregate_id(sensor: str, minute: datetime) -> str:
-    """The aggregate document's id for one sensor and minute."""
-    return f"{sensor}|{contract.iso(minute)}"
-
-
-@dataclass
-class Window:
-    """What a batch adds to one (sensor, minute) window."""
-
-    count: int
-    total: float
-    low: float
-    high: float
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        self.total += value
-        self.low = min(self.low, value)
-        self.high = max(self.high, value)
-
-    def merge(self, other: Window) -> None:
-        self.count += other.count
-        self.total += other.total
-        self.low = min(self.low, other.low)
-        self.high = max(self.high, other.high)
 
 
 @dataclass
@@ -114,8 +71,10 @@ class Aggregator:
         settle_s: float = 10.0,
         max_open: int = 10_000,
         totals_every_s: float = 30.0,
+        timeline: Timeline | None = None,
     ) -> None:
         self.store = store
+        self.timeline = timeline
         self.stop = stop
         self.every_s = every_s
         self.settle_s = settle_s
@@ -126,8 +85,7 @@ class Aggregator:
         self._totals_written: dict[str, float] = {}
         # The totals (n, abs_error_sum, inside) of each accuracy document as this bridge last wrote them.
         self._stored: dict[str, tuple[int, float, int]] = {}
-        # Open windows: what is not written yet, and when each was last added to (monotonic).
-        self._windows: dict[tuple[str, datetime], Window] = {}
+        # Open hours: what is not written yet, and when each was last added to (monotonic).
         self._hourly: dict[str, Score] = {}
         self._touched: dict[Any, float] = {}
         # Running totals added since the last flush, per "<sensor>|<model hash>".
@@ -135,20 +93,15 @@ class Aggregator:
         self._lock = threading.Lock()
 
     def touch(self, readings: Iterable[contract.Reading]) -> None:
-        """Add newly stored readings to their windows."""
-        now = time.monotonic()
-        with self._lock:
-            for reading in readings:
-                key = (reading.sensor, window_of(reading.ts))
-                window = self._windows.get(key)
-                if window is None:
-                    self._windows[key] = Window(1, reading.v, reading.v, reading.v)
-                else:
-                    window.add(reading.v)
-                self._touched[key] = now
+        """Pass newly stored readings on to the timeline."""
+        if self.timeline is not None:
+            self.timeline.touch(readings)
 
     def touch_accuracy(self, predictions: Iterable[dict[str, Any]]) -> None:
         """Add newly stored predictions (MongoDB documents) to their sensor's and model's accuracy."""
+        predictions = list(predictions)
+        if self.timeline is not None:
+            self.timeline.touch_predictions(predictions)
         now = time.monotonic()
         with self._lock:
             for p in predictions:
@@ -208,17 +161,13 @@ class Aggregator:
         """Write the settled windows and the running totals; returns how many documents were written."""
         now = time.monotonic()
         with self._lock:
-            windows = self._settled(self._windows, now, everything)
             hourly = self._settled(self._hourly, now, everything)
             scores = self._due_totals(now, everything)
-        if not windows and not hourly and not scores:
+        if not hourly and not scores:
             return 0
         write_id = uuid.uuid4().hex  # the same for every retry of this flush
         attempts = itertools.count()
         pending = {
-            contract.COLLECTION_AGGREGATES: {
-                aggregate_id(s, m): _window_document(s, m, window) for (s, m), window in windows.items()
-            },
             contract.COLLECTION_ACCURACY_HOURLY: {key: _score_document(key, score) for key, score in hourly.items()},
         }
         try:
@@ -261,13 +210,10 @@ class Aggregator:
     def _merge(self, name: str, document: dict[str, Any], write_id: str, retry: bool) -> None:
         """Add a window to the stored one; on a ``retry``, only if this flush has not already (``write_id``)."""
         collection = self.store.db[name]
-        update: dict[str, Any] = {"$inc": {k: document[k] for k in _ADDED[name]}, "$set": {"write_id": write_id}}
-        if name == contract.COLLECTION_AGGREGATES:
-            update["$min"] = {"min": document["min"]}
-            update["$max"] = {"max": document["max"]}
+        update: dict[str, Any] = {"$inc": {k: document[k] for k in _ADDED}, "$set": {"write_id": write_id}}
         stored = collection.find_one_and_update(_select(document["_id"], write_id, retry), update, return_document=True)
         if stored is not None:
-            collection.update_one({"_id": document["_id"]}, {"$set": _derived(name, stored)})
+            collection.update_one({"_id": document["_id"]}, {"$set": _derived(stored)})
 
     def _write_scores(self, scores: dict[str, Score], write_id: str, retry: bool) -> int:
         """Add the running totals to ``accuracy`` and set its MAE and coverage in the same update."""
@@ -289,7 +235,7 @@ class Aggregator:
                 known = (found["n"], found["abs_error_sum"], found["inside"]) if found else (0, 0.0, 0)
             expected = {"n": known[0] + score.n, "abs_error_sum": known[1] + score.abs_error}
             expected["inside"] = known[2] + score.inside
-            update["$set"].update(_derived(contract.COLLECTION_ACCURACY, expected))
+            update["$set"].update(_derived(expected))
             try:
                 stored = collection.find_one_and_update(
                     _select(key, write_id, retry), update, upsert=True, return_document=True
@@ -301,7 +247,7 @@ class Aggregator:
                 self._stored[key] = (stored["n"], stored["abs_error_sum"], stored["inside"])
                 if (stored["n"], stored["inside"]) != (expected["n"], expected["inside"]):
                     # Another writer (a second replica) added to it meanwhile: set them from what is stored.
-                    collection.update_one({"_id": key}, {"$set": _derived(contract.COLLECTION_ACCURACY, stored)})
+                    collection.update_one({"_id": key}, {"$set": _derived(stored)})
                 written += 1
         return written
 
@@ -311,35 +257,17 @@ def _select(key: str, write_id: str, retry: bool) -> dict[str, Any]:
     return {"_id": key, "write_id": {"$ne": write_id}} if retry else {"_id": key}
 
 
-#: The fields a merge adds to a stored window, per collection.
-_ADDED = {
-    contract.COLLECTION_AGGREGATES: ("count", "sum"),
-    contract.COLLECTION_ACCURACY_HOURLY: ("n", "abs_error_sum", "inside"),
-}
+#: The fields a merge adds to a stored hour.
+_ADDED = ("n", "abs_error_sum", "inside")
 
 
-def _derived(collection: str, document: dict[str, Any]) -> dict[str, Any]:
-    """The fields computed from a document's totals."""
-    if collection == contract.COLLECTION_AGGREGATES:
-        return {"mean": document["sum"] / document["count"]}
+def _derived(document: dict[str, Any]) -> dict[str, Any]:
+    """The MAE and coverage computed from a document's totals."""
     return {
         "mae": document["abs_error_sum"] / document["n"],
         "coverage": document["inside"] / document["n"],
         "updated_at": datetime.now(UTC),
     }
-
-
-def _window_document(sensor: str, minute: datetime, window: Window) -> dict[str, Any]:
-    document = {
-        "_id": aggregate_id(sensor, minute),
-        "sensor": sensor,
-        "minute": minute,
-        "count": window.count,
-        "sum": window.total,
-        "min": window.low,
-        "max": window.high,
-    }
-    return document | _derived(contract.COLLECTION_AGGREGATES, document)
 
 
 def _score_document(key: str, score: Score) -> dict[str, Any]:
@@ -353,4 +281,4 @@ def _score_document(key: str, score: Score) -> dict[str, Any]:
         "abs_error_sum": score.abs_error,
         "inside": score.inside,
     }
-    return document | _derived(contract.COLLECTION_ACCURACY_HOURLY, document)
+    return document | _derived(document)

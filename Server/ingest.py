@@ -139,6 +139,7 @@ class Bridge:
         self.producer = producer
         self.stop = stop
         self.recent = RecentIds(settings.SERVER_DEDUPE_CACHE)
+        self.sensor_series = metrics.SensorSeries(settings.SERVER_SENSOR_METRICS_MAX)
         self.mongo = Dependency("mongodb")
         self.kafka = kafka or Dependency("kafka")
         self.inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
@@ -349,6 +350,7 @@ class Bridge:
         self.recent.add_all(p.reading.id for i, p in enumerate(todo) if i not in refused)
         metrics.FORWARDED.inc(len(deliveries.confirmed) - confirmed_before)
         metrics.STORED.inc(inserted.new)
+        self.sensor_series.stored(reading.sensor for reading in stored)
         metrics.DUPLICATES.inc(len(batch) - len(todo) + len(inserted.duplicates))
         now = datetime.now(UTC)
         for reading in stored:

@@ -29,8 +29,20 @@ class Settings(CommonSettings, MqttSettings, KafkaSettings, MongoSettings):
     SERVER_MAX_PAYLOAD_BYTES: int = Field(contract.MAX_PAYLOAD_BYTES, ge=64, le=contract.MAX_PAYLOAD_LIMIT)
     #: The rejections collection is capped at this size: past it the oldest go first.
     SERVER_REJECTIONS_MAX_MB: int = Field(128, ge=1, le=1_000_000)
+    #: The alerts collection is capped at this size: past it the oldest go first.
+    SERVER_ALERTS_MAX_MB: int = Field(128, ge=1, le=1_000_000)
+    #: Days each kind of document is kept (0: forever). Raw: readings, predictions,
+    #: prediction errors and the per-minute documents; then the hourly and daily rollups.
+    SERVER_RETENTION_RAW_DAYS: float = Field(30, ge=0, le=36_500)
+    SERVER_RETENTION_HOURLY_DAYS: float = Field(400, ge=0, le=36_500)
+    SERVER_RETENTION_DAILY_DAYS: float = Field(0, ge=0, le=36_500)
+    SERVER_RETENTION_REJECTIONS_DAYS: float = Field(30, ge=0, le=36_500)
+    SERVER_RETENTION_ALERTS_DAYS: float = Field(90, ge=0, le=36_500)
     #: Ids of recently stored readings kept in memory to skip redeliveries.
     SERVER_DEDUPE_CACHE: int = Field(200_000, ge=0, le=10_000_000)
+    #: Most sensors with per-sensor metrics (pipeline_sensor_readings_stored_total and
+    #: pipeline_sensor_last_stored_timestamp_seconds): bounds their series whatever ids arrive.
+    SERVER_SENSOR_METRICS_MAX: int = Field(10_000, ge=0, le=1_000_000)
     #: A minute's aggregate (an hour's accuracy) is written once nothing was added to it for this long.
     SERVER_AGGREGATE_SETTLE_S: float = Field(10.0, ge=0, le=3600)
     #: Consumer group of the bridges reading predictions back from Kafka.

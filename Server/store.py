@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, MongoClient
@@ -49,16 +50,16 @@ class Store:
         )
         self.db = self.client[settings.MONGO_DATABASE]
 
-    def ensure_rejections_capped(self, max_bytes: int) -> None:
-        """Make ``rejections`` a capped collection of ``max_bytes``, so a flood of bad messages cannot fill the disk.
+    def ensure_capped(self, name: str, max_bytes: int, setting: str) -> None:
+        """Make collection ``name`` capped at ``max_bytes`` (the value of ``setting``), so it cannot fill the disk.
 
-        The oldest rejections go first once it is full (every one is also on the
-        dead-letter topic, for Kafka's retention). A collection made before this
-        existed is converted where the server can (MongoDB's ``convertToCapped``);
-        FerretDB 1.24 cannot, and says so in the log. FerretDB trims a capped
-        collection in the background, about once a minute.
+        The oldest documents go first once it is full, and the page reads the newest
+        in insertion order (``$natural``), which FerretDB answers without reading the
+        rest. A collection made before this existed is converted where the server can
+        (MongoDB's ``convertToCapped``); where it cannot (FerretDB 1.24) it is renamed
+        ``<name>_uncapped_<time>``, kept, and a capped one made in its place. FerretDB
+        trims a capped collection in the background, about once a minute.
         """
-        name = contract.COLLECTION_REJECTIONS
         if name not in self.db.list_collection_names(filter={"name": name}):
             self.db.create_collection(name, capped=True, size=max_bytes)
             logger.info("created %s, capped at %d bytes", name, max_bytes)
@@ -67,9 +68,10 @@ class Store:
         if options.get("capped"):
             if options.get("size") != max_bytes:
                 logger.warning(
-                    "%s is capped at %s bytes, not SERVER_REJECTIONS_MAX_MB's %d; drop it to change the size",
+                    "%s is capped at %s bytes, not %s's %d; drop it to change the size",
                     name,
                     options.get("size"),
+                    setting,
                     max_bytes,
                 )
             return
@@ -77,7 +79,12 @@ class Store:
             self.db.command("convertToCapped", name, size=max_bytes)
             logger.info("converted %s to a capped collection of %d bytes", name, max_bytes)
         except OperationFailure as error:
-            logger.warning("%s is not capped and cannot be converted here (%s): it grows without bound", name, error)
+            kept = f"{name}_uncapped_{datetime.now(UTC):%Y%m%dT%H%M%S}"
+            self.db[name].rename(kept)
+            self.db.create_collection(name, capped=True, size=max_bytes)
+            logger.warning(
+                "%s could not be made capped here (%s): renamed it %s and made a capped one", name, error, kept
+            )
 
     def ensure_indexes(self) -> None:
         """Indexes for the queries people and the dashboard make (by sensor, by time)."""

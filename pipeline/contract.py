@@ -62,8 +62,13 @@ COLLECTION_READINGS = "readings"
 COLLECTION_PREDICTIONS = "predictions"
 COLLECTION_PREDICTION_ERRORS = "prediction_errors"
 COLLECTION_REJECTIONS = "rejections"
-#: Per-sensor, per-minute count/sum/mean/min/max of the readings (by event time).
+#: Per sensor and minute of event time: count/sum/min/max, and the minute's points and forecasts.
 COLLECTION_AGGREGATES = "aggregates"
+#: The same totals per sensor and hour, and per sensor and day (no points): kept longer.
+COLLECTION_AGGREGATES_HOURLY = "aggregates_hourly"
+COLLECTION_AGGREGATES_DAILY = "aggregates_daily"
+#: One document per sensor: its last reading, when it was seen, its rate and usual interval.
+COLLECTION_SENSORS = "sensors"
 #: One document per anomaly: a reading outside its forecast interval.
 COLLECTION_ALERTS = "alerts"
 #: Per sensor and model: rolling mean absolute error and interval coverage.

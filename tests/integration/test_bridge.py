@@ -69,6 +69,8 @@ def test_a_malformed_payload_is_kept_with_its_reason_and_the_flow_continues(pipe
 def test_per_minute_aggregates_by_event_time_count_each_reading_once(pipeline: Pipeline) -> None:
     from datetime import UTC, datetime, timedelta
 
+    from pipeline.periods import period_id
+
     pipeline.start_server()
     sensor = pipeline.sensor_id(1)
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
@@ -83,65 +85,76 @@ def test_per_minute_aggregates_by_event_time_count_each_reading_once(pipeline: P
     assert publish(pipeline.stack.env, sensor, contract.readings_topic(sensor), raw + raw[:1]) == [0] * 6
 
     aggregates = pipeline.db[contract.COLLECTION_AGGREGATES]
-    wait_for(lambda: aggregates.count_documents({"sensor": sensor}) == 2, 60, "two minute windows", pipeline.logs)
-    time_ok = lambda: sum(d["count"] for d in aggregates.find({"sensor": sensor})) == 5  # noqa: E731
-    wait_for(time_ok, 30, "5 readings in the windows", pipeline.logs)
-    windows = {d["minute"]: d for d in aggregates.find({"sensor": sensor})}
-    first, second = windows[minute], windows[minute + timedelta(minutes=1)]
-    assert (first["count"], first["sum"], first["mean"], first["min"], first["max"]) == (3, 9.0, 3.0, 1.0, 6.0)
-    assert (second["count"], second["mean"], second["min"], second["max"]) == (2, 15.0, 10.0, 20.0)
+    keys = [period_id(sensor, start) for start in values]
+    counted = lambda: sum((aggregates.find_one({"_id": k}) or {}).get("count", 0) for k in keys)  # noqa: E731
+    wait_for(lambda: counted() == 5, 60, "5 readings in the two minutes", pipeline.logs)
+    first, second = one(aggregates, {"_id": keys[0]}), one(aggregates, {"_id": keys[1]})
+    assert (first["count"], first["sum"], first["min"], first["max"], first["minute"]) == (3, 9.0, 1.0, 6.0, minute)
+    assert (second["count"], second["sum"], second["min"], second["max"]) == (2, 30.0, 10.0, 20.0)
+    assert [p["id"] for p in first["points"]] == [r.id for r in items[:3]], "each reading once, with its id"
+    assert [p["v"] for p in second["points"]] == [10.0, 20.0]
+    known = one(pipeline.db[contract.COLLECTION_SENSORS], {"_id": sensor})
+    assert known["last"] == {"ts": items[-1].ts.replace(microsecond=0), "v": 20.0, "id": items[-1].id}
+    assert sum(known["received"].values()) == 5
 
 
-def test_aggregates_merge_late_readings_and_a_retried_write_adds_nothing(pipeline: Pipeline) -> None:
-    """The bridge's derived views on FerretDB: a settled minute is inserted whole, a later
-    contribution is merged into it, and a write retried with the same write id adds nothing."""
+def test_the_timeline_merges_late_readings_and_a_retried_write_adds_nothing(pipeline: Pipeline) -> None:
+    """The documents the page reads, on FerretDB: a minute is added to in place (points, forecasts,
+    totals), hours and days roll up, and a write retried with the same write id adds nothing."""
     import threading
     from datetime import UTC, datetime, timedelta
 
+    from pipeline.periods import DAY, FLOOR, HOUR, period_id
     from pipeline.settings import MongoSettings
-    from Server.aggregates import Aggregator, Score, Window, _window_document, aggregate_id
+    from Server.aggregates import Aggregator, Score
     from Server.store import Store
+    from Server.timeline import Timeline
 
     store = Store(
         MongoSettings.model_validate({"MONGO_URI": pipeline.stack.env["MONGO_URI"], "MONGO_DATABASE": pipeline.db.name})
     )
-    aggregator = Aggregator(store, threading.Event(), settle_s=0.0)
+    timeline = Timeline(store, threading.Event())
+    aggregator = Aggregator(store, threading.Event(), settle_s=0.0, timeline=timeline)
     sensor = pipeline.sensor_id(1)
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
     at = [minute + timedelta(seconds=s) for s in (1, 2, 3)]
     first = [contract.Reading(id=f"{sensor}-{i}", sensor=sensor, ts=at[i], v=v) for i, v in enumerate((4.0, 2.0))]
     aggregator.touch(first)
-    assert aggregator.flush() == 1
+    assert timeline.flush(everything=True) == 4, "the minute, the hour, the day and the sensor"
     aggregates = pipeline.db[contract.COLLECTION_AGGREGATES]
-    key = aggregate_id(sensor, minute)
-    assert aggregates.find_one({"_id": key}, {"_id": 0, "write_id": 0}) == {
-        "sensor": sensor,
-        "minute": minute,
-        "count": 2,
-        "sum": 6.0,
-        "min": 2.0,
-        "max": 4.0,
-        "mean": 3.0,
-    }
-    # A late reading of the same minute: merged into the stored window.
-    aggregator.touch([contract.Reading(id=f"{sensor}-late", sensor=sensor, ts=at[2], v=9.0)])
-    assert aggregator.flush() == 1
+    key = period_id(sensor, minute)
     stored = one(aggregates, {"_id": key})
-    assert (stored["count"], stored["sum"], stored["min"], stored["max"], stored["mean"]) == (3, 15.0, 2.0, 9.0, 5.0)
-    # A merge retried after an error it survived (same write id) does not add twice.
-    late = _window_document(sensor, minute, Window(1, 1.0, 1.0, 1.0))
-    aggregator._merge(contract.COLLECTION_AGGREGATES, late, "retry-1", retry=False)
-    aggregator._merge(contract.COLLECTION_AGGREGATES, late, "retry-1", retry=True)
+    assert (stored["count"], stored["sum"], stored["min"], stored["max"]) == (2, 6.0, 2.0, 4.0)
+    assert stored["points"] == [{"id": r.id, "ts": r.ts, "v": r.v} for r in first]
+    # A late reading of the same minute, and the forecast of the first: added to the stored minute.
+    aggregator.touch([contract.Reading(id=f"{sensor}-late", sensor=sensor, ts=at[2], v=9.0)])
+    forecast = {"_id": f"{sensor}-0", "sensor": sensor, "ds": at[0], "v": 4.0, "yhat": 3.0}
+    forecast |= {"yhat_lower": 2.5, "yhat_upper": 3.5, "anomaly": True, "model": {"name": "m", "hash": "h0"}}
+    aggregator.touch_accuracy([forecast])
+    assert timeline.flush(everything=True) == 4
+    stored = one(aggregates, {"_id": key})
+    assert (stored["count"], stored["sum"], stored["min"], stored["max"]) == (3, 15.0, 2.0, 9.0)
+    assert [p["id"] for p in stored["points"]] == [f"{sensor}-0", f"{sensor}-1", f"{sensor}-late"]
+    expected = {"id": f"{sensor}-0", "yhat": 3.0, "yhat_lower": 2.5, "yhat_upper": 3.5, "anomaly": True}
+    assert stored["forecasts"] == [expected]
+    for step, name in ((HOUR, contract.COLLECTION_AGGREGATES_HOURLY), (DAY, contract.COLLECTION_AGGREGATES_DAILY)):
+        rolled = one(pipeline.db[name], {"_id": period_id(sensor, FLOOR[step](minute))})
+        assert (rolled["count"], rolled["sum"], rolled["min"], rolled["max"]) == (3, 15.0, 2.0, 9.0), name
+    # A write retried after an error it survived (same write id) adds nothing.
+    update = (key, {"$inc": {"count": 1, "sum": 1.0}})
+    assert timeline._write({contract.COLLECTION_AGGREGATES: [update]}, "retry-1", retry=False) == 1
+    assert timeline._write({contract.COLLECTION_AGGREGATES: [update]}, "retry-1", retry=True) == 0
     assert one(aggregates, {"_id": key})["count"] == 4
 
     # Accuracy: running totals every flush, the hour once settled; a retried total adds nothing.
     model = {"name": "m", "hash": "h1"}
     predictions = [
-        {"sensor": sensor, "model": model, "ds": at[0], "v": v, "yhat": 10.0, "yhat_lower": 9.0, "yhat_upper": 11.0}
+        {"_id": f"{sensor}-p{v}", "sensor": sensor, "model": model, "ds": at[0], "v": v, "yhat": 10.0}
+        | {"yhat_lower": 9.0, "yhat_upper": 11.0, "anomaly": v > 11.0}
         for v in (10.0, 12.0)
     ]
     aggregator.touch_accuracy(predictions)
-    assert aggregator.flush() == 2
+    assert aggregator.flush() == 4, "the running totals and hours of models h0 and h1"
     overall = one(pipeline.db[contract.COLLECTION_ACCURACY], {"_id": f"{sensor}|h1"})
     assert (overall["n"], overall["mae"], overall["coverage"]) == (2, 1.0, 0.5)
     hour = minute.replace(minute=0)
@@ -224,27 +237,28 @@ def test_a_derived_document_the_store_refuses_is_logged_not_retried_forever(
     import threading
     from datetime import UTC, datetime, timedelta
 
+    from pipeline.periods import period_id
     from pipeline.settings import MongoSettings
-    from Server.aggregates import Aggregator, aggregate_id
     from Server.store import Store
+    from Server.timeline import Timeline
 
     store = Store(
         MongoSettings.model_validate({"MONGO_URI": pipeline.stack.env["MONGO_URI"], "MONGO_DATABASE": pipeline.db.name})
     )
-    aggregator = Aggregator(store, threading.Event(), settle_s=0.0)
+    timeline = Timeline(store, threading.Event())
     bad, good = pipeline.sensor_id("bad"), pipeline.sensor_id("good")
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
     huge = [
         contract.Reading.model_construct(id=f"{bad}-{i}", sensor=bad, ts=minute, v=1.7e308, received_at=None)
         for i in range(2)
     ]
-    aggregator.touch([*huge, contract.Reading(id=f"{good}-1", sensor=good, ts=minute, v=1.0)])
-    flush = threading.Thread(target=aggregator.flush, daemon=True)
+    timeline.touch([*huge, contract.Reading(id=f"{good}-1", sensor=good, ts=minute, v=1.0)])
+    flush = threading.Thread(target=timeline.flush, daemon=True)
     flush.start()
     flush.join(timeout=60)
     assert not flush.is_alive(), "the flush must not retry a refused document forever"
     aggregates = pipeline.db[contract.COLLECTION_AGGREGATES]
-    assert aggregates.find_one({"_id": aggregate_id(good, minute)}) is not None
-    assert aggregates.find_one({"_id": aggregate_id(bad, minute)}) is None
-    assert f"{aggregate_id(bad, minute)} not written" in caplog.text
+    assert aggregates.find_one({"_id": period_id(good, minute)}) is not None
+    assert aggregates.find_one({"_id": period_id(bad, minute)}) is None
+    assert f"{contract.COLLECTION_AGGREGATES}: update" in caplog.text and "not written" in caplog.text
     store.close()

@@ -1,56 +1,75 @@
-"""Per-minute windows by event time, and merging what batches add to them."""
+"""The bridge's derived documents: the timeline's minutes, rollups and sensors, and the accuracy totals."""
 
 from __future__ import annotations
 
 import threading
-import time
 from datetime import UTC, datetime, timedelta, timezone
 
-from Server.aggregates import Aggregator, Window, aggregate_id, window_of
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline import periods
+from Server.aggregates import Aggregator
+from Server.timeline import MINUTE_POINTS_MAX, Timeline
 from tests.helpers import reading
 
 
-def test_window_is_the_utc_minute() -> None:
+def test_periods_are_utc_minutes_hours_and_days() -> None:
     moment = datetime(2026, 11, 27, 12, 34, 56, 789000, tzinfo=timezone(timedelta(hours=2)))
-    assert window_of(moment) == datetime(2026, 11, 27, 10, 34, tzinfo=UTC)
-    assert aggregate_id("s1", window_of(moment)) == "s1|2026-11-27T10:34:00.000Z"
+    assert periods.FLOOR[periods.MINUTE](moment) == datetime(2026, 11, 27, 10, 34, tzinfo=UTC)
+    assert periods.FLOOR[periods.HOUR](moment) == datetime(2026, 11, 27, 10, tzinfo=UTC)
+    assert periods.FLOOR[periods.DAY](moment) == datetime(2026, 11, 27, tzinfo=UTC)
+    assert periods.period_id("s1", datetime(2026, 11, 27, 10, 34, tzinfo=UTC)) == "s1|2026-11-27T10:34:00.000Z"
 
 
-def test_contributions_merge_per_sensor_and_minute() -> None:
-    aggregator = Aggregator(store=None, stop=threading.Event())  # type: ignore[arg-type]
+@given(
+    since=st.datetimes(datetime(2001, 1, 1), datetime(2090, 1, 1), timezones=st.just(UTC)),  # noqa: DTZ001 - naive bounds, as hypothesis wants
+    span=st.timedeltas(timedelta(0), timedelta(days=3)),
+    step=st.sampled_from([periods.MINUTE, periods.HOUR, periods.DAY]),
+)
+def test_the_periods_of_a_range_cover_it_once_each(since: datetime, span: timedelta, step: timedelta) -> None:
+    found = periods.starts(since, since + span, step)
+    assert found[0] <= since < found[0] + step, "the first period holds the start"
+    assert found[-1] <= since + span < found[-1] + step, "the last holds the end"
+    assert all(later - earlier == step for earlier, later in zip(found, found[1:], strict=False))
+
+
+def test_a_flush_adds_each_minute_hour_day_and_sensor_once() -> None:
+    timeline = Timeline(store=None, stop=threading.Event())  # type: ignore[arg-type]
     at = datetime(2026, 11, 27, 10, 34, 5, tzinfo=UTC)
     first = [
-        reading("s1", v).model_copy(update={"ts": at + timedelta(seconds=i)}) for i, v in enumerate((3.0, 1.0, 8.0))
+        reading("s1", v).model_copy(update={"ts": at + timedelta(seconds=i), "received_at": at + timedelta(seconds=9)})
+        for i, v in enumerate((3.0, 1.0, 8.0))
     ]
-    aggregator.touch(first[:2])
-    aggregator.touch(first[2:] + [reading("s2", 5.0)])
-    windows = aggregator._windows
-    assert windows[("s1", window_of(first[0].ts))] == Window(count=3, total=12.0, low=1.0, high=8.0)
-    assert sum(w.count for (sensor, _), w in windows.items() if sensor == "s2") == 1
+    timeline.touch(first[:2])
+    timeline.touch([*first[2:], reading("s2", 5.0).model_copy(update={"ts": at})])
+    minutes, seen = timeline._minutes, timeline._seen
+    s1 = minutes[periods.period_id("s1", datetime(2026, 11, 27, 10, 34, tzinfo=UTC))]
+    assert (s1.totals.count, s1.totals.total, s1.totals.low, s1.totals.high) == (3, 12.0, 1.0, 8.0)
+    assert [p["id"] for p in s1.points] == [r.id for r in first]
+    assert seen["s1"].last == {"ts": first[2].ts, "v": 8.0, "id": first[2].id}
+    assert seen["s1"].received == {periods.epoch_minute(at + timedelta(seconds=9)): 3}
+    hours = {key: totals.count for (name, key), (_, _, totals) in timeline._rollups.items() if name.endswith("hourly")}
+    assert hours == {"s1|2026-11-27T10:00:00.000Z": 3, "s2|2026-11-27T10:00:00.000Z": 1}
 
 
-def test_a_window_is_written_once_it_has_settled() -> None:
-    aggregator = Aggregator(store=None, stop=threading.Event(), settle_s=10.0, max_open=2)  # type: ignore[arg-type]
-    at = datetime(2026, 11, 27, 10, 34, 5, tzinfo=UTC)
-    aggregator.touch([reading("s1", 1.0).model_copy(update={"ts": at})])
-    aggregator.touch([reading("s2", 1.0).model_copy(update={"ts": at})])
-    now = time.monotonic()
-    assert aggregator._settled(aggregator._windows, now, everything=False) == {}, "still being added to"
-    aggregator._touched[("s1", window_of(at))] -= 11.0
-    assert list(aggregator._settled(aggregator._windows, now, everything=False)) == [("s1", window_of(at))]
-    assert list(aggregator._windows) == [("s2", window_of(at))]
-    # Past max_open, the windows added to longest ago go first, settled or not.
-    for sensor in ("s3", "s4"):
-        aggregator.touch([reading(sensor, 1.0).model_copy(update={"ts": at})])
-    assert list(aggregator._settled(aggregator._windows, time.monotonic(), everything=False)) == [("s2", window_of(at))]
-    assert len(aggregator._settled(aggregator._windows, time.monotonic(), everything=True)) == 2
-    assert aggregator._windows == {} and aggregator._touched == {}
+def test_a_minute_keeps_at_most_minute_points_max_points_and_counts_the_rest() -> None:
+    timeline = Timeline(store=None, stop=threading.Event())  # type: ignore[arg-type]
+    at = datetime(2026, 11, 27, 10, 34, tzinfo=UTC)
+    many = [reading("s1", 1.0).model_copy(update={"ts": at}) for _ in range(MINUTE_POINTS_MAX + 3)]
+    timeline.touch(many)
+    (minute,) = timeline._minutes.values()
+    assert (len(minute.points), minute.dropped, minute.totals.count) == (MINUTE_POINTS_MAX, 3, MINUTE_POINTS_MAX + 3)
 
 
 def _prediction(sensor: str, v: float) -> dict[str, object]:
     at = datetime(2026, 11, 27, 10, 34, 5, tzinfo=UTC)
     model = {"name": "m", "hash": "h"}
-    return {"sensor": sensor, "model": model, "ds": at, "v": v, "yhat": 0.0, "yhat_lower": -1.0, "yhat_upper": 1.0}
+    return {"_id": f"{sensor}-{v}", "sensor": sensor, "model": model, "ds": at, "v": v, "yhat": 0.0} | {
+        "yhat_lower": -1.0,
+        "yhat_upper": 1.0,
+        "anomaly": abs(v) > 1.0,
+    }
 
 
 def test_running_totals_are_written_at_most_every_totals_every_s() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from Dashboard.app import credentials_match
 from Dashboard.probe import parse_metrics, rate
-from Dashboard.queries import PAYLOAD_PREVIEW, Reader, preview, sensor_state, usual_interval
+from Dashboard.queries import PAYLOAD_PREVIEW, Reader, per_minute, preview, resolution, sensor_state
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -37,18 +37,18 @@ def test_sensor_state(age_s: float, interval_s: float | None, state: str) -> Non
     assert sensor_state(age_s, interval_s) == state
 
 
-def test_usual_interval_is_the_median_gap_in_any_order() -> None:
-    times = [NOW + timedelta(seconds=s) for s in (50, 0, 10, 20)]
-    assert usual_interval(times) == 10.0
-    assert usual_interval(times[:1]) is None
-
-
 def test_row_of_a_sensor() -> None:
-    docs = [
-        {"ts": NOW - timedelta(seconds=s), "v": float(s), "received_at": NOW - timedelta(seconds=s)}
-        for s in (40, 0, 20, 60)
-    ]
-    row = Reader._row("s1", docs, NOW + timedelta(seconds=5))
+    now = NOW + timedelta(seconds=5)
+    minute = int(NOW.timestamp() // 60)
+    doc = {
+        "_id": "s1",
+        "last": {"ts": NOW, "v": 0.0, "id": "r4"},
+        "last_seen": NOW,
+        "interval_s": 20.0,
+        # 4 readings in the last 5 minutes and this one; one 7 minutes ago does not count.
+        "received": {str(minute): 1, str(minute - 2): 2, str(minute - 5): 1, str(minute - 7): 9},
+    }
+    row = Reader.row(doc, now)
     assert row == {
         "sensor": "s1",
         "last_ts": "2026-11-27T12:00:00.000Z",
@@ -56,10 +56,23 @@ def test_row_of_a_sensor() -> None:
         "last_seen": "2026-11-27T12:00:00.000Z",
         "age_s": 5.0,
         "interval_s": 20.0,
-        "per_minute": 0.8,
+        "per_minute": round(4 / (5 + 5 / 60), 2),
         "state": "live",
     }
-    assert Reader._row("s1", docs, NOW + timedelta(minutes=6), counted=False)["state"] == "silent"
+    assert Reader.row(doc, NOW + timedelta(minutes=6))["state"] == "silent"
+
+
+def test_rate_is_readings_per_minute_over_the_last_five() -> None:
+    start = int(NOW.timestamp() // 60)
+    assert per_minute({str(start - m): 10 for m in range(5)}, NOW) == 50 / 5
+    assert per_minute({}, NOW) == 0.0
+
+
+def test_long_ranges_are_drawn_from_rollups() -> None:
+    assert resolution(timedelta(hours=3)) == timedelta(minutes=1)
+    assert resolution(timedelta(hours=3, minutes=1)) == timedelta(hours=1)
+    assert resolution(timedelta(days=14)) == timedelta(hours=1)
+    assert resolution(timedelta(days=15)) == timedelta(days=1)
 
 
 def test_preview_cuts_long_payloads_only() -> None:

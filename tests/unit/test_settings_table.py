@@ -83,6 +83,7 @@ from Server import results as results_module
 from Server.aggregates import Aggregator
 from Server.ingest import Bridge, Incoming, Prepared, RecentIds, prepare
 from Server.results import ResultsSink
+from Server.retention import Rule
 from Server.settings import Settings as ServerSettings
 from Server.store import Inserted, Store
 from tests.conftest import free_port
@@ -386,6 +387,7 @@ I = "tests/integration/test_settings_effects.py::"  # noqa: E741 - one letter, b
 BRIDGE_ONCE = "tests/integration/test_bridge.py::test_a_reading_reaches_mongodb_and_kafka_exactly_once"
 OWN_USER = "tests/integration/test_security.py::test_a_sensor_with_its_own_user_runs_with_it"
 OVER_TLS = "tests/integration/test_security.py::test_sensors_and_bridge_work_over_tls"
+RETAINED = "tests/integration/test_retention.py::"
 CAPPED = "tests/integration/test_bad_input.py::test_rejections_are_a_capped_collection_of_the_configured_size"
 E2E_PIPELINE = "tests/e2e/test_pipeline.py::test_three_sensors_every_reading_gets_one_prediction"
 HUNG_MODEL = "tests/e2e/test_models.py::" + (
@@ -473,6 +475,20 @@ EFFECTS: dict[str, list[str]] = {
     ],
     "SERVER_MAX_PAYLOAD_BYTES": [U + "test_payloads_over_server_max_payload_bytes_are_rejected"],
     "SERVER_REJECTIONS_MAX_MB": [U + "test_server_main_passes_its_settings_on", CAPPED],
+    "SERVER_ALERTS_MAX_MB": [
+        U + "test_server_main_passes_its_settings_on",
+        RETAINED + "test_alerts_are_a_capped_collection",
+    ],
+    **{
+        name: [U + "test_server_main_passes_its_settings_on", RETAINED + "test_old_documents_of_every_kind_are_deleted"]
+        for name in (
+            "SERVER_RETENTION_RAW_DAYS",
+            "SERVER_RETENTION_HOURLY_DAYS",
+            "SERVER_RETENTION_DAILY_DAYS",
+            "SERVER_RETENTION_REJECTIONS_DAYS",
+            "SERVER_RETENTION_ALERTS_DAYS",
+        )
+    },
     "SERVER_DEDUPE_CACHE": [U + "test_the_bridge_skips_the_last_server_dedupe_cache_readings_it_stored"],
     "KAFKA_BOOTSTRAP_SERVERS": [
         U + "test_the_model_service_consumes_as_configured",
@@ -1512,15 +1528,25 @@ def test_payloads_over_server_max_payload_bytes_are_rejected(limit: int, data: s
 def test_an_aggregate_is_written_once_nothing_was_added_for_settle_s(settle: int, elapsed: int) -> None:
     clock, store = Clock(), RecordingStore()
     at = datetime(2026, 11, 27, 10, 34, 5, tzinfo=UTC)
+
+    def prediction(n: int) -> dict[str, Any]:
+        model = {"name": "m", "hash": "h"}
+        return {"_id": f"p{n}", "sensor": "s1", "ds": at, "v": 1.0, "yhat": 1.0, "yhat_lower": 0.0} | {
+            "yhat_upper": 2.0,
+            "model": model,
+        }
+
     with mock.patch.object(aggregates, "time", clock):
         aggregator = Aggregator(cast(Store, store), threading.Event(), settle_s=settle)
-        aggregator.touch([_reading(1).model_copy(update={"ts": at})])
+        # The running totals are written by _id updates, outside this setting: counted apart.
+        aggregator._write_scores = lambda scores, write_id, retry: 0  # type: ignore[method-assign]
+        aggregator.touch_accuracy([prediction(1)])
         clock.now += elapsed
         written = aggregator.flush()
         assert written == (1 if elapsed >= settle else 0), (settle, elapsed)
         if not written and settle >= 2:
             clock.now += settle - elapsed - 1
-            aggregator.touch([_reading(2).model_copy(update={"ts": at})])  # added again: it waits anew
+            aggregator.touch_accuracy([prediction(2)])  # added again: it waits anew
             clock.now += settle - 1
             assert aggregator.flush() == 0
             clock.now += 1
@@ -1528,8 +1554,8 @@ def test_an_aggregate_is_written_once_nothing_was_added_for_settle_s(settle: int
         elif not written:
             clock.now += settle - elapsed
             assert aggregator.flush() == 1
-    minutes = [d for name, documents in store.inserted if name == contract.COLLECTION_AGGREGATES for d in documents]
-    assert len(minutes) == 1
+    hours = [d for name, documents in store.inserted if name == contract.COLLECTION_ACCURACY_HOURLY for d in documents]
+    assert len(hours) == 1
 
 
 # --- the server's and the model service's main() ----------------------------------------
@@ -1543,8 +1569,8 @@ def run_server_main(env: dict[str, str]) -> dict[str, Any]:
         def __init__(self, config: ServerSettings) -> None:
             seen["store_settings"] = config
 
-        def ensure_rejections_capped(self, max_bytes: int) -> None:
-            seen["rejections_max_bytes"] = max_bytes
+        def ensure_capped(self, name: str, max_bytes: int, setting: str) -> None:
+            seen.setdefault("capped", {})[name] = (max_bytes, setting)
 
         def ensure_indexes(self) -> None:
             pass
@@ -1552,6 +1578,10 @@ def run_server_main(env: dict[str, str]) -> dict[str, Any]:
     def producer(config: dict[str, Any]) -> RecordingProducer:
         seen["producer_config"] = config
         return RecordingProducer(config)
+
+    def retention(store: Any, stop: Any, rules: list[Rule]) -> SimpleNamespace:
+        seen["retention"] = {rule.collection: rule.days for rule in rules}
+        return SimpleNamespace(setup=list, run=lambda: None)
 
     def bridge(
         config: ServerSettings, store: Any, producer: Any, stop: Any, aggregator: Aggregator, kafka: Any
@@ -1566,6 +1596,7 @@ def run_server_main(env: dict[str, str]) -> dict[str, Any]:
             mock.patch.object(server_main, "Store", FakeStore),
             mock.patch.object(server_main, "Producer", producer),
             mock.patch.object(server_main, "Bridge", bridge),
+            mock.patch.object(server_main, "Retention", retention),
             pytest.raises(Sentinel),
         ):
             server_main.main()
@@ -1577,18 +1608,48 @@ def test_server_main_passes_its_settings_on() -> None:
     seen = run_server_main(
         {
             "SERVER_REJECTIONS_MAX_MB": "3",
+            "SERVER_ALERTS_MAX_MB": "5",
+            "SERVER_RETENTION_RAW_DAYS": "7",
+            "SERVER_RETENTION_HOURLY_DAYS": "60.5",
+            "SERVER_RETENTION_DAILY_DAYS": "3650",
+            "SERVER_RETENTION_REJECTIONS_DAYS": "2",
+            "SERVER_RETENTION_ALERTS_DAYS": "0",
             "SERVER_AGGREGATE_SETTLE_S": "2.5",
             "MQTT_CLIENT_ID": "bridge-7",
             "KAFKA_BOOTSTRAP_SERVERS": "kafka-1:19092",
             "LOG_LEVEL": "WARNING",
         }
     )
-    assert seen["rejections_max_bytes"] == 3 * 1024 * 1024, "SERVER_REJECTIONS_MAX_MB, in bytes"
+    assert seen["capped"] == {
+        "rejections": (3 * 1024 * 1024, "SERVER_REJECTIONS_MAX_MB"),
+        "alerts": (5 * 1024 * 1024, "SERVER_ALERTS_MAX_MB"),
+    }
+    assert seen["retention"] == {
+        "readings": 7,
+        "predictions": 7,
+        "prediction_errors": 7,
+        "aggregates": 7,
+        "aggregates_hourly": 60.5,
+        "aggregates_daily": 3650,
+        "rejections": 2,
+        "alerts": 0,
+    }
     assert seen["aggregator"].settle_s == 2.5
     assert seen["producer_config"]["client.id"] == "bridge-7"
     assert seen["producer_config"]["bootstrap.servers"] == "kafka-1:19092"
     assert seen["log_levels"] == ["WARNING"]
-    assert run_server_main({})["aggregator"].settle_s == 10.0
+    defaults = run_server_main({})
+    assert defaults["aggregator"].settle_s == 10.0
+    assert defaults["retention"] == {
+        "readings": 30,
+        "predictions": 30,
+        "prediction_errors": 30,
+        "aggregates": 30,
+        "aggregates_hourly": 400,
+        "aggregates_daily": 0,
+        "rejections": 30,
+        "alerts": 90,
+    }
 
 
 def test_model_main_loads_model_path_checked_every_reload_check_s(tmp_path: Path) -> None:

@@ -1,0 +1,308 @@
+"""What the live page reads, kept by the bridge as documents keyed by ``_id``.
+
+A query by anything but ``_id`` reads the whole collection on FerretDB 1.24
+(the local stack's MongoDB), so a page that filtered ``readings`` by sensor and
+time would slow down with every stored reading. Instead the bridge keeps:
+
+- ``aggregates``: one document per sensor and minute of event time
+  (``_id`` = ``<sensor>|<minute>``): ``count``, ``sum``, ``min``, ``max``, the
+  minute's ``points`` (id, ts, v) and their ``forecasts`` (id, yhat, interval,
+  anomaly). A time range of one sensor is one lookup per minute.
+- ``aggregates_hourly`` and ``aggregates_daily``: the same totals per hour and
+  per day (no points), for long time ranges; kept longer than raw readings.
+- ``sensors``: one document per sensor: its ``last`` reading, ``last_seen``,
+  ``first_seen``, readings received per minute (``received``, the last
+  :data:`RATE_MINUTES` minutes) and ``interval_s``, the median gap between its
+  latest readings. The sensors table is a read of this small collection.
+
+Each is updated in place, by ``_id``, every ``every_s`` (minutes and sensors)
+or ``rollup_every_s`` (hours and days), with ``$inc``/``$min``/``$max``/``$push``,
+so two bridge replicas add to the same documents. Like ``aggregates.py`` it is
+fed only by documents the bridge has just inserted for the first time, and a
+retried write carries the condition ``write_id`` != this flush's id.
+
+The cost: a bridge killed outright loses what it had not written yet (up to
+``every_s`` of minutes, ``rollup_every_s`` of hours and days); ``readings``
+and ``predictions`` still hold everything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import statistics
+import threading
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.errors import OperationFailure
+
+from pipeline import contract
+from pipeline.periods import COLLECTION, DAY, FLOOR, HOUR, MINUTE, epoch_minute, period_id
+from pipeline.retry import RetryError, until_done
+from Server.store import DUPLICATE_KEY, TRANSIENT, Store
+
+logger = logging.getLogger(__name__)
+
+#: Points kept in one minute's document: 100 a second. Past it the minute keeps
+#: counting (``dropped_points``), so a runaway sensor cannot grow a document
+#: past MongoDB's 16 MiB; its readings are all in ``readings``.
+MINUTE_POINTS_MAX = 6000
+#: Minutes of received counts kept per sensor (the page's rate uses five).
+RATE_MINUTES = 10
+#: Latest reading times per sensor used for its usual interval.
+RECENT_TS = 20
+#: Minute documents whose pushed points this bridge remembers (for MINUTE_POINTS_MAX).
+REMEMBERED_MINUTES = 100_000
+
+#: An update of one document: its ``_id`` and the update operators.
+Update = tuple[str, dict[str, Any]]
+
+
+@dataclass
+class Totals:
+    """Count, sum, min and max of some readings."""
+
+    count: int = 0
+    total: float = 0.0
+    low: float = float("inf")
+    high: float = float("-inf")
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.low = min(self.low, value)
+        self.high = max(self.high, value)
+
+    def update(self) -> dict[str, Any]:
+        """The update operators that add these totals to a stored document."""
+        return {
+            "$inc": {"count": self.count, "sum": self.total},
+            "$min": {"min": self.low},
+            "$max": {"max": self.high},
+        }
+
+
+@dataclass
+class Minute:
+    """What a flush adds to one sensor's minute."""
+
+    sensor: str
+    start: datetime
+    totals: Totals = field(default_factory=Totals)
+    points: list[dict[str, Any]] = field(default_factory=list)
+    forecasts: list[dict[str, Any]] = field(default_factory=list)
+    dropped: int = 0
+
+
+@dataclass
+class Seen:
+    """What a flush adds to one sensor's document."""
+
+    last: dict[str, Any] | None = None
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    received: dict[int, int] = field(default_factory=dict)
+
+
+class Timeline:
+    """Collects newly stored readings and predictions, and writes the documents above."""
+
+    def __init__(self, store: Store, stop: threading.Event, every_s: float = 2.0, rollup_every_s: float = 30.0) -> None:
+        self.store = store
+        self.stop = stop
+        self.every_s = every_s
+        self.rollup_every_s = rollup_every_s
+        self._lock = threading.Lock()
+        self._minutes: dict[str, Minute] = {}
+        self._rollups: dict[tuple[str, str], tuple[str, datetime, Totals]] = {}
+        self._seen: dict[str, Seen] = {}
+        self._recent: dict[str, deque[datetime]] = {}
+        # Points pushed to each minute document by this bridge, oldest first.
+        self._pushed: OrderedDict[str, int] = OrderedDict()
+        # Epoch minutes of each sensor's ``received`` this bridge has written.
+        self._written_minutes: dict[str, set[int]] = {}
+        self._rollups_due = 0.0
+
+    def touch(self, readings: Iterable[contract.Reading]) -> None:
+        """Add newly stored readings."""
+        with self._lock:
+            for r in readings:
+                start = FLOOR[MINUTE](r.ts)
+                key = period_id(r.sensor, start)
+                minute = self._minutes.get(key)
+                if minute is None:
+                    minute = self._minutes[key] = Minute(r.sensor, start)
+                minute.totals.add(r.v)
+                pushed = self._pushed.get(key, 0) + len(minute.points)
+                if pushed < MINUTE_POINTS_MAX:
+                    minute.points.append({"id": r.id, "ts": r.ts, "v": r.v})
+                else:
+                    minute.dropped += 1
+                for step in (HOUR, DAY):
+                    begins = FLOOR[step](start)
+                    rollup_key = (COLLECTION[step], period_id(r.sensor, begins))
+                    if rollup_key not in self._rollups:
+                        self._rollups[rollup_key] = (r.sensor, begins, Totals())
+                    self._rollups[rollup_key][2].add(r.v)
+                seen = self._seen.setdefault(r.sensor, Seen())
+                if seen.last is None or (r.ts, r.v, r.id) > (seen.last["ts"], seen.last["v"], seen.last["id"]):
+                    seen.last = {"ts": r.ts, "v": r.v, "id": r.id}
+                received = r.received_at or datetime.now(UTC)
+                seen.first_seen = received if seen.first_seen is None else min(seen.first_seen, received)
+                seen.last_seen = received if seen.last_seen is None else max(seen.last_seen, received)
+                at = epoch_minute(received)
+                seen.received[at] = seen.received.get(at, 0) + 1
+                self._recent.setdefault(r.sensor, deque(maxlen=RECENT_TS)).append(r.ts)
+
+    def touch_predictions(self, predictions: Iterable[dict[str, Any]]) -> None:
+        """Add newly stored predictions (MongoDB documents) to their reading's minute."""
+        with self._lock:
+            for p in predictions:
+                start = FLOOR[MINUTE](p["ds"])
+                key = period_id(p["sensor"], start)
+                minute = self._minutes.get(key)
+                if minute is None:
+                    minute = self._minutes[key] = Minute(p["sensor"], start)
+                minute.forecasts.append(
+                    {
+                        "id": p["_id"],
+                        "yhat": p["yhat"],
+                        "yhat_lower": p["yhat_lower"],
+                        "yhat_upper": p["yhat_upper"],
+                        "anomaly": p["anomaly"],
+                    }
+                )
+
+    def run(self) -> None:
+        """Write every ``every_s`` until stopped, and everything once more on the way out."""
+        while not self.stop.wait(self.every_s):
+            self.flush()
+        self.flush(everything=True)
+
+    def flush(self, everything: bool = False) -> int:
+        """Write what was added since the last flush; returns how many documents were updated."""
+        now = datetime.now(UTC)
+        with self._lock:
+            minutes, self._minutes = self._minutes, {}
+            seen, self._seen = self._seen, {}
+            intervals = {sensor: _interval(self._recent[sensor]) for sensor in seen}
+            rollups: dict[tuple[str, str], tuple[str, datetime, Totals]] = {}
+            if everything or now.timestamp() >= self._rollups_due:
+                rollups, self._rollups = self._rollups, {}
+                self._rollups_due = now.timestamp() + self.rollup_every_s
+            for key, minute in minutes.items():
+                self._remember_pushed(key, len(minute.points))
+        operations: dict[str, list[Update]] = {
+            contract.COLLECTION_AGGREGATES: [_minute_update(key, m) for key, m in minutes.items()],
+            contract.COLLECTION_SENSORS: [
+                self._sensor_update(sensor, s, intervals[sensor], now) for sensor, s in seen.items()
+            ],
+        }
+        for (name, key), (sensor, start, totals) in rollups.items():
+            operations.setdefault(name, []).append(_rollup_update(key, sensor, start, totals))
+        if not any(operations.values()):
+            return 0
+        write_id = uuid.uuid4().hex  # the same for every retry of this flush
+        attempts = itertools.count()
+        try:
+            return until_done(
+                lambda: self._write(operations, write_id, retry=next(attempts) > 0),
+                self.stop,
+                "update the live page's documents",
+                TRANSIENT,
+            )
+        except RetryError:
+            logger.warning("stopping with %d minute, sensor and rollup updates not written", _count(operations))
+            return 0
+
+    def _remember_pushed(self, key: str, points: int) -> None:
+        self._pushed[key] = self._pushed.pop(key, 0) + points
+        while len(self._pushed) > REMEMBERED_MINUTES:
+            self._pushed.popitem(last=False)
+
+    def _sensor_update(self, sensor: str, seen: Seen, interval: float | None, now: datetime) -> Update:
+        """``$max``/``$min``/``$inc`` the sensor's document; drop its received counts older than RATE_MINUTES."""
+        written = self._written_minutes.setdefault(sensor, set())
+        written.update(seen.received)
+        expired = {m for m in written if m <= epoch_minute(now) - RATE_MINUTES}
+        written -= expired
+        update: dict[str, Any] = {
+            "$max": {"last": seen.last, "last_seen": seen.last_seen},
+            "$min": {"first_seen": seen.first_seen},
+            "$inc": {f"received.{m}": n for m, n in seen.received.items()},
+        }
+        if interval is not None:
+            update["$set"] = {"interval_s": interval}
+        if expired - seen.received.keys():
+            update["$unset"] = {f"received.{m}": "" for m in expired - seen.received.keys()}
+        return sensor, update
+
+    def _write(self, operations: dict[str, list[Update]], write_id: str, retry: bool) -> int:
+        """Apply each collection's upserts in ``update`` commands; a retry skips what this flush wrote.
+
+        A raw command, not pymongo's ``bulk_write``: FerretDB's answer to a batch of
+        upserts can lack ``nModified``, which ``bulk_write`` requires. FerretDB also
+        stops a batch at its first refused statement even when unordered, so the rest
+        is sent again. Returns how many documents were created or matched.
+        """
+        written = 0
+        for name, updates in operations.items():
+            statements = [_guarded(key, update, write_id, retry) for key, update in updates]
+            done = 0
+            while done < len(statements):
+                reply = self.store.db.command("update", name, updates=statements[done:], ordered=False, check=False)
+                if not reply.get("ok"):
+                    raise OperationFailure(reply.get("errmsg", "update failed"), reply.get("code"), reply)
+                errors = sorted(reply.get("writeErrors", []), key=lambda item: int(item["index"]))
+                written += int(reply.get("n", 0))
+                if not errors:
+                    break
+                for item in errors:
+                    if item.get("code") != DUPLICATE_KEY:  # a duplicate: this flush's retry already added it
+                        # Refused for good (say, a value past the server's range): retrying would stop
+                        # every later update; readings and predictions hold the data.
+                        key = updates[done + int(item["index"])][0]
+                        logger.error("%s: update of %s not written: %s", name, key, item.get("errmsg"))
+                done += int(errors[-1]["index"]) + 1
+            operations[name] = []
+        return written
+
+
+def _guarded(key: str, update: dict[str, Any], write_id: str, retry: bool) -> dict[str, Any]:
+    """The upsert statement with ``write_id`` set; on a retry, only where this flush has not written yet."""
+    document = {**update, "$set": {**update.get("$set", {}), "write_id": write_id}}
+    where = {"_id": key, "write_id": {"$ne": write_id}} if retry else {"_id": key}
+    return {"q": where, "u": document, "upsert": True}
+
+
+def _minute_update(key: str, minute: Minute) -> Update:
+    update: dict[str, Any] = {"$setOnInsert": {"sensor": minute.sensor, "minute": minute.start}}
+    if minute.totals.count:
+        update.update(minute.totals.update())
+    if minute.dropped:
+        update["$inc"]["dropped_points"] = minute.dropped
+    pushes = {name: {"$each": items} for name, items in (("points", minute.points), ("forecasts", minute.forecasts))}
+    update["$push"] = {name: each for name, each in pushes.items() if each["$each"]}
+    if not update["$push"]:
+        del update["$push"]
+    return key, update
+
+
+def _rollup_update(key: str, sensor: str, start: datetime, totals: Totals) -> Update:
+    return key, {**totals.update(), "$setOnInsert": {"sensor": sensor, "start": start}}
+
+
+def _interval(times: Iterable[datetime]) -> float | None:
+    """The median gap in seconds between consecutive readings (any order), or None with fewer than two."""
+    ordered = sorted(times)
+    gaps = [(later - earlier).total_seconds() for earlier, later in zip(ordered, ordered[1:], strict=False)]
+    return round(statistics.median(gaps), 3) if gaps else None
+
+
+def _count(operations: dict[str, list[Update]]) -> int:
+    return sum(map(len, operations.values()))
