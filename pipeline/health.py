@@ -4,6 +4,12 @@ Each service starts one :class:`HealthServer` on HEALTH_PORT with its own
 readiness checks; Compose healthchecks and Prometheus use it. A service that
 already serves HTTP (the dashboard) answers the same three paths with
 :func:`liveness`, :func:`readiness` and :func:`metrics`.
+
+Readiness is a metric too: ``pipeline_ready{check}`` is 1 or 0 for each check
+of ``/readyz``. The checks a :class:`HealthServer` is given, or that
+:func:`readiness` has evaluated, are watched (:func:`watch`): :func:`metrics`
+evaluates them again before every scrape, so what Prometheus reads is the
+checks' answer at that moment, whether anyone asked ``/readyz`` or not.
 """
 
 from __future__ import annotations
@@ -16,9 +22,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from pipeline.metrics import READY
+
 logger = logging.getLogger(__name__)
 
 Check = Callable[[], bool]
+
+#: The checks exported as pipeline_ready{check}, by name (one process, one set of checks).
+_watched: dict[str, Check] = {}
+_watched_lock = threading.Lock()
 
 
 class Dependency:
@@ -50,9 +62,32 @@ def liveness(alive: Check) -> tuple[int, dict[str, object]]:
     return (200 if ok else 503), {"status": "ok" if ok else "failing"}
 
 
+def watch(ready: Mapping[str, Check]) -> None:
+    """Export ``ready``'s checks as ``pipeline_ready{check}``, evaluated again at every :func:`metrics` call."""
+    with _watched_lock:
+        _watched.update(ready)
+
+
+def evaluate(ready: Mapping[str, Check]) -> dict[str, bool]:
+    """Each check's answer (one that raises is failing), also set as ``pipeline_ready{check}``."""
+    results: dict[str, bool] = {}
+    for name, check in ready.items():
+        try:
+            results[name] = bool(check())
+        except Exception as error:  # noqa: BLE001 - a check that cannot answer is not passing
+            logger.debug("readiness check %s raised %r", name, error)
+            results[name] = False
+        READY.labels(name).set(1 if results[name] else 0)
+    return results
+
+
 def readiness(ready: Mapping[str, Check]) -> tuple[int, dict[str, object]]:
-    """The status code and JSON body of ``/readyz``: every check, whether all pass, and why one fails."""
-    checks = {name: bool(check()) for name, check in ready.items()}
+    """The status code and JSON body of ``/readyz``: every check, whether all pass, and why one fails.
+
+    The checks are watched from then on (:func:`watch`): ``pipeline_ready`` follows them at each scrape.
+    """
+    watch(ready)
+    checks = evaluate(ready)
     ok = all(checks.values())
     body: dict[str, object] = {"status": "ready" if ok else "not ready", "checks": checks}
     why = {name: getattr(ready[name], "why", None) for name, passed in checks.items() if not passed}
@@ -62,7 +97,10 @@ def readiness(ready: Mapping[str, Check]) -> tuple[int, dict[str, object]]:
 
 
 def metrics() -> tuple[bytes, str]:
-    """The body and content type of ``/metrics`` (this process's Prometheus registry)."""
+    """The body and content type of ``/metrics`` (this process's Prometheus registry), readiness evaluated now."""
+    with _watched_lock:
+        watched = dict(_watched)
+    evaluate(watched)
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
@@ -72,6 +110,7 @@ class HealthServer:
     def __init__(self, port: int, ready: Mapping[str, Check], alive: Check = lambda: True) -> None:
         self.port = port
         self.ready = dict(ready)
+        watch(self.ready)
         self.alive = alive
         self._server: ThreadingHTTPServer | None = None
 

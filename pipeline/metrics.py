@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 CONNECTED = Gauge("pipeline_connected", "1 while connected to the server", ["server"])
 RECONNECTS = Counter("pipeline_connections", "Connections established (the first and every reconnect)", ["server"])
 CONSUMER_LAG = Gauge("pipeline_consumer_lag", "Kafka records not yet consumed by this replica", ["topic"])
+#: Each /readyz check (mqtt, mongodb, kafka, model): 1 passing, 0 failing. pipeline.health evaluates the
+#: checks at every scrape of /metrics, so the value is the check's answer then, /readyz asked or not.
+READY = Gauge("pipeline_ready", "1 while the /readyz check passes, 0 while it fails", ["check"])
 
 #: How often a consumer measures its lag (it asks the broker).
 LAG_EVERY_S = 5.0
