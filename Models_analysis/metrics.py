@@ -19,4 +19,9 @@ FORECASTS = Counter("pipeline_forecasts", "Distinct forecast times used, by wher
 STORED_TO_SCORED = Histogram(
     "pipeline_stored_to_scored_seconds", "Reading accepted by the bridge to scored", buckets=LATENCY_BUCKETS
 )
-MODEL = Gauge("pipeline_model_info", "The model in use (value 1)", ["name", "hash"])
+#: One series per model file in use: ``scope`` is ``default`` (every sensor without a file of its own) or
+#: the sensor id of a ``<sensor>.joblib`` in the MODEL_PATH folder. Models_analysis.registry removes a
+#: scope's series when its model is replaced or its file removed, so there are as many as model files.
+MODEL = Gauge(
+    "pipeline_model_info", "The model in use (value 1), by scope (default or a sensor)", ["scope", "name", "hash"]
+)

@@ -10,6 +10,7 @@ keeps serving, so nothing is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -86,21 +87,27 @@ class ModelRegistry:
             if old is not None and old.identity == loaded.identity:
                 continue
             self.models[key] = loaded
-            MODEL.labels(loaded.identity.name, loaded.identity.hash).set(1)
             if old is None:
                 logger.info("model for %s: %s from %s", _scope(key), _describe(loaded), path)
             else:
-                MODEL.labels(old.identity.name, old.identity.hash).set(0)
+                _unexport(key, old)
                 logger.info("model for %s switched from %s to %s", _scope(key), _describe(old), _describe(loaded))
+            MODEL.labels(key, loaded.identity.name, loaded.identity.hash).set(1)
         for key in [k for k in self.models if k not in files]:
             # A removed per-sensor file: that sensor falls back to the default.
             if self.path.is_dir() and key != DEFAULT:
                 logger.info("model file for sensor %s removed; it uses the default model now", key)
-                del self.models[key]
+                _unexport(key, self.models.pop(key))
 
     def for_sensor(self, sensor: str) -> LoadedModel | None:
         """The sensor's own model, else the default, else None."""
         return self.models.get(sensor) or self.models.get(DEFAULT)
+
+
+def _unexport(key: str, model: LoadedModel) -> None:
+    """Remove the ``pipeline_model_info`` series of ``key``'s former model: one series per model file."""
+    with contextlib.suppress(KeyError):
+        MODEL.remove(key, model.identity.name, model.identity.hash)
 
 
 def _scope(key: str) -> str:
