@@ -29,6 +29,7 @@ EXPECTED = {
     "ServiceDown": "critical",
     "TargetDown": "warning",
     "BridgeNotConnected": "critical",
+    "ServiceNotReady": "critical for the bridge, else warning",
     "SensorSilent": "warning",
     "ConsumerLagGrowing": "warning",
     "RejectionRateJump": "warning",
@@ -39,6 +40,9 @@ EXPECTED = {
     "ModelChanged": "info",
     "AlertDeliveryFailing": "warning",
 }
+#: Alerts whose severity depends on the job: {alert: {job: severity}}, "*" for every other job. The
+#: rule's severity is then a template; its promtool cases must show each severity.
+SEVERITY_BY_JOB = {"ServiceNotReady": {"server": "critical", "*": "warning"}}
 #: Series from elsewhere than the pipeline's code: Prometheus's own, and Alertmanager's (its /metrics is
 #: checked for it in tests/e2e/test_alerting.py).
 EXTERNAL_SERIES = {"up", "alertmanager_notifications_failed_total"}
@@ -101,10 +105,24 @@ def test_the_alerts_are_the_expected_ones() -> None:
     assert set(alerting_rules()) == set(EXPECTED)
 
 
+def expected_severity(name: str, job: str | None) -> str:
+    """The severity alert ``name`` must have when it fires for ``job``."""
+    by_job = SEVERITY_BY_JOB.get(name)
+    if by_job is None:
+        return EXPECTED[name]
+    return by_job.get(job or "", by_job["*"])
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_each_alert_has_severity_summary_and_runbook(name: str) -> None:
     rule = alerting_rules()[name]
-    assert rule.get("labels", {}).get("severity") == EXPECTED[name], f"{name}: severity"
+    severity = rule.get("labels", {}).get("severity", "")
+    if name in SEVERITY_BY_JOB:
+        for job, level in SEVERITY_BY_JOB[name].items():
+            assert level in severity, f"{name}: severity never {level}"
+            assert job == "*" or f'"{job}"' in severity, f"{name}: the severity does not depend on job {job}"
+    else:
+        assert severity == EXPECTED[name], f"{name}: severity"
     summary = rule.get("annotations", {}).get("summary", "")
     assert "{{ $labels." in summary, f"{name}: the summary must say where ({{{{ $labels.instance }}}} or the like)"
     assert rule["annotations"].get("runbook") == f"docs/alerts.md#{name.lower()}", f"{name}: runbook"
@@ -122,10 +140,16 @@ def test_each_alert_is_unit_tested_firing_and_not_firing(name: str) -> None:
     quiet = [case for case in cases if not case.get("exp_alerts")]
     assert firing, f"{RULE_TESTS}: no case where {name} fires"
     assert quiet, f"{RULE_TESTS}: no case where {name} does not fire"
+    severities = set()
     for case in firing:
         for alert in case["exp_alerts"]:
-            assert alert.get("exp_labels", {}).get("severity") == EXPECTED[name], f"{name}: test its labels"
+            labels = alert.get("exp_labels", {})
+            assert labels.get("severity") == expected_severity(name, labels.get("job")), f"{name}: test its labels"
             assert set(alert.get("exp_annotations", {})) == {"summary", "runbook"}, f"{name}: test its annotations"
+            severities.add(labels["severity"])
+    assert severities == set(SEVERITY_BY_JOB.get(name, {"*": EXPECTED[name]}).values()), (
+        f"{name}: firing cases show severities {sorted(severities)}"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
