@@ -490,6 +490,11 @@ EFFECTS: dict[str, list[str]] = {
         )
     },
     "SERVER_DEDUPE_CACHE": [U + "test_the_bridge_skips_the_last_server_dedupe_cache_readings_it_stored"],
+    "SERVER_SENSOR_METRICS_MAX": [
+        "tests/unit/test_sensor_metrics.py::"
+        "test_the_bridge_keeps_series_for_server_sensor_metrics_max_sensors_of_valid_readings_only",
+        "tests/unit/test_sensor_metrics.py::test_at_most_max_sensors_get_series_and_those_that_have_them_keep_them",
+    ],
     "KAFKA_BOOTSTRAP_SERVERS": [
         U + "test_the_model_service_consumes_as_configured",
         U + "test_server_main_passes_its_settings_on",

@@ -1,0 +1,76 @@
+"""The bridge's per-sensor series and readiness on its /metrics, on real Mosquitto, Kafka and FerretDB.
+
+What the alerting rules read (monitoring/alerts.yml: SensorSilent, ServiceNotReady,
+BridgeNotConnected), scraped over HTTP as Prometheus does.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline import contract
+from tests.conftest import Pipeline, wait_for
+from tests.helpers import payload, publish, reading
+
+pytestmark = pytest.mark.integration
+
+
+def scrape(port: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, sorted labels): value} of the service's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_readings_of_two_sensors_make_two_series_with_their_counts(pipeline: Pipeline) -> None:
+    started = time.time()
+    server = pipeline.start_server(SERVER_SENSOR_METRICS_MAX="2")
+    port = server.env["HEALTH_PORT"]
+    a, b, late = pipeline.sensor_id(1), pipeline.sensor_id(2), pipeline.sensor_id(3)
+
+    def stored(sensor: str) -> float | None:
+        return scrape(port).get(("pipeline_sensor_readings_stored_total", (("sensor", sensor),)))
+
+    def last_stored(sensor: str) -> float | None:
+        return scrape(port).get(("pipeline_sensor_last_stored_timestamp_seconds", (("sensor", sensor),)))
+
+    of_a = [payload(reading(a, float(i))) for i in range(3)]
+    of_b = [payload(reading(b, float(i))) for i in range(5)]
+    # b's first reading twice (a lost PUBACK): stored once, counted once. A payload that breaks the
+    # contract, on the third sensor's topic: rejected, so no series for that id.
+    assert publish(pipeline.stack.env, a, contract.readings_topic(a), of_a) == [0] * 3
+    assert publish(pipeline.stack.env, b, contract.readings_topic(b), [*of_b, of_b[0]]) == [0] * 6
+    assert publish(pipeline.stack.env, late, contract.readings_topic(late), [b"not json"]) == [0]
+
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    wait_for(
+        lambda: readings.count_documents({"sensor": {"$in": [a, b]}}) == 8, 60, "8 readings in MongoDB", pipeline.logs
+    )
+    rejections = pipeline.db[contract.COLLECTION_REJECTIONS]
+    wait_for(lambda: rejections.find_one({"topic": contract.readings_topic(late)}), 30, "the rejection", pipeline.logs)
+    wait_for(lambda: (stored(a), stored(b)) == (3, 5), 30, "the counts on /metrics", pipeline.logs)
+    assert stored(late) is None, "a rejected payload's sensor id gets no series"
+    for sensor in (a, b):
+        last = last_stored(sensor)
+        assert last is not None and started <= last <= time.time(), (sensor, last, started)
+
+    # The third sensor's valid readings are stored, but two sensors already have series.
+    assert publish(pipeline.stack.env, late, contract.readings_topic(late), [payload(reading(late, 1.0))]) == [0]
+    wait_for(lambda: readings.count_documents({"sensor": late}) == 1, 60, "the late reading", pipeline.logs)
+    assert publish(pipeline.stack.env, a, contract.readings_topic(a), [payload(reading(a, 9.0))]) == [0]
+    wait_for(lambda: stored(a) == 4, 30, "a's count to move on", pipeline.logs)
+    metrics = scrape(port)
+    assert not [key for key in metrics if ("sensor", late) in key[1]], "past SERVER_SENSOR_METRICS_MAX: no series"
+    assert stored(b) == 5
+
+    # Readiness on the same page: every check of /readyz, as it answers now.
+    ready = {dict(labels)["check"]: value for (name, labels), value in metrics.items() if name == "pipeline_ready"}
+    assert ready == {"mqtt": 1, "mongodb": 1, "kafka": 1}
