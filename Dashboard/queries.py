@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
 
 from pipeline import contract, periods
 
@@ -57,11 +59,10 @@ def resolution(span: timedelta) -> timedelta:
 
 
 def per_minute(received: dict[str, int], now: datetime) -> float:
-    """Readings per minute over the last RATE_MINUTES whole minutes and the current one, from ``sensors.received``."""
+    """Readings per minute over this minute and the RATE_MINUTES - 1 before it, from ``sensors.received``."""
     current = periods.epoch_minute(now)
-    counted = sum(n for minute, n in received.items() if current - RATE_MINUTES <= int(minute) <= current)
-    elapsed = (now.timestamp() - (current - RATE_MINUTES) * 60) / 60
-    return counted / elapsed
+    counted = sum(n for minute, n in received.items() if current - RATE_MINUTES < int(minute) <= current)
+    return counted / RATE_MINUTES
 
 
 def preview(payload: str, limit: int = PAYLOAD_PREVIEW) -> tuple[str, bool]:
@@ -185,7 +186,7 @@ class Reader:
 
     def alerts(self, limit: int) -> list[Document]:
         """The latest anomalies, newest first (the capped ``alerts`` collection, backwards)."""
-        found = self.alert_docs.find({}).sort("$natural", -1).limit(limit)
+        found = _newest(self.alert_docs, "detected_at", limit)
         return [
             {
                 "id": a["_id"],
@@ -202,7 +203,7 @@ class Reader:
 
     def latest_rejections(self, limit: int) -> list[Document]:
         """The latest rejected messages with their reasons, newest first; payloads cut to a preview."""
-        found = self.rejections.find({}).sort("$natural", -1).limit(limit)
+        found = _newest(self.rejections, "received_at", limit)
         result = []
         for r in found:
             payload, truncated = preview(str(r.get("payload", "")))
@@ -222,6 +223,18 @@ class Reader:
                 }
             )
         return result
+
+
+def _newest(collection: Collection[Document], field: str, limit: int) -> list[Document]:
+    """The ``limit`` newest documents of a capped collection, read backwards from its end.
+
+    Until the bridge has made the collection capped (or where it does not exist
+    yet) FerretDB refuses ``$natural``: then they are sorted by ``field``.
+    """
+    try:
+        return list(collection.find({}).sort("$natural", -1).limit(limit))
+    except OperationFailure:
+        return list(collection.find({}).sort(field, -1).limit(limit))
 
 
 _STEP_NAMES = {periods.MINUTE: "minute", periods.HOUR: "hour", periods.DAY: "day"}

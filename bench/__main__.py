@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import bridge, e2e, kafka_clients, outage, scoring
+from bench import backtest, bridge, e2e, kafka_clients, outage, scoring, storage
 from bench.common import add_common_arguments, bench_stack, setup_logging
 
 BENCHMARKS = {
@@ -22,6 +22,8 @@ BENCHMARKS = {
     "kafka_clients": kafka_clients.run,
     "outage": outage.run,
     "e2e": e2e.run,
+    "storage": storage.run,
+    "backtest": backtest.run,
 }
 
 
@@ -40,6 +42,8 @@ def main() -> int:
     e2e.add_arguments(parser)
     outage.add_arguments(parser)
     kafka_clients.add_arguments(parser)
+    storage.add_arguments(parser)
+    backtest.add_arguments(parser)
     args = parser.parse_args()
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in BENCHMARKS]

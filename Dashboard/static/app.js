@@ -7,12 +7,15 @@ const POLL_MS = 3000;
 // Alerts and rejections change less often; each costs the database a full read on FerretDB.
 const EVENTS_EVERY = 4;
 const SERIES_MINUTES = 60;
+// The range of the lower chart and of the CSV download, in minutes (the select in the page).
+const RANGES = { "1 h": 60, "3 h": 180, "24 h": 1440, "7 days": 10080, "30 days": 43200, "90 days": 129600 };
 
 const state = {
   sensor: new URLSearchParams(location.search).get("sensor"),
   chosen: new URLSearchParams(location.search).has("sensor"),
   chart: null,
   aggregates: null,
+  range: 60,
   polls: 0,
 };
 
@@ -189,8 +192,12 @@ function renderSeries(series) {
 
 // --- the per-minute chart ------------------------------------------------------------
 
-function minutesRange(xs, min, max) {
-  return xs && xs.length ? [xs[0] - 60, xs[xs.length - 1] + 60] : [min, max];
+// Seconds in each period the API draws a range in.
+const PERIOD_S = { minute: 60, hour: 3600, day: 86400 };
+
+function periodRange(xs, min, max) {
+  const pad = PERIOD_S[state.resolution] || 60;
+  return xs && xs.length ? [xs[0] - pad, xs[xs.length - 1] + pad] : [min, max];
 }
 
 function aggregatesChart(node) {
@@ -201,7 +208,7 @@ function aggregatesChart(node) {
       scales: {
         // From the data, a minute either side: with one minute stored, uPlot widened its own
         // range to years, and every tick read "00:00".
-        x: { time: true, range: (u, min, max) => minutesRange(u.data[0], min, max) },
+        x: { time: true, range: (u, min, max) => periodRange(u.data[0], min, max) },
         count: { range: (_u, _min, max) => [0, Math.max(1, max * 1.15)] },
       },
       series: [
@@ -231,17 +238,20 @@ function aggregatesChart(node) {
   );
 }
 
-function renderAggregates(sensor, rows) {
+function renderAggregates(sensor, answer) {
   const node = $("#aggregates");
+  const rows = answer.rows;
+  state.resolution = answer.resolution;
   if (!state.aggregates) state.aggregates = aggregatesChart(node);
+  $("#aggregates-title").textContent = `Per ${answer.resolution}`;
   state.aggregates.setData([
-    rows.map((r) => epoch(r.minute)),
+    rows.map((r) => epoch(r.start)),
     rows.map((r) => r.count),
     rows.map((r) => r.mean),
     rows.map((r) => r.max),
     rows.map((r) => r.min),
   ]);
-  Object.assign(node.dataset, { sensor, points: rows.length });
+  Object.assign(node.dataset, { sensor, points: rows.length, resolution: answer.resolution });
   $("#aggregates-empty").hidden = rows.length > 0;
 }
 
@@ -293,9 +303,12 @@ async function refreshSensor() {
   const path = encodeURIComponent(sensor);
   const [series, aggregates] = await Promise.all([
     api(`/api/sensors/${path}/series?minutes=${SERIES_MINUTES}`),
-    api(`/api/aggregates/${path}?minutes=${SERIES_MINUTES}`),
+    api(`/api/aggregates/${path}?minutes=${state.range}`),
   ]);
   if (sensor !== state.sensor) return; // another sensor was chosen meanwhile
+  const download = $("#download");
+  download.href = `/api/sensors/${path}/readings.csv?minutes=${state.range}`;
+  download.hidden = false;
   renderSeries(series);
   renderAggregates(sensor, aggregates);
 }
@@ -335,6 +348,13 @@ window.addEventListener("resize", () => {
   ]) {
     if (chart) chart.setSize({ width: chartWidth(node), height: chart.height });
   }
+});
+
+const rangeSelect = $("#range");
+for (const [label, minutes] of Object.entries(RANGES)) rangeSelect.append(el("option", { value: minutes }, label));
+rangeSelect.addEventListener("change", () => {
+  state.range = Number(rangeSelect.value);
+  refreshSensor().catch(() => {});
 });
 
 loop();

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import math
 import urllib.error
@@ -37,6 +39,7 @@ API_ROUTES = {
     "/api/alerts",
     "/api/rejections",
     "/api/health",
+    "/api/sensors/{sensor}/readings.csv",
 }
 
 
@@ -164,9 +167,8 @@ def test_every_route_needs_the_login(pipeline: Pipeline) -> None:
     assert refused and float(refused[0].split()[-1]) >= 4 * len(paths)
 
 
-def test_aggregates_are_served_between_the_bridges_two_updates(pipeline: Pipeline) -> None:
-    # The bridge $inc's count and sum, then sets the mean in a second update; a page
-    # read in between must still get the minute, with the mean from sum / count.
+def test_aggregates_are_served_with_the_mean_of_their_totals(pipeline: Pipeline) -> None:
+    # The bridge $inc's count and sum and stores no mean: the page divides them.
     dashboard = pipeline.start_dashboard()
     sensor = pipeline.sensor_id(1)
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
@@ -175,7 +177,12 @@ def test_aggregates_are_served_between_the_bridges_two_updates(pipeline: Pipelin
         | {"count": 4, "sum": 10.0, "min": 1.0, "max": 4.0}
     )
     found = api(pipeline, dashboard, f"/api/aggregates/{sensor}?minutes=60")
-    assert found == [{"minute": contract.iso(minute), "count": 4, "mean": 2.5, "min": 1.0, "max": 4.0}]
+    assert found == {
+        "sensor": sensor,
+        "minutes": 60,
+        "resolution": "minute",
+        "rows": [{"start": contract.iso(minute), "count": 4, "mean": 2.5, "min": 1.0, "max": 4.0}],
+    }
 
 
 def test_api_shows_a_live_sensor_its_forecast_and_anomaly(pipeline: Pipeline, model_path: Path) -> None:
@@ -217,15 +224,30 @@ def test_api_shows_a_live_sensor_its_forecast_and_anomaly(pipeline: Pipeline, mo
     assert long["truncated"] and len(long["payload"]) <= 161 and long["size"] == len(long_bad)
     assert "field 'ts' is missing" in long["reason"]
 
-    # Per-minute aggregates come from the bridge's `aggregates` collection (written once settled).
-    def aggregated() -> list[dict[str, Any]] | None:
-        found = api(pipeline, dashboard, f"/api/aggregates/{sensor}?minutes=60")
+    # Per-minute aggregates come from the bridge's `aggregates` collection; a day, from its hourly rollups.
+    def aggregated(minutes: int) -> list[dict[str, Any]] | None:
+        found = api(pipeline, dashboard, f"/api/aggregates/{sensor}?minutes={minutes}")["rows"]
         return found if sum(m["count"] for m in found) == READINGS else None
 
-    minutes = wait_for(aggregated, 60, f"aggregates of {READINGS} readings", pipeline.logs)
+    minutes = wait_for(lambda: aggregated(60), 60, f"aggregates of {READINGS} readings", pipeline.logs)
     assert max(m["max"] for m in minutes) == OUTLIER
-    assert [m["minute"] for m in minutes] == sorted(m["minute"] for m in minutes)
-    assert api(pipeline, dashboard, f"/api/aggregates/{pipeline.sensor_id('none')}") == []
+    assert [m["start"] for m in minutes] == sorted(m["start"] for m in minutes)
+    hours = wait_for(lambda: aggregated(24 * 60), 60, "hourly rollups of every reading", pipeline.logs)
+    assert max(h["max"] for h in hours) == OUTLIER and len(hours) <= 2
+    nothing = api(pipeline, dashboard, f"/api/aggregates/{pipeline.sensor_id('none')}")
+    assert nothing == {"sensor": pipeline.sensor_id("none"), "minutes": 60, "resolution": "minute", "rows": []}
+
+    # The page's CSV download: every reading with its forecast, oldest first.
+    code, headers, body = get(dashboard, f"/api/sensors/{sensor}/readings.csv?minutes=60", login(pipeline))
+    assert code == 200 and headers["content-type"].startswith("text/csv")
+    assert f'filename="{sensor}_' in headers["content-disposition"]
+    header, *rows = list(csv.reader(io.StringIO(body.decode())))
+    assert header == ["id", "sensor", "ts", "v", "yhat", "yhat_lower", "yhat_upper", "anomaly"]
+    assert [row[0] for row in rows] == [r.id for r in readings]
+    assert [float(row[3]) for row in rows] == [r.v for r in readings]
+    assert {row[4] for row in rows} == {str(LEVEL)} and [r[0] for r in rows if r[7] == "True"] == [
+        readings[OUTLIER_AT].id
+    ]
 
 
 def test_browser_shows_the_sensor_chart_band_and_anomaly(pipeline: Pipeline, model_path: Path) -> None:

@@ -45,7 +45,7 @@ def test_row_of_a_sensor() -> None:
         "last": {"ts": NOW, "v": 0.0, "id": "r4"},
         "last_seen": NOW,
         "interval_s": 20.0,
-        # 4 readings in the last 5 minutes and this one; one 7 minutes ago does not count.
+        # 3 readings in this minute and the four before; those 5 and 7 minutes ago do not count.
         "received": {str(minute): 1, str(minute - 2): 2, str(minute - 5): 1, str(minute - 7): 9},
     }
     row = Reader.row(doc, now)
@@ -56,7 +56,7 @@ def test_row_of_a_sensor() -> None:
         "last_seen": "2026-11-27T12:00:00.000Z",
         "age_s": 5.0,
         "interval_s": 20.0,
-        "per_minute": round(4 / (5 + 5 / 60), 2),
+        "per_minute": 0.6,
         "state": "live",
     }
     assert Reader.row(doc, NOW + timedelta(minutes=6))["state"] == "silent"

@@ -1,0 +1,147 @@
+"""Every query the live page's API makes, explained on the real FerretDB: none reads a collection that grows.
+
+The queries are caught as the API's code sends them (pymongo command monitoring),
+not listed here, so a new query is checked as soon as it exists. Each is then
+run through ``explain``: FerretDB answers with SQLite's plan, and a ``SCAN`` of a
+table is allowed only for the ``sensors`` collection (one document per sensor)
+or a capped collection read backwards from its end (``$natural``) with a limit.
+A MongoDB ``explain`` is read the same way (``COLLSCAN`` against ``IXSCAN`` and
+``IDHACK``), so the test holds on either server.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pymongo import MongoClient, monitoring
+
+from Dashboard.app import csv_lines
+from Dashboard.queries import Reader
+from pipeline import contract
+from pipeline.settings import MongoSettings
+from Server.store import Store
+from Server.timeline import Timeline
+from tests.conftest import Pipeline
+
+pytestmark = pytest.mark.integration
+
+#: Collections that may be read whole: bounded by the number of sensors, not by the data.
+BOUNDED = {contract.COLLECTION_SENSORS}
+
+
+class Finds(monitoring.CommandListener):
+    """Every ``find`` a client sends."""
+
+    def __init__(self) -> None:
+        self.commands: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.commands.append({k: v for k, v in event.command.items() if k not in ("lsid", "$db", "$clusterTime")})
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def scans(plan: dict[str, Any]) -> list[str]:
+    """The full scans in an ``explain`` answer: FerretDB's SQLite plan lines, or MongoDB's COLLSCAN stages."""
+    lines = plan.get("queryPlanner", {}).get("Plan", [])
+    sqlite = [line for line in lines if line.partition("detail=")[2].startswith("SCAN ")]
+    mongo = []
+    stage = plan.get("queryPlanner", {}).get("winningPlan")
+    while isinstance(stage, dict):
+        if stage.get("stage") == "COLLSCAN":
+            mongo.append("COLLSCAN")
+        stage = stage.get("inputStage")
+    return sqlite + mongo
+
+
+@pytest.fixture
+def reader(pipeline: Pipeline) -> Iterator[tuple[Reader, Finds, Store]]:
+    database = f"{pipeline.name}_page"
+    settings = MongoSettings.model_validate({"MONGO_URI": pipeline.stack.env["MONGO_URI"], "MONGO_DATABASE": database})
+    store = Store(settings)
+    finds = Finds()
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        pipeline.stack.env["MONGO_URI"], tz_aware=True, event_listeners=[finds]
+    )
+    yield Reader(client[database]), finds, store
+    client.close()
+    store.client.drop_database(database)
+    store.close()
+
+
+def test_every_query_of_the_page_is_answered_from_an_index(reader: tuple[Reader, Finds, Store]) -> None:
+    page, finds, store = reader
+    store.ensure_capped(contract.COLLECTION_REJECTIONS, 2**20, "SERVER_REJECTIONS_MAX_MB")
+    store.ensure_capped(contract.COLLECTION_ALERTS, 2**20, "SERVER_ALERTS_MAX_MB")
+    now = datetime.now(UTC).replace(microsecond=0)
+    timeline = Timeline(store, threading.Event())
+    # Two days of one reading a minute, and a few hundred other documents in every collection.
+    readings = [
+        contract.Reading(id=f"r{i}", sensor="s1", ts=now - timedelta(minutes=i), v=float(i), received_at=now)
+        for i in range(2 * 24 * 60)
+    ]
+    timeline.touch(readings)
+    timeline.touch_predictions(
+        [
+            {"_id": r.id, "sensor": r.sensor, "ds": r.ts, "yhat": r.v, "yhat_lower": 0.0, "yhat_upper": 1.0}
+            | {"anomaly": r.v > 1.0}
+            for r in readings[:100]
+        ]
+    )
+    timeline.flush(everything=True)
+    store.db[contract.COLLECTION_READINGS].insert_many([r.to_document() for r in readings[:300]])
+    store.db[contract.COLLECTION_ALERTS].insert_many(
+        [
+            {"_id": f"a{i}", "sensor": "s1", "ts": now, "v": 2.0, "yhat": 1.0, "yhat_lower": 0.0} | {"yhat_upper": 1.5}
+            for i in range(300)
+        ]
+    )
+    store.db[contract.COLLECTION_REJECTIONS].insert_many([{"_id": f"x{i}", "received_at": now} for i in range(300)])
+
+    assert len(page.sensors()) == 1
+    series = page.series("s1", 60, now=now)
+    assert len(series["points"]) == 61 and series["scored"] == 61, "the last hour, each with its forecast"
+    for minutes, resolution, rows in ((60, "minute", 61), (2 * 24 * 60, "hour", 49), (60 * 24 * 60, "day", 3)):
+        answer = page.aggregates("s1", minutes, now=now)
+        assert (answer["resolution"], len(answer["rows"])) == (resolution, rows), minutes
+    assert sum(1 for _ in csv_lines("s1", page.points("s1", now - timedelta(days=1), now))) >= 2
+    assert len(page.alerts(20)) == 20 and len(page.latest_rejections(20)) == 20
+
+    seen = {(c["find"], str(c.get("filter")), str(c.get("sort"))): c for c in finds.commands}
+    assert {c["find"] for c in seen.values()} >= {
+        contract.COLLECTION_SENSORS,
+        contract.COLLECTION_AGGREGATES,
+        contract.COLLECTION_AGGREGATES_HOURLY,
+        contract.COLLECTION_AGGREGATES_DAILY,
+        contract.COLLECTION_ALERTS,
+        contract.COLLECTION_REJECTIONS,
+    }
+    capped = {contract.COLLECTION_ALERTS, contract.COLLECTION_REJECTIONS}
+    for command in seen.values():
+        plan = store.db.command("explain", command, verbosity="queryPlanner")
+        name = command["find"]
+        if name in BOUNDED:
+            continue
+        if name in capped and command.get("sort") == {"$natural": -1} and command.get("limit"):
+            assert plan.get("sortPushdown", True), f"{name}: the newest first must come from the server"
+            continue
+        assert not scans(plan), f"{name} is scanned for {command}: {plan.get('queryPlanner')}"
+
+
+def test_the_check_sees_a_scan(reader: tuple[Reader, Finds, Store]) -> None:
+    """The test above can fail: a query by sensor is a scan on FerretDB."""
+    _page, _finds, store = reader
+    store.db[contract.COLLECTION_READINGS].insert_one({"_id": "r", "sensor": "s1"})
+    plan = store.db.command("explain", {"find": contract.COLLECTION_READINGS, "filter": {"sensor": "s1"}})
+    assert scans(plan)
+    plan = store.db.command("explain", {"find": contract.COLLECTION_READINGS, "filter": {"_id": "r"}})
+    assert not scans(plan)
