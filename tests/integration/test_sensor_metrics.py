@@ -8,15 +8,30 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from localstack.services import ROOT
 from pipeline import contract
 from tests.conftest import Pipeline, wait_for
-from tests.helpers import payload, publish, reading
+from tests.helpers import api, payload, prometheus, publish, reading
 
 pytestmark = pytest.mark.integration
+
+RULES = ROOT / "monitoring" / "alerts.yml"
+
+
+def rule_expr(alert: str) -> str:
+    """The expression of ``alert`` in monitoring/alerts.yml."""
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == alert:
+                return str(rule["expr"])
+    raise AssertionError(f"{RULES}: no alert {alert}")
 
 
 def scrape(port: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -74,3 +89,53 @@ def test_readings_of_two_sensors_make_two_series_with_their_counts(pipeline: Pip
     # Readiness on the same page: every check of /readyz, as it answers now.
     ready = {dict(labels)["check"]: value for (name, labels), value in metrics.items() if name == "pipeline_ready"}
     assert ready == {"mqtt": 1, "mongodb": 1, "kafka": 1}
+
+
+def test_the_rules_read_the_bridges_series_as_prometheus_scrapes_them(pipeline: Pipeline, tmp_path: Path) -> None:
+    """SensorSilent, ServiceNotReady and BridgeNotConnected, as written, on what a real Prometheus scraped.
+
+    The silence is not waited for: SensorSilent is asked at a time an hour ahead
+    (the API's ``time``), when the readings scraped now are the sensors' last.
+    """
+    server = pipeline.start_server()
+    a, b = pipeline.sensor_id(1), pipeline.sensor_id(2)
+    with prometheus(
+        {"server": f"127.0.0.1:{server.env['HEALTH_PORT']}"}, tmp_path, pipeline.log_dir / "prometheus.log"
+    ) as base:
+
+        def query(expr: str, at: float | None = None) -> list[dict[str, Any]]:
+            params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+            return list(api(base, "/api/v1/query", **params)["result"])
+
+        def scraped(sensor: str) -> float:
+            found = query(f'pipeline_sensor_readings_stored_total{{job="server", sensor="{sensor}"}}')
+            return float(found[0]["value"][1]) if found else 0.0
+
+        # Prometheus takes its first targets some seconds after it starts.
+        wait_for(
+            lambda: [r["value"][1] for r in query('up{job="server"}')] == ["1"], 30, "the first scrape", pipeline.logs
+        )
+        # Readings while Prometheus scrapes every second: each sensor's counter rises across scrapes.
+        for i in range(8):
+            for sensor in (a, b):
+                assert publish(
+                    pipeline.stack.env, sensor, contract.readings_topic(sensor), [payload(reading(sensor, i))]
+                ) == [0]
+            time.sleep(0.5)
+        wait_for(lambda: scraped(a) == scraped(b) == 8, 30, "Prometheus to scrape every reading", pipeline.logs)
+        now = time.time()
+
+        ready = {r["metric"]["check"]: r["value"][1] for r in query('pipeline_ready{job="server"}')}
+        assert ready == {"mqtt": "1", "mongodb": "1", "kafka": "1"}
+        assert query(rule_expr("ServiceNotReady")) == []
+        assert query(rule_expr("BridgeNotConnected")) == []
+
+        def silent(at: float) -> dict[str, float]:
+            return {r["metric"]["sensor"]: float(r["value"][1]) for r in query(rule_expr("SensorSilent"), at)}
+
+        assert silent(now) == {}, "both just sent"
+        assert silent(now + 60) == {}, "silent a minute: under the 2-minute floor"
+        # An hour on: far more than three of their intervals (as estimated from 8 readings in an hour).
+        later = silent(now + 3500)
+        assert set(later) == {a, b}, later
+        assert all(3490 < seconds < 3520 for seconds in later.values()), later
