@@ -15,7 +15,10 @@ const state = {
   chosen: new URLSearchParams(location.search).has("sensor"),
   chart: null,
   aggregates: null,
-  range: 60,
+  // ?minutes=<one of RANGES> opens the page on that range.
+  range: Object.values(RANGES).includes(Number(new URLSearchParams(location.search).get("minutes")))
+    ? Number(new URLSearchParams(location.search).get("minutes"))
+    : 60,
   polls: 0,
 };
 
@@ -62,6 +65,10 @@ const epoch = (iso) => Date.parse(iso) / 1000;
 
 // Time-axis labels as local clock times (uPlot's default stacks the date over them).
 function clockTicks(_u, splits) {
+  // Over more than a day and a half, the date says more than the time of day.
+  if (splits.length > 1 && splits[splits.length - 1] - splits[0] > 1.5 * 86400) {
+    return splits.map((t) => new Date(t * 1000).toLocaleDateString([], { month: "short", day: "numeric" }));
+  }
   return splits.map((t) => {
     const d = new Date(t * 1000);
     const options = { hour: "2-digit", minute: "2-digit", hour12: false };
@@ -352,6 +359,7 @@ window.addEventListener("resize", () => {
 
 const rangeSelect = $("#range");
 for (const [label, minutes] of Object.entries(RANGES)) rangeSelect.append(el("option", { value: minutes }, label));
+rangeSelect.value = String(state.range);
 rangeSelect.addEventListener("change", () => {
   state.range = Number(rangeSelect.value);
   refreshSensor().catch(() => {});

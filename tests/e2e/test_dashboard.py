@@ -258,9 +258,9 @@ def test_browser_shows_the_sensor_chart_band_and_anomaly(pipeline: Pipeline, mod
     bad = b'{"id": "r-1", "sensor": "%s", "ts": "2026-01-01T00:00:00Z", "v": "high"}' % sensor.encode()
     assert publish(pipeline.stack.env, sensor, topic, [bad]) == [0]
     wait_scored(pipeline, dashboard, sensor)
-    # A minute's aggregate is written once it has settled (SERVER_AGGREGATE_SETTLE_S).
+    # The bridge writes its minutes every 2 s, its hours and days every 30 s.
     path = f"/api/aggregates/{sensor}?minutes=60"
-    wait_for(lambda: api(pipeline, dashboard, path), 60, "the sensor's per-minute aggregates", pipeline.logs)
+    wait_for(lambda: api(pipeline, dashboard, path)["rows"], 60, "the sensor's minutes", pipeline.logs)
     user, password = login(pipeline)
     url = f"http://{user}:{password}@127.0.0.1:{dashboard.env['DASHBOARD_PORT']}/?sensor={sensor}"
 
@@ -276,12 +276,23 @@ def test_browser_shows_the_sensor_chart_band_and_anomaly(pipeline: Pipeline, mod
     assert page.find("li", data_service="server", data_status="up")
     assert page.find("li", data_service="model_analysis", data_status="up")
     (aggregates,) = page.find("div", id="aggregates")
-    assert int(aggregates["data-points"] or 0) >= 1
+    assert int(aggregates["data-points"] or 0) >= 1 and aggregates["data-resolution"] == "minute"
+    (download,) = page.find("a", id="download")
+    assert download["href"] == f"/api/sensors/{sensor}/readings.csv?minutes=60"
 
     screenshot = ARTIFACTS / "dashboard.png"
     screenshot.unlink(missing_ok=True)
     chromium(url, f"--screenshot={screenshot}", "--hide-scrollbars")
     assert screenshot.stat().st_size > 20_000, "the screenshot is blank"
+
+    # A month's range is drawn from the daily rollups, and the download follows the range.
+    path = f"/api/aggregates/{sensor}?minutes={30 * 24 * 60}"
+    wait_for(lambda: api(pipeline, dashboard, path)["rows"], 60, "the sensor's days", pipeline.logs)
+    month = Elements(chromium(f"{url}&minutes={30 * 24 * 60}", "--dump-dom"))
+    (aggregates,) = month.find("div", id="aggregates")
+    assert aggregates["data-resolution"] == "day" and aggregates["data-points"] in ("1", "2"), "today (and yesterday)"
+    (download,) = month.find("a", id="download")
+    assert download["href"] == f"/api/sensors/{sensor}/readings.csv?minutes={30 * 24 * 60}"
 
 
 def test_health_shows_services_up_and_their_rates(pipeline: Pipeline, model_path: Path) -> None:
