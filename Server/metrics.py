@@ -131,3 +131,15 @@ class SensorSeries:
             logger.info("removed the per-sensor metrics of %d sensors silent for %.0f h", len(gone), self.ttl_s / 3600)
             self._full_logged = False
         return gone
+
+
+RETENTION_DELETED = Counter(
+    "pipeline_retention_deleted",
+    "Documents the bridge deleted past their retention (where the server has no TTL index), by collection",
+    ["collection"],
+)
+TIMELINE_FLUSH = Histogram(
+    "pipeline_timeline_flush_seconds",
+    "Time of one write of the live page's documents (minutes, sensors, rollups)",
+    buckets=LATENCY_BUCKETS,
+)

@@ -32,15 +32,18 @@ from pymongo import ASCENDING, DeleteOne
 from pymongo.errors import OperationFailure
 
 from pipeline import contract
+from Server import metrics
 from Server.settings import Settings
 from Server.store import TRANSIENT, Store
 
 logger = logging.getLogger(__name__)
 
-#: Documents read (and at most deleted) per batch, the pause between batches, and between passes.
+#: Documents read (and at most deleted) per batch, the pause between batches, and between passes
+#: (the first pass FIRST_S after start, so a backlog of expired documents goes at once).
 BATCH = 500
 PAUSE_S = 0.05
 EVERY_S = 60.0
+FIRST_S = 5.0
 #: MongoDB's code for a command or option the server does not implement.
 NOT_IMPLEMENTED = 238
 
@@ -136,8 +139,10 @@ class Retention:
         return True
 
     def run(self) -> None:
-        """Prune every EVERY_S until stopped; a server away is waited out until the next pass."""
-        while not self.stop.wait(EVERY_S):
+        """Prune FIRST_S after start and then every EVERY_S until stopped; a server away waits for the next pass."""
+        wait = FIRST_S
+        while not self.stop.wait(wait):
+            wait = EVERY_S
             for rule in self.pruned:
                 try:
                     self.prune(rule)
@@ -155,6 +160,7 @@ class Retention:
             if expired:
                 result = collection.bulk_write([DeleteOne({"_id": key}) for key in expired], ordered=False)
                 deleted += result.deleted_count
+                metrics.RETENTION_DELETED.labels(rule.collection).inc(result.deleted_count)
             if fresh or len(head) < BATCH or not expired:
                 break
             self.stop.wait(PAUSE_S)

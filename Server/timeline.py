@@ -44,6 +44,7 @@ from pymongo.errors import OperationFailure
 from pipeline import contract
 from pipeline.periods import COLLECTION, DAY, FLOOR, HOUR, MINUTE, epoch_minute, period_id
 from pipeline.retry import RetryError, until_done
+from Server import metrics
 from Server.store import DUPLICATE_KEY, TRANSIENT, Store
 
 logger = logging.getLogger(__name__)
@@ -210,12 +211,13 @@ class Timeline:
         write_id = uuid.uuid4().hex  # the same for every retry of this flush
         attempts = itertools.count()
         try:
-            return until_done(
-                lambda: self._write(operations, write_id, retry=next(attempts) > 0),
-                self.stop,
-                "update the live page's documents",
-                TRANSIENT,
-            )
+            with metrics.TIMELINE_FLUSH.time():
+                return until_done(
+                    lambda: self._write(operations, write_id, retry=next(attempts) > 0),
+                    self.stop,
+                    "update the live page's documents",
+                    TRANSIENT,
+                )
         except RetryError:
             logger.warning("stopping with %d minute, sensor and rollup updates not written", _count(operations))
             return 0

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pymongo import monitoring
 
 from pipeline import contract
@@ -55,8 +56,14 @@ def test_old_documents_of_every_kind_are_deleted(store: Store) -> None:
         ages = [rule.days + 5, rule.days + 0.01, rule.days - 0.01, 0.0]
         documents = [{"_id": f"{rule.collection}-{age}", rule.field: NOW - timedelta(days=age)} for age in ages]
         store.db[rule.collection].insert_many(documents)
+
+    def deleted(collection: str) -> float:
+        return REGISTRY.get_sample_value("pipeline_retention_deleted_total", {"collection": collection}) or 0.0
+
     for rule in RULES:
+        before = deleted(rule.collection)
         assert keeper.prune(rule, now=NOW) == 2, rule.collection
+        assert deleted(rule.collection) - before == 2, "counted in pipeline_retention_deleted_total"
         left = sorted(d["_id"] for d in store.db[rule.collection].find({}))
         assert left == sorted(f"{rule.collection}-{age}" for age in (rule.days - 0.01, 0.0)), rule.collection
         assert keeper.prune(rule, now=NOW) == 0, "nothing more to delete"
