@@ -25,6 +25,16 @@ pytestmark = pytest.mark.integration
 RULES = ROOT / "monitoring" / "alerts.yml"
 
 
+def every_second(workdir: Path) -> Path:
+    """monitoring/alerts.yml with every group evaluated at Prometheus's interval (1 s here), not its own."""
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        group.pop("interval", None)
+    path = workdir / "alerts.yml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    return path
+
+
 def rule_expr(alert: str) -> str:
     """The expression of ``alert`` in monitoring/alerts.yml."""
     for group in yaml.safe_load(RULES.read_text())["groups"]:
@@ -94,13 +104,17 @@ def test_readings_of_two_sensors_make_two_series_with_their_counts(pipeline: Pip
 def test_the_rules_read_the_bridges_series_as_prometheus_scrapes_them(pipeline: Pipeline, tmp_path: Path) -> None:
     """SensorSilent, ServiceNotReady and BridgeNotConnected, as written, on what a real Prometheus scraped.
 
-    The silence is not waited for: SensorSilent is asked at a time an hour ahead
-    (the API's ``time``), when the readings scraped now are the sensors' last.
+    The rules are monitoring/alerts.yml's, evaluated every second. The silence is
+    not waited for: SensorSilent is asked at a time an hour ahead (the API's
+    ``time``), when the readings scraped now are the sensors' last.
     """
     server = pipeline.start_server()
     a, b = pipeline.sensor_id(1), pipeline.sensor_id(2)
     with prometheus(
-        {"server": f"127.0.0.1:{server.env['HEALTH_PORT']}"}, tmp_path, pipeline.log_dir / "prometheus.log"
+        {"server": f"127.0.0.1:{server.env['HEALTH_PORT']}"},
+        tmp_path,
+        pipeline.log_dir / "prometheus.log",
+        rule_files=[every_second(tmp_path)],
     ) as base:
 
         def query(expr: str, at: float | None = None) -> list[dict[str, Any]]:
@@ -123,6 +137,23 @@ def test_the_rules_read_the_bridges_series_as_prometheus_scrapes_them(pipeline: 
                 ) == [0]
             time.sleep(0.5)
         wait_for(lambda: scraped(a) == scraped(b) == 8, 30, "Prometheus to scrape every reading", pipeline.logs)
+        # SensorSilent reads what the rules record from these: wait for the last values to be recorded.
+        wait_for(
+            lambda: (
+                {
+                    r["metric"]["sensor"]: r["value"][1]
+                    for r in query("sensor:pipeline_sensor_last_stored_timestamp_seconds:max")
+                }
+                == {
+                    sensor: r["value"][1]
+                    for sensor in (a, b)
+                    for r in query(f'pipeline_sensor_last_stored_timestamp_seconds{{sensor="{sensor}"}}')
+                }
+            ),
+            30,
+            "the rules to record the last readings",
+            pipeline.logs,
+        )
         now = time.time()
 
         ready = {r["metric"]["check"]: r["value"][1] for r in query('pipeline_ready{job="server"}')}

@@ -67,6 +67,17 @@ def alerting_rules() -> dict[str, dict[str, Any]]:
     return rules
 
 
+def recording_rules() -> dict[str, dict[str, Any]]:
+    """{recorded series: rule} of monitoring/alerts.yml; fails on a name recorded twice."""
+    rules: dict[str, dict[str, Any]] = {}
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            if "record" in rule:
+                assert rule["record"] not in rules, f"{RULES}: {rule['record']} is recorded twice"
+                rules[rule["record"]] = rule
+    return rules
+
+
 def github_anchor(heading: str) -> str:
     """The anchor GitHub gives a Markdown heading."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
@@ -84,7 +95,8 @@ def runbook_sections() -> dict[str, str]:
 def test_promtool_checks_the_rules() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, f"promtool check rules:\n{result.stdout}{result.stderr}"
-    assert f"SUCCESS: {len(alerting_rules())} rules found" in result.stdout, result.stdout
+    count = len(alerting_rules()) + len(recording_rules())
+    assert f"SUCCESS: {count} rules found" in result.stdout, result.stdout
 
 
 def test_promtool_unit_tests_of_the_rules_pass() -> None:
@@ -165,14 +177,18 @@ def test_each_alert_has_a_runbook_section(name: str) -> None:
 # --- the rules read what exists ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(EXPECTED) + sorted(recording_rules()))
 def test_each_alert_reads_only_metrics_that_exist(name: str) -> None:
-    expr = alerting_rules()[name]["expr"]
+    """Each alert, and each recording rule, reads series the services expose or a recording rule records."""
+    expr = {**alerting_rules(), **recording_rules()}[name]["expr"]
     known = set(code_metric_names()) | EXTERNAL_SERIES
+    recorded = set(recording_rules())
     names = metric_names_in(expr) - MORE_PROMQL_WORDS
     assert names or "__name__" in expr, f"{name}: found no metric in {expr!r}"
-    unknown = names - known
-    assert not unknown, f"{name} reads {sorted(unknown)}, which no service exposes (*/metrics.py)"
+    if name in recorded:
+        assert not names & recorded, f"{name} reads a recorded series: record it from what the services expose"
+    unknown = names - known - recorded
+    assert not unknown, f"{name} reads {sorted(unknown)}, which no service exposes (*/metrics.py) nor a rule records"
     # A counter (or a histogram's buckets) means something only as a rate or an increase.
     for metric in names:
         if metric.endswith(("_total", "_bucket")):
