@@ -1086,3 +1086,18 @@ def test_sensors_keep_their_spool_on_a_volume(tmp_path: Path) -> None:
     sensor = resolved(tmp_path)["services"]["sensor"]
     volumes = [v for v in sensor.get("volumes", []) if v.get("target") == spool]
     assert volumes and volumes[0]["type"] == "volume", f"sensor: mount a named volume at {spool}"
+
+
+def test_retention_settings_reach_the_bridge_from_env(tmp_path: Path) -> None:
+    names = [
+        "SERVER_RETENTION_RAW_DAYS",
+        "SERVER_RETENTION_HOURLY_DAYS",
+        "SERVER_RETENTION_DAILY_DAYS",
+        "SERVER_RETENTION_REJECTIONS_DAYS",
+        "SERVER_RETENTION_ALERTS_DAYS",
+    ]
+    defaults = resolved(tmp_path, "server")["services"]["server"]["environment"]
+    assert [defaults[name] for name in names] == ["30", "400", "0", "30", "90"], "the README's defaults"
+    chosen = {name: str(7 + i) for i, name in enumerate(names)}
+    environment = resolved(tmp_path, "server", dotenv=dict(chosen))["services"]["server"]["environment"]
+    assert {name: environment[name] for name in names} == chosen
