@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from pymongo import monitoring
 
 from pipeline import contract
 
@@ -274,3 +275,29 @@ def api(base: str, path: str, **params: str) -> Any:
     answer = json.loads(body)
     assert status == 200 and answer["status"] == "success", f"{path} {params}: {status} {answer}"
     return answer["data"]
+
+
+class CommandLog(monitoring.CommandListener):
+    """Every command a MongoDB client sends (those named in ``names``, or all), as sent.
+
+    Pass it to ``MongoClient(event_listeners=[...])``, or ``monitoring.register`` it
+    before the client is made.
+    """
+
+    def __init__(self, *names: str) -> None:
+        self.names = set(names)
+        self.commands: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if not self.names or event.command_name in self.names:
+            self.commands.append({k: v for k, v in event.command.items() if k not in ("lsid", "$db", "$clusterTime")})
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def on(self, collection: str) -> list[str]:
+        """The names of the commands sent to ``collection``, in order."""
+        return [name for c in self.commands for name, target in list(c.items())[:1] if target == collection]

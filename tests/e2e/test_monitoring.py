@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from localstack.services import ROOT
 from tests.conftest import Pipeline, free_port, wait_for
+from tests.helpers import api, get, prometheus
 
 pytestmark = pytest.mark.e2e
 
@@ -37,71 +29,6 @@ DASHBOARD_JSON = ROOT / "monitoring" / "grafana" / "dashboards" / "pipeline.json
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    """Status and body of a GET; HTTP errors are answers too (503 is one)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-@contextmanager
-def prometheus(targets: dict[str, str], workdir: Path, log: Path) -> Iterator[str]:
-    """Debian's Prometheus scraping ``{job: "host:port"}`` every second; yields its base URL, stopped after."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("no prometheus binary: run `bash localstack/install.sh` (Debian's prometheus package)")
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [t]}]} for job, t in targets.items()],
-    }
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"prometheus exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-            try:
-                return get(f"{base}/-/ready", 2)[0] == 200
-            except OSError:
-                return False
-
-        wait_for(ready, 60, "prometheus to be ready")
-        yield base
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def api(base: str, path: str, **params: str) -> Any:
-    """The ``data`` of a Prometheus HTTP API answer; fails on an error status."""
-    status, body = get(f"{base}{path}?{urllib.parse.urlencode(params)}")
-    answer = json.loads(body)
-    assert status == 200 and answer["status"] == "success", f"{path} {params}: {status} {answer}"
-    return answer["data"]
 
 
 def query(base: str, expr: str) -> dict[str, float]:

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import contract
 from tests.conftest import Pipeline, wait_for
-from tests.helpers import consume, payload, publish, reading
+from tests.helpers import CommandLog, consume, payload, publish, reading
 
 pytestmark = pytest.mark.integration
 
@@ -188,21 +188,7 @@ def test_an_accuracy_total_is_never_stored_without_its_mae_and_coverage(pipeline
     from Server.aggregates import Aggregator, Score
     from Server.store import Store
 
-    class Commands(monitoring.CommandListener):
-        def __init__(self) -> None:
-            self.names: list[str] = []
-
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            if event.command.get(event.command_name) == contract.COLLECTION_ACCURACY:
-                self.names.append(event.command_name)
-
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
-
-    commands = Commands()
+    commands = CommandLog()
     monitoring.register(commands)  # before the client exists: it applies to clients made from now on
     store = Store(
         MongoSettings.model_validate({"MONGO_URI": pipeline.stack.env["MONGO_URI"], "MONGO_DATABASE": pipeline.db.name})
@@ -214,17 +200,19 @@ def test_an_accuracy_total_is_never_stored_without_its_mae_and_coverage(pipeline
     # One total another replica wrote first; one nobody has written.
     accuracy.insert_one({"_id": other, "n": 2, "abs_error_sum": 2.0, "inside": 2, "mae": 1.0, "coverage": 1.0})
 
-    commands.names.clear()
+    commands.commands.clear()
     assert aggregator._write_scores({other: Score("m", 2, 6.0, 0), new: Score("m", 1, 3.0, 1)}, "w-1", False) == 2
-    assert commands.names == ["find", "findAndModify"] * 2, "new to this bridge: read once, then one update"
+    assert commands.on(contract.COLLECTION_ACCURACY) == ["find", "findAndModify"] * 2, (
+        "new to this bridge: read once, then one update"
+    )
     stored = one(accuracy, {"_id": other})
     assert (stored["n"], stored["mae"], stored["coverage"]) == (4, 2.0, 0.5)
     stored = one(accuracy, {"_id": new})
     assert (stored["n"], stored["mae"], stored["coverage"]) == (1, 3.0, 1.0)
 
-    commands.names.clear()
+    commands.commands.clear()
     assert aggregator._write_scores({new: Score("m", 1, 1.0, 0)}, "w-2", False) == 1
-    assert commands.names == ["findAndModify"], "known totals: one update, nothing else"
+    assert commands.on(contract.COLLECTION_ACCURACY) == ["findAndModify"], "known totals: one update, nothing else"
     stored = one(accuracy, {"_id": new})
     assert (stored["n"], stored["mae"], stored["coverage"]) == (2, 2.0, 0.5)
     store.close()

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pymongo import MongoClient, monitoring
+from pymongo import MongoClient
 
 from Dashboard.app import csv_lines
 from Dashboard.queries import Reader
@@ -26,28 +26,12 @@ from pipeline.settings import MongoSettings
 from Server.store import Store
 from Server.timeline import Timeline
 from tests.conftest import Pipeline
+from tests.helpers import CommandLog
 
 pytestmark = pytest.mark.integration
 
 #: Collections that may be read whole: bounded by the number of sensors, not by the data.
 BOUNDED = {contract.COLLECTION_SENSORS}
-
-
-class Finds(monitoring.CommandListener):
-    """Every ``find`` a client sends."""
-
-    def __init__(self) -> None:
-        self.commands: list[dict[str, Any]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find":
-            self.commands.append({k: v for k, v in event.command.items() if k not in ("lsid", "$db", "$clusterTime")})
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 def scans(plan: dict[str, Any]) -> list[str]:
@@ -64,11 +48,11 @@ def scans(plan: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture
-def reader(pipeline: Pipeline) -> Iterator[tuple[Reader, Finds, Store]]:
+def reader(pipeline: Pipeline) -> Iterator[tuple[Reader, CommandLog, Store]]:
     database = f"{pipeline.name}_page"
     settings = MongoSettings.model_validate({"MONGO_URI": pipeline.stack.env["MONGO_URI"], "MONGO_DATABASE": database})
     store = Store(settings)
-    finds = Finds()
+    finds = CommandLog("find")
     client: MongoClient[dict[str, Any]] = MongoClient(
         pipeline.stack.env["MONGO_URI"], tz_aware=True, event_listeners=[finds]
     )
@@ -78,7 +62,7 @@ def reader(pipeline: Pipeline) -> Iterator[tuple[Reader, Finds, Store]]:
     store.close()
 
 
-def test_every_query_of_the_page_is_answered_from_an_index(reader: tuple[Reader, Finds, Store]) -> None:
+def test_every_query_of_the_page_is_answered_from_an_index(reader: tuple[Reader, CommandLog, Store]) -> None:
     page, finds, store = reader
     store.ensure_capped(contract.COLLECTION_REJECTIONS, 2**20, "SERVER_REJECTIONS_MAX_MB")
     store.ensure_capped(contract.COLLECTION_ALERTS, 2**20, "SERVER_ALERTS_MAX_MB")
@@ -137,7 +121,7 @@ def test_every_query_of_the_page_is_answered_from_an_index(reader: tuple[Reader,
         assert not scans(plan), f"{name} is scanned for {command}: {plan.get('queryPlanner')}"
 
 
-def test_the_check_sees_a_scan(reader: tuple[Reader, Finds, Store]) -> None:
+def test_the_check_sees_a_scan(reader: tuple[Reader, CommandLog, Store]) -> None:
     """The test above can fail: a query by sensor is a scan on FerretDB."""
     _page, _finds, store = reader
     store.db[contract.COLLECTION_READINGS].insert_one({"_id": "r", "sensor": "s1"})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -17,6 +16,7 @@ from Server import retention
 from Server.retention import Retention, Rule
 from Server.store import Store
 from tests.conftest import Pipeline
+from tests.helpers import CommandLog
 
 pytestmark = pytest.mark.integration
 
@@ -80,21 +80,7 @@ def test_pruning_reads_from_the_oldest_in_batches_and_stops_at_the_first_fresh(
     late = {"_id": "late-old", rule.field: NOW - timedelta(days=3)}
     store.db[rule.collection].insert_many([*old, fresh, late])
 
-    class Finds(monitoring.CommandListener):
-        def __init__(self) -> None:
-            self.commands: list[dict[str, Any]] = []
-
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            if event.command_name == "find":
-                self.commands.append(dict(event.command))
-
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
-
-    finds = Finds()
+    finds = CommandLog("find")
     monitoring.register(finds)  # before the client exists: it applies to clients made from now on
     watched = Store(MongoSettings.model_validate({"MONGO_URI": uri, "MONGO_DATABASE": store.db.name}))
     try:
