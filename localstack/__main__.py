@@ -6,7 +6,7 @@
     python -m localstack logs [SERVER] [-n N] show the end of the servers' logs
     python -m localstack run [--sensors N]    start the servers, then run the pipeline's services until Ctrl+C
 
-Configuration comes from the environment (see localstack/stack.py and .env.example);
+Configuration comes from the environment (see localstack/config.py and .env.example);
 `make run`, `make stop` and `make status` load .env first.
 """
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localstack.stack import sensor_accounts
+from localstack.config import sensor_accounts
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,350 @@
+"""Configuration of the local stack: environment variables in, one :class:`StackConfig` out.
+
+:class:`StackSettings` reads the variables with pydantic-settings, as every
+service reads its own (``pipeline/settings.py``): field names are the variables'
+names, and a malformed value stops ``start`` with a message naming the variable
+(never its value). :class:`StackConfig` is what the rest of the package uses: the
+same values with directories resolved and the cookie secrets drawn, plus the
+checks that involve several variables (missing passwords, two servers on one port).
+
+The defaults here are the ones localstack/README.md's Environment table promises.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.settings import describe_errors
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+
+#: Environment variables without a default: the stack refuses to start without them.
+REQUIRED_SECRETS = ("MQTT_SERVER_PASSWORD", "MQTT_SENSOR_PASSWORD", "MONGO_EXPRESS_PASSWORD", "MONGO_APP_PASSWORD")
+
+
+class StackError(RuntimeError):
+    """A server could not be started, reached or stopped."""
+
+
+class ConfigError(ValueError):
+    """The environment does not configure the stack: a variable is missing or malformed."""
+
+
+# --------------------------------------------------------------------------- the variables
+
+class StackSettings(BaseSettings):
+    """The stack's environment variables, by name, with their defaults.
+
+    Empty (or blank) variables count as unset, so ``MQTT_PORT=`` in a .env means 1883.
+    Text values are stripped, except the passwords and secrets, which are taken as given.
+    """
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True, env_ignore_empty=True)
+
+    STACK_DIR: str = str(REPO_ROOT / ".stack")
+    LOCALSTACK_CACHE: str = str(REPO_ROOT / ".cache" / "localstack")
+    MQTT_PORT: int = Field(1883, ge=1, le=65535)
+    MQTT_WS_PORT: int = Field(9001, ge=1, le=65535)
+    KAFKA_PORT: int = Field(9092, ge=1, le=65535)
+    KAFKA_CONTROLLER_PORT: int = Field(9093, ge=1, le=65535)
+    KAFKA_NUM_PARTITIONS: int = Field(3, ge=1, le=1000)
+    MONGO_PORT: int = Field(27017, ge=1, le=65535)
+    MONGO_EXPRESS_PORT: int = Field(8081, ge=1, le=65535)
+    MONGO_DATABASE: str = "sensor_pipeline"
+    MONGO_APP_USERNAME: str = "pipeline"
+    MONGO_APP_PASSWORD: str = ""
+    MQTT_SERVER_USERNAME: str = "bridge"
+    MQTT_SERVER_PASSWORD: str = ""
+    #: The bridge's client ids, '*' a wildcard: only MQTT_SERVER_USERNAME may use them.
+    MQTT_SERVER_CLIENT_IDS: str = "bridge-*"
+    MQTT_SENSOR_USERNAME: str = "sensor"
+    MQTT_SENSOR_PASSWORD: str = ""
+    #: Sensors with a user of their own: "id:password,id:password,...".
+    MQTT_SENSOR_ACCOUNTS: str = ""
+    MONGO_EXPRESS_USERNAME: str = "admin"
+    MONGO_EXPRESS_PASSWORD: str = ""
+    # Only signing keys for mongo-express's cookies: a fresh random one is fine.
+    MONGO_EXPRESS_COOKIE_SECRET: str = Field(default_factory=lambda: secrets.token_hex(16))
+    MONGO_EXPRESS_SESSION_SECRET: str = Field(default_factory=lambda: secrets.token_hex(16))
+    #: An external MongoDB: FerretDB is then not started.
+    MONGO_URI: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            return {k: v for k, v in values.items() if not (isinstance(v, str) and not v.strip())}
+        return values
+
+    @field_validator(
+        "STACK_DIR",
+        "LOCALSTACK_CACHE",
+        "MONGO_DATABASE",
+        "MONGO_APP_USERNAME",
+        "MQTT_SERVER_USERNAME",
+        "MQTT_SERVER_CLIENT_IDS",
+        "MQTT_SENSOR_USERNAME",
+        "MQTT_SENSOR_ACCOUNTS",
+        "MONGO_EXPRESS_USERNAME",
+        "MONGO_URI",
+        mode="before",
+    )
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator(
+        "MQTT_PORT",
+        "MQTT_WS_PORT",
+        "KAFKA_PORT",
+        "KAFKA_CONTROLLER_PORT",
+        "KAFKA_NUM_PARTITIONS",
+        "MONGO_PORT",
+        "MONGO_EXPRESS_PORT",
+        mode="before",
+    )
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        # Digits only: pydantic alone would also take "1_000" or "1.0".
+        if isinstance(value, str) and not re.fullmatch(r"\s*\d+\s*", value):
+            raise ValueError("must be a whole number")
+        return value
+
+
+    @field_validator("MQTT_SERVER_USERNAME", "MQTT_SENSOR_USERNAME")
+    @classmethod
+    def _user_name(cls, value: str) -> str:
+        # The password file and the owners file are "user:..." lines.
+        if ":" in value or any(c.isspace() for c in value):
+            raise ValueError("must not contain ':' or whitespace")
+        return value
+
+    @field_validator("MONGO_DATABASE")
+    @classmethod
+    def _database_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,63}", value):
+            raise ValueError("must be 1-63 letters, digits, '_' or '-'")
+        return value
+
+
+def _default(name: str) -> Any:
+    """The default of one variable, so :class:`StackConfig` and :class:`StackSettings` cannot disagree."""
+    return StackSettings.model_fields[name].default
+
+
+def sensor_accounts(text: str) -> dict[str, str]:
+    """``MQTT_SENSOR_ACCOUNTS`` ("id:password,...") as {sensor id: password}.
+
+    mosquitto/docker-entrypoint.sh checks the entries when the broker starts.
+    """
+    return dict(entry.split(":", 1) for entry in text.replace(",", " ").split() if ":" in entry)
+
+
+# --------------------------------------------------------------------------- the resolved configuration
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Ports, credentials and directories of the local stack (see :meth:`from_env`).
+
+    Secrets are excluded from ``repr`` so a config can be logged.
+    """
+
+    state_dir: Path
+    cache_dir: Path
+    mqtt_port: int = _default("MQTT_PORT")
+    mqtt_ws_port: int = _default("MQTT_WS_PORT")
+    kafka_port: int = _default("KAFKA_PORT")
+    kafka_controller_port: int = _default("KAFKA_CONTROLLER_PORT")
+    kafka_num_partitions: int = _default("KAFKA_NUM_PARTITIONS")
+    mongo_port: int = _default("MONGO_PORT")
+    mongo_express_port: int = _default("MONGO_EXPRESS_PORT")
+    mongo_database: str = _default("MONGO_DATABASE")
+    mongo_app_username: str = _default("MONGO_APP_USERNAME")
+    mongo_app_password: str = field(default="", repr=False)
+    mqtt_server_username: str = _default("MQTT_SERVER_USERNAME")
+    mqtt_server_password: str = field(default="", repr=False)
+    #: The bridge's client ids, '*' a wildcard (MQTT_SERVER_CLIENT_IDS): only its user may use them.
+    mqtt_server_client_ids: str = _default("MQTT_SERVER_CLIENT_IDS")
+    mqtt_sensor_username: str = _default("MQTT_SENSOR_USERNAME")
+    mqtt_sensor_password: str = field(default="", repr=False)
+    #: Sensors with a user of their own: "id:password,id:password,..." (MQTT_SENSOR_ACCOUNTS).
+    mqtt_sensor_accounts: str = field(default="", repr=False)
+    mongo_express_username: str = _default("MONGO_EXPRESS_USERNAME")
+    mongo_express_password: str = field(default="", repr=False)
+    mongo_express_cookie_secret: str = field(default="", repr=False)
+    mongo_express_session_secret: str = field(default="", repr=False)
+    #: MONGO_URI from the environment: use that MongoDB instead of starting FerretDB.
+    external_mongo_uri: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, require_secrets: bool = True) -> StackConfig:
+        """Read the configuration from environment variables (``os.environ`` unless ``environ`` is given).
+
+        Raises :class:`ConfigError` naming every variable that is malformed, or, unless
+        ``require_secrets=False`` (commands that only look at or stop a running
+        stack), every required password that is missing.
+        """
+        try:
+            if environ is None:
+                settings = StackSettings()
+            else:
+                names = StackSettings.model_fields
+                settings = StackSettings.model_validate({k: v for k, v in environ.items() if k in names})
+        except ValidationError as error:
+            raise ConfigError(f"invalid environment variable(s):\n{describe_errors(error)}") from None
+        config = cls.from_settings(settings)
+        config.validate(require_secrets=require_secrets)
+        return config
+
+    @classmethod
+    def from_settings(cls, s: StackSettings) -> StackConfig:
+        """The configuration of validated settings: directories resolved, variables renamed."""
+        return cls(
+            state_dir=Path(s.STACK_DIR).expanduser().resolve(),
+            cache_dir=Path(s.LOCALSTACK_CACHE).expanduser().resolve(),
+            mqtt_port=s.MQTT_PORT,
+            mqtt_ws_port=s.MQTT_WS_PORT,
+            kafka_port=s.KAFKA_PORT,
+            kafka_controller_port=s.KAFKA_CONTROLLER_PORT,
+            kafka_num_partitions=s.KAFKA_NUM_PARTITIONS,
+            mongo_port=s.MONGO_PORT,
+            mongo_express_port=s.MONGO_EXPRESS_PORT,
+            mongo_database=s.MONGO_DATABASE,
+            mongo_app_username=s.MONGO_APP_USERNAME,
+            mongo_app_password=s.MONGO_APP_PASSWORD,
+            mqtt_server_username=s.MQTT_SERVER_USERNAME,
+            mqtt_server_password=s.MQTT_SERVER_PASSWORD,
+            mqtt_server_client_ids=s.MQTT_SERVER_CLIENT_IDS,
+            mqtt_sensor_username=s.MQTT_SENSOR_USERNAME,
+            mqtt_sensor_password=s.MQTT_SENSOR_PASSWORD,
+            mqtt_sensor_accounts=s.MQTT_SENSOR_ACCOUNTS,
+            mongo_express_username=s.MONGO_EXPRESS_USERNAME,
+            mongo_express_password=s.MONGO_EXPRESS_PASSWORD,
+            mongo_express_cookie_secret=s.MONGO_EXPRESS_COOKIE_SECRET,
+            mongo_express_session_secret=s.MONGO_EXPRESS_SESSION_SECRET,
+            external_mongo_uri=s.MONGO_URI,
+        )
+
+    def validate(self, *, require_secrets: bool = True) -> None:
+        """Raise :class:`ConfigError` naming the variables that are missing or do not fit together."""
+        if require_secrets:
+            values = {
+                "MQTT_SERVER_PASSWORD": self.mqtt_server_password,
+                "MQTT_SENSOR_PASSWORD": self.mqtt_sensor_password,
+                "MONGO_EXPRESS_PASSWORD": self.mongo_express_password,
+                "MONGO_APP_PASSWORD": self.mongo_app_password,
+            }
+            if self.external_mongo_uri:
+                del values["MONGO_APP_PASSWORD"]  # the external URI carries its own credentials
+            missing = [name for name in REQUIRED_SECRETS if name in values and not values[name]]
+            if missing:
+                raise ConfigError(
+                    "missing required environment variable(s): "
+                    + ", ".join(missing)
+                    + " (`make env` writes them to .env; see .env.example)"
+                )
+        seen: dict[int, str] = {}
+        for name, port in self.ports().items():
+            if port in seen:
+                raise ConfigError(f"{name} and {seen[port]} are both {port}")
+            seen[port] = name
+        if self.mqtt_server_username == self.mqtt_sensor_username:
+            raise ConfigError("MQTT_SERVER_USERNAME and MQTT_SENSOR_USERNAME must differ (they get different rights)")
+
+    def ports(self) -> dict[str, int]:
+        """Every port the stack listens on, by variable (MONGO_PORT only when FerretDB runs)."""
+        ports = {
+            "MQTT_PORT": self.mqtt_port,
+            "MQTT_WS_PORT": self.mqtt_ws_port,
+            "KAFKA_PORT": self.kafka_port,
+            "KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
+            "MONGO_EXPRESS_PORT": self.mongo_express_port,
+        }
+        if self.uses_ferretdb:
+            ports["MONGO_PORT"] = self.mongo_port
+        return ports
+
+    # Directories -------------------------------------------------------------
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where each server's stdout and stderr go (``<server>.log``)."""
+        return self.state_dir / "logs"
+
+    def conf_dir(self, server: str) -> Path:
+        """The rendered configuration of one server."""
+        return self.state_dir / "conf" / server
+
+    def data_dir(self, server: str) -> Path:
+        """The persistent data of one server."""
+        return self.state_dir / "data" / server
+
+    # Connection details ------------------------------------------------------
+
+    @property
+    def uses_ferretdb(self) -> bool:
+        """False when MONGO_URI points at an external MongoDB."""
+        return not self.external_mongo_uri
+
+    @property
+    def mongo_uri(self) -> str:
+        """The application user's MongoDB URI (credentials included: do not log it)."""
+        if self.external_mongo_uri:
+            return self.external_mongo_uri
+        user = urllib.parse.quote(self.mongo_app_username, safe="")
+        password = urllib.parse.quote(self.mongo_app_password, safe="")
+        # FerretDB stores the --setup-username user in the setup database, so that
+        # database is the authSource (authSource=admin fails).
+        return (
+            f"mongodb://{user}:{password}@127.0.0.1:{self.mongo_port}/{self.mongo_database}"
+            f"?authSource={self.mongo_database}"
+        )
+
+    def secret_values(self) -> list[str]:
+        """Every secret in use, raw and URL-quoted, to scrub from error messages."""
+        raw = [
+            self.mongo_app_password,
+            self.mqtt_server_password,
+            self.mqtt_sensor_password,
+            *sensor_accounts(self.mqtt_sensor_accounts).values(),
+            self.mongo_express_password,
+            self.mongo_express_cookie_secret,
+            self.mongo_express_session_secret,
+        ]
+        if self.external_mongo_uri:
+            parsed = urllib.parse.urlsplit(self.external_mongo_uri)
+            if parsed.password:
+                raw += [parsed.password, urllib.parse.unquote(parsed.password)]
+        values = {v for v in raw if v} | {urllib.parse.quote(v, safe="") for v in raw if v}
+        return sorted(values, key=len, reverse=True)
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def component_versions() -> dict[str, str]:
+    """The versions install.sh builds, read from the committed manifests (the single source)."""
+    pom = (PACKAGE_DIR / "kafka" / "pom.xml").read_text()
+    gomod = (PACKAGE_DIR / "ferretdb" / "go.mod").read_text()
+    package = json.loads((PACKAGE_DIR / "mongo-express" / "package.json").read_text())
+    kafka = re.search(r"<kafka\.version>\s*([^<\s]+)\s*</kafka\.version>", pom)
+    ferretdb = re.search(r"^\s*(?:require\s+)?github\.com/FerretDB/FerretDB\s+(v\S+)", gomod, re.MULTILINE)
+    if kafka is None or ferretdb is None:
+        raise StackError("cannot read the Kafka or FerretDB version from localstack/kafka/pom.xml or ferretdb/go.mod")
+    return {
+        "kafka": kafka.group(1),
+        "ferretdb": ferretdb.group(1),
+        "mongo-express": package["dependencies"]["mongo-express"],
+    }
