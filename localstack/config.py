@@ -43,6 +43,7 @@ class ConfigError(ValueError):
 
 # --------------------------------------------------------------------------- the variables
 
+
 class StackSettings(BaseSettings):
     """The stack's environment variables, by name, with their defaults.
 
@@ -120,7 +121,6 @@ class StackSettings(BaseSettings):
         if isinstance(value, str) and not re.fullmatch(r"\s*\d+\s*", value):
             raise ValueError("must be a whole number")
         return value
-
 
     @field_validator("MQTT_SERVER_USERNAME", "MQTT_SENSOR_USERNAME")
     @classmethod
