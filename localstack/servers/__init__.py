@@ -1,9 +1,9 @@
 """The four servers, one module each: how to configure, run and probe it (see :class:`Server`).
 
-Mosquitto renders its configuration from the file Compose uses,
-``mosquitto/mosquitto.conf``; Kafka from ``localstack/kafka/server.properties.template``.
-FerretDB (standing in for MongoDB) and mongo-express take command-line options
-and environment variables.
+Each renders its configuration from the source Compose uses, so the two cannot
+drift: Mosquitto from ``mosquitto/mosquitto.conf``, Kafka from the ``kafka``
+service of ``docker-compose.yml``. FerretDB (standing in for MongoDB) and
+mongo-express take command-line options and environment variables.
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
 """Kafka as one KRaft node (broker and controller), jars from Maven Central (``localstack/kafka/pom.xml``).
 
-Its ``server.properties`` is rendered at each start from
-``localstack/kafka/server.properties.template`` with this stack's ports.
+Its ``server.properties`` is rendered at each start from the one source Compose
+uses: the ``KAFKA_*`` variables of the ``kafka`` service in docker-compose.yml,
+turned into properties as the apache/kafka image turns them
+(:func:`kafka_property`). Only what names a machine differs (:data:`MACHINE_SETTINGS`:
+listeners on 127.0.0.1 with this stack's ports, the log directory, the
+partitions from KAFKA_NUM_PARTITIONS); ``localstack/kafka/local.properties`` adds
+settings Compose does not have, and may not change one it has.
 """
 
 from __future__ import annotations
@@ -9,15 +14,131 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import string
+import re
 import subprocess
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from localstack.config import PACKAGE_DIR, StackError, component_versions
+import yaml
+
+from localstack.config import PACKAGE_DIR, REPO_ROOT, StackError, component_versions
 from localstack.process import base_env, find_executable, port_open
 from localstack.servers.base import Server
+
+#: The file whose ``kafka`` service configures the broker, in Docker and here.
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+#: What only the local stack sets (see its header).
+LOCAL_PROPERTIES = PACKAGE_DIR / "kafka" / "local.properties"
+#: Compose settings that name Compose's machine; the local stack gives its own values.
+MACHINE_SETTINGS = ("listeners", "advertised.listeners", "controller.quorum.voters", "log.dirs", "num.partitions")
+#: Listener ports in Compose -> the local stack's variable that replaces each.
+KAFKA_LISTENERS = {"9092": "KAFKA_PORT", "9093": "KAFKA_CONTROLLER_PORT"}
+#: KAFKA_* variables the apache/kafka image reads itself rather than as broker properties.
+_NOT_PROPERTIES = {
+    "KAFKA_HEAP_OPTS",
+    "KAFKA_OPTS",
+    "KAFKA_JVM_PERFORMANCE_OPTS",
+    "KAFKA_GC_LOG_OPTS",
+    "KAFKA_JMX_OPTS",
+    "KAFKA_LOG4J_OPTS",
+    "KAFKA_LOG4J_LOGGERS",
+    "KAFKA_LOG4J_ROOT_LOGLEVEL",
+    "KAFKA_TOOLS_LOG4J_LOGLEVEL",
+    "KAFKA_VERSION",
+}
+
+
+def kafka_property(variable: str) -> str:
+    """The broker property of a ``KAFKA_*`` variable, as the apache/kafka image maps it.
+
+    ``KAFKA_`` goes, the rest is lower-cased, ``___`` becomes ``-``, ``__`` ``_`` and ``_`` ``.``:
+    ``KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR`` is ``offsets.topic.replication.factor``.
+    """
+    name = variable.removeprefix("KAFKA_").lower()
+    return name.replace("___", "-").replace("__", "\0").replace("_", ".").replace("\0", "_")
+
+
+def compose_kafka_settings(compose_text: str) -> dict[str, str]:
+    """The properties Compose gives its broker: the kafka service's KAFKA_* variables, in file order."""
+    service = (yaml.safe_load(compose_text).get("services") or {}).get("kafka")
+    if not service:
+        raise StackError("docker-compose.yml has no kafka service to take the broker's settings from")
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):  # the `- NAME=value` form
+        environment = dict(item.split("=", 1) for item in environment)
+    settings: dict[str, str] = {}
+    for variable, value in environment.items():
+        if not variable.startswith("KAFKA_") or variable in _NOT_PROPERTIES:
+            continue
+        text = str(value)
+        if "${" in text:
+            raise StackError(
+                f"docker-compose.yml: kafka's {variable} uses interpolation, which localstack cannot follow"
+            )
+        settings[kafka_property(variable)] = text
+    return settings
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """``key=value`` lines of a .properties file (comments and blank lines skipped), in order."""
+    result: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "!")):
+            key, _, value = line.partition("=")
+            result[key.strip()] = value.strip()
+    return result
+
+
+def _local_listeners(value: str, ports: Mapping[str, int]) -> str:
+    """Compose's ``NAME://host:port,...`` with each host 127.0.0.1 and each port this stack's."""
+
+    def replace(match: re.Match[str]) -> str:
+        port = match["port"]
+        if port not in KAFKA_LISTENERS:
+            raise StackError(
+                f"docker-compose.yml: kafka listens on {port}; localstack knows only {list(KAFKA_LISTENERS)}"
+            )
+        return f"{match['name']}://127.0.0.1:{ports[KAFKA_LISTENERS[port]]}"
+
+    return re.sub(r"(?P<name>[A-Za-z0-9_]+)://[^,:]*:(?P<port>\d+)", replace, value)
+
+
+def render_kafka_properties(
+    compose: Mapping[str, str], local_text: str, ports: Mapping[str, int], *, num_partitions: int, log_dirs: Path
+) -> str:
+    """The local ``server.properties``: Compose's settings with this machine's, then ``local_text``.
+
+    ``ports`` maps KAFKA_PORT and KAFKA_CONTROLLER_PORT to this stack's ports.
+    """
+    missing = [key for key in MACHINE_SETTINGS if key not in compose and key != "log.dirs"]
+    if missing:
+        raise StackError(f"docker-compose.yml: the kafka service sets none of {missing}")
+    lines = ["# Rendered by localstack/servers/kafka.py from docker-compose.yml (service kafka) at each start."]
+    for key, value in compose.items():
+        if key in ("listeners", "advertised.listeners"):
+            value = _local_listeners(value, ports)
+        elif key == "controller.quorum.voters":
+            # The same one voter, in the form `kafka-storage format --standalone` needs.
+            key, value = "controller.quorum.bootstrap.servers", f"127.0.0.1:{ports['KAFKA_CONTROLLER_PORT']}"
+        elif key == "log.dirs":
+            value = str(log_dirs)
+        elif key == "num.partitions":
+            value = str(num_partitions)
+        lines.append(f"{key}={value}")
+    if "log.dirs" not in compose:
+        lines.append(f"log.dirs={log_dirs}")
+    local = parse_properties(local_text)
+    clash = sorted(set(local) & (set(compose) | {"controller.quorum.bootstrap.servers", "log.dirs"}))
+    if clash:
+        raise StackError(
+            f"localstack/kafka/local.properties sets {clash}, which docker-compose.yml sets: change it there"
+        )
+    lines.append("# localstack/kafka/local.properties")
+    lines += [f"{key}={value}" for key, value in local.items()]
+    return "\n".join(lines) + "\n"
 
 
 def kafka_cluster_id() -> str:
@@ -55,11 +176,11 @@ class Kafka(Server):
         return self.config.data_dir(self.name) / "kraft-logs"
 
     def render(self) -> str:
-        """This stack's server.properties."""
-        template = string.Template((PACKAGE_DIR / "kafka" / "server.properties.template").read_text())
-        return template.substitute(
-            port=self.config.kafka_port,
-            controller_port=self.config.kafka_controller_port,
+        """This stack's server.properties (see the module's docstring)."""
+        return render_kafka_properties(
+            compose_kafka_settings(COMPOSE_FILE.read_text()),
+            LOCAL_PROPERTIES.read_text(),
+            self.ports,
             num_partitions=self.config.kafka_num_partitions,
             log_dirs=self.log_dirs,
         )
