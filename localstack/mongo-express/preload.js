@@ -1,5 +1,5 @@
 'use strict';
-// Loaded with `node -r` before mongo-express's app.js (localstack/stack.py does this).
+// Loaded with `node -r` before mongo-express's app.js (localstack/servers/mongo_express.py does this).
 //
 // Why: mongo-express 1.0.0 prints its whole connection string, password included,
 // when it cannot connect ("Could not connect to database using connectionString: ...").
