@@ -14,7 +14,7 @@ from Dashboard.app import create_app
 from Dashboard.probe import ServiceProbe
 from Dashboard.queries import Reader
 from Dashboard.settings import Settings
-from pipeline import logs, settings
+from pipeline import health, logs, settings
 
 logger = logging.getLogger("Dashboard")
 
@@ -42,7 +42,10 @@ def main() -> int:
         appname="pipeline-dashboard",
     )
     probe = ServiceProbe(config.services)
-    app = create_app(config, Reader(client[config.MONGO_DATABASE]), probe)
+    reader = Reader(client[config.MONGO_DATABASE])
+    # pipeline_ready{check="mongodb"} at every scrape, not only after a /readyz call.
+    health.watch({"mongodb": reader.ping})
+    app = create_app(config, reader, probe)
     logger.info(
         "dashboard on :%d, database %s, services: %s",
         config.DASHBOARD_PORT,

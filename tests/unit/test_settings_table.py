@@ -2032,7 +2032,7 @@ def test_the_dashboard_serves_on_dashboard_port_and_watches_dashboard_services()
         mock.patch.dict(os.environ, env),
         mock.patch.object(dashboard_main, "MongoClient", FakeMongo),
         mock.patch.object(dashboard_main, "ServiceProbe", FakeProbe),
-        mock.patch.object(dashboard_main, "Reader", lambda db: SimpleNamespace()),
+        mock.patch.object(dashboard_main, "Reader", lambda db: SimpleNamespace(ping=lambda: True)),
         mock.patch.object(dashboard_main, "create_app", lambda *args: SimpleNamespace()),
         mock.patch.object(dashboard_main.uvicorn, "Server", FakeServer),
     ):
