@@ -104,3 +104,14 @@ def test_alerts_are_a_capped_collection(store: Store) -> None:
     store.db[contract.COLLECTION_ALERTS].insert_many([{"_id": key, "detected_at": NOW} for key in newest])
     found = store.db[contract.COLLECTION_ALERTS].find({}).sort("$natural", -1).limit(2)
     assert [d["_id"] for d in found] == ["a4", "a3"], "the page reads the newest first"
+
+
+def test_ferretdb_gets_no_secondary_index_and_loses_those_made_before(store: Store) -> None:
+    """FerretDB answers no filter from a secondary index: each would only slow every insert."""
+    readings = store.db[contract.COLLECTION_READINGS]
+    readings.create_index([("sensor", 1), ("ts", 1)])  # as an earlier bridge made it
+    store.db[contract.COLLECTION_PREDICTIONS].insert_one({"_id": "p"})
+    assert store.is_ferretdb()
+    store.ensure_indexes()
+    assert set(readings.index_information()) == {"_id_"}
+    assert set(store.db[contract.COLLECTION_PREDICTIONS].index_information()) == {"_id_"}
