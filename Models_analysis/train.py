@@ -7,7 +7,11 @@ A CSV with a time column (``--ts-column``) is fitted on those times. A CSV of
 values only (the seed's demo_data.csv) gets times ``--freq`` apart ending at
 ``--end`` (default: now), so the model forecasts around the present.
 ``--from-mongo`` reads MONGO_URI and MONGO_DATABASE from the environment.
-``--kind prophet`` (default) or ``trend`` (Models_analysis.adapters.TrendModel).
+``--kind prophet`` (default), ``mstl`` (Models_analysis.mstl.MSTLModel) or
+``trend`` (Models_analysis.adapters.TrendModel). Prophet's seasonalities are
+chosen from the data (:func:`seasonalities`), and the interval of every kind
+is calibrated on the model's own held-out errors (Models_analysis.calibration;
+``--no-calibration`` keeps the model's own interval).
 The file holds ``{"model": model, "metadata": {...}}``; see Models_analysis.model.
 """
 
@@ -18,6 +22,7 @@ import logging
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -26,7 +31,10 @@ from typing import Any
 import joblib
 import pandas as pd
 
+from Models_analysis import calibration
+from Models_analysis.baselines import DAY, sampling_interval
 from Models_analysis.model import file_hash
+from Models_analysis.robust import fit_without_outliers, seasonal_outliers
 from pipeline import contract, logs, settings
 from pipeline.csv_rows import CsvError, parse_timestamp, read_rows
 from pipeline.settings import MongoSettings
@@ -66,8 +74,125 @@ def frame_from_mongo(sensor: str | None, since: datetime | None, until: datetime
     return frame.sort_values("ds", ignore_index=True)
 
 
-def fit(kind: str, frame: pd.DataFrame, interval_width: float) -> Any:
-    """Fit the model, printing the elapsed time while it works (Prophet can take a while)."""
+#: The model kinds ``--kind`` offers.
+KINDS = ("prophet", "mstl", "trend")
+#: A seasonality is fitted when the data holds at least this many of its periods ...
+MIN_PERIODS = 2
+#: ... and at least this many readings per period (a curve through fewer is not a season).
+MIN_READINGS_PER_PERIOD = 4
+#: Fourier orders at most: 10 for a day (Prophet's default is 4, too stiff for
+#: sub-daily sensor data); 42 for a week (Prophet's default is 3), so that the
+#: weekly curve has the resolution to draw each weekday's own day, a Sunday
+#: unlike a Monday (harmonics down to 4 hours); 10 for a year, Prophet's.
+MAX_ORDER = {"daily": 10, "weekly": 42, "yearly": 10}
+PERIODS = {"daily": 1.0, "weekly": 7.0, "yearly": 365.25}
+#: Calibration holds out the last CALIBRATION_HORIZONS refit intervals (a week of daily refits), forecast by
+#: CALIBRATION_FOLDS models fitted on what came before (1: one model forecasts the whole week held out).
+CALIBRATION_HORIZONS = 7
+CALIBRATION_FOLDS = 1
+ONE_DAY = pd.Timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Seasonality:
+    """A Prophet seasonality: its name, period in days and Fourier order."""
+
+    name: str
+    period_days: float
+    fourier_order: int
+
+
+def seasonalities(ds: pd.Series) -> list[Seasonality]:
+    """The seasonalities the readings at times ``ds`` can show, with Fourier orders sized to their sampling.
+
+    A period is fitted when the times span at least :data:`MIN_PERIODS` of it
+    and it holds at least :data:`MIN_READINGS_PER_PERIOD` readings at the
+    sampling interval (the median gap). Its Fourier order is at most half the
+    readings in one period (more terms than that alias) and at most
+    :data:`MAX_ORDER`: sub-daily data gets daily and weekly seasonalities once
+    it spans two weeks, hourly data daily order 10 and weekly order 42.
+    """
+    times = pd.to_datetime(ds)
+    if times.nunique() < 2:
+        return []
+    interval = sampling_interval(times)
+    span = times.max() - times.min()
+    chosen = []
+    for name, days in PERIODS.items():
+        period = DAY * days
+        per_period = period / interval
+        if span >= MIN_PERIODS * period and per_period >= MIN_READINGS_PER_PERIOD:
+            chosen.append(Seasonality(name, days, min(MAX_ORDER[name], int(per_period // 2))))
+    return chosen
+
+
+def prophet_model(frame: pd.DataFrame, interval_width: float, uncertainty: bool = True) -> Any:
+    """A Prophet with the seasonalities of :func:`seasonalities`, not yet fitted.
+
+    ``uncertainty=False`` draws no interval (``predict`` is then several times
+    faster), for a model whose interval is calibrated instead.
+    """
+    from prophet import Prophet  # slow to import, and only training needs it
+
+    model = Prophet(
+        interval_width=interval_width,
+        daily_seasonality=False,
+        weekly_seasonality=False,
+        yearly_seasonality=False,
+        uncertainty_samples=1000 if uncertainty else 0,
+    )
+    for season in seasonalities(frame["ds"]):
+        model.add_seasonality(name=season.name, period=season.period_days, fourier_order=season.fourier_order)
+    return model
+
+
+def _fit_one(kind: str, frame: pd.DataFrame, interval_width: float, uncertainty: bool) -> Any:
+    if kind == "trend":
+        from Models_analysis.adapters import TrendModel
+
+        return TrendModel(interval_width).fit(frame)
+    if kind == "mstl":
+        from Models_analysis.mstl import MSTLModel
+
+        return MSTLModel(interval_width).fit(frame)  # it sets outliers aside itself, in its decomposition
+    if kind == "prophet-plain":
+        # Prophet with its own defaults and interval: what train fitted before its seasonalities and calibration.
+        from prophet import Prophet
+
+        plain = Prophet(interval_width=interval_width)
+        plain.fit(frame)
+        return plain
+    if kind != "prophet":
+        raise ValueError(f"unknown model kind {kind!r}; choose from {', '.join(KINDS)}")
+
+    def fit_prophet(part: pd.DataFrame) -> Any:
+        model = prophet_model(part, interval_width, uncertainty)
+        model.fit(part)
+        return model
+
+    flagged = seasonal_outliers(frame)
+    if flagged is None:
+        return fit_without_outliers(fit_prophet, frame)
+    if flagged.any() and (~flagged).sum() >= 2:
+        frame = frame[~flagged].reset_index(drop=True)
+    return fit_prophet(frame)
+
+
+def fit(
+    kind: str,
+    frame: pd.DataFrame,
+    interval_width: float,
+    calibrate: bool = True,
+    horizon: pd.Timedelta = ONE_DAY,
+) -> Any:
+    """Fit the model, printing the elapsed time while it works (Prophet can take a while).
+
+    With ``calibrate``, the interval is the split-conformal one of
+    :func:`Models_analysis.calibration.calibrate`, sized on the errors over the
+    last :data:`CALIBRATION_HORIZONS` ``horizon`` stretches of ``frame``
+    (``horizon``: how long the model serves before the next refit), and the model is a
+    :class:`~Models_analysis.calibration.Calibrated`; without, the model's own interval.
+    """
     done = threading.Event()
 
     def progress() -> None:
@@ -78,15 +203,15 @@ def fit(kind: str, frame: pd.DataFrame, interval_width: float) -> Any:
     ticker = threading.Thread(target=progress, daemon=True)
     ticker.start()
     try:
-        if kind == "trend":
-            from Models_analysis.adapters import TrendModel
-
-            return TrendModel(interval_width).fit(frame)
-        from prophet import Prophet  # slow to import, and only training needs it
-
-        model = Prophet(interval_width=interval_width)
-        model.fit(frame)
-        return model
+        if not calibrate:
+            return _fit_one(kind, frame, interval_width, uncertainty=True)
+        return calibration.calibrate(
+            lambda part: _fit_one(kind, part, interval_width, uncertainty=False),
+            frame,
+            interval_width,
+            horizon * CALIBRATION_HORIZONS / CALIBRATION_FOLDS,
+            CALIBRATION_FOLDS,
+        )
     finally:
         done.set()
 
@@ -95,14 +220,15 @@ def save(model: Any, frame: pd.DataFrame, out: Path, name: str, source: str, int
     """Write the bundle; returns its metadata (with the file's content hash)."""
     metadata = {
         "name": name,
-        "kind": type(model).__name__,
+        "kind": type(model.model if isinstance(model, calibration.Calibrated) else model).__name__,
         "trained_at": datetime.now(UTC).isoformat(),
         "source": source,
         "rows": len(frame),
         "train_start": frame["ds"].min().isoformat(),
         "train_end": frame["ds"].max().isoformat(),
         "interval_width": interval_width,
-        "versions": {pkg: version(pkg) for pkg in ("prophet", "pandas", "numpy")},
+        "calibration": _calibration(model),
+        "versions": {pkg: version(pkg) for pkg in ("prophet", "pandas", "numpy", "statsmodels")},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -110,6 +236,18 @@ def save(model: Any, frame: pd.DataFrame, out: Path, name: str, source: str, int
     # Atomic replace: a model service watching the path never reads half a file.
     tmp.replace(out)
     return {**metadata, "hash": file_hash(out)}
+
+
+def _calibration(model: Any) -> dict[str, Any] | None:
+    if not isinstance(model, calibration.Calibrated):
+        return None
+    return {
+        "method": "split conformal on held-out errors",
+        "model": type(model.model).__name__,
+        "half_width": model.half_width,
+        "level": model.level,
+        "residuals": model.residuals,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         "--from-mongo", action="store_true", help="train on stored readings (MONGO_URI, MONGO_DATABASE)"
     )
     parser.add_argument("--out", type=Path, required=True, help="where to write the model (.joblib)")
+    parser.add_argument("--kind", choices=KINDS, default="prophet", help="model to fit (default prophet)")
     parser.add_argument(
-        "--kind", choices=("prophet", "trend"), default="prophet", help="model to fit (default prophet)"
+        "--no-calibration",
+        action="store_true",
+        help="keep the model's own interval (default: calibrated on its errors over the last week, held out)",
     )
     parser.add_argument("--value-column", help="CSV: column of values (default: the only column, or 'value')")
     parser.add_argument("--ts-column", help="CSV: column of times (default: none; times are generated)")
@@ -155,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"fitting {args.kind} on {len(frame)} rows ({frame['ds'].min()} .. {frame['ds'].max()}) ...", flush=True)
     started = time.monotonic()
-    model = fit(args.kind, frame, args.interval_width)
+    model = fit(args.kind, frame, args.interval_width, calibrate=not args.no_calibration)
     metadata = save(model, frame, args.out, args.name or args.out.stem, origin, args.interval_width)
     print(
         f"fitted in {time.monotonic() - started:.1f}s; saved {metadata['name']} (hash {metadata['hash']}) to {args.out}"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from Models_analysis.calibration import Calibrated, calibrate, half_width, holdout_residuals
 from Models_analysis.model import load_model, score
-from Models_analysis.robust import fit_without_outliers, outliers
+from Models_analysis.robust import cleaned, fit_without_outliers, outliers, season_readings, seasonal_outliers
 from pipeline import contract
 from tests.unit.models import ConstantModel
 
@@ -164,3 +164,33 @@ def test_fitting_without_outliers_drops_them_and_fits_again() -> None:
 
     fit_without_outliers(Mean, frame)
     assert fitted == [[1, -1, 1, -1, 1, 30, -1], [1, -1, 1, -1, 1, -1]]
+
+
+def test_season_readings_is_the_longest_season_seen_twice() -> None:
+    def times(freq: str, days: int) -> pd.Series:
+        return pd.Series(pd.date_range(START, START + days * DAY, freq=freq))
+
+    assert season_readings(times("30min", 14)) == 336
+    assert season_readings(times("1h", 13)) == 24  # less than two weeks: the day
+    assert season_readings(times("8h", 28)) == 21  # 3 a day is no daily season, but 21 a week is
+    assert season_readings(times("1h", 1)) is None
+    assert season_readings(times("1D", 60)) == 7
+    assert season_readings(pd.Series([START])) is None
+
+
+def test_a_day_long_anomaly_is_outvoted_by_the_other_weeks() -> None:
+    ds = pd.Series(pd.date_range(START, periods=21 * 24, freq="h"))
+    days = ((ds - START) / DAY).to_numpy()
+    y = 100 + 10 * np.sin(2 * np.pi * days) - 20 * (ds.dt.day_of_week >= 5).to_numpy()
+    y = y + np.random.default_rng(4).normal(0, 0.5, len(y))
+    anomaly = (days >= 14) & (days < 15)
+    y[anomaly] = 0.0
+    flagged = seasonal_outliers(pd.DataFrame({"ds": ds, "y": y}))
+    assert flagged is not None and flagged[anomaly].all()
+    assert flagged[~anomaly].sum() <= 3  # of 480 normal readings: the noise's tails, at most
+    # With a gap (NaN) in its grid, the expectation fills it with the weekday's shape.
+    grid = y.copy()
+    grid[anomaly] = math.nan
+    filled = cleaned(grid, 168)
+    assert np.abs(filled[anomaly] - (100 + 10 * np.sin(2 * np.pi * days[anomaly]))).max() < 2
+    assert seasonal_outliers(pd.DataFrame({"ds": ds[:30], "y": y[:30]})) is None  # no season seen twice

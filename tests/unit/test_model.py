@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import joblib
+import numpy as np
 import pandas as pd
 import pytest
 
+from Models_analysis import train
+from Models_analysis.calibration import Calibrated
 from Models_analysis.model import Forecasts, ModelError, grid_point, load_model, score
 from pipeline import contract
 from tests.unit.models import BrokenOnce, ConstantModel
@@ -134,3 +139,58 @@ def test_the_next_seconds_are_forecast_in_the_same_call(tmp_path: Path) -> None:
     assert loaded.model.rows_seen == [6, 6]
     score(loaded, readings([0.0], start + timedelta(seconds=7.25)), 0, forecasts, ahead=5)
     assert loaded.model.rows_seen == [6, 6, 1], "exact times are never forecast ahead"
+
+
+# --------------------------------------------------------------------------- train: seasonalities from the data
+
+
+def _times(freq: str, span: str) -> pd.Series:
+    start = pd.Timestamp("2026-11-02")
+    return pd.Series(pd.date_range(start, start + pd.Timedelta(span), freq=freq))
+
+
+@pytest.mark.parametrize(
+    ("freq", "span", "expected"),
+    [
+        # 48 readings a day: daily order 10 (at most), weekly 42 (at most; 168 would be the aliasing limit).
+        ("30min", "28D", [("daily", 1.0, 10), ("weekly", 7.0, 42)]),
+        ("1h", "10D", [("daily", 1.0, 10)]),  # a week needs two weeks of data
+        ("6h", "28D", [("daily", 1.0, 2), ("weekly", 7.0, 14)]),  # 4 readings a day: order 2; 28 a week: 14
+        ("8h", "28D", [("weekly", 7.0, 10)]),  # 3 readings a day are no daily curve
+        ("1D", "20D", [("weekly", 7.0, 3)]),
+        ("1D", "800D", [("weekly", 7.0, 3), ("yearly", 365.25, 10)]),
+        ("5min", "1D", []),  # one day: no period seen twice
+        ("1h", "0h", []),  # one time
+    ],
+)
+def test_seasonalities_follow_the_sampling_and_the_span(freq: str, span: str, expected: list[tuple]) -> None:
+    found = train.seasonalities(_times(freq, span))
+    assert [(s.name, s.period_days, s.fourier_order) for s in found] == expected
+
+
+def test_prophet_gets_those_seasonalities_and_none_of_its_own() -> None:
+    frame = pd.DataFrame({"ds": _times("30min", "28D")}).assign(y=0.0)
+    model = train.prophet_model(frame, 0.95)
+    assert {name: s["fourier_order"] for name, s in model.seasonalities.items()} == {"daily": 10, "weekly": 42}
+    assert model.uncertainty_samples == 1000
+    assert train.prophet_model(frame, 0.95, uncertainty=False).uncertainty_samples == 0
+
+
+def test_prophet_as_train_fits_it_is_calibrated_and_leaves_an_anomalous_day_out(tmp_path: Path) -> None:
+    ds = _times("1h", "28D")[:-1]
+    days = ((ds - ds.iloc[0]) / pd.Timedelta(days=1)).to_numpy()
+    rng = np.random.default_rng(0)
+    y = 100 + 10 * np.sin(2 * np.pi * days) - 20 * (ds.dt.day_of_week >= 5).to_numpy() + rng.normal(0, 0.5, len(ds))
+    anomaly = (days >= 14) & (days < 15)  # the third Monday: the pump stopped
+    y[anomaly] = 0.0
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = train.fit("prophet", pd.DataFrame({"ds": ds, "y": y}), 0.95)
+    assert isinstance(model, Calibrated) and model.residuals == 7 * 24
+    monday = pd.DataFrame({"ds": ds[anomaly] + pd.Timedelta(days=14)})
+    out = model.predict(monday)
+    expected = 100 + 10 * np.sin(2 * np.pi * days[anomaly])
+    assert np.abs(out["yhat"].to_numpy() - expected).mean() < 3
+    assert np.allclose(out["yhat_upper"] - out["yhat"], model.half_width)
+    metadata = train.save(model, pd.DataFrame({"ds": ds, "y": y}), tmp_path / "p.joblib", "p", "test", 0.95)
+    assert metadata["kind"] == "Prophet" and metadata["calibration"]["level"] == 0.95
+    assert load_model(tmp_path / "p.joblib").identity.name == "p"
