@@ -57,27 +57,34 @@ class BacktestError(ValueError):
     """Input the backtest cannot use; the message says what and why."""
 
 
-def _train_fitter(kind: str, interval_width: float) -> Fitter:
+def _train_fitter(kind: str, interval_width: float, calibrate: bool, horizon: pd.Timedelta) -> Fitter:
     """A kind as ``python -m Models_analysis.train --kind <kind>`` fits it."""
 
     def fit(frame: pd.DataFrame) -> Any:
         from Models_analysis import train
 
-        if kind == "prophet":
+        if kind.startswith("prophet"):
             import prophet  # noqa: F401 - importing it sets its logger to INFO: once imported, quiet it again
 
             logging.getLogger("prophet").setLevel(logging.WARNING)
         # train.fit prints "still fitting ..." every 2 s for a person training by hand; here a progress bar shows it.
         with contextlib.redirect_stdout(io.StringIO()):
-            return train.fit(kind, frame, interval_width)
+            return train.fit(kind, frame, interval_width, calibrate=calibrate, horizon=horizon)
 
     return fit
 
 
-#: Model kinds the backtest replays: name -> (interval width -> fitter). A new kind is one entry here.
-MODEL_KINDS: dict[str, Callable[[float], Fitter]] = {
-    "prophet": lambda width: _train_fitter("prophet", width),
-    "trend": lambda width: _train_fitter("trend", width),
+#: Model kinds the backtest replays: name -> ((interval width, refit interval) -> fitter). A new kind is one
+#: entry here. Calibrated kinds hold out the last three refit intervals of each window (see train.fit).
+MODEL_KINDS: dict[str, Callable[[float, pd.Timedelta], Fitter]] = {
+    # As train fits it and the service serves it: seasonalities from the data, a calibrated interval.
+    "prophet": lambda width, every: _train_fitter("prophet", width, True, every),
+    # The same Prophet with its own interval: what calibration changes.
+    "prophet-uncalibrated": lambda width, every: _train_fitter("prophet", width, False, every),
+    # Prophet's own defaults and interval: what train fitted before (issue #13).
+    "prophet-plain": lambda width, every: _train_fitter("prophet-plain", width, False, every),
+    "mstl": lambda width, every: _train_fitter("mstl", width, True, every),
+    "trend": lambda width, every: _train_fitter("trend", width, True, every),
 }
 
 
@@ -145,7 +152,7 @@ def plan_for(
 
 def fitters(plan: Plan, kinds: Sequence[str]) -> dict[str, Fitter]:
     """The model kinds asked for, then the two seasonal-naive baselines."""
-    chosen: dict[str, Fitter] = {kind: MODEL_KINDS[kind](plan.interval_width) for kind in kinds}
+    chosen: dict[str, Fitter] = {kind: MODEL_KINDS[kind](plan.interval_width, plan.refit_every) for kind in kinds}
     tolerance = plan.interval / 2
     for name, lag in ((NAIVE_DAY, plan.daily_lag), (NAIVE_WEEK, 7 * plan.daily_lag)):
         chosen[name] = _naive_fitter(lag, plan.interval_width, tolerance)
