@@ -98,7 +98,8 @@ class Reader:
         old timestamps still counts as live; its last reading is its latest by ``ts``.
         """
         now = now or datetime.now(UTC)
-        rows = [self.row(doc, now) for doc in self.sensor_docs.find({}, projection={"write_id": 0})]
+        found = self.sensor_docs.find({}, projection={"write_id": 0})
+        rows = [self.row(doc, now) for doc in found if "last" in doc and "last_seen" in doc]
         rows.sort(key=lambda row: (row["age_s"], row["sensor"]))
         return rows
 

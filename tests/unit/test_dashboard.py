@@ -8,6 +8,8 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -161,3 +163,16 @@ def test_services_setting_keeps_order_and_drops_trailing_slashes(monkeypatch: py
     monkeypatch.setenv("DASHBOARD_PASSWORD", "p")
     monkeypatch.setenv("DASHBOARD_SERVICES", " server=http://server:8000/ , model_analysis=http://m:8000,")
     assert Settings().services == {"server": "http://server:8000", "model_analysis": "http://m:8000"}
+
+
+def test_a_sensor_document_without_a_reading_is_left_out() -> None:
+    """Only the bridge writes `sensors`, but a document someone made by hand must not break the table."""
+    complete = {"_id": "s1", "last": {"ts": NOW, "v": 1.0, "id": "r1"}, "last_seen": NOW, "received": {}}
+    collections = {"sensors": SimpleNamespace(find=lambda *a, **k: [complete, {"_id": "hand-made"}])}
+    reader = Reader(cast(Any, collections_db(collections)))
+    assert [row["sensor"] for row in reader.sensors(NOW)] == ["s1"]
+
+
+def collections_db(collections: dict[str, Any]) -> Any:
+    """A stand-in database: the named collections, and an empty one for any other name."""
+    return type("Db", (), {"__getitem__": lambda self, name: collections.get(name, SimpleNamespace())})()
