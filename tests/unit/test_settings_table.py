@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
-import collections
 import contextlib
 import functools
 import logging
@@ -36,7 +35,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,7 +48,6 @@ from confluent_kafka import Message, Producer
 from hypothesis import example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr, ValidationError
@@ -66,7 +64,7 @@ from Data_collection.settings import DEMO_CSV
 from Data_collection.settings import Settings as SensorSettings
 from Models_analysis import registry as registry_module
 from Models_analysis import scorer as scorer_module
-from Models_analysis.model import LoadedModel, ModelError
+from Models_analysis.model import ModelError
 from Models_analysis.registry import ModelRegistry
 from Models_analysis.scorer import Scorer
 from Models_analysis.settings import Settings as ModelSettings
@@ -85,9 +83,17 @@ from Server.ingest import Bridge, Incoming, Prepared, RecentIds, prepare
 from Server.results import ResultsSink
 from Server.retention import Rule
 from Server.settings import Settings as ServerSettings
-from Server.store import Inserted, Store
+from Server.store import Store
 from tests.conftest import free_port
 from tests.helpers import payload
+from tests.unit.fakes import (
+    FakeMessage,
+    OneModel,
+    RecordingConsumer,
+    RecordingMqttClient,
+    RecordingProducer,
+    RecordingStore,
+)
 from tests.unit.models import ConstantModel, SlowModel
 from tests.unit.test_compose import run_entrypoint
 
@@ -627,137 +633,6 @@ def keep_signals() -> Iterator[None]:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-
-
-@dataclass
-class Connected:
-    host: str
-    port: int
-    keepalive: int
-    clean_start: Any
-    properties: Any
-
-
-@dataclass
-class RecordingMqttClient:
-    """Stands in for a paho client: records connect, subscribe, publish and ack; sends nothing."""
-
-    client_id: str = ""
-    manual_ack: bool = False
-    connects: list[Connected] = field(default_factory=list)
-    loop_started: int = 0
-    subscriptions: list[Any] = field(default_factory=list)
-    published: list[bytes] = field(default_factory=list)
-    acks: list[int] = field(default_factory=list)
-    max_queued: int | None = None
-
-    def connect(self, host: str, port: int, keepalive: int = 60, **kwargs: Any) -> None:
-        self.connects.append(Connected(host, port, keepalive, kwargs.get("clean_start"), kwargs.get("properties")))
-
-    def loop_start(self) -> None:
-        self.loop_started += 1
-
-    def loop_stop(self) -> None:
-        pass
-
-    def disconnect(self) -> None:
-        pass
-
-    def subscribe(self, topics: Any, *args: Any, **kwargs: Any) -> None:
-        self.subscriptions.append(topics)
-
-    def publish(self, topic: str, data: bytes, qos: int = 0) -> Any:
-        self.published.append(data)
-        return SimpleNamespace(rc=MQTTErrorCode.MQTT_ERR_SUCCESS, mid=len(self.published))
-
-    def ack(self, mid: int, qos: int) -> None:
-        self.acks.append(mid)
-
-    def max_queued_messages_set(self, size: int) -> None:
-        self.max_queued = size
-
-
-class RecordingProducer:
-    """Stands in for a confluent-kafka Producer: records each record; confirms it at the next poll."""
-
-    def __init__(self, config: dict[str, Any] | None = None) -> None:
-        self.config = config or {}
-        self.produced: list[tuple[str, bytes | None, bytes]] = []
-        self._callbacks: list[Callable[[Any, Any], None]] = []
-
-    def produce(self, topic: str, value: bytes, key: bytes | None = None, on_delivery: Any = None) -> None:
-        self.produced.append((topic, key, value))
-        if on_delivery is not None:
-            self._callbacks.append(on_delivery)
-
-    def poll(self, timeout: float = 0) -> int:
-        callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback(None, None)
-        return len(callbacks)
-
-    def flush(self, timeout: float = 0) -> int:
-        self.poll()
-        return 0
-
-    def topics(self) -> list[str]:
-        return [topic for topic, _, _ in self.produced]
-
-
-class RecordingConsumer:
-    """Stands in for a confluent-kafka Consumer: records its config, subscription and consume calls."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-        self.subscribed: list[str] = []
-        self.consumed: list[tuple[int, float]] = []
-        self.commits = 0
-
-    def subscribe(self, topics: list[str], **kwargs: Any) -> None:
-        self.subscribed = list(topics)
-
-    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
-        self.consumed.append((num_messages, timeout))
-        return []
-
-    def commit(self, asynchronous: bool = True, **kwargs: Any) -> None:
-        self.commits += 1
-
-    def close(self) -> None:
-        pass
-
-
-class RecordingStore:
-    """Stands in for Server.store.Store: every insert is new."""
-
-    def __init__(self) -> None:
-        self.inserted: list[tuple[str, list[dict[str, Any]]]] = []
-        self.db: dict[str, Any] = collections.defaultdict(SimpleNamespace)  # touched, never written to here
-
-    def insert_new(self, collection: str, documents: list[dict[str, Any]]) -> Inserted:
-        self.inserted.append((collection, list(documents)))
-        return Inserted(len(documents), set(), {})
-
-
-@dataclass
-class FakeMessage:
-    """A Kafka message as a consumer returns it."""
-
-    _value: bytes
-    _topic: str
-    _key: bytes | None = None
-
-    def value(self) -> bytes:
-        return self._value
-
-    def topic(self) -> str:
-        return self._topic
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def error(self) -> None:
-        return None
 
 
 class Clock:
@@ -1704,19 +1579,6 @@ def test_the_store_uses_mongo_uri_and_mongo_database() -> None:
 
 
 # --- the model service's scorer, with a recording consumer ------------------------------
-
-
-class OneModel:
-    """Stands in for ModelRegistry: one model for every sensor."""
-
-    def __init__(self, model: Any) -> None:
-        self.loaded = LoadedModel(model, contract.ModelIdentity(name="m", hash=uuid.uuid4().hex[:16]), Path("m.joblib"))
-
-    def for_sensor(self, sensor: str) -> LoadedModel:
-        return self.loaded
-
-    def refresh(self, force: bool = False) -> None:
-        pass
 
 
 @dataclass
