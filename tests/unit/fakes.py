@@ -206,20 +206,31 @@ class RecordingConsumer:
 class RecordingStore:
     """Stands in for Server.store.Store: every insert is new, unless ``failures`` says it fails first.
 
-    ``failures`` are raised, one per insert call, before any insert is recorded (an outage).
+    ``failures`` are taken one per insert call: an exception is raised before anything is recorded
+    (an outage), after calling ``on_failure`` (say, to stop the service while the outage lasts);
+    None lets that insert through.
     """
 
-    def __init__(self, events: list[str] | None = None, failures: list[BaseException] | None = None) -> None:
+    def __init__(
+        self,
+        events: list[str] | None = None,
+        failures: list[BaseException | None] | None = None,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         self.events = events
         self.failures = list(failures or [])
+        self.on_failure = on_failure
         self.inserted: list[tuple[str, list[dict[str, Any]]]] = []
         self.db: dict[str, Any] = collections.defaultdict(SimpleNamespace)  # touched, never written to here
 
     def insert_new(self, collection: str, documents: list[dict[str, Any]]) -> Inserted:
-        if self.failures:
+        failure = self.failures.pop(0) if self.failures else None
+        if failure is not None:
             if self.events is not None:
                 self.events.append(f"store failed {collection}")
-            raise self.failures.pop(0)
+            if self.on_failure is not None:
+                self.on_failure()
+            raise failure
         self.inserted.append((collection, list(documents)))
         if self.events is not None and documents:
             self.events.append(f"store {collection} " + ",".join(str(d.get("_id", "?")) for d in documents))
