@@ -208,7 +208,8 @@ class RecordingStore:
 
     ``failures`` are taken one per insert call: an exception is raised before anything is recorded
     (an outage), after calling ``on_failure`` (say, to stop the service while the outage lasts);
-    None lets that insert through.
+    None lets that insert through. Documents whose ``_id`` is in ``refuse`` are refused for what
+    they are (as MongoDB refuses one it cannot store), the others stored.
     """
 
     def __init__(
@@ -216,8 +217,10 @@ class RecordingStore:
         events: list[str] | None = None,
         failures: list[BaseException | None] | None = None,
         on_failure: Callable[[], None] | None = None,
+        refuse: frozenset[str] = frozenset(),
     ) -> None:
         self.events = events
+        self.refuse = refuse
         self.failures = list(failures or [])
         self.on_failure = on_failure
         self.inserted: list[tuple[str, list[dict[str, Any]]]] = []
@@ -231,10 +234,12 @@ class RecordingStore:
             if self.on_failure is not None:
                 self.on_failure()
             raise failure
-        self.inserted.append((collection, list(documents)))
-        if self.events is not None and documents:
-            self.events.append(f"store {collection} " + ",".join(str(d.get("_id", "?")) for d in documents))
-        return Inserted(len(documents), set(), {})
+        refused = {i: "MongoDB refused the document" for i, d in enumerate(documents) if d.get("_id") in self.refuse}
+        kept = [d for i, d in enumerate(documents) if i not in refused]
+        self.inserted.append((collection, kept))
+        if self.events is not None and kept:
+            self.events.append(f"store {collection} " + ",".join(str(d.get("_id", "?")) for d in kept))
+        return Inserted(len(kept), set(), refused)
 
     def ids(self, collection: str) -> list[str]:
         """Every id inserted into ``collection``, in order, repeats included."""

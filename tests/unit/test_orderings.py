@@ -88,7 +88,9 @@ class Built:
     stop: threading.Event
 
 
-def make_bridge(store_failures: int = 0, stop_on_store_failure: bool = False, **values: Any) -> Built:
+def make_bridge(
+    store_failures: int = 0, stop_on_store_failure: bool = False, refuse: frozenset[str] = frozenset(), **values: Any
+) -> Built:
     events: list[str] = []
     stop = threading.Event()
     clients: list[RecordingMqttClient] = []
@@ -101,6 +103,7 @@ def make_bridge(store_failures: int = 0, stop_on_store_failure: bool = False, **
         events,
         failures=[AutoReconnect("MongoDB is away") for _ in range(store_failures)],
         on_failure=stop.set if stop_on_store_failure else None,
+        refuse=refuse,
     )
     producer = RecordingProducer(events=events)
     with mock.patch.object(ingest_module, "make_client", client):
@@ -270,7 +273,10 @@ def prediction_message(reading_id: str, anomaly: bool = False) -> FakeMessage:
 
 
 def make_sink(
-    batches: list[list[FakeMessage]], failures: list[BaseException | None] | None = None, every_s: float = 0.0
+    batches: list[list[FakeMessage]],
+    failures: list[BaseException | None] | None = None,
+    every_s: float = 0.0,
+    refuse: frozenset[str] = frozenset(),
 ) -> BuiltSink:
     events: list[str] = []
     stop = threading.Event()
@@ -280,7 +286,7 @@ def make_sink(
         consumers.append(RecordingConsumer(config, batches, events, stop))
         return consumers[-1]
 
-    store = RecordingStore(events, failures=failures, on_failure=stop.set)
+    store = RecordingStore(events, failures=failures, on_failure=stop.set, refuse=refuse)
     with mock.patch.object(results_module, "Consumer", consumer):
         sink = ResultsSink(ServerSettings(**SERVER), cast(Store, store), cast(Producer, RecordingProducer()), stop)
     sink.source.committer.every_s = every_s
