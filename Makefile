@@ -9,7 +9,7 @@ SENSORS ?= 3
 # The local stack reads .env (secrets) when it exists; `make env` creates it.
 ENVFILE := set -a; [ -f .env ] && . ./.env; set +a;
 
-.PHONY: help env venv install model run stop status logs test test-unit lint lock bench bench-quick up down clean
+.PHONY: help env venv install model run stop status logs test test-unit lint lock mutation bench bench-quick up down clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,22 @@ test: install lint ## Lint, type-check, then run every test on the real local st
 
 test-unit: install ## Run the tests that need no server (the Compose tests use the CLI `make install` builds)
 	$(PY) -m pytest tests/unit
+
+# Mutation testing of the delivery core ([tool.mutmut] in pyproject.toml says which modules and which
+# unit tests): the score, then every surviving mutant's diff (tests/mutation-survivors.md says why each
+# is harmless). Niced, since it shares the machine; mutants/ (mutmut's copy) is removed afterwards, or
+# kept with MUTANTS_KEEP=1 for `mutmut browse` (remove it before `make lint`).
+mutation: venv ## Mutation testing of contract, kafka, ingest, results and scorer against the unit tests (minutes)
+	rm -rf mutants
+	nice -n 15 $(VENV)/bin/mutmut run --max-children 2 > /dev/null
+	@$(VENV)/bin/mutmut export-cicd-stats > /dev/null
+	@$(PY) -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); \
+		k, t = s["killed"] + s["timeout"], s["total"] - s["skipped"]; \
+		print(f"mutation score: {k}/{t} killed ({100 * k / t:.1f}%); survived {s[\"survived\"]}, no tests {s[\"no_tests\"]}")'
+	@for mutant in $$($(VENV)/bin/mutmut results | sed -n 's/^ *\([^ ]*\): \(survived\|no tests\)$$/\1/p'); do \
+		$(VENV)/bin/mutmut show $$mutant; \
+	done
+	@[ -n "$(MUTANTS_KEEP)" ] || rm -rf mutants
 
 # One resolution for every lock: the venv's (requirements-dev.lock, what tests and the local stack
 # use) first, then each image's, constrained to it, so an image runs the versions the tests ran.
