@@ -8,7 +8,7 @@ that cannot stall ingestion:
 - it reads the first :data:`BATCH` documents of the collection in insertion
   order, ``_id`` and the rule's date field only: a ``find`` with no filter and
   a limit, which FerretDB answers with SQL ``LIMIT``, not a scan;
-- deletes the expired ones by ``_id`` (the index, one small bulk write);
+- deletes the expired ones by ``_id`` (the index), MAX_STATEMENTS to a command;
 - stops at the first document that is not expired, since everything after it
   was inserted later; pauses :data:`PAUSE_S` between batches; and runs again
   every :data:`EVERY_S`.
@@ -34,7 +34,7 @@ from pymongo.errors import OperationFailure
 from pipeline import contract
 from Server import metrics
 from Server.settings import Settings
-from Server.store import TRANSIENT, Store
+from Server.store import MAX_STATEMENTS, TRANSIENT, Store
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +157,9 @@ class Retention:
         while not self.stop.is_set():
             head = list(collection.find({}, {"_id": 1, rule.field: 1}).limit(BATCH))
             expired, fresh = _split(head, rule.field, cutoff)
-            if expired:
-                result = collection.bulk_write([DeleteOne({"_id": key}) for key in expired], ordered=False)
+            for start in range(0, len(expired), MAX_STATEMENTS):
+                chunk = expired[start : start + MAX_STATEMENTS]
+                result = collection.bulk_write([DeleteOne({"_id": key}) for key in chunk], ordered=False)
                 deleted += result.deleted_count
                 metrics.RETENTION_DELETED.labels(rule.collection).inc(result.deleted_count)
             if fresh or len(head) < BATCH or not expired:

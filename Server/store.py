@@ -24,6 +24,12 @@ DUPLICATE_KEY = 11000
 TRANSIENT: tuple[type[BaseException], ...] = (ConnectionFailure, OperationFailure)
 
 
+#: Most statements sent in one ``update`` or ``delete`` command. FerretDB 1.24 keeps each
+#: statement's query open until the command ends, from a pool of 100 SQLite connections: a
+#: command of more statements than that waits forever for its own connections, and every
+#: other client with it (measured here: 101 statements passed, 150 hung the server).
+MAX_STATEMENTS = 50
+
 #: Secondary indexes per collection (on MongoDB; FerretDB uses none).
 SECONDARY_INDEXES: dict[str, list[tuple[str, int]]] = {
     contract.COLLECTION_READINGS: [("sensor", ASCENDING), ("ts", ASCENDING)],

@@ -19,7 +19,9 @@ Each is updated in place, by ``_id``, every ``every_s`` (minutes and sensors)
 or ``rollup_every_s`` (hours and days), with ``$inc``/``$min``/``$max``/``$push``,
 so two bridge replicas add to the same documents. Like ``aggregates.py`` it is
 fed only by documents the bridge has just inserted for the first time, and a
-retried write carries the condition ``write_id`` != this flush's id.
+write retried after an error skips the documents that already carry this
+flush's ``write_id`` (a second replica writing the same document in between
+could make it count twice).
 
 The cost: a bridge killed outright loses what it had not written yet (up to
 ``every_s`` of minutes, ``rollup_every_s`` of hours and days); ``readings``
@@ -45,7 +47,7 @@ from pipeline import contract
 from pipeline.periods import COLLECTION, DAY, FLOOR, HOUR, MINUTE, epoch_minute, period_id
 from pipeline.retry import RetryError, until_done
 from Server import metrics
-from Server.store import DUPLICATE_KEY, TRANSIENT, Store
+from Server.store import MAX_STATEMENTS, TRANSIENT, Store
 
 logger = logging.getLogger(__name__)
 
@@ -245,41 +247,59 @@ class Timeline:
         return sensor, update
 
     def _write(self, operations: dict[str, list[Update]], write_id: str, retry: bool) -> int:
-        """Apply each collection's upserts in ``update`` commands; a retry skips what this flush wrote.
+        """Apply each collection's upserts in ``update`` commands, each setting ``write_id``.
 
-        A raw command, not pymongo's ``bulk_write``: FerretDB's answer to a batch of
-        upserts can lack ``nModified``, which ``bulk_write`` requires. FerretDB also
-        stops a batch at its first refused statement even when unordered, so the rest
-        is sent again. Returns how many documents were created or matched.
+        What is written is taken out of ``operations``, so a retry (after an error that may or
+        may not have reached the server) sends only the rest, and first reads the statements
+        whose answer was lost by ``_id``, skipping those that already carry this ``write_id``.
+        (A filter on ``write_id`` as well would make FerretDB read the whole collection.)
+
+        A raw command, not pymongo's ``bulk_write``: FerretDB's answer to a batch of upserts
+        can lack ``nModified``, which ``bulk_write`` requires. FerretDB also stops a batch at
+        its first refused statement even when unordered, so the rest is sent again; and a
+        command of many statements can hang it, so they go MAX_STATEMENTS at a time. Returns
+        how many documents were created or matched.
         """
         written = 0
-        for name, updates in operations.items():
-            statements = [_guarded(key, update, write_id, retry) for key, update in updates]
-            done = 0
-            while done < len(statements):
-                reply = self.store.db.command("update", name, updates=statements[done:], ordered=False, check=False)
+        for name in list(operations):
+            updates = operations[name]
+            if retry and updates:
+                updates = self._unwritten(name, updates[:MAX_STATEMENTS], write_id) + updates[MAX_STATEMENTS:]
+                operations[name] = updates
+            while updates:
+                chunk = updates[:MAX_STATEMENTS]
+                statements = [_statement(key, update, write_id) for key, update in chunk]
+                reply = self.store.db.command("update", name, updates=statements, ordered=False, check=False)
                 if not reply.get("ok"):
                     raise OperationFailure(reply.get("errmsg", "update failed"), reply.get("code"), reply)
-                errors = sorted(reply.get("writeErrors", []), key=lambda item: int(item["index"]))
                 written += int(reply.get("n", 0))
-                if not errors:
-                    break
+                errors = sorted(reply.get("writeErrors", []), key=lambda item: int(item["index"]))
                 for item in errors:
-                    if item.get("code") != DUPLICATE_KEY:  # a duplicate: this flush's retry already added it
-                        # Refused for good (say, a value past the server's range): retrying would stop
-                        # every later update; readings and predictions hold the data.
-                        key = updates[done + int(item["index"])][0]
-                        logger.error("%s: update of %s not written: %s", name, key, item.get("errmsg"))
-                done += int(errors[-1]["index"]) + 1
-            operations[name] = []
+                    # Refused for good (say, a value past the server's range): retrying would stop
+                    # every later update; readings and predictions hold the data.
+                    key = chunk[int(item["index"])][0]
+                    logger.error("%s: update of %s not written: %s", name, key, item.get("errmsg"))
+                updates = updates[int(errors[-1]["index"]) + 1 if errors else len(chunk) :]
+                operations[name] = updates
         return written
 
+    def _unwritten(self, name: str, updates: list[Update], write_id: str) -> list[Update]:
+        """Those of ``updates`` whose document does not carry ``write_id`` yet (read by ``_id``)."""
+        collection = self.store.db[name]
+        return [
+            (key, update)
+            for key, update in updates
+            if (collection.find_one({"_id": key}, {"write_id": 1}) or {}).get("write_id") != write_id
+        ]
 
-def _guarded(key: str, update: dict[str, Any], write_id: str, retry: bool) -> dict[str, Any]:
-    """The upsert statement with ``write_id`` set; on a retry, only where this flush has not written yet."""
-    document = {**update, "$set": {**update.get("$set", {}), "write_id": write_id}}
-    where = {"_id": key, "write_id": {"$ne": write_id}} if retry else {"_id": key}
-    return {"q": where, "u": document, "upsert": True}
+
+def _statement(key: str, update: dict[str, Any], write_id: str) -> dict[str, Any]:
+    """The upsert of one document by ``_id``, marked with this flush's ``write_id``."""
+    return {
+        "q": {"_id": key},
+        "u": {**update, "$set": {**update.get("$set", {}), "write_id": write_id}},
+        "upsert": True,
+    }
 
 
 def _minute_update(key: str, minute: Minute) -> Update:

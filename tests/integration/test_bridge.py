@@ -250,3 +250,31 @@ def test_a_derived_document_the_store_refuses_is_logged_not_retried_forever(
     assert aggregates.find_one({"_id": period_id(bad, minute)}) is None
     assert f"{contract.COLLECTION_AGGREGATES}: update" in caplog.text and "not written" in caplog.text
     store.close()
+
+
+def test_a_flush_of_many_sensors_leaves_ferretdb_answering(pipeline: Pipeline) -> None:
+    """FerretDB 1.24 hangs on an update command of more than about 100 statements (its pool of
+    100 SQLite connections, one held per statement): the timeline sends them in smaller commands."""
+    import threading
+    from datetime import UTC, datetime
+
+    from pipeline.periods import FLOOR, MINUTE, period_id
+    from pipeline.settings import MongoSettings
+    from Server.store import Store
+    from Server.timeline import Timeline
+
+    store = Store(
+        MongoSettings.model_validate({"MONGO_URI": pipeline.stack.env["MONGO_URI"], "MONGO_DATABASE": pipeline.db.name})
+    )
+    timeline = Timeline(store, threading.Event())
+    now = datetime.now(UTC)
+    sensors = [pipeline.sensor_id(i) for i in range(300)]
+    for round_ in range(2):  # the second round updates documents that exist
+        timeline.touch([contract.Reading(id=f"{s}-{round_}", sensor=s, ts=now, v=1.0) for s in sensors])
+        flush = threading.Thread(target=timeline.flush, daemon=True)
+        flush.start()
+        flush.join(timeout=60)
+        assert not flush.is_alive(), "the flush hung FerretDB"
+    minute = one(pipeline.db[contract.COLLECTION_AGGREGATES], {"_id": period_id(sensors[-1], FLOOR[MINUTE](now))})
+    assert minute["count"] == 2
+    store.close()

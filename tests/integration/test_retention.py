@@ -115,3 +115,19 @@ def test_ferretdb_gets_no_secondary_index_and_loses_those_made_before(store: Sto
     store.ensure_indexes()
     assert set(readings.index_information()) == {"_id_"}
     assert set(store.db[contract.COLLECTION_PREDICTIONS].index_information()) == {"_id_"}
+
+
+def test_a_large_batch_is_deleted_in_commands_ferretdb_can_take(store: Store) -> None:
+    """A delete command of more than about 100 statements hangs FerretDB 1.24: a batch goes in smaller ones."""
+    rule = RULES[0]
+    store.db[rule.collection].insert_many(
+        [{"_id": f"old-{i:04}", rule.field: NOW - timedelta(days=3)} for i in range(retention.BATCH)]
+    )
+    pruned: list[int] = []
+    worker = threading.Thread(
+        target=lambda: pruned.append(Retention(store, threading.Event(), [rule]).prune(rule, NOW))
+    )
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the deletes hung FerretDB"
+    assert pruned == [retention.BATCH] and store.db[rule.collection].find_one({}) is None
