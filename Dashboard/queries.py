@@ -15,6 +15,8 @@ Times in answers are ISO 8601 UTC strings (see :func:`pipeline.contract.iso`).
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +42,12 @@ RAW_UP_TO = timedelta(hours=3)
 HOURLY_UP_TO = timedelta(days=14)
 #: The longest range the API serves (raw readings are kept SERVER_RETENTION_RAW_DAYS, rollups longer).
 MAX_RANGE = timedelta(days=400)
+#: A period that ended more than SETTLED ago changes only by a late reading: its document is
+#: reused for CACHE_S (so a late reading shows within that), at most CACHE_MAX documents. A page
+#: polling the last hour every 3 s then reads two minutes from MongoDB, not 61.
+SETTLED = timedelta(minutes=2)
+CACHE_S = 60.0
+CACHE_MAX = 20_000
 
 Document = dict[str, Any]
 
@@ -82,6 +90,9 @@ class Reader:
         self.sensor_docs = db[contract.COLLECTION_SENSORS]
         self.rejections = db[contract.COLLECTION_REJECTIONS]
         self.alert_docs = db[contract.COLLECTION_ALERTS]
+        # (collection, _id, projection) -> (monotonic time it expires, document or None).
+        self._cache: dict[tuple[str, str, str], tuple[float, Document | None]] = {}
+        self._cache_lock = threading.Lock()
 
     def ping(self) -> bool:
         """Whether MongoDB answers (the dashboard's readiness)."""
@@ -128,11 +139,32 @@ class Reader:
         ``_id`` equality from its index, but ``$in`` and ranges from a scan.
         """
         collection = self.db[periods.COLLECTION[step]]
+        settled = datetime.now(UTC) - SETTLED
         for start in periods.starts(since, until, step):
-            found = collection.find_one({"_id": periods.period_id(sensor, start)}, projection)
+            key = periods.period_id(sensor, start)
+            if start + step <= settled:
+                found = self._cached(collection, key, projection)
+            else:
+                found = collection.find_one({"_id": key}, projection)
             if found is not None:
-                found["start"] = start
-                yield found
+                yield {**found, "start": start}
+
+    def _cached(self, collection: Collection[Document], key: str, projection: Document) -> Document | None:
+        """The document ``key`` of ``collection``, from the cache while it is younger than CACHE_S."""
+        entry = (collection.name, key, repr(sorted(projection.items())))
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._cache.get(entry)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found = collection.find_one({"_id": key}, projection)
+        with self._cache_lock:
+            if len(self._cache) >= CACHE_MAX:
+                expired = [k for k, (until, _) in self._cache.items() if until <= now]
+                for old in expired or list(self._cache)[: CACHE_MAX // 10]:
+                    del self._cache[old]
+            self._cache[entry] = (now + CACHE_S, found)
+        return found
 
     def series(self, sensor: str, minutes: int, now: datetime | None = None) -> Document:
         """The sensor's readings of the last ``minutes`` (by event time, at most RAW_UP_TO), each with its forecast."""

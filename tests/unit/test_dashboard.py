@@ -176,3 +176,21 @@ def test_a_sensor_document_without_a_reading_is_left_out() -> None:
 def collections_db(collections: dict[str, Any]) -> Any:
     """A stand-in database: the named collections, and an empty one for any other name."""
     return type("Db", (), {"__getitem__": lambda self, name: collections.get(name, SimpleNamespace())})()
+
+
+def test_settled_minutes_are_read_once_per_cache_period() -> None:
+    """A page polling the last hour reads the settled minutes from MongoDB once, then only the newest."""
+    asked: list[str] = []
+
+    def find_one(query: dict[str, str], projection: dict[str, int]) -> dict[str, Any]:
+        asked.append(query["_id"])
+        return {"_id": query["_id"], "count": 1, "sum": 2.0, "min": 2.0, "max": 2.0}
+
+    reader = Reader(cast(Any, collections_db({"aggregates": SimpleNamespace(name="aggregates", find_one=find_one)})))
+    now = datetime.now(UTC)
+    first = reader.aggregates("s1", 60, now=now)
+    assert len(first["rows"]) == len(asked) == 61
+    asked.clear()
+    again = reader.aggregates("s1", 60, now=now)
+    assert again == first
+    assert 1 <= len(asked) <= 3, f"only the minutes younger than SETTLED: {asked}"
