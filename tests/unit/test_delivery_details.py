@@ -20,12 +20,14 @@ from pipeline.kafka import Committer, Deliveries, KafkaUnavailable, consumer_con
 from pipeline.settings import KafkaSettings
 from Server.aggregates import Aggregator
 from tests.unit.fakes import FakeMessage, RecordingConsumer
-from tests.unit.test_orderings import (
-    _no_settings_from_the_environment,  # noqa: F401 - the same isolation from the caller's shell
+from tests.unit.test_orderings import (  # noqa: F401 - the fixtures too: the same isolation and builder
+    _no_settings_from_the_environment,
     make_bridge,
+    make_scorer,
     make_sink,
     prediction_message,
     reading,
+    reading_message,
 )
 
 
@@ -238,3 +240,20 @@ def test_the_sink_counts_what_it_stored_and_hands_new_predictions_to_the_aggrega
     assert sample("pipeline_results_stored_total", {"kind": "prediction"}) - before == 2.0
     [call] = aggregator.touch_accuracy.call_args_list
     assert [d["_id"] for d in call.args[0]] == ["r-1", "r-2"]
+
+
+# --- the model service's write -----------------------------------------------------------------
+
+
+def test_a_batch_retried_after_kafka_did_not_take_it_is_scored_once_and_counted_once(
+    make_scorer: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    built = make_scorer([[reading_message("r-1"), reading_message("r-2")]])
+    built.producer.fail_next_answers(KafkaError(KafkaError._MSG_TIMED_OUT))
+    before = sample("pipeline_readings_scored_total")
+    with mock.patch.object(built.scorer, "score", wraps=built.scorer.score) as score:
+        built.scorer.run()
+    assert built.events.count("produce results-t r-1") == 2, "produced again after Kafka did not take it"
+    assert built.events[-1] == "commit"
+    assert score.call_count == 1, "the retry produces the results of the first scoring"
+    assert sample("pipeline_readings_scored_total") - before == 2.0
