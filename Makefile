@@ -58,7 +58,8 @@ mutation: venv ## Mutation testing of contract, kafka, ingest, results and score
 	@$(VENV)/bin/mutmut export-cicd-stats > /dev/null
 	@$(PY) -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); \
 		k, t = s["killed"] + s["timeout"], s["total"] - s["skipped"]; \
-		print(f"mutation score: {k}/{t} killed ({100 * k / t:.1f}%); survived {s[\"survived\"]}, no tests {s[\"no_tests\"]}")'
+		print("mutation score: %d/%d killed (%.1f%%); survived %d, no tests %d" \
+			% (k, t, 100 * k / t, s["survived"], s["no_tests"]))'
 	@for mutant in $$($(VENV)/bin/mutmut results | sed -n 's/^ *\([^ ]*\): \(survived\|no tests\)$$/\1/p'); do \
 		$(VENV)/bin/mutmut show $$mutant; \
 	done
