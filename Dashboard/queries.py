@@ -7,7 +7,8 @@ reads the documents the bridge keeps for it (:mod:`Server.timeline`): one per
 sensor (``sensors``, a small collection read whole), one per sensor and minute
 with that minute's points and forecasts (``aggregates``), per hour and per day
 (``aggregates_hourly``, ``aggregates_daily``), each looked up by ``_id``; and
-the newest of the capped ``rejections`` and ``alerts`` in insertion order.
+the newest of the capped ``rejections`` in insertion order; the latest anomalies
+are kept in each sensor's document.
 ``tests/integration/test_page_queries.py`` runs ``explain`` on every query the
 API makes and fails on a scan of a collection that grows with the data.
 Times in answers are ISO 8601 UTC strings (see :func:`pipeline.contract.iso`).
@@ -15,6 +16,7 @@ Times in answers are ISO 8601 UTC strings (see :func:`pipeline.contract.iso`).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -42,8 +44,8 @@ RAW_UP_TO = timedelta(hours=3)
 HOURLY_UP_TO = timedelta(days=14)
 #: The longest range the API serves (raw readings are kept SERVER_RETENTION_RAW_DAYS, rollups longer).
 MAX_RANGE = timedelta(days=400)
-#: A period that ended more than SETTLED ago changes only by a late reading: its document is
-#: reused for CACHE_S (so a late reading shows within that), at most CACHE_MAX documents. A page
+#: A period whose document was last written more than SETTLED ago changes only by a late reading: it is
+#: reused for about CACHE_S (so a late reading shows within 1.5 times that), at most CACHE_MAX documents. A page
 #: polling the last hour every 3 s then reads two minutes from MongoDB, not 61.
 SETTLED = timedelta(minutes=2)
 CACHE_S = 60.0
@@ -89,7 +91,6 @@ class Reader:
         self.db = db
         self.sensor_docs = db[contract.COLLECTION_SENSORS]
         self.rejections = db[contract.COLLECTION_REJECTIONS]
-        self.alert_docs = db[contract.COLLECTION_ALERTS]
         # (collection, _id, projection) -> (monotonic time it expires, document or None).
         self._cache: dict[tuple[str, str, str], tuple[float, Document | None]] = {}
         self._cache_lock = threading.Lock()
@@ -109,7 +110,7 @@ class Reader:
         old timestamps still counts as live; its last reading is its latest by ``ts``.
         """
         now = now or datetime.now(UTC)
-        found = self.sensor_docs.find({}, projection={"write_id": 0})
+        found = self.sensor_docs.find({}, projection={"write_id": 0, "anomalies": 0})
         rows = [self.row(doc, now) for doc in found if "last" in doc and "last_seen" in doc]
         rows.sort(key=lambda row: (row["age_s"], row["sensor"]))
         return rows
@@ -141,29 +142,37 @@ class Reader:
         collection = self.db[periods.COLLECTION[step]]
         settled = datetime.now(UTC) - SETTLED
         for start in periods.starts(since, until, step):
-            key = periods.period_id(sensor, start)
-            if start + step <= settled:
-                found = self._cached(collection, key, projection)
-            else:
-                found = collection.find_one({"_id": key}, projection)
+            found = self._cached(collection, periods.period_id(sensor, start), projection, settled, start + step)
             if found is not None:
                 yield {**found, "start": start}
 
-    def _cached(self, collection: Collection[Document], key: str, projection: Document) -> Document | None:
-        """The document ``key`` of ``collection``, from the cache while it is younger than CACHE_S."""
+    def _cached(
+        self, collection: Collection[Document], key: str, projection: Document, settled: datetime, end: datetime
+    ) -> Document | None:
+        """The document ``key`` of ``collection`` (its period ending at ``end``), from the cache if there.
+
+        Kept only once settled: written last before ``settled`` (``updated_at``). A minute still
+        being written (the current one, or one a sensor fills late from its spool), and one not
+        written yet, are read anew at every poll.
+        """
         entry = (collection.name, key, repr(sorted(projection.items())))
         now = time.monotonic()
         with self._cache_lock:
             hit = self._cache.get(entry)
         if hit is not None and hit[0] > now:
             return hit[1]
-        found = collection.find_one({"_id": key}, projection)
+        found = collection.find_one({"_id": key}, {**projection, "updated_at": 1})
+        written = None if found is None else found.pop("updated_at", None) or end
+        if written is None or written > settled:
+            return found
         with self._cache_lock:
             if len(self._cache) >= CACHE_MAX:
                 expired = [k for k, (until, _) in self._cache.items() if until <= now]
                 for old in expired or list(self._cache)[: CACHE_MAX // 10]:
                     del self._cache[old]
-            self._cache[entry] = (now + CACHE_S, found)
+            # Each kept between half and one and a half CACHE_S, so the minutes of a chart cached
+            # together are read again a few at a time, not all in one poll.
+            self._cache[entry] = (now + CACHE_S * random.uniform(0.5, 1.5), found)  # noqa: S311 - not security
         return found
 
     def series(self, sensor: str, minutes: int, now: datetime | None = None) -> Document:
@@ -218,20 +227,25 @@ class Reader:
         return {"sensor": sensor, "minutes": minutes, "resolution": _STEP_NAMES[step], "rows": rows}
 
     def alerts(self, limit: int) -> list[Document]:
-        """The latest anomalies, newest first (the capped ``alerts`` collection, backwards)."""
-        found = _newest(self.alert_docs, "detected_at", limit)
+        """The latest anomalies, newest first: each sensor's latest, kept in its ``sensors`` document."""
+        found = [
+            {**a, "sensor": doc["_id"]}
+            for doc in self.sensor_docs.find({}, projection={"anomalies": 1})
+            for a in doc.get("anomalies") or []
+        ]
+        found.sort(key=lambda a: (a["ts"], a["id"]), reverse=True)
         return [
             {
-                "id": a["_id"],
+                "id": a["id"],
                 "sensor": a["sensor"],
                 "ts": _iso(a["ts"]),
                 "v": a["v"],
                 "yhat": a["yhat"],
                 "yhat_lower": a["yhat_lower"],
                 "yhat_upper": a["yhat_upper"],
-                "scored_at": _iso(a.get("detected_at")),
+                "scored_at": _iso(a.get("scored_at")),
             }
-            for a in found
+            for a in found[:limit]
         ]
 
     def latest_rejections(self, limit: int) -> list[Document]:

@@ -59,6 +59,8 @@ MINUTE_POINTS_MAX = 6000
 RATE_MINUTES = 10
 #: Latest reading times per sensor used for its usual interval.
 RECENT_TS = 20
+#: Latest anomalies kept in each sensor's document (``anomalies``), which the page lists.
+RECENT_ANOMALIES = 20
 #: Minute documents whose pushed points this bridge remembers (for MINUTE_POINTS_MAX).
 REMEMBERED_MINUTES = 100_000
 
@@ -125,6 +127,8 @@ class Timeline:
         self._rollups: dict[tuple[str, str], tuple[str, datetime, Totals]] = {}
         self._seen: dict[str, Seen] = {}
         self._recent: dict[str, deque[datetime]] = {}
+        self._anomalies: dict[str, deque[dict[str, Any]]] = {}
+        self._anomalous: set[str] = set()
         # Points pushed to each minute document by this bridge, oldest first.
         self._pushed: OrderedDict[str, int] = OrderedDict()
         # Epoch minutes of each sensor's ``received`` this bridge has written.
@@ -171,15 +175,13 @@ class Timeline:
                 minute = self._minutes.get(key)
                 if minute is None:
                     minute = self._minutes[key] = Minute(p["sensor"], start)
-                minute.forecasts.append(
-                    {
-                        "id": p["_id"],
-                        "yhat": p["yhat"],
-                        "yhat_lower": p["yhat_lower"],
-                        "yhat_upper": p["yhat_upper"],
-                        "anomaly": p["anomaly"],
-                    }
-                )
+                forecast = {k: p[k] for k in ("yhat", "yhat_lower", "yhat_upper", "anomaly")}
+                minute.forecasts.append({"id": p["_id"], **forecast})
+                if p["anomaly"]:
+                    anomaly = {"id": p["_id"], "ts": p["ds"], "v": p.get("v"), **forecast}
+                    anomaly["scored_at"] = p.get("scored_at")
+                    self._anomalies.setdefault(p["sensor"], deque(maxlen=RECENT_ANOMALIES)).append(anomaly)
+                    self._anomalous.add(p["sensor"])
 
     def run(self) -> None:
         """Write every ``every_s`` until stopped, and everything once more on the way out."""
@@ -193,6 +195,8 @@ class Timeline:
         with self._lock:
             minutes, self._minutes = self._minutes, {}
             seen, self._seen = self._seen, {}
+            anomalous, self._anomalous = self._anomalous, set()
+            anomalies = {sensor: list(self._anomalies[sensor]) for sensor in anomalous}
             intervals = {sensor: _interval(self._recent[sensor]) for sensor in seen}
             rollups: dict[tuple[str, str], tuple[str, datetime, Totals]] = {}
             if everything or now.timestamp() >= self._rollups_due:
@@ -203,7 +207,8 @@ class Timeline:
         operations: dict[str, list[Update]] = {
             contract.COLLECTION_AGGREGATES: [_minute_update(key, m) for key, m in minutes.items()],
             contract.COLLECTION_SENSORS: [
-                self._sensor_update(sensor, s, intervals[sensor], now) for sensor, s in seen.items()
+                self._sensor_update(sensor, seen.get(sensor), intervals.get(sensor), anomalies.get(sensor), now)
+                for sensor in seen.keys() | anomalous
             ],
         }
         for (name, key), (sensor, start, totals) in rollups.items():
@@ -229,8 +234,20 @@ class Timeline:
         while len(self._pushed) > REMEMBERED_MINUTES:
             self._pushed.popitem(last=False)
 
-    def _sensor_update(self, sensor: str, seen: Seen, interval: float | None, now: datetime) -> Update:
-        """``$max``/``$min``/``$inc`` the sensor's document; drop its received counts older than RATE_MINUTES."""
+    def _sensor_update(
+        self,
+        sensor: str,
+        seen: Seen | None,
+        interval: float | None,
+        anomalies: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> Update:
+        """``$max``/``$min``/``$inc`` the sensor's document; drop its received counts older than RATE_MINUTES.
+
+        ``anomalies`` (this bridge's latest RECENT_ANOMALIES of the sensor) replace the stored ones.
+        """
+        if seen is None:
+            return sensor, {"$set": {"anomalies": anomalies}}
         written = self._written_minutes.setdefault(sensor, set())
         written.update(seen.received)
         expired = {m for m in written if m <= epoch_minute(now) - RATE_MINUTES}
@@ -240,8 +257,11 @@ class Timeline:
             "$min": {"first_seen": seen.first_seen},
             "$inc": {f"received.{m}": n for m, n in seen.received.items()},
         }
+        update["$set"] = {}
         if interval is not None:
-            update["$set"] = {"interval_s": interval}
+            update["$set"]["interval_s"] = interval
+        if anomalies is not None:
+            update["$set"]["anomalies"] = anomalies
         if expired - seen.received.keys():
             update["$unset"] = {f"received.{m}": "" for m in expired - seen.received.keys()}
         return sensor, update
@@ -294,10 +314,10 @@ class Timeline:
 
 
 def _statement(key: str, update: dict[str, Any], write_id: str) -> dict[str, Any]:
-    """The upsert of one document by ``_id``, marked with this flush's ``write_id``."""
+    """The upsert of one document by ``_id``, marked with this flush's ``write_id`` and when (``updated_at``)."""
     return {
         "q": {"_id": key},
-        "u": {**update, "$set": {**update.get("$set", {}), "write_id": write_id}},
+        "u": {**update, "$set": {**update.get("$set", {}), "write_id": write_id, "updated_at": datetime.now(UTC)}},
         "upsert": True,
     }
 

@@ -106,7 +106,6 @@ def test_every_query_of_the_page_is_answered_from_an_index(reader: tuple[Reader,
         contract.COLLECTION_AGGREGATES,
         contract.COLLECTION_AGGREGATES_HOURLY,
         contract.COLLECTION_AGGREGATES_DAILY,
-        contract.COLLECTION_ALERTS,
         contract.COLLECTION_REJECTIONS,
     }
     capped = {contract.COLLECTION_ALERTS, contract.COLLECTION_REJECTIONS}
