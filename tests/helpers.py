@@ -301,3 +301,13 @@ class CommandLog(monitoring.CommandListener):
     def on(self, collection: str) -> list[str]:
         """The names of the commands sent to ``collection``, in order."""
         return [name for c in self.commands for name, target in list(c.items())[:1] if target == collection]
+
+
+def mosquitto_directives(text: str) -> list[tuple[str, str]]:
+    """(setting, value) of every line of a mosquitto.conf that is not blank or a comment, in order."""
+    result = []
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key and not key.startswith("#"):
+            result.append((key, value.strip()))
+    return result

@@ -28,6 +28,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 from localstack.testing import compose_cli
+from tests.helpers import mosquitto_directives
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -372,16 +373,6 @@ MOSQUITTO_REQUIRED = (
 )
 
 
-def mosquitto_settings(text: str) -> list[tuple[str, str]]:
-    """(setting, value) for every line of a mosquitto.conf that is not a comment, in order."""
-    result = []
-    for line in text.splitlines():
-        key, _, value = line.strip().partition(" ")
-        if key and not key.startswith("#"):
-            result.append((key, value.strip()))
-    return result
-
-
 def local_mosquitto_conf(run_as_root: bool = False) -> str:
     from localstack.stack import MOSQUITTO_CONF, MOSQUITTO_PATH_SETTINGS, render_mosquitto_conf
 
@@ -397,8 +388,8 @@ def test_the_local_stack_runs_composes_mosquitto_settings(run_as_root: bool) -> 
     from localstack.stack import MOSQUITTO_PATH_SETTINGS
 
     local_only = {*MOSQUITTO_PATH_SETTINGS, "listener", "user"}
-    compose = mosquitto_settings((ROOT / "mosquitto/mosquitto.conf").read_text())
-    local = mosquitto_settings(local_mosquitto_conf(run_as_root))
+    compose = mosquitto_directives((ROOT / "mosquitto/mosquitto.conf").read_text())
+    local = mosquitto_directives(local_mosquitto_conf(run_as_root))
     assert [s for s in compose if s[0] not in local_only] == [s for s in local if s[0] not in local_only]
     assert [k for k, _ in compose if k in local_only] == [k for k, _ in local if k in local_only and k != "user"]
     assert (("user", "root") in local) == run_as_root
@@ -407,7 +398,7 @@ def test_the_local_stack_runs_composes_mosquitto_settings(run_as_root: bool) -> 
 
 
 def test_mosquitto_conf_states_the_limits() -> None:
-    settings = dict(mosquitto_settings((ROOT / "mosquitto/mosquitto.conf").read_text()))
+    settings = dict(mosquitto_directives((ROOT / "mosquitto/mosquitto.conf").read_text()))
     missing = [key for key in MOSQUITTO_REQUIRED if key not in settings]
     assert not missing, f"mosquitto/mosquitto.conf: set {missing}"
     assert settings["allow_anonymous"] == "false" and settings["per_listener_settings"] == "false"

@@ -27,6 +27,7 @@ from localstack.servers.kafka import (
 )
 from localstack.servers.mosquitto import MOSQUITTO_CONF, MOSQUITTO_PATH_SETTINGS, Mosquitto, render_mosquitto_conf
 from localstack.stack import Stack, StackError
+from tests.helpers import mosquitto_directives
 
 README = REPO_ROOT / "localstack" / "README.md"
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -44,16 +45,6 @@ INT_VARIABLES = [*PORTS, "KAFKA_NUM_PARTITIONS"]
 
 def config(tmp_path: Path, **extra: str) -> StackConfig:
     return StackConfig.from_env({"STACK_DIR": str(tmp_path / "stack"), **PORTS, **SECRETS, **extra})
-
-
-def directives(text: str) -> list[tuple[str, str]]:
-    """(setting, value) of every line of a mosquitto.conf that is not blank or a comment, in order."""
-    result = []
-    for line in text.splitlines():
-        key, _, value = line.strip().partition(" ")
-        if key and not key.startswith("#"):
-            result.append((key, value.strip()))
-    return result
 
 
 # --------------------------------------------------------------------------- environment variables
@@ -181,8 +172,10 @@ def test_start_on_the_command_line_names_a_bad_variable(
 def test_the_rendered_mosquitto_conf_has_every_directive_of_composes(run_as_root: bool) -> None:
     paths = {key: f"/local/{key}" for key in MOSQUITTO_PATH_SETTINGS}
     ports = {"MQTT_PORT": 22883, "MQTT_WS_PORT": 22884}
-    compose = directives(MOSQUITTO_CONF.read_text())
-    local = directives(render_mosquitto_conf(MOSQUITTO_CONF.read_text(), paths, ports, run_as_root=run_as_root))
+    compose = mosquitto_directives(MOSQUITTO_CONF.read_text())
+    local = mosquitto_directives(
+        render_mosquitto_conf(MOSQUITTO_CONF.read_text(), paths, ports, run_as_root=run_as_root)
+    )
     assert (("user", "root") in local) == run_as_root
     local = [d for d in local if d != ("user", "root")]
     assert len(local) == len(compose)
@@ -202,12 +195,12 @@ def test_the_stack_renders_mosquitto_conf_with_its_own_paths(tmp_path: Path) -> 
     stack = Stack(config(tmp_path))
     server = stack.servers["mosquitto"]
     assert isinstance(server, Mosquitto)
-    rendered = dict(d for d in directives(server.render()) if d[0] != "listener")
+    rendered = dict(d for d in mosquitto_directives(server.render()) if d[0] != "listener")
     conf, data = stack.config.conf_dir("mosquitto"), stack.config.data_dir("mosquitto")
     assert rendered["password_file"] == str(conf / "passwd")
     assert rendered["plugin_opt_owners_file"] == str(conf / "owners")
     assert rendered["persistence_location"] == f"{data}/"
-    assert rendered["max_packet_size"] == dict(directives(MOSQUITTO_CONF.read_text()))["max_packet_size"]
+    assert rendered["max_packet_size"] == dict(mosquitto_directives(MOSQUITTO_CONF.read_text()))["max_packet_size"]
 
 
 @pytest.mark.parametrize(
