@@ -51,9 +51,11 @@ def test_train_from_a_csv_saves_the_model_with_its_metadata(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     loaded = load_model(out)
     assert f"saved mine (hash {loaded.identity.hash}) to {out}" in result.stdout
-    assert loaded.identity.name == "mine" and type(loaded.model).__name__ == "Prophet"
+    # Prophet, its interval calibrated on held-out errors (Models_analysis/calibration.py).
+    assert loaded.identity.name == "mine" and type(loaded.model).__name__ == "Calibrated"
+    assert type(loaded.model.model).__name__ == "Prophet"
     assert loaded.metadata["rows"] == 60 and loaded.metadata["train_start"].startswith("2026-11-01T00:00")
-    assert set(loaded.metadata["versions"]) == {"prophet", "pandas", "numpy"}
+    assert set(loaded.metadata["versions"]) == {"prophet", "pandas", "numpy", "statsmodels"}
 
     bad = tmp_path / "bad.csv"
     bad.write_text("time,count\n2026-11-01T00:00:00Z,1\n2026-11-01T00:01:00Z,many\n")
@@ -74,7 +76,7 @@ def test_train_from_mongodb_readings_of_one_sensor(pipeline: Pipeline, tmp_path:
     assert result.returncode == 0, result.stderr
     loaded = load_model(out)
     assert loaded.metadata["rows"] == 30 and pipeline.sensor_id(1) in loaded.metadata["source"]
-    assert type(loaded.model).__name__ == "TrendModel"
+    assert type(loaded.model).__name__ == "Calibrated" and type(loaded.model.model).__name__ == "TrendModel"
 
 
 def test_swapping_the_model_file_switches_identity_without_a_gap_or_restart(pipeline: Pipeline, tmp_path: Path) -> None:
