@@ -85,8 +85,13 @@ def stream_with_fault(
     alerts = pipeline.db[contract.COLLECTION_ALERTS].count_documents(query)
     on_alerts = copies(pipeline, "KAFKA_TOPIC_ALERTS", want=alerts)
     assert len(on_alerts) == alerts, "one alert record per stored alert"
+    doubled_readings = {i for i, n in on_analytics.items() if n > 1}
     for topic, seen in (("KAFKA_TOPIC_READINGS", on_analytics), ("KAFKA_TOPIC_ALERTS", on_alerts)):
         doubled = {i: n for i, n in seen.items() if n > 1}
+        if topic == "KAFKA_TOPIC_ALERTS":
+            # A reading copied on analytics is scored twice, so its alert may be too: that copy
+            # follows from the one the README allows; any other is a fault of the model service.
+            doubled = {i: n for i, n in doubled.items() if i not in doubled_readings}
         if topic not in doubles_may_reach:
             assert not doubled, f"{len(doubled)} reading ids have copies on {topic} after this fault"
     still_down = [p.name for p in pipeline.processes if not p.name.startswith("sensor") and not p.alive]
