@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_compose import code_metric_names, metric_names_in, mosquitto_settings
+from tests.helpers import mosquitto_directives
+from tests.unit.test_compose import code_metric_names, metric_names_in
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "alerts.yml"
@@ -215,7 +216,7 @@ def test_the_rejection_rate_counts_the_bridges_and_the_model_services_rejections
 
 @pytest.mark.parametrize(("name", "share"), [("BrokerQueueFilling", 0.5), ("BrokerQueueNearLimit", 0.8)])
 def test_the_broker_queue_thresholds_are_shares_of_mosquittos_limits(name: str, share: float) -> None:
-    settings = dict(mosquitto_settings(MOSQUITTO_CONF.read_text()))
+    settings = dict(mosquitto_directives(MOSQUITTO_CONF.read_text()))
     expr = alerting_rules()[name]["expr"]
     for metric, key in (
         ("pipeline_broker_stored_messages", "max_queued_messages"),
