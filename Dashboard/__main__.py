@@ -11,6 +11,7 @@ import uvicorn
 from pymongo import MongoClient
 
 from Dashboard.app import create_app
+from Dashboard.firing import Alertmanager
 from Dashboard.probe import ServiceProbe
 from Dashboard.queries import Reader
 from Dashboard.settings import Settings
@@ -45,12 +46,14 @@ def main() -> int:
     reader = Reader(client[config.MONGO_DATABASE])
     # pipeline_ready{check="mongodb"} at every scrape, not only after a /readyz call.
     health.watch({"mongodb": reader.ping})
-    app = create_app(config, reader, probe)
+    alertmanager = Alertmanager(config.DASHBOARD_ALERTMANAGER_URL)
+    app = create_app(config, reader, probe, alertmanager)
     logger.info(
-        "dashboard on :%d, database %s, services: %s",
+        "dashboard on :%d, database %s, services: %s, alerts from: %s",
         config.DASHBOARD_PORT,
         config.MONGO_DATABASE,
         ", ".join(config.services) or "none (DASHBOARD_SERVICES is empty)",
+        config.DASHBOARD_ALERTMANAGER_URL or "none (DASHBOARD_ALERTMANAGER_URL is empty)",
     )
     try:
         if not stopped.is_set():

@@ -15,17 +15,18 @@ import csv
 import io
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pymongo.errors import PyMongoError
 
 from Dashboard import metrics
+from Dashboard.firing import Alertmanager, load_runbooks
 from Dashboard.probe import ServiceProbe
 from Dashboard.queries import MAX_RANGE, RAW_UP_TO, Reader
 from Dashboard.settings import Settings
@@ -74,8 +75,22 @@ def csv_lines(sensor: str, points: Iterator[dict[str, Any]], every: int = 1000) 
     yield buffer.getvalue()
 
 
-def create_app(settings: Settings, reader: Reader, probe: ServiceProbe) -> FastAPI:
-    """The dashboard's ASGI app, reading from ``reader`` and asking ``probe`` about the services."""
+def create_app(
+    settings: Settings,
+    reader: Reader,
+    probe: ServiceProbe,
+    alertmanager: Alertmanager | None = None,
+    runbooks: Mapping[str, str] | None = None,
+) -> FastAPI:
+    """The dashboard's ASGI app, reading from ``reader``, asking ``probe`` about the services and
+    ``alertmanager`` (by default the one DASHBOARD_ALERTMANAGER_URL names) for the alerts firing now.
+
+    ``runbooks`` (by default docs/alerts.md's) are served at /runbooks/<anchor>, where the page links each alert.
+    """
+    if alertmanager is None:
+        alertmanager = Alertmanager(settings.DASHBOARD_ALERTMANAGER_URL)
+    if runbooks is None:
+        runbooks = load_runbooks()
     # No /docs: Swagger UI loads from a CDN, and users' networks may be closed.
     app = FastAPI(title="Sensor pipeline dashboard", docs_url=None, redoc_url=None)
     username = settings.DASHBOARD_USERNAME
@@ -148,6 +163,24 @@ def create_app(settings: Settings, reader: Reader, probe: ServiceProbe) -> FastA
         """Each service in DASHBOARD_SERVICES: up/not_ready/down, its checks, messages per second, consumer lag."""
         with metrics.QUERY_SECONDS.labels("health").time():
             return probe.check_all()
+
+    @app.get("/api/firing")
+    def firing() -> dict[str, Any]:
+        """The alerts firing now on Alertmanager (not silenced, not inhibited), the most severe first.
+
+        ``status`` is ``ok``, ``unreachable`` (``error`` says why; ``alerts`` is then empty
+        and means nothing) or ``not_configured`` (DASHBOARD_ALERTMANAGER_URL is empty).
+        """
+        with metrics.QUERY_SECONDS.labels("firing").time():
+            return alertmanager.firing()
+
+    @app.get("/runbooks/{name}", response_class=PlainTextResponse)
+    def runbook(name: str) -> PlainTextResponse:
+        """The runbook of one alert (its section of docs/alerts.md), as text."""
+        text = runbooks.get(name.lower())
+        if text is None:
+            return PlainTextResponse(f"no runbook named {name[:64]!r} (docs/alerts.md)", status_code=404)
+        return PlainTextResponse(text)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:

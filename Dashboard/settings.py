@@ -9,6 +9,8 @@ from pydantic import Field, SecretStr, field_validator
 from pipeline.settings import CommonSettings, MongoSettings
 
 _SERVICE = re.compile(r"^[A-Za-z0-9_-]{1,64}=https?://[^\s,]+$")
+#: A base URL: scheme, host, optional port and path; no login, query or fragment.
+_BASE_URL = re.compile(r"^https?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?(/[^\s?#@]*)?$")
 
 
 class Settings(CommonSettings, MongoSettings):
@@ -27,6 +29,9 @@ class Settings(CommonSettings, MongoSettings):
     #: the url being the base of the service's /readyz and /metrics, e.g.
     #: ``server=http://server:8000,model_analysis=http://model_analysis:8000``.
     DASHBOARD_SERVICES: str = ""
+    #: Alertmanager's base URL (``http://alertmanager:9093``): the page shows the
+    #: alerts firing there. Empty: no alerting, and the page says so.
+    DASHBOARD_ALERTMANAGER_URL: str = ""
 
     @field_validator("DASHBOARD_SERVICES")
     @classmethod
@@ -35,6 +40,17 @@ class Settings(CommonSettings, MongoSettings):
             if not _SERVICE.match(entry):
                 raise ValueError(f"{entry[:80]!r} is not name=http(s)://host:port")
         return value
+
+    @field_validator("DASHBOARD_ALERTMANAGER_URL")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        value = value.strip()
+        if "@" in value:
+            # Not quoted back: what precedes the @ may be a password.
+            raise ValueError("holds a login (user@host): give the URL Alertmanager answers without one")
+        if value and not _BASE_URL.match(value):
+            raise ValueError(f"{value[:80]!r} is not http(s)://host:port (no login, query or fragment)")
+        return value.rstrip("/")
 
     @property
     def services(self) -> dict[str, str]:

@@ -101,6 +101,71 @@ function renderHealth(services) {
   if (!services.length) list.append(el("li", { class: "service subtle" }, "no services configured (DASHBOARD_SERVICES)"));
 }
 
+// --- alerts firing now (Alertmanager, through /api/firing) --------------------------
+
+// Severities with a colour of their own; any other is shown as written, in grey.
+const SEVERITIES = new Set(["critical", "warning", "info"]);
+const PAGE_TITLE = document.title;
+
+function firingAlert(a) {
+  const severity = SEVERITIES.has(a.severity) ? a.severity : "other";
+  const labels = Object.entries(a.labels || {}).map(([key, value]) => {
+    const chip = el("span", { class: "label", "data-label": key }, `${key}=${value}`);
+    if (key === "sensor" && value) {
+      chip.classList.add("link");
+      chip.title = "show this sensor";
+      chip.addEventListener("click", () => choose(value));
+    }
+    return chip;
+  });
+  const item = el(
+    "li",
+    { class: `firing ${severity}`, "data-alertname": a.name, "data-severity": a.severity, "data-fingerprint": a.fingerprint || "" },
+    el("span", { class: `badge ${severity}` }, a.severity),
+    el("strong", { class: "alertname" }, a.name),
+    el("span", { class: "summary" }, a.summary ?? "(no summary)"),
+    el("time", { dateTime: a.since || "", title: a.since || "" }, a.since ? `since ${clock(a.since)}, ${ago((Date.now() - Date.parse(a.since)) / 1000)}` : "since –"),
+  );
+  // Only the dashboard's own runbook pages and http(s) links; the server checked too.
+  if (a.runbook_url && /^(\/runbooks\/|https?:\/\/)/.test(a.runbook_url)) {
+    item.append(el("a", { class: "runbook", href: a.runbook_url, target: "_blank", rel: "noopener noreferrer", title: a.runbook || "" }, "runbook"));
+  }
+  if (labels.length) item.append(el("span", { class: "labels" }, ...labels));
+  return item;
+}
+
+function renderFiring(answer) {
+  const panel = $("#firing-panel");
+  const alerts = answer.alerts || [];
+  Object.assign(panel.dataset, { status: answer.status, count: String(alerts.length) });
+  $("#firing-count").textContent = answer.status === "ok" ? `(${answer.total})` : "";
+  let text = "";
+  if (answer.status === "not_configured") {
+    text = "Alerting is not configured (DASHBOARD_ALERTMANAGER_URL is empty): this page cannot show alerts.";
+  } else if (answer.status === "unreachable") {
+    // Never an empty list that reads as "all good": say what is unknown.
+    const last = answer.last_ok_at ? `last answer at ${clock(answer.last_ok_at)}` : "no answer since the dashboard started";
+    text = `Alerting unreachable: Alertmanager at ${answer.alertmanager}: ${answer.error} (${last}). Alerts may be firing that this page cannot show.`;
+  } else if (answer.status === "ok") {
+    if (!alerts.length) text = `No alert firing (Alertmanager, ${clock(answer.checked_at)}).`;
+  } else {
+    text = `Alerts unknown: ${answer.error}`;
+  }
+  const state = $("#firing-state");
+  state.textContent = text;
+  state.hidden = !text;
+  $("#firing").replaceChildren(...alerts.map(firingAlert));
+  const notes = [];
+  if (answer.total > alerts.length) notes.push(`and ${fmt(answer.total - alerts.length, 0)} more on Alertmanager`);
+  if (answer.skipped) notes.push(`${fmt(answer.skipped, 0)} items of Alertmanager's answer were not alerts`);
+  $("#firing-more").textContent = notes.join("; ");
+  $("#firing-more").hidden = !notes.length;
+  // The tab says it too, for a page left open behind others.
+  const count = answer.status === "ok" ? answer.total : 0;
+  const mark = answer.status === "unreachable" ? "(alerting?) " : count ? `(${count} firing) ` : "";
+  document.title = mark + PAGE_TITLE;
+}
+
 // --- sensors ------------------------------------------------------------------
 
 function renderSensors(sensors) {
@@ -324,13 +389,16 @@ async function refresh() {
   const status = $("#updated");
   try {
     const events = state.polls++ % EVENTS_EVERY === 0;
-    const [sensors, health, alerts, rejections] = await Promise.all([
+    const [sensors, health, firing, alerts, rejections] = await Promise.all([
       api("/api/sensors"),
       api("/api/health"),
+      // Its own failure is shown in its panel; the rest of the page goes on.
+      api("/api/firing").catch((error) => ({ status: "error", error: error.message, alerts: [], total: 0 })),
       events ? api("/api/alerts?limit=20") : null,
       events ? api("/api/rejections?limit=20") : null,
     ]);
     renderHealth(health);
+    renderFiring(firing);
     renderSensors(sensors);
     if (alerts) renderAlerts(alerts);
     if (rejections) renderRejections(rejections);
