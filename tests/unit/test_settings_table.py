@@ -585,6 +585,12 @@ EFFECTS: dict[str, list[str]] = {
         U + "test_the_dashboard_serves_on_dashboard_port_and_watches_dashboard_services",
         "tests/e2e/test_dashboard.py::test_health_shows_services_up_and_their_rates",
     ],
+    "DASHBOARD_ALERTMANAGER_URL": [
+        U + "test_the_dashboard_serves_on_dashboard_port_and_watches_dashboard_services",
+        "tests/unit/test_firing.py::test_alertmanager_is_asked_for_active_unsilenced_uninhibited_alerts_once_per_cache_period",
+        "tests/unit/test_firing.py::test_without_a_url_alerting_is_not_configured_and_nothing_is_asked",
+        "tests/e2e/test_alerting.py::test_a_stopped_bridge_is_alerted_silenced_and_resolved",
+    ],
 }
 
 
@@ -1887,7 +1893,13 @@ def test_the_dashboard_serves_on_dashboard_port_and_watches_dashboard_services()
         "MONGO_DATABASE": "pages",
         "DASHBOARD_PORT": "8093",
         "DASHBOARD_SERVICES": "server=http://server:8000/, model_analysis=http://m:8001",
+        "DASHBOARD_ALERTMANAGER_URL": "http://am.example:9093/",
     }
+
+    def fake_app(*args: Any) -> Any:
+        seen["alertmanager"] = args[3].url
+        return SimpleNamespace()
+
     with (
         keep_signals(),
         _setup_levels()[1],
@@ -1895,7 +1907,7 @@ def test_the_dashboard_serves_on_dashboard_port_and_watches_dashboard_services()
         mock.patch.object(dashboard_main, "MongoClient", FakeMongo),
         mock.patch.object(dashboard_main, "ServiceProbe", FakeProbe),
         mock.patch.object(dashboard_main, "Reader", lambda db: SimpleNamespace(ping=lambda: True)),
-        mock.patch.object(dashboard_main, "create_app", lambda *args: SimpleNamespace()),
+        mock.patch.object(dashboard_main, "create_app", fake_app),
         mock.patch.object(dashboard_main.uvicorn, "Server", FakeServer),
     ):
         assert dashboard_main.main() == 0
@@ -1904,6 +1916,7 @@ def test_the_dashboard_serves_on_dashboard_port_and_watches_dashboard_services()
         "database": "pages",
         "services": {"server": "http://server:8000", "model_analysis": "http://m:8001"},
         "port": 8093,
+        "alertmanager": "http://am.example:9093",
     }
 
 
