@@ -24,7 +24,9 @@ def main() -> int:
     config = settings.load(Settings)
     logs.setup(config.LOG_LEVEL, "model")
     try:
-        models = ModelRegistry(config.MODEL_PATH, check_every_s=config.MODEL_RELOAD_CHECK_S)
+        models = ModelRegistry(
+            config.MODEL_PATH, check_every_s=config.MODEL_RELOAD_CHECK_S, trained=config.MODEL_TRAINED_PATH
+        )
     except ModelError as error:
         logger.error("MODEL_PATH: %s", error)
         return 2

@@ -16,6 +16,12 @@ REJECTED = Counter(
 BATCH_SIZE = Histogram("pipeline_score_batch_size", "Readings per predict call", buckets=BATCH_BUCKETS)
 PREDICT_SECONDS = Histogram("pipeline_predict_seconds", "Time of one batch's predict", buckets=LATENCY_BUCKETS)
 FORECASTS = Counter("pipeline_forecasts", "Distinct forecast times used, by where the forecast came from", ["source"])
+GRIDS_MADE = Counter(
+    "pipeline_forecast_grids",
+    "Grids of forecasts made ahead, by when: now (in a batch: none yet, or run out) or ahead (in the background)",
+    ["when"],
+)
+GRIDS = Gauge("pipeline_forecast_grids_kept", "Models with a grid of forecasts made ahead")
 STORED_TO_SCORED = Histogram(
     "pipeline_stored_to_scored_seconds", "Reading accepted by the bridge to scored", buckets=LATENCY_BUCKETS
 )

@@ -166,13 +166,13 @@ def score(
             later = (times[-1] + step * k for k in range(1, ahead + 1))
             wanted = times + [t for t in later if forecasts.get(loaded.identity.hash, t) is None]
         try:
-            made = _rows(forecast(loaded.model, wanted), wanted)
+            made = rows_of(forecast(loaded.model, wanted), wanted)
         except Exception as error:  # noqa: BLE001 - any model failure is isolated below
             logger.warning("predict failed for a batch of %d times (%s); scoring them one by one", len(times), error)
             made = {}
             for moment in times:
                 try:
-                    made.update(_rows(forecast(loaded.model, [moment]), [moment]))
+                    made.update(rows_of(forecast(loaded.model, [moment]), [moment]))
                 except Exception as single:  # noqa: BLE001
                     failures[moment] = f"the model could not score this time: {type(single).__name__}: {single}"
         table.update(made)
@@ -190,25 +190,31 @@ def score(
                 )
             )
             continue
-        yhat, lower, upper = table[point]
-        results.append(
-            contract.Prediction(
-                id=reading.id,
-                sensor=reading.sensor,
-                ds=reading.ts,
-                yhat=yhat,
-                yhat_lower=lower,
-                yhat_upper=upper,
-                v=reading.v,
-                anomaly=not (lower <= reading.v <= upper),
-                model=loaded.identity,
-                scored_at=now,
-            )
-        )
+        results.append(prediction(reading, table[point], loaded.identity, now))
     return results
 
 
-def _rows(frame: pd.DataFrame, times: Sequence[datetime]) -> dict[datetime, Row]:
+def prediction(
+    reading: contract.Reading, row: Row, identity: contract.ModelIdentity, scored_at: datetime
+) -> contract.Prediction:
+    """The prediction of ``reading`` from its forecast ``row``: an anomaly when ``v`` is outside the interval."""
+    yhat, lower, upper = row
+    return contract.Prediction(
+        id=reading.id,
+        sensor=reading.sensor,
+        ds=reading.ts,
+        yhat=yhat,
+        yhat_lower=lower,
+        yhat_upper=upper,
+        v=reading.v,
+        anomaly=not (lower <= reading.v <= upper),
+        model=identity,
+        scored_at=scored_at,
+    )
+
+
+def rows_of(frame: pd.DataFrame, times: Sequence[datetime]) -> dict[datetime, Row]:
+    """The (yhat, lower, upper) of each time from a predict's frame; ModelError on a non-finite one."""
     values = frame[list(FORECAST_COLUMNS)].astype(float).to_numpy()
     table = {}
     for moment, (yhat, lower, upper) in zip(times, values, strict=True):

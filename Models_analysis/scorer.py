@@ -7,6 +7,10 @@ has confirmed them are the input offsets committed. A crash re-scores at most
 the uncommitted batch, and the bridge stores by reading id, so nothing doubles.
 The cycle, and what becomes a dead letter, is :class:`pipeline.batch.BatchLoop`'s.
 
+Each model in use has its forecasts made ahead on a time grid
+(Models_analysis.ahead): a reading inside its model's grid is scored by a
+lookup, and only readings outside it call predict.
+
 Every predict call runs under a time budget (MODEL_PREDICT_TIMEOUT_S) in a
 worker thread of its own: past it, the batch's readings become prediction
 errors that say so, the service reports itself not ready with the reason, and
@@ -29,7 +33,8 @@ from pathlib import Path
 from confluent_kafka import Consumer, Message, Producer
 
 from Models_analysis import metrics
-from Models_analysis.model import Forecasts, LoadedModel, score
+from Models_analysis.ahead import Grids, plan
+from Models_analysis.model import Forecasts, LoadedModel, prediction, score
 from Models_analysis.registry import ModelRegistry
 from Models_analysis.settings import Settings
 from pipeline import contract
@@ -122,6 +127,7 @@ class Scorer:
             consumer, [settings.KAFKA_TOPIC_READINGS], settings.MODEL_BATCH_MAX, settings.MODEL_BATCH_WAIT_MS / 1000
         )
         self.forecasts = Forecasts(settings.MODEL_FORECAST_CACHE)
+        self.grids = Grids(settings.MODEL_TIME_GRID_MS, settings.MODEL_FORECAST_AHEAD)
         dead_letters = DeadLetters(producer, settings.KAFKA_TOPIC_DEADLETTER, stop, metrics.REJECTED)
         self.loop = BatchLoop(self.source, self, dead_letters, stop, (KafkaUnavailable,))
 
@@ -131,6 +137,7 @@ class Scorer:
             self.loop.run()
         finally:
             self.budget.close()
+            self.grids.close()
 
     def handle(self, message: Message) -> contract.Reading:
         """One reading from the readings topic (a contract error makes it a dead letter)."""
@@ -220,18 +227,53 @@ class Scorer:
             batch = [readings[i] for i in indexes]
             try:
                 with metrics.PREDICT_SECONDS.time():
-                    scored = self.budget.call(
-                        score,
-                        model,
-                        batch,
-                        self.settings.MODEL_TIME_GRID_MS,
-                        self.forecasts,
-                        self.settings.MODEL_FORECAST_AHEAD,
-                    )
+                    scored = self._score_model(model, batch)
             except TimeoutError as error:
                 errors(indexes, str(error), model.identity)
                 continue
             metrics.BATCH_SIZE.observe(len(indexes))
-            for i, result in zip(indexes, scored, strict=True):  # type: ignore[call-overload]
+            for i, result in zip(indexes, scored, strict=True):
+                results[i] = result
+        if self.grids.enabled:
+            in_use = getattr(self.models, "in_use", None)
+            if in_use is not None:
+                self.grids.keep_only(m.identity.hash for m in in_use())
+            metrics.GRIDS.set(len(self.grids))
+        return [r for r in results if r is not None]
+
+    def _direct(self, model: LoadedModel, batch: list[contract.Reading]) -> list[contract.Result]:
+        """Score by predict calls, within the time budget (TimeoutError past it)."""
+        scored = self.budget.call(score, model, batch, self.settings.MODEL_TIME_GRID_MS, self.forecasts)
+        return scored  # type: ignore[return-value]
+
+    def _score_model(self, model: LoadedModel, batch: list[contract.Reading]) -> list[contract.Result]:
+        """One model's readings: a lookup in its grid where it covers them, a direct predict for the rest."""
+        if not self.grids.enabled:
+            return self._direct(model, batch)
+        now = datetime.now(UTC)
+        grid = self.grids.get(model.identity.hash)
+        decided = plan(grid, [r.ts for r in batch], now, self.grids.horizon)
+        if decided.build_at is not None:
+            try:
+                grid = self.budget.call(self.grids.build, model, decided.build_at)  # type: ignore[assignment]
+            except TimeoutError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the readings are scored one by one below instead
+                logger.warning("could not forecast ahead with %s (%s); predicting directly", model.identity, error)
+                grid = None
+        elif decided.refresh_at is not None:
+            self.grids.refresh_later(model, decided.refresh_at)
+        results: list[contract.Result | None] = [None] * len(batch)
+        outside: list[int] = []
+        for index, reading in enumerate(batch):
+            row = grid.lookup(reading.ts) if grid is not None else None
+            if row is None:
+                outside.append(index)
+            else:
+                results[index] = prediction(reading, row, model.identity, now)
+        metrics.FORECASTS.labels("grid").inc(len(batch) - len(outside))
+        if outside:
+            direct = self._direct(model, [batch[i] for i in outside])
+            for i, result in zip(outside, direct, strict=True):
                 results[i] = result
         return [r for r in results if r is not None]

@@ -31,8 +31,13 @@ class Settings(CommonSettings, KafkaSettings):
     MODEL_TIME_GRID_MS: int = Field(1000, ge=0, le=3_600_000)
     #: Forecasts kept between batches, by model and grid time (0: none).
     MODEL_FORECAST_CACHE: int = Field(10_000, ge=0, le=10_000_000)
-    #: Grid times after a batch's latest forecast in the same predict call (0: none).
-    MODEL_FORECAST_AHEAD: int = Field(30, ge=0, le=10_000)
+    #: Grid times each model forecasts ahead of its newest reading, made before the readings
+    #: arrive and refreshed in the background when half are used; a reading is then scored by
+    #: a lookup (0: no grid, every batch calls predict). See README "Models".
+    MODEL_FORECAST_AHEAD: int = Field(600, ge=0, le=100_000)
+    #: A folder of <sensor>.joblib models written by the trainer (python -m Models_analysis.trainer);
+    #: such a model serves its sensor before MODEL_PATH's (none: only MODEL_PATH).
+    MODEL_TRAINED_PATH: Path | None = None
     #: Longest one predict call may take; past it the batch becomes prediction errors and
     #: the service is not ready until the call returns.
     MODEL_PREDICT_TIMEOUT_S: float = Field(10.0, gt=0, le=3600)

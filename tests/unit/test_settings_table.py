@@ -395,6 +395,7 @@ OWN_USER = "tests/integration/test_security.py::test_a_sensor_with_its_own_user_
 OVER_TLS = "tests/integration/test_security.py::test_sensors_and_bridge_work_over_tls"
 RETAINED = "tests/integration/test_retention.py::"
 CAPPED = "tests/integration/test_bad_input.py::test_rejections_are_a_capped_collection_of_the_configured_size"
+AHEAD = "tests/unit/test_scoring_ahead.py::"
 E2E_PIPELINE = "tests/e2e/test_pipeline.py::test_three_sensors_every_reading_gets_one_prediction"
 HUNG_MODEL = "tests/e2e/test_models.py::" + (
     "test_a_model_that_hangs_turns_its_batches_into_prediction_errors_and_the_service_not_ready"
@@ -557,13 +558,15 @@ EFFECTS: dict[str, list[str]] = {
     "MODEL_BATCH_MAX": [U + "test_the_model_service_consumes_as_configured"],
     "MODEL_BATCH_WAIT_MS": [U + "test_the_model_service_consumes_as_configured"],
     "MODEL_TIME_GRID_MS": [
-        U + "test_a_batch_is_forecast_once_per_grid_time_plus_model_forecast_ahead",
+        U + "test_a_batch_is_forecast_once_per_grid_time",
         U + "test_a_time_grid_of_zero_forecasts_the_exact_times",
+        AHEAD + "test_any_time_inside_the_grid_gets_the_direct_predict_at_its_grid_time",
     ],
     "MODEL_FORECAST_CACHE": [U + "test_the_forecast_cache_keeps_model_forecast_cache_forecasts_between_batches"],
     "MODEL_FORECAST_AHEAD": [
-        U + "test_a_batch_is_forecast_once_per_grid_time_plus_model_forecast_ahead",
-        U + "test_the_grid_times_forecast_ahead_serve_the_next_batches",
+        AHEAD + "test_scoring_is_a_lookup_once_the_grid_is_made",
+        AHEAD + "test_the_grid_is_refreshed_in_the_background_before_it_runs_out",
+        AHEAD + "test_without_a_grid_every_batch_predicts",
     ],
     "MODEL_PREDICT_TIMEOUT_S": [
         U + "test_a_predict_call_past_model_predict_timeout_s_becomes_prediction_errors",
@@ -1539,16 +1542,20 @@ def test_server_main_passes_its_settings_on() -> None:
 
 
 def test_model_main_loads_model_path_checked_every_reload_check_s(tmp_path: Path) -> None:
-    made: list[tuple[Path, float]] = []
+    made: list[tuple[Path, float, Path | None]] = []
 
-    def registry(path: Path, check_every_s: float) -> ModelRegistry:
-        made.append((path, check_every_s))
+    def registry(path: Path, check_every_s: float, trained: Path | None = None) -> ModelRegistry:
+        made.append((path, check_every_s, trained))
         raise ModelError("stop here")
 
-    env = {"MODEL_PATH": str(tmp_path / "mine.joblib"), "MODEL_RELOAD_CHECK_S": "0.7"}
+    env = {
+        "MODEL_PATH": str(tmp_path / "mine.joblib"),
+        "MODEL_RELOAD_CHECK_S": "0.7",
+        "MODEL_TRAINED_PATH": str(tmp_path / "trained"),
+    }
     with keep_signals(), mock.patch.dict(os.environ, env), mock.patch.object(model_main, "ModelRegistry", registry):
         assert model_main.main() == 2
-    assert made == [(tmp_path / "mine.joblib", 0.7)]
+    assert made == [(tmp_path / "mine.joblib", 0.7, tmp_path / "trained")]
 
 
 def test_a_changed_model_file_is_picked_up_after_reload_check_s(tmp_path: Path) -> None:
@@ -1637,11 +1644,9 @@ def _readings_at(times: list[datetime]) -> list[contract.Reading]:
 
 
 @hypothesis_settings(max_examples=100)
-@given(grid=st.integers(1, 10_000), ahead=st.integers(0, 40), data=st.data())
-@example(grid=1000, ahead=30, data=None)
-def test_a_batch_is_forecast_once_per_grid_time_plus_model_forecast_ahead(
-    grid: int, ahead: int, data: st.DataObject | None
-) -> None:
+@given(grid=st.integers(1, 10_000), data=st.data())
+@example(grid=1000, data=None)
+def test_a_batch_is_forecast_once_per_grid_time(grid: int, data: st.DataObject | None) -> None:
     half = (grid - 1) // 2  # strictly less than half a step away: the nearest grid time is the slot's
     if data is None:
         slots, offsets = [0, 0, 1, 5], [0, half, -half, 0]
@@ -1649,10 +1654,11 @@ def test_a_batch_is_forecast_once_per_grid_time_plus_model_forecast_ahead(
         slots = data.draw(st.lists(st.integers(0, 30), min_size=1, max_size=20), label="slots")
         offsets = data.draw(st.lists(st.integers(-half, half), min_size=len(slots), max_size=len(slots)))
     readings = _readings_at([_on_grid(grid, s, o) for s, o in zip(slots, offsets, strict=True)])
-    with make_scorer(MODEL_TIME_GRID_MS=grid, MODEL_FORECAST_AHEAD=ahead) as built:
+    # No grid ahead (MODEL_FORECAST_AHEAD=0): the batch's own predict, one row per grid time.
+    with make_scorer(MODEL_TIME_GRID_MS=grid, MODEL_FORECAST_AHEAD=0) as built:
         results = built.scorer.score(readings)
     assert all(isinstance(r, contract.Prediction) for r in results) and len(results) == len(readings)
-    assert built.model.rows_seen == [len(set(slots)) + ahead], "one row per grid time, and AHEAD more, in one call"
+    assert built.model.rows_seen == [len(set(slots))], "one row per grid time, in one call"
 
 
 @hypothesis_settings(max_examples=60)
@@ -1665,33 +1671,19 @@ def test_a_time_grid_of_zero_forecasts_the_exact_times(offsets: list[int]) -> No
 
 
 @hypothesis_settings(max_examples=100)
-@given(cache=st.integers(0, 60), ahead=st.integers(0, 10), points=st.integers(1, 10))
-@example(cache=0, ahead=0, points=1)
-@example(cache=10_000, ahead=30, points=10)
-def test_the_forecast_cache_keeps_model_forecast_cache_forecasts_between_batches(
-    cache: int, ahead: int, points: int
-) -> None:
+@given(cache=st.integers(0, 60), points=st.integers(1, 10))
+@example(cache=0, points=1)
+@example(cache=10_000, points=10)
+def test_the_forecast_cache_keeps_model_forecast_cache_forecasts_between_batches(cache: int, points: int) -> None:
     readings = _readings_at([_on_grid(1000, slot, 0) for slot in range(points)])
-    with make_scorer(MODEL_TIME_GRID_MS=1000, MODEL_FORECAST_AHEAD=ahead, MODEL_FORECAST_CACHE=cache) as built:
+    with make_scorer(MODEL_TIME_GRID_MS=1000, MODEL_FORECAST_AHEAD=0, MODEL_FORECAST_CACHE=cache) as built:
         built.scorer.score(readings)
-        assert len(built.scorer.forecasts) == min(cache, points + ahead), "kept: at most MODEL_FORECAST_CACHE"
+        assert len(built.scorer.forecasts) == min(cache, points), "kept: at most MODEL_FORECAST_CACHE"
         built.scorer.score(readings)
     if cache == 0:
-        assert built.model.rows_seen == [points + ahead] * 2, "0: nothing kept, the same batch is predicted again"
-    elif cache >= points + ahead:
-        assert built.model.rows_seen == [points + ahead], "the same times again: no second predict"
-
-
-@hypothesis_settings(max_examples=60)
-@given(ahead=st.integers(1, 40), step=st.integers(1, 45))
-def test_the_grid_times_forecast_ahead_serve_the_next_batches(ahead: int, step: int) -> None:
-    with make_scorer(MODEL_TIME_GRID_MS=1000, MODEL_FORECAST_AHEAD=ahead) as built:
-        built.scorer.score(_readings_at([_on_grid(1000, 0, 0)]))
-        built.scorer.score(_readings_at([_on_grid(1000, step, 0)]))
-    if step <= ahead:
-        assert built.model.rows_seen == [1 + ahead], "forecast ahead in the first call: no predict"
-    else:
-        assert len(built.model.rows_seen) == 2
+        assert built.model.rows_seen == [points] * 2, "0: nothing kept, the same batch is predicted again"
+    elif cache >= points:
+        assert built.model.rows_seen == [points], "the same times again: no second predict"
 
 
 def test_a_predict_call_past_model_predict_timeout_s_becomes_prediction_errors() -> None:
