@@ -192,6 +192,8 @@ def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int) -> i
         dashboard_env(
             {**login, **stack_env},
             DASHBOARD_PORT=dashboard_port,
+            # This stack runs no Alertmanager; one of yours, if given (the page says "not configured" otherwise).
+            DASHBOARD_ALERTMANAGER_URL=os.environ.get("DASHBOARD_ALERTMANAGER_URL", ""),
             DASHBOARD_SERVICES=(
                 f"server=http://127.0.0.1:{SERVER_HEALTH_PORT},model_analysis=http://127.0.0.1:{MODEL_HEALTH_PORT}"
             ),
