@@ -16,6 +16,7 @@ from Dashboard.probe import ServiceProbe
 from Dashboard.queries import Reader
 from Dashboard.settings import Settings
 from pipeline import health, logs, settings
+from pipeline.mongo import mongo_client
 
 logger = logging.getLogger("Dashboard")
 
@@ -35,8 +36,8 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    client: MongoClient[dict[str, object]] = MongoClient(
-        config.MONGO_URI.get_secret_value(),
+    client: MongoClient[dict[str, object]] = mongo_client(
+        config,
         tz_aware=True,
         serverSelectionTimeoutMS=3000,
         connectTimeoutMS=3000,
@@ -55,6 +56,7 @@ def main() -> int:
         ", ".join(config.services) or "none (DASHBOARD_SERVICES is empty)",
         config.DASHBOARD_ALERTMANAGER_URL or "none (DASHBOARD_ALERTMANAGER_URL is empty)",
     )
+    certificate, key = config.tls_files()
     try:
         if not stopped.is_set():
             server = uvicorn.Server(
@@ -65,6 +67,8 @@ def main() -> int:
                     log_config=None,  # our logging setup, to stdout
                     access_log=config.LOG_LEVEL == "DEBUG",  # the page polls every few seconds
                     timeout_graceful_shutdown=10,
+                    ssl_certfile=certificate,  # HTTPS when both are set
+                    ssl_keyfile=key,
                 )
             )
             server.run()  # exits with 3 (SystemExit) when it cannot bind the port, after logging why

@@ -6,14 +6,14 @@ import re
 
 from pydantic import Field, SecretStr, field_validator
 
-from pipeline.settings import CommonSettings, MongoSettings
+from pipeline.settings import CommonSettings, HttpsSettings, MongoSettings
 
 _SERVICE = re.compile(r"^[A-Za-z0-9_-]{1,64}=https?://[^\s,]+$")
 #: A base URL: scheme, host, optional port and path; no login, query or fragment.
 _BASE_URL = re.compile(r"^https?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?(/[^\s?#@]*)?$")
 
 
-class Settings(CommonSettings, MongoSettings):
+class Settings(CommonSettings, MongoSettings, HttpsSettings):
     """What the dashboard reads from its environment.
 
     HEALTH_PORT (from CommonSettings) is not used: the dashboard answers

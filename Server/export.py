@@ -30,6 +30,7 @@ from pymongo import MongoClient
 from tqdm import tqdm
 
 from pipeline import contract, settings
+from pipeline.mongo import mongo_client
 from pipeline.settings import MongoSettings
 
 #: Rows read and written at a time: bounds the memory an export takes, whatever its size.
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the file to write, or - for standard output")
     args = parser.parse_args(argv)
     config = settings.load(MongoSettings)
-    client: MongoClient[dict[str, Any]] = MongoClient(config.MONGO_URI.get_secret_value(), tz_aware=True)
+    client: MongoClient[dict[str, Any]] = mongo_client(config, tz_aware=True)
     with client:
         found = query(args.sensor, args.since, args.until, args.collection)
         out = None if args.out == "-" else Path(args.out)

@@ -12,6 +12,7 @@ from pymongo import ASCENDING, MongoClient
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 
 from pipeline import contract
+from pipeline.mongo import mongo_client
 from pipeline.settings import MongoSettings
 from Server import metrics
 
@@ -66,8 +67,8 @@ class Store:
     """The pipeline's MongoDB database."""
 
     def __init__(self, settings: MongoSettings) -> None:
-        self.client: MongoClient[dict[str, Any]] = MongoClient(
-            settings.MONGO_URI.get_secret_value(),
+        self.client: MongoClient[dict[str, Any]] = mongo_client(
+            settings,
             tz_aware=True,
             serverSelectionTimeoutMS=5000,
             connectTimeoutMS=5000,

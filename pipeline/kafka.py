@@ -27,9 +27,29 @@ COMMIT_EVERY_S = 1.0
 CLIENT_LOGGER = logging.getLogger("librdkafka")
 
 
-def _client_common(settings: KafkaSettings, client_id: str, kafka: Dependency | None) -> dict[str, Any]:
+def security_config(settings: KafkaSettings) -> dict[str, Any]:
+    """How a client reaches Kafka: bootstrap servers, TLS (KAFKA_TLS_CA_FILE) and SCRAM login (KAFKA_SASL_*).
+
+    With TLS, librdkafka checks the broker's certificate against the CA and the
+    host name it connects to (``ssl.endpoint.identification.algorithm=https``).
+    """
     config: dict[str, Any] = {
         "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.KAFKA_TLS_CA_FILE is not None:
+        config["ssl.ca.location"] = str(settings.KAFKA_TLS_CA_FILE)
+        config["ssl.endpoint.identification.algorithm"] = "https"
+    if settings.KAFKA_SASL_USERNAME is not None and settings.KAFKA_SASL_PASSWORD is not None:
+        config["sasl.mechanism"] = "SCRAM-SHA-512"
+        config["sasl.username"] = settings.KAFKA_SASL_USERNAME
+        config["sasl.password"] = settings.KAFKA_SASL_PASSWORD.get_secret_value()
+    return config
+
+
+def _client_common(settings: KafkaSettings, client_id: str, kafka: Dependency | None) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        **security_config(settings),
         "client.id": client_id,
         "reconnect.backoff.ms": 200,
         "reconnect.backoff.max.ms": 10_000,
@@ -112,7 +132,8 @@ def ensure_topics(
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS})
+    admin_config: dict[str, Any] = {**security_config(settings), "logger": CLIENT_LOGGER}
+    admin = AdminClient(admin_config)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
