@@ -6,6 +6,10 @@ with monitoring/alertmanager.yml (as Compose starts the official image), and an 
 receiver in this test standing in for ALERT_WEBHOOK_URL. Only the timings are
 shortened: every rule's `for` to 2 s and Alertmanager's group_wait and
 group_interval to 1 s, so the test takes seconds, not minutes.
+
+The live page (the dashboard with DASHBOARD_ALERTMANAGER_URL) shows the same
+alerts while they fire, on /api/firing and in a browser's DOM, and an
+Alertmanager that is gone as "unreachable".
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import json
 import re
 import subprocess
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,9 +30,12 @@ import pytest
 import yaml
 
 from localstack.alerting import TEMPLATE, AlertingError, Alertmanager
-from localstack.services import ROOT
-from tests.conftest import Pipeline, free_port, wait_for
-from tests.helpers import api, get, prometheus
+from localstack.services import ROOT, ServiceProcess
+from tests.conftest import ARTIFACTS, Pipeline, free_port, wait_for
+from tests.e2e.test_dashboard import Elements, login
+from tests.e2e.test_dashboard import api as dashboard_api
+from tests.e2e.test_dashboard import get as dashboard_get
+from tests.helpers import api, chromium, get, prometheus
 
 pytestmark = pytest.mark.e2e
 
@@ -151,6 +160,25 @@ def am_state(manager: Alertmanager, alertname: str) -> list[str]:
     return [alert["status"]["state"] for alert in json.loads(body)]
 
 
+def firing(pipeline: Pipeline, dashboard: ServiceProcess, alertname: str) -> list[dict[str, Any]]:
+    """The alerts named ``alertname`` on the live page's /api/firing (which must have reached Alertmanager)."""
+    answer = dashboard_api(pipeline, dashboard, "/api/firing")
+    assert answer["status"] == "ok", answer
+    return [alert for alert in answer["alerts"] if alert["name"] == alertname]
+
+
+def page(pipeline: Pipeline, dashboard: ServiceProcess, screenshot: str | None = None) -> Elements:
+    """The live page's DOM after a few polls in headless Chromium; a screenshot in artifacts/ if named."""
+    user, password = login(pipeline)
+    url = f"http://{user}:{password}@127.0.0.1:{dashboard.env['DASHBOARD_PORT']}/"
+    if screenshot:
+        path = ARTIFACTS / screenshot
+        path.unlink(missing_ok=True)
+        chromium(url, f"--screenshot={path}", "--hide-scrollbars")
+        assert path.stat().st_size > 20_000, "the screenshot is blank"
+    return Elements(chromium(url, "--dump-dom"))
+
+
 def test_a_stopped_bridge_is_alerted_silenced_and_resolved(
     pipeline: Pipeline, tmp_path: Path, alertmanager: tuple[Alertmanager, Receiver]
 ) -> None:
@@ -164,6 +192,9 @@ def test_a_stopped_bridge_is_alerted_silenced_and_resolved(
 
     server = pipeline.start_server()
     instance = f"127.0.0.1:{server.env['HEALTH_PORT']}"
+    dashboard = pipeline.start_dashboard(
+        DASHBOARD_ALERTMANAGER_URL=manager.url, DASHBOARD_SERVICES=f"server=http://{instance}"
+    )
     with prometheus(
         {"server": instance},
         tmp_path,
@@ -187,6 +218,7 @@ def test_a_stopped_bridge_is_alerted_silenced_and_resolved(
         # The bridge is up: nothing fires, nothing pends, nothing is delivered.
         assert not [a for a in api(base, "/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == "ServiceDown"]
         assert not receiver.alerts("ServiceDown", "firing"), receiver.summary()
+        assert not firing(pipeline, dashboard, "ServiceDown")
 
         assert server.stop() == 0, server.log_tail()
         (alert,) = wait_for(
@@ -209,6 +241,34 @@ def test_a_stopped_bridge_is_alerted_silenced_and_resolved(
         assert notification["receiver"] == "webhook" and notification["groupLabels"] == {"alertname": "ServiceDown"}
         assert receiver.paths[0] == f"/alerts?token={receiver.token}&team=ops"
 
+        # The live page shows it beside the bridge's health, with its runbook.
+        (shown,) = wait_for(
+            lambda: firing(pipeline, dashboard, "ServiceDown"), 30, "ServiceDown on the live page", pipeline.logs
+        )
+        starts = datetime.fromisoformat(alert["startsAt"])
+        assert shown == {
+            "name": "ServiceDown",
+            "severity": "critical",
+            "summary": alert["annotations"]["summary"],
+            "since": shown["since"],
+            "state": "active",
+            "service": "server",
+            "instance": instance,
+            "sensor": None,
+            "labels": {"instance": instance, "job": "server"},
+            "runbook": "docs/alerts.md#servicedown",
+            "runbook_url": "/runbooks/servicedown",
+            "fingerprint": alert["fingerprint"],
+        }, shown
+        assert abs(datetime.fromisoformat(shown["since"]) - starts) < timedelta(seconds=1), (shown, alert)
+        dom = page(pipeline, dashboard, "dashboard-firing-servicedown.png")
+        assert dom.find("section", id="firing-panel", data_status="ok", data_count="1")
+        assert len(dom.find("li", data_alertname="ServiceDown", data_severity="critical")) == 1
+        assert dom.find("a", href="/runbooks/servicedown")
+        assert dom.find("li", data_service="server", data_status="down")
+        code, _, runbook = dashboard_get(dashboard, "/runbooks/servicedown", login(pipeline))
+        assert code == 200 and runbook.decode().startswith("ServiceDown\n\n**What it means.**")
+
         # Silenced the way docs/alerts.md shows: Alertmanager holds the alert and suppresses it.
         silence = amtool(
             manager,
@@ -223,8 +283,11 @@ def test_a_stopped_bridge_is_alerted_silenced_and_resolved(
         assert re.fullmatch(r"[0-9a-f-]{36}", silence), silence
         assert silence in amtool(manager, "silence", "query", "alertname=ServiceDown")
         wait_for(lambda: am_state(manager, "ServiceDown") == ["suppressed"], 30, "the alert to be silenced")
+        # A silenced alert reaches nobody: the page leaves it out too.
+        wait_for(lambda: not firing(pipeline, dashboard, "ServiceDown"), 30, "the page to leave the silenced alert out")
         amtool(manager, "silence", "expire", silence)
         wait_for(lambda: am_state(manager, "ServiceDown") == ["active"], 30, "the silence to end")
+        wait_for(lambda: firing(pipeline, dashboard, "ServiceDown"), 30, "the alert back on the page")
 
         server.start()
         pipeline.wait_ready(server)
@@ -235,3 +298,101 @@ def test_a_stopped_bridge_is_alerted_silenced_and_resolved(
             lambda: f"{receiver.summary()}\n{manager.log_tail()}",
         )
         assert resolved["labels"] == alert["labels"] and resolved["startsAt"] == alert["startsAt"], resolved
+        wait_for(lambda: not firing(pipeline, dashboard, "ServiceDown"), 30, "ServiceDown to leave the live page")
+        dom = page(pipeline, dashboard)
+        assert dom.find("section", id="firing-panel", data_status="ok", data_count="0")
+        assert not dom.find("li", data_alertname="ServiceDown")
+
+
+def post_alerts(manager: Alertmanager, alerts: list[dict[str, Any]]) -> None:
+    """Post alerts to Alertmanager's API v2, as Prometheus does (and as anyone who reaches it can)."""
+    request = urllib.request.Request(
+        f"{manager.url}/api/v2/alerts",
+        data=json.dumps(alerts).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def test_the_live_page_shows_alertmanagers_alerts_as_text_and_says_when_it_is_gone(
+    pipeline: Pipeline, alertmanager: tuple[Alertmanager, Receiver]
+) -> None:
+    manager, _ = alertmanager
+    now = datetime.now(UTC)
+
+    def posted(name: str, severity: str | None, minutes_ago: int, summary: str, **labels: str) -> dict[str, Any]:
+        return {
+            "labels": {"alertname": name, **({"severity": severity} if severity else {}), **labels},
+            "annotations": {"summary": summary, "runbook": f"docs/alerts.md#{name.lower()}"},
+            "startsAt": (now - timedelta(minutes=minutes_ago)).isoformat(),
+            "endsAt": (now + timedelta(hours=1)).isoformat(),
+        }
+
+    html = '<b id="injected">bold</b><img src="x" onerror="document.title=\'pwned\'">'
+    sensor = pipeline.sensor_id(1)
+    post_alerts(
+        manager,
+        [
+            posted("ModelChanged", "info", 1, "the model service now serves model trend-v2"),
+            posted("SensorSilent", "warning", 12, f"sensor {sensor}: no reading stored for 6m", sensor=sensor),
+            posted("RejectionRateJump", "warning", 3, html, job="server", instance="server:8000"),
+            posted("ServiceDown", "critical", 7, "server at server:8000 is down", job="server", instance="server:8000"),
+        ],
+    )
+    dashboard = pipeline.start_dashboard(DASHBOARD_ALERTMANAGER_URL=manager.url)
+    answer = wait_for(
+        lambda: (found := dashboard_api(pipeline, dashboard, "/api/firing"))["total"] == 4 and found,
+        30,
+        "the four alerts on /api/firing",
+        pipeline.logs,
+    )
+    assert answer["status"] == "ok" and answer["skipped"] == 0
+    assert [(a["name"], a["severity"]) for a in answer["alerts"]] == [
+        ("ServiceDown", "critical"),
+        ("RejectionRateJump", "warning"),  # the newer warning first
+        ("SensorSilent", "warning"),
+        ("ModelChanged", "info"),
+    ]
+    assert answer["alerts"][1]["summary"] == html, "kept as it was sent: the page puts it in as text"
+    assert answer["alerts"][2]["sensor"] == sensor
+
+    dom_text = chromium(
+        f"http://{':'.join(login(pipeline))}@127.0.0.1:{dashboard.env['DASHBOARD_PORT']}/", "--dump-dom"
+    )
+    dom = Elements(dom_text)
+    assert dom.find("section", id="firing-panel", data_status="ok", data_count="4")
+    order = [a["data-alertname"] for t, a in dom.found if t == "li" and a.get("data-alertname")]
+    assert order == ["ServiceDown", "RejectionRateJump", "SensorSilent", "ModelChanged"]
+    assert not dom.find("b", id="injected") and not dom.find("img", src="x"), "the summary's HTML became elements"
+    assert '&lt;b id="injected"&gt;bold&lt;/b&gt;' in dom_text, "the summary is shown as text"
+    assert "<title>(4 firing) Sensor pipeline" in dom_text and "pwned" not in dom_text.split("</title>")[0]
+    assert dom.find("span", data_label="sensor")
+    page(pipeline, dashboard, "dashboard-firing.png")
+
+    # Alertmanager gone: the page says alerting is unreachable, never that nothing fires.
+    manager.stop()
+    answer = wait_for(
+        lambda: (found := dashboard_api(pipeline, dashboard, "/api/firing"))["status"] == "unreachable" and found,
+        30,
+        "/api/firing to say unreachable",
+        pipeline.logs,
+    )
+    assert answer["alerts"] == [] and answer["last_ok_at"] and "refused" in answer["error"].lower(), answer
+    dom = page(pipeline, dashboard, "dashboard-alerting-unreachable.png")
+    assert dom.find("section", id="firing-panel", data_status="unreachable", data_count="0")
+    assert not dom.find("li", data_alertname="ServiceDown")
+    assert get(f"http://127.0.0.1:{dashboard.env['DASHBOARD_PORT']}/readyz")[0] == 200, (
+        "Alertmanager is not the dashboard's dependency, as the services it shows are not"
+    )
+
+
+def test_without_alertmanager_the_page_says_alerting_is_not_configured(pipeline: Pipeline) -> None:
+    dashboard = pipeline.start_dashboard()
+    assert dashboard_api(pipeline, dashboard, "/api/firing")["status"] == "not_configured"
+    dom_text = chromium(
+        f"http://{':'.join(login(pipeline))}@127.0.0.1:{dashboard.env['DASHBOARD_PORT']}/", "--dump-dom"
+    )
+    assert Elements(dom_text).find("section", id="firing-panel", data_status="not_configured")
+    assert "Alerting is not configured" in dom_text
