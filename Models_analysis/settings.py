@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
-from pipeline.settings import CommonSettings, KafkaSettings, hostname
+from pipeline.settings import CommonSettings, KafkaSettings, MongoSettings, hostname
 
 
 class Settings(CommonSettings, KafkaSettings):
@@ -41,3 +42,33 @@ class Settings(CommonSettings, KafkaSettings):
     #: Longest one predict call may take; past it the batch becomes prediction errors and
     #: the service is not ready until the call returns.
     MODEL_PREDICT_TIMEOUT_S: float = Field(10.0, gt=0, le=3600)
+
+
+class TrainerSettings(CommonSettings, MongoSettings):
+    """What the trainer (python -m Models_analysis.trainer) reads from its environment."""
+
+    #: The model service's MODEL_PATH: the default model and the users' own per-sensor models,
+    #: the incumbents a challenger is compared with. The trainer never writes there.
+    MODEL_PATH: Path = Path("models/default.joblib")
+    #: Where the trainer writes <sensor>.joblib; the model service's MODEL_TRAINED_PATH. Required.
+    MODEL_TRAINED_PATH: Path | None = None
+    #: How often each sensor gets a challenger (R).
+    TRAINER_EVERY_S: float = Field(86_400.0, ge=1, le=365 * 86_400)
+    #: The trailing window a challenger is fitted on, up to the sensor's latest reading, holdout included.
+    TRAINER_WINDOW_S: float = Field(28 * 86_400.0, ge=60, le=3 * 365 * 86_400)
+    #: The most recent stretch of the window, held out: both models are scored on it.
+    TRAINER_HOLDOUT_S: float = Field(86_400.0, ge=1, le=365 * 86_400)
+    #: Readings a sensor needs before the holdout to get a challenger ("enough history").
+    TRAINER_MIN_READINGS: int = Field(500, ge=2, le=10_000_000)
+    #: Most readings one fit takes (evenly thinned past it): bounds the trainer's memory.
+    TRAINER_MAX_READINGS: int = Field(20_000, ge=10, le=10_000_000)
+    #: The model kind fitted, as train --kind: prophet, mstl or trend.
+    TRAINER_KIND: Literal["prophet", "mstl", "trend"] = "prophet"
+    #: The interval a challenger is fitted and calibrated for (train --interval-width).
+    TRAINER_INTERVAL_WIDTH: float = Field(0.99, gt=0, lt=1)
+    #: A challenger is promoted only if its holdout MAE is at least this share below the incumbent's.
+    TRAINER_MIN_GAIN: float = Field(0.05, ge=0, lt=1)
+    #: Opt in to replacing a sensor's own model (MODEL_PATH/<sensor>.joblib) too; by default those are kept.
+    TRAINER_REPLACE_USER_MODELS: bool = False
+    #: The trainer's CPU priority is lowered by this much (nice), so scoring keeps the CPU.
+    TRAINER_NICE: int = Field(10, ge=0, le=19)

@@ -184,8 +184,9 @@ def fit(
     interval_width: float,
     calibrate: bool = True,
     horizon: pd.Timedelta = ONE_DAY,
+    progress: bool = True,
 ) -> Any:
-    """Fit the model, printing the elapsed time while it works (Prophet can take a while).
+    """Fit the model, printing the elapsed time while it works (Prophet can take a while; ``progress=False``: quiet).
 
     With ``calibrate``, the interval is the split-conformal one of
     :func:`Models_analysis.calibration.calibrate`, sized on the errors over the
@@ -195,13 +196,14 @@ def fit(
     """
     done = threading.Event()
 
-    def progress() -> None:
+    def tick() -> None:
         started = time.monotonic()
         while not done.wait(2.0):
             print(f"  still fitting ... {time.monotonic() - started:.0f}s", flush=True)
 
-    ticker = threading.Thread(target=progress, daemon=True)
-    ticker.start()
+    ticker = threading.Thread(target=tick, daemon=True)
+    if progress:
+        ticker.start()
     try:
         if not calibrate:
             return _fit_one(kind, frame, interval_width, uncertainty=True)
@@ -216,8 +218,16 @@ def fit(
         done.set()
 
 
-def save(model: Any, frame: pd.DataFrame, out: Path, name: str, source: str, interval_width: float) -> dict[str, Any]:
-    """Write the bundle; returns its metadata (with the file's content hash)."""
+def save(
+    model: Any,
+    frame: pd.DataFrame,
+    out: Path,
+    name: str,
+    source: str,
+    interval_width: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the bundle (``extra`` added to its metadata); returns its metadata (with the file's content hash)."""
     metadata = {
         "name": name,
         "kind": type(model.model if isinstance(model, calibration.Calibrated) else model).__name__,
@@ -229,6 +239,7 @@ def save(model: Any, frame: pd.DataFrame, out: Path, name: str, source: str, int
         "interval_width": interval_width,
         "calibration": _calibration(model),
         "versions": {pkg: version(pkg) for pkg in ("prophet", "pandas", "numpy", "statsmodels")},
+        **(extra or {}),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

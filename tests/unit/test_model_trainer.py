@@ -1,0 +1,190 @@
+"""The trainer's decisions and the trained models' place in line, with no server.
+
+The trainer's history reader is replaced by a list of readings and its
+``model_versions`` collection by a recording one; fits are real (``trend``,
+as ``train --kind trend`` fits it), files are real.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pymongo.database import Database
+
+from Models_analysis import history
+from Models_analysis.model import file_hash, load_model
+from Models_analysis.registry import ModelRegistry
+from Models_analysis.settings import TrainerSettings
+from Models_analysis.trainer import COLLECTION_MODEL_VERSIONS, Scores, Trainer, thin, verdict
+from pipeline import contract
+from tests.unit.models import ConstantModel
+
+LATEST = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+class Collection:
+    def __init__(self) -> None:
+        self.documents: list[dict[str, Any]] = []
+
+    def insert_one(self, document: dict[str, Any]) -> None:
+        self.documents.append(document)
+
+
+class Db(dict[str, Collection]):
+    def __missing__(self, name: str) -> Collection:
+        self[name] = Collection()
+        return self[name]
+
+
+def series(sensor: str, level: float = 100.0, hours: int = 48) -> list[contract.Reading]:
+    """One reading a minute up to LATEST: a daily wave around ``level`` with a little deterministic noise."""
+    found = []
+    for k in range(hours * 60):
+        ts = LATEST - timedelta(minutes=k)
+        v = level + 10 * math.sin(2 * math.pi * ts.timestamp() / 86_400) + ((k * 7919) % 11 - 5) / 5
+        found.append(contract.Reading(id=f"{sensor}-{k}", sensor=sensor, ts=ts, v=v))
+    return sorted(found, key=lambda r: r.ts)
+
+
+def save(path: Path, model: Any, name: str) -> str:
+    joblib.dump({"model": model, "metadata": {"name": name}}, path)
+    return file_hash(path)
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    models, trained = tmp_path / "models", tmp_path / "trained"
+    models.mkdir()
+    trained.mkdir()
+    return models, trained
+
+
+def trainer(models: Path, trained: Path, monkeypatch: pytest.MonkeyPatch, **values: Any) -> tuple[Trainer, Db]:
+    readings = {"s1": series("s1")}
+
+    def stored(_db: Any, sensor: str, since: datetime, until: datetime) -> list[contract.Reading]:
+        return [r for r in readings.get(sensor, []) if since <= r.ts < until]
+
+    monkeypatch.setattr(history, "readings", stored)
+    defaults: dict[str, Any] = {
+        "MONGO_URI": "mongodb://u:p@127.0.0.1:1/db",
+        "MODEL_PATH": models,
+        "MODEL_TRAINED_PATH": trained,
+        "TRAINER_KIND": "trend",
+        "TRAINER_WINDOW_S": 2 * 86_400,
+        "TRAINER_HOLDOUT_S": 6 * 3600,
+        "TRAINER_MIN_READINGS": 100,
+    }
+    config = TrainerSettings(**{**defaults, **values})
+    db = Db()
+    return Trainer(config, cast(Database[dict[str, Any]], db), clock=lambda: LATEST), db
+
+
+def test_a_better_challenger_is_promoted_and_recorded(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models, trained = folders
+    default = save(models / "default.joblib", ConstantModel(10.0, 5.0), "far-off")
+    built, db = trainer(models, trained, monkeypatch)
+    decision = built.consider("s1", LATEST)
+    assert decision is not None and decision["promoted"], decision
+    out = trained / "s1.joblib"
+    assert out.is_file() and not list(trained.glob("*.challenger"))
+    served = load_model(out)
+    assert served.identity.hash == decision["model"]["hash"] and served.metadata["trainer"] is True
+    assert decision["incumbent"] == {"name": "far-off", "hash": default, "source": "default"}
+    ours, theirs = decision["metrics"]["challenger"], decision["metrics"]["incumbent"]
+    assert ours["mae"] < theirs["mae"] and ours["n"] == theirs["n"] == 6 * 60
+    assert db[COLLECTION_MODEL_VERSIONS].documents == [decision]
+    assert decision["_id"].startswith("s1|") and decision["rows"] == {"fit": 42 * 60, "holdout": 6 * 60}
+
+
+def test_a_worse_challenger_is_refused_and_the_served_model_stays(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models, trained = folders
+    save(models / "default.joblib", ConstantModel(10.0, 5.0), "far-off")
+    built, db = trainer(models, trained, monkeypatch)
+    first = built.consider("s1", LATEST)
+    assert first is not None and first["promoted"]
+    before = file_hash(trained / "s1.joblib")
+    # The same data again: the trained incumbent is as good as any new challenger, so none is promoted.
+    second = built.consider("s1", LATEST)
+    assert second is not None and not second["promoted"], second
+    assert "TRAINER_MIN_GAIN" in second["reason"] and second["incumbent"]["source"] == "trained"
+    assert file_hash(trained / "s1.joblib") == before and not list(trained.glob("*.challenger"))
+    assert [d["promoted"] for d in db[COLLECTION_MODEL_VERSIONS].documents] == [True, False]
+
+
+def test_a_users_own_model_is_kept_unless_they_opt_in(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models, trained = folders
+    save(models / "default.joblib", ConstantModel(10.0, 5.0), "far-off")
+    save(models / "s1.joblib", ConstantModel(10.0, 5.0), "mine")
+    built, _ = trainer(models, trained, monkeypatch)
+    decision = built.consider("s1", LATEST)
+    assert decision is not None and not decision["promoted"] and "TRAINER_REPLACE_USER_MODELS" in decision["reason"]
+    assert "metrics" not in decision, "nothing is fitted for a sensor the user keeps"
+    assert not (trained / "s1.joblib").exists()
+    opted, _ = trainer(models, trained, monkeypatch, TRAINER_REPLACE_USER_MODELS=True)
+    decision = opted.consider("s1", LATEST)
+    assert decision is not None and decision["promoted"] and decision["incumbent"]["source"] == "user"
+
+
+def test_too_little_history_gets_no_challenger(folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    models, trained = folders
+    save(models / "default.joblib", ConstantModel(10.0, 5.0), "far-off")
+    built, db = trainer(models, trained, monkeypatch, TRAINER_MIN_READINGS=10_000)
+    assert built.consider("s1", LATEST) is None and built.consider("unknown", LATEST) is None
+    assert not db[COLLECTION_MODEL_VERSIONS].documents
+
+
+def test_the_trained_model_serves_its_sensor_before_model_paths(folders: tuple[Path, Path]) -> None:
+    models, trained = folders
+    default = save(models / "default.joblib", ConstantModel(1.0, 1.0), "default")
+    own = save(models / "s2.joblib", ConstantModel(2.0, 1.0), "own")
+    registry = ModelRegistry(models, check_every_s=0.1, trained=trained)
+    assert registry.for_sensor("s1").identity.hash == default  # type: ignore[union-attr]
+    fitted = save(trained / "s1.joblib", ConstantModel(3.0, 1.0), "trained")
+    registry.refresh(force=True)
+    assert registry.for_sensor("s1").identity.hash == fitted  # type: ignore[union-attr]
+    assert registry.for_sensor("s2").identity.hash == own  # type: ignore[union-attr]
+    (trained / "s1.joblib").unlink()
+    registry.refresh(force=True)
+    assert registry.for_sensor("s1").identity.hash == default, "removed: back to the default"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("challenger", "incumbent", "promoted"),
+    [
+        (Scores(100, 1.0, 0.99, 4), Scores(100, 2.0, 0.99, 4), True),
+        (Scores(100, 1.9, 0.99, 4), Scores(100, 2.0, 0.99, 4), False),  # under 5 % better
+        (Scores(100, 2.5, 0.99, 4), Scores(100, 2.0, 0.99, 4), False),  # worse
+        (Scores(100, 1.0, 0.80, 1), Scores(100, 2.0, 0.99, 4), False),  # better MAE, interval far too narrow
+        (Scores(100, 1.0, 0.95, 3), Scores(100, 2.0, 0.97, 4), True),  # within the coverage slack
+        (Scores(100, 1.0, 0.99, 4), None, True),  # nothing could forecast before
+        (Scores(100, 0.0, 1.0, 1), Scores(100, 0.0, 1.0, 1), False),  # both perfect: keep what serves
+    ],
+)
+def test_verdict(challenger: Scores, incumbent: Scores | None, promoted: bool) -> None:
+    assert verdict(challenger, incumbent, 0.05, 0.99)[0] is promoted
+
+
+@given(rows=st.integers(0, 3000), most=st.integers(10, 500))
+def test_thinning_keeps_at_most_the_bound_in_order_with_both_ends(rows: int, most: int) -> None:
+    frame = pd.DataFrame({"ds": pd.date_range("2026-01-01", periods=rows, freq="1min"), "y": np.arange(rows)})
+    kept = thin(frame, most)
+    assert len(kept) == min(rows, most) or (rows > most and len(kept) <= most)
+    assert kept["y"].is_monotonic_increasing
+    if rows:
+        assert kept["y"].iloc[0] == 0 and kept["y"].iloc[-1] == rows - 1
