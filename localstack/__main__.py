@@ -5,6 +5,8 @@
     python -m localstack status               show which servers run, their pids and ports
     python -m localstack logs [SERVER] [-n N] show the end of the servers' logs
     python -m localstack run [--sensors N]    start the servers, then run the pipeline's services until Ctrl+C
+    python -m localstack certs DIR            write a test CA and a certificate for every server into DIR
+                                              (then STACK_TLS_DIR=DIR switches TLS on; Compose reads ./tls)
 
 Configuration comes from the environment (see localstack/config.py and .env.example);
 `make run`, `make stop` and `make status` load .env first.
@@ -81,6 +83,16 @@ def _cmd_run(stack: Stack, sensors: int) -> int:
     return code
 
 
+def _cmd_certs(directory: str) -> int:
+    from pathlib import Path
+
+    from localstack.tls import make_certificates
+
+    ca = make_certificates(Path(directory))
+    print(f"wrote a test CA and a server certificate into {ca.parent}; clients trust {ca}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m localstack", description=__doc__.split("\n\n")[0])
@@ -95,7 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("-n", "--lines", type=int, default=40, help="lines per server (default 40)")
     run = commands.add_parser("run", help="start the servers and run the pipeline's services until Ctrl+C")
     run.add_argument("--sensors", type=int, default=3, help="how many sensors to run (default 3)")
+    certs = commands.add_parser("certs", help="write a test CA and a server certificate (for STACK_TLS_DIR)")
+    certs.add_argument("directory", help="the folder to write them to (Compose: tls)")
     args = parser.parse_args(argv)
+    if args.command == "certs":
+        try:
+            return _cmd_certs(args.directory)
+        except StackError as exc:
+            print(f"localstack: {exc}", file=sys.stderr)
+            return 1
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     # Only start and run need the passwords; stop, status and logs work without .env.

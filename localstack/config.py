@@ -80,6 +80,14 @@ class StackSettings(BaseSettings):
     MONGO_EXPRESS_SESSION_SECRET: str = Field(default_factory=lambda: secrets.token_hex(16))
     #: An external MongoDB: FerretDB is then not started.
     MONGO_URI: str | None = None
+    #: TLS on every server: a folder with the files `python -m localstack certs` writes.
+    STACK_TLS_DIR: str | None = None
+    #: Kafka's SCRAM-SHA-512 users, with TLS: the bridge's, the model service's, the broker's own.
+    KAFKA_SERVER_USERNAME: str = "bridge"
+    KAFKA_SERVER_PASSWORD: str = ""
+    KAFKA_MODEL_USERNAME: str = "model"
+    KAFKA_MODEL_PASSWORD: str = ""
+    KAFKA_BROKER_PASSWORD: str = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -99,6 +107,9 @@ class StackSettings(BaseSettings):
         "MQTT_SENSOR_ACCOUNTS",
         "MONGO_EXPRESS_USERNAME",
         "MONGO_URI",
+        "STACK_TLS_DIR",
+        "KAFKA_SERVER_USERNAME",
+        "KAFKA_MODEL_USERNAME",
         mode="before",
     )
     @classmethod
@@ -122,7 +133,7 @@ class StackSettings(BaseSettings):
             raise ValueError("must be a whole number")
         return value
 
-    @field_validator("MQTT_SERVER_USERNAME", "MQTT_SENSOR_USERNAME")
+    @field_validator("MQTT_SERVER_USERNAME", "MQTT_SENSOR_USERNAME", "KAFKA_SERVER_USERNAME", "KAFKA_MODEL_USERNAME")
     @classmethod
     def _user_name(cls, value: str) -> str:
         # The password file and the owners file are "user:..." lines.
@@ -187,6 +198,13 @@ class StackConfig:
     mongo_express_session_secret: str = field(default="", repr=False)
     #: MONGO_URI from the environment: use that MongoDB instead of starting FerretDB.
     external_mongo_uri: str | None = field(default=None, repr=False)
+    #: STACK_TLS_DIR: every server speaks only TLS with these files (None: plain text).
+    tls_dir: Path | None = None
+    kafka_server_username: str = _default("KAFKA_SERVER_USERNAME")
+    kafka_server_password: str = field(default="", repr=False)
+    kafka_model_username: str = _default("KAFKA_MODEL_USERNAME")
+    kafka_model_password: str = field(default="", repr=False)
+    kafka_broker_password: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, require_secrets: bool = True) -> StackConfig:
@@ -235,6 +253,12 @@ class StackConfig:
             mongo_express_cookie_secret=s.MONGO_EXPRESS_COOKIE_SECRET,
             mongo_express_session_secret=s.MONGO_EXPRESS_SESSION_SECRET,
             external_mongo_uri=s.MONGO_URI,
+            tls_dir=Path(s.STACK_TLS_DIR).expanduser().resolve() if s.STACK_TLS_DIR else None,
+            kafka_server_username=s.KAFKA_SERVER_USERNAME,
+            kafka_server_password=s.KAFKA_SERVER_PASSWORD,
+            kafka_model_username=s.KAFKA_MODEL_USERNAME,
+            kafka_model_password=s.KAFKA_MODEL_PASSWORD,
+            kafka_broker_password=s.KAFKA_BROKER_PASSWORD,
         )
 
     def validate(self, *, require_secrets: bool = True) -> None:
@@ -255,6 +279,31 @@ class StackConfig:
                     + ", ".join(missing)
                     + " (`make env` writes them to .env; see .env.example)"
                 )
+        if self.tls_dir is not None:
+            from localstack.tls import missing_files
+
+            lacking = missing_files(self.tls_dir)
+            if lacking:
+                raise ConfigError(
+                    f"STACK_TLS_DIR ({self.tls_dir}) lacks {', '.join(lacking)}: "
+                    f"`python -m localstack certs {self.tls_dir}` writes them"
+                )
+            if require_secrets:
+                kafka = {
+                    "KAFKA_SERVER_PASSWORD": self.kafka_server_password,
+                    "KAFKA_MODEL_PASSWORD": self.kafka_model_password,
+                    "KAFKA_BROKER_PASSWORD": self.kafka_broker_password,
+                }
+                missing = [name for name, value in kafka.items() if not value]
+                if missing:
+                    raise ConfigError(
+                        "with STACK_TLS_DIR, Kafka wants logins: missing "
+                        + ", ".join(missing)
+                        + " (`make env` writes them to .env)"
+                    )
+            users = {"broker", self.kafka_server_username, self.kafka_model_username}
+            if len(users) != 3:
+                raise ConfigError("KAFKA_SERVER_USERNAME and KAFKA_MODEL_USERNAME must differ, and neither be 'broker'")
         seen: dict[int, str] = {}
         for name, port in self.ports().items():
             if port in seen:
@@ -299,6 +348,17 @@ class StackConfig:
         return not self.external_mongo_uri
 
     @property
+    def tls(self) -> bool:
+        """Whether every server speaks only TLS (STACK_TLS_DIR is set)."""
+        return self.tls_dir is not None
+
+    def tls_file(self, name: str) -> Path:
+        """One file of STACK_TLS_DIR (``ca.crt``, ``server.crt``, ...)."""
+        if self.tls_dir is None:
+            raise StackError("TLS is off (STACK_TLS_DIR is not set)")
+        return self.tls_dir / name
+
+    @property
     def mongo_uri(self) -> str:
         """The application user's MongoDB URI (credentials included: do not log it)."""
         if self.external_mongo_uri:
@@ -322,6 +382,9 @@ class StackConfig:
             self.mongo_express_password,
             self.mongo_express_cookie_secret,
             self.mongo_express_session_secret,
+            self.kafka_server_password,
+            self.kafka_model_password,
+            self.kafka_broker_password,
         ]
         if self.external_mongo_uri:
             parsed = urllib.parse.urlsplit(self.external_mongo_uri)

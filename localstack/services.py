@@ -100,11 +100,27 @@ class ServiceProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _copy(stack_env: Mapping[str, str], *names: str) -> dict[str, str]:
+    """The variables of ``names`` that ``stack_env`` has (the TLS ones only when TLS is on)."""
+    return {name: stack_env[name] for name in names if name in stack_env}
+
+
+def _kafka_login(stack_env: Mapping[str, str], user: str) -> dict[str, str]:
+    """KAFKA_SASL_USERNAME/PASSWORD from the stack's KAFKA_<user>_USERNAME/PASSWORD, when Kafka wants logins."""
+    if f"KAFKA_{user}_PASSWORD" not in stack_env:
+        return {}
+    return {
+        "KAFKA_SASL_USERNAME": stack_env[f"KAFKA_{user}_USERNAME"],
+        "KAFKA_SASL_PASSWORD": stack_env[f"KAFKA_{user}_PASSWORD"],
+    }
+
+
 def server_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
-    """The bridge's environment: the server's MQTT user, Kafka, MongoDB."""
+    """The bridge's environment: the server's MQTT user, Kafka, MongoDB (and TLS, when the stack has it)."""
     env = _common(stack_env)
     env.update(MQTT_USERNAME=stack_env["MQTT_SERVER_USERNAME"], MQTT_PASSWORD=stack_env["MQTT_SERVER_PASSWORD"])
     env.update(MONGO_URI=stack_env["MONGO_URI"], MONGO_DATABASE=stack_env["MONGO_DATABASE"])
+    env.update(_copy(stack_env, "MONGO_TLS_CA_FILE"), **_kafka_login(stack_env, "SERVER"))
     env.update(overrides)
     return env
 
@@ -123,6 +139,7 @@ def sensor_env(stack_env: Mapping[str, str], sensor_id: str, **overrides: str) -
         "MQTT_USERNAME": username,
         "MQTT_PASSWORD": password,
         "SENSOR_ID": sensor_id,
+        **_copy(stack_env, "MQTT_TLS_CA_FILE"),
     }
     if "SENSOR_SPOOL_DIR" in stack_env:
         env["SENSOR_SPOOL_DIR"] = stack_env["SENSOR_SPOOL_DIR"]
@@ -135,6 +152,8 @@ def model_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": stack_env["KAFKA_BOOTSTRAP_SERVERS"],
         "MODEL_PATH": str(ROOT / "models/default.joblib"),
+        **_copy(stack_env, "KAFKA_TLS_CA_FILE"),
+        **_kafka_login(stack_env, "MODEL"),
     }
     env.update(overrides)
     return env
@@ -147,6 +166,7 @@ def dashboard_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, s
         "MONGO_DATABASE": stack_env["MONGO_DATABASE"],
         "DASHBOARD_USERNAME": stack_env.get("MONGO_EXPRESS_USERNAME", "admin"),
         "DASHBOARD_PASSWORD": stack_env["MONGO_EXPRESS_PASSWORD"],
+        **_copy(stack_env, "MONGO_TLS_CA_FILE", "DASHBOARD_TLS_CERT_FILE", "DASHBOARD_TLS_KEY_FILE"),
     }
     env.update(overrides)
     return env
@@ -157,6 +177,7 @@ def _common(stack_env: Mapping[str, str]) -> dict[str, str]:
         "MQTT_HOST": stack_env["MQTT_HOST"],
         "MQTT_PORT": stack_env["MQTT_PORT"],
         "KAFKA_BOOTSTRAP_SERVERS": stack_env["KAFKA_BOOTSTRAP_SERVERS"],
+        **_copy(stack_env, "MQTT_TLS_CA_FILE", "KAFKA_TLS_CA_FILE"),
     }
 
 
@@ -210,7 +231,8 @@ def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int) -> i
     signal.signal(signal.SIGINT, request_stop)
     for service in [*services, dashboard]:
         service.start()
-    logger.info("the live page: http://127.0.0.1:%s/ (mongo-express's login)", dashboard_port)
+    scheme = "https" if "DASHBOARD_TLS_CERT_FILE" in stack_env else "http"
+    logger.info("the live page: %s://127.0.0.1:%s/ (mongo-express's login)", scheme, dashboard_port)
     code = 0
     try:
         while not stopping:

@@ -207,7 +207,28 @@ class Stack:
             "MONGO_DATABASE": config.mongo_database,
             # Each sensor keeps what the broker has not acknowledged in <id>.sqlite here.
             "SENSOR_SPOOL_DIR": str(config.state_dir / "sensor-spool"),
+            **self._tls_env(),
         }
+
+    def _tls_env(self) -> dict[str, str]:
+        """With TLS: the CA for every client, Kafka's logins, the page's certificate (see localstack/services.py)."""
+        config = self.config
+        if not config.tls:
+            return {}
+        ca = str(config.tls_file("ca.crt"))
+        env = {
+            "MQTT_TLS_CA_FILE": ca,
+            "KAFKA_TLS_CA_FILE": ca,
+            "KAFKA_SERVER_USERNAME": config.kafka_server_username,
+            "KAFKA_SERVER_PASSWORD": config.kafka_server_password,
+            "KAFKA_MODEL_USERNAME": config.kafka_model_username,
+            "KAFKA_MODEL_PASSWORD": config.kafka_model_password,
+            "DASHBOARD_TLS_CERT_FILE": str(config.tls_file("server.crt")),
+            "DASHBOARD_TLS_KEY_FILE": str(config.tls_file("server.key")),
+        }
+        if config.uses_ferretdb:  # an external MONGO_URI carries its own TLS options
+            env["MONGO_TLS_CA_FILE"] = ca
+        return env
 
     def log_path(self, name: str) -> Path:
         """The log file of one server (its stdout and stderr)."""
@@ -261,6 +282,7 @@ class Stack:
         from pymongo.errors import PyMongoError
 
         client: MongoClient[dict[str, Any]] = MongoClient(self.config.mongo_uri, serverSelectionTimeoutMS=10_000)
+        # (An external MongoDB's TLS options are in its MONGO_URI.)
         try:
             client.get_database(self.config.mongo_database).command("ping")
         except PyMongoError as exc:

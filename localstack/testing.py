@@ -55,9 +55,25 @@ def throwaway_settings(state_dir: Path, port_base: int) -> dict[str, str]:
     }
 
 
+def tls_settings(tls_dir: Path) -> dict[str, str]:
+    """What switches a throwaway stack's TLS on: the certificates' folder and Kafka's SCRAM passwords."""
+    return {
+        "STACK_TLS_DIR": str(tls_dir),
+        "KAFKA_SERVER_PASSWORD": secrets.token_urlsafe(16),
+        "KAFKA_MODEL_PASSWORD": secrets.token_urlsafe(16),
+        "KAFKA_BROKER_PASSWORD": secrets.token_urlsafe(16),
+    }
+
+
 @contextmanager
-def throwaway_stack(state_dir: Path, port_base: int) -> Iterator[tuple[Stack, dict[str, str]]]:
+def throwaway_stack(
+    state_dir: Path, port_base: int, tls_dir: Path | None = None
+) -> Iterator[tuple[Stack, dict[str, str]]]:
     """Start the servers with :func:`throwaway_settings`; stop them and restore ``os.environ`` on exit.
+
+    With ``tls_dir`` (a folder :func:`localstack.tls.make_certificates` wrote) every
+    server speaks only TLS, Kafka wants SCRAM logins, and the environment yielded
+    carries the CA and the logins for the services (:func:`tls_settings`).
 
     Yields the stack's handle and the environment the services need (the
     settings plus :meth:`Stack.service_env`; it holds credentials: do not log
@@ -65,8 +81,12 @@ def throwaway_stack(state_dir: Path, port_base: int) -> Iterator[tuple[Stack, di
     caller's environment is ignored.
     """
     settings = throwaway_settings(state_dir, port_base)
+    if tls_dir is not None:
+        settings.update(tls_settings(tls_dir))
     saved = dict(os.environ)
     os.environ.pop("MONGO_URI", None)
+    if tls_dir is None:
+        os.environ.pop("STACK_TLS_DIR", None)
     os.environ.update(settings)
     try:
         handle = Stack(StackConfig.from_env())

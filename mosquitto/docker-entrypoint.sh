@@ -26,6 +26,14 @@
 # which refuses a CONNECT whose client id belongs to another user before the
 # broker looks for that id's session.
 #
+# TLS (docker-compose.tls.yml, and the local stack with STACK_TLS_DIR):
+#   MOSQUITTO_TLS_CERT_FILE / MOSQUITTO_TLS_KEY_FILE  the broker's certificate
+#                          and key (PEM). Set, the script also writes
+#                          $MOSQUITTO_AUTH_DIR/mosquitto.conf: MOSQUITTO_CONF
+#                          (default /mosquitto/config/mosquitto.conf) with the
+#                          two files on every listener, so no listener speaks
+#                          in the clear; run the broker with that file.
+#
 # MOSQUITTO_AUTH_DIR and MOSQUITTO_DATA_DIR exist so the script can run outside
 # the container; Compose leaves them at their defaults. MOSQUITTO_OWNER (default
 # mosquitto) gets the files when run as root; empty leaves them as they are.
@@ -88,6 +96,16 @@ for entry in $accounts; do
     ids="$ids $id"
 done
 
+tls_cert="${MOSQUITTO_TLS_CERT_FILE:-}"
+tls_key="${MOSQUITTO_TLS_KEY_FILE:-}"
+conf="${MOSQUITTO_CONF:-/mosquitto/config/mosquitto.conf}"
+if [ -n "$tls_cert" ] || [ -n "$tls_key" ]; then
+    [ -n "$tls_cert" ] && [ -n "$tls_key" ] || fail "MOSQUITTO_TLS_CERT_FILE and MOSQUITTO_TLS_KEY_FILE: set both or neither"
+    [ -r "$tls_cert" ] || fail "MOSQUITTO_TLS_CERT_FILE: cannot read $tls_cert"
+    [ -r "$tls_key" ] || fail "MOSQUITTO_TLS_KEY_FILE: cannot read $tls_key"
+    [ -r "$conf" ] || fail "MOSQUITTO_CONF: cannot read $conf"
+fi
+
 auth_dir="${MOSQUITTO_AUTH_DIR:-/mosquitto/auth}"
 data_dir="${MOSQUITTO_DATA_DIR:-/mosquitto/data}"
 
@@ -138,6 +156,14 @@ done
     for id in $ids; do echo "owner $id $id"; done
 } > "$auth_dir/owners"
 chmod 600 "$auth_dir/passwd" "$auth_dir/acl" "$auth_dir/owners"
+
+# With TLS, every listener gets the certificate and key (a listener's own
+# settings follow its "listener" line, so they go right after it).
+if [ -n "$tls_cert" ]; then
+    awk -v cert="$tls_cert" -v key="$tls_key" \
+        '{ print } $1 == "listener" { print "certfile " cert; print "keyfile " key }' \
+        "$conf" > "$auth_dir/mosquitto.conf"
+fi
 
 # Started as root, Mosquitto drops to the "mosquitto" user before it reads
 # these files and writes its database: hand them over (as the image's own

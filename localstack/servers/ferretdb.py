@@ -45,7 +45,7 @@ class FerretDB(Server):
             str(self.binary),
             "--handler=sqlite",
             f"--sqlite-url={sqlite_url}",
-            f"--listen-addr=127.0.0.1:{self.config.mongo_port}",
+            *self._listeners(),
             f"--state-dir={data / 'state'}",
             "--debug-addr=-",  # its HTTP debug server would clash between parallel stacks
             "--telemetry=disable",
@@ -57,6 +57,25 @@ class FerretDB(Server):
             f"--setup-username={self.config.mongo_app_username}",
         ]
 
+    def _listeners(self) -> list[str]:
+        """Plain TCP, or with TLS only a TLS listener (an empty --listen-addr turns plain TCP off).
+
+        No --listen-tls-ca-file: with one, FerretDB would demand a client certificate.
+        """
+        address = f"127.0.0.1:{self.config.mongo_port}"
+        if not self.config.tls:
+            return [f"--listen-addr={address}"]
+        return [
+            "--listen-addr=",
+            f"--listen-tls={address}",
+            f"--listen-tls-cert-file={self.config.tls_file('server.crt')}",
+            f"--listen-tls-key-file={self.config.tls_file('server.key')}",
+        ]
+
+    def client_options(self) -> dict[str, Any]:
+        """pymongo's options for this server: TLS with the stack's CA, when TLS is on."""
+        return {"tls": True, "tlsCAFile": str(self.config.tls_file("ca.crt"))} if self.config.tls else {}
+
     def env(self) -> dict[str, str]:
         # The password goes by environment (kong reads FERRETDB_*), not argv, so `ps` does not show it.
         return {**base_env(), "FERRETDB_SETUP_PASSWORD": self.config.mongo_app_password, "DO_NOT_TRACK": "1"}
@@ -66,7 +85,7 @@ class FerretDB(Server):
         from pymongo.errors import OperationFailure, PyMongoError
 
         client: MongoClient[dict[str, Any]] = MongoClient(
-            self.config.mongo_uri, serverSelectionTimeoutMS=1500, connectTimeoutMS=1500
+            self.config.mongo_uri, serverSelectionTimeoutMS=1500, connectTimeoutMS=1500, **self.client_options()
         )
         try:
             client[self.config.mongo_database].command("ping")

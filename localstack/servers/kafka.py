@@ -1,12 +1,18 @@
 """Kafka as one KRaft node (broker and controller), jars from Maven Central (``localstack/kafka/pom.xml``).
 
 Its ``server.properties`` is rendered at each start from the one source Compose
-uses: the ``KAFKA_*`` variables of the ``kafka`` service in docker-compose.yml,
-turned into properties as the apache/kafka image turns them
-(:func:`kafka_property`). Only what names a machine differs (:data:`MACHINE_SETTINGS`:
-listeners on 127.0.0.1 with this stack's ports, the log directory, the
-partitions from KAFKA_NUM_PARTITIONS); ``localstack/kafka/local.properties`` adds
-settings Compose does not have, and may not change one it has.
+uses: the ``KAFKA_*`` variables of the ``kafka`` service in docker-compose.yml
+(and, with TLS, docker-compose.tls.yml over it), turned into properties as the
+apache/kafka image turns them (:func:`kafka_property`, :func:`image_ssl_files`).
+Only what names a machine differs (:data:`MACHINE_SETTINGS`: listeners on
+127.0.0.1 with this stack's ports, the log directory, the partitions from
+KAFKA_NUM_PARTITIONS); ``localstack/kafka/local.properties`` adds settings
+Compose does not have, and may not change one it has.
+
+With TLS (STACK_TLS_DIR) clients log in with SCRAM-SHA-512: the broker's own
+user and the bridge's and model service's are written into the storage when it
+is formatted, and the bridge's and the model's passwords are set again at every
+start (:meth:`Kafka.after_ready`), so a changed password takes effect.
 """
 
 from __future__ import annotations
@@ -29,6 +35,19 @@ from localstack.servers.base import Server
 
 #: The file whose ``kafka`` service configures the broker, in Docker and here.
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+#: Compose's TLS override: its kafka service's variables replace those of COMPOSE_FILE when TLS is on.
+COMPOSE_TLS_FILE = REPO_ROOT / "docker-compose.tls.yml"
+#: Where the apache/kafka image reads its keystore and credentials files (the ./tls folder in Compose).
+IMAGE_SECRETS_DIR = "/etc/kafka/secrets/"
+#: Image variables naming a file in IMAGE_SECRETS_DIR: the property each sets, and whether to the file's path
+#: or to its content (a password).
+IMAGE_SSL_FILES = {
+    "KAFKA_SSL_KEYSTORE_FILENAME": ("ssl.keystore.location", "path"),
+    "KAFKA_SSL_KEYSTORE_CREDENTIALS": ("ssl.keystore.password", "content"),
+    "KAFKA_SSL_KEY_CREDENTIALS": ("ssl.key.password", "content"),
+    "KAFKA_SSL_TRUSTSTORE_FILENAME": ("ssl.truststore.location", "path"),
+    "KAFKA_SSL_TRUSTSTORE_CREDENTIALS": ("ssl.truststore.password", "content"),
+}
 #: What only the local stack sets (see its header).
 LOCAL_PROPERTIES = PACKAGE_DIR / "kafka" / "local.properties"
 #: Compose settings that name Compose's machine; the local stack gives its own values.
@@ -60,23 +79,61 @@ def kafka_property(variable: str) -> str:
     return name.replace("___", "-").replace("__", "\0").replace("_", ".").replace("\0", "_")
 
 
-def compose_kafka_settings(compose_text: str) -> dict[str, str]:
-    """The properties Compose gives its broker: the kafka service's KAFKA_* variables, in file order."""
+def _kafka_environment(compose_text: str, file: str) -> dict[str, str]:
     service = (yaml.safe_load(compose_text).get("services") or {}).get("kafka")
     if not service:
-        raise StackError("docker-compose.yml has no kafka service to take the broker's settings from")
+        raise StackError(f"{file} has no kafka service to take the broker's settings from")
     environment = service.get("environment") or {}
     if isinstance(environment, list):  # the `- NAME=value` form
         environment = dict(item.split("=", 1) for item in environment)
+    return {str(k): str(v) for k, v in environment.items()}
+
+
+_INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?::?[?-][^}]*)?\}")
+
+
+def compose_kafka_settings(
+    compose_text: str,
+    override_text: str | None = None,
+    *,
+    variables: Mapping[str, str] | None = None,
+    secrets_dir: Path | None = None,
+) -> dict[str, str]:
+    """The properties Compose gives its broker: the kafka service's KAFKA_* variables, in file order.
+
+    ``override_text`` (docker-compose.tls.yml) replaces variables and adds its own,
+    as ``docker compose -f docker-compose.yml -f docker-compose.tls.yml`` merges
+    them. ``${NAME...}`` is filled from ``variables``; without a value for NAME it
+    is refused. The image's SSL file variables (:data:`IMAGE_SSL_FILES`) and paths
+    under /etc/kafka/secrets/ point into ``secrets_dir``, as the image's mount does.
+    """
+    environment = _kafka_environment(compose_text, "docker-compose.yml")
+    if override_text is not None:
+        environment.update(_kafka_environment(override_text, "docker-compose.tls.yml"))
     settings: dict[str, str] = {}
-    for variable, value in environment.items():
+    for variable, text in environment.items():
         if not variable.startswith("KAFKA_") or variable in _NOT_PROPERTIES:
             continue
-        text = str(value)
+
+        def fill(match: re.Match[str], variable: str = variable) -> str:
+            if variables is None or match["name"] not in variables:
+                raise StackError(
+                    f"docker-compose: kafka's {variable} uses ${{{match['name']}}}, which localstack has no value for"
+                )
+            return variables[match["name"]]
+
+        text = _INTERPOLATION.sub(fill, text)
         if "${" in text:
-            raise StackError(
-                f"docker-compose.yml: kafka's {variable} uses interpolation, which localstack cannot follow"
-            )
+            raise StackError(f"docker-compose: kafka's {variable} uses interpolation, which localstack cannot follow")
+        if variable in IMAGE_SSL_FILES or text.startswith(IMAGE_SECRETS_DIR):
+            if secrets_dir is None:
+                raise StackError(f"docker-compose: kafka's {variable} names a TLS file, and TLS is off here")
+            if variable in IMAGE_SSL_FILES:
+                key, kind = IMAGE_SSL_FILES[variable]
+                file = secrets_dir / text
+                settings[key] = str(file) if kind == "path" else file.read_text().strip()
+                continue
+            text = str(secrets_dir / text.removeprefix(IMAGE_SECRETS_DIR))
         settings[kafka_property(variable)] = text
     return settings
 
@@ -177,8 +234,19 @@ class Kafka(Server):
 
     def render(self) -> str:
         """This stack's server.properties (see the module's docstring)."""
+        config = self.config
+        compose = (
+            compose_kafka_settings(
+                COMPOSE_FILE.read_text(),
+                COMPOSE_TLS_FILE.read_text(),
+                variables={"KAFKA_BROKER_PASSWORD": config.kafka_broker_password},
+                secrets_dir=config.tls_dir,
+            )
+            if config.tls
+            else compose_kafka_settings(COMPOSE_FILE.read_text())
+        )
         return render_kafka_properties(
-            compose_kafka_settings(COMPOSE_FILE.read_text()),
+            compose,
             LOCAL_PROPERTIES.read_text(),
             self.ports,
             num_partitions=self.config.kafka_num_partitions,
@@ -208,6 +276,7 @@ class Kafka(Server):
         self.config.conf_dir(self.name).mkdir(parents=True, exist_ok=True)
         self.log_dirs.mkdir(parents=True, exist_ok=True)
         self.properties.write_text(self.render())
+        self.properties.chmod(0o600)  # with TLS it holds the broker's and the keystore's passwords
         if (self.log_dirs / "meta.properties").exists():
             return  # formatted once per data directory; formatting again would fail
         log.write(b"localstack: formatting Kafka storage\n")
@@ -224,6 +293,7 @@ class Kafka(Server):
                 kafka_cluster_id(),
                 "--config",
                 str(self.properties),
+                *self._scram_users(),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -234,6 +304,40 @@ class Kafka(Server):
         )
         if result.returncode != 0:
             raise StackError(f"kafka: formatting the storage in {self.log_dirs} failed (exit {result.returncode})")
+
+    def _scram_users(self) -> list[str]:
+        """``--add-scram`` options for the SCRAM-SHA-512 users, with TLS (none without).
+
+        On the formatter's command line for the second it runs: the one way to put
+        a user into a new KRaft cluster before any login works.
+        """
+        if not self.config.tls:
+            return []
+        users = {
+            "broker": self.config.kafka_broker_password,
+            self.config.kafka_server_username: self.config.kafka_server_password,
+            self.config.kafka_model_username: self.config.kafka_model_password,
+        }
+        return [
+            option
+            for name, password in users.items()
+            for option in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
+        ]
+
+    def client_config(self) -> dict[str, Any]:
+        """What a client of this broker needs to connect (with TLS: the CA and the broker's own login)."""
+        config: dict[str, Any] = {"bootstrap.servers": f"127.0.0.1:{self.config.kafka_port}"}
+        if self.config.tls:
+            config.update(
+                {
+                    "security.protocol": "SASL_SSL",
+                    "ssl.ca.location": str(self.config.tls_file("ca.crt")),
+                    "sasl.mechanism": "SCRAM-SHA-512",
+                    "sasl.username": "broker",
+                    "sasl.password": self.config.kafka_broker_password,
+                }
+            )
+        return config
 
     def command(self) -> list[str]:
         return [
@@ -259,7 +363,7 @@ class Kafka(Server):
         from confluent_kafka.admin import AdminClient
 
         probe_config: dict[str, Any] = {
-            "bootstrap.servers": f"127.0.0.1:{self.config.kafka_port}",
+            **self.client_config(),
             "socket.timeout.ms": 3000,
             "logger": logging.getLogger(f"{__name__}.probe"),
         }

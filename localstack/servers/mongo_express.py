@@ -9,6 +9,7 @@ cannot connect.
 from __future__ import annotations
 
 import base64
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -72,14 +73,41 @@ class MongoExpress(Server):
             "ME_CONFIG_SITE_SESSIONSECRET": self.config.mongo_express_session_secret,
             "VCAP_APP_HOST": "127.0.0.1",
             "PORT": str(self.config.mongo_express_port),
+            **self._tls_env(),
         }
 
+    def _tls_env(self) -> dict[str, str]:
+        """With TLS: the database over TLS (checked against the CA) and the pages over HTTPS, as in Compose."""
+        if not self.config.tls:
+            return {}
+        database = {
+            # Driver options, not URL parameters: mongo-express passes ssl=false unless told, and options win.
+            "ME_CONFIG_MONGODB_SSL": "true",
+            "ME_CONFIG_MONGODB_SSLVALIDATE": "true",
+            "ME_CONFIG_MONGODB_CA_FILE": str(self.config.tls_file("ca.crt")),
+        }
+        return {
+            **(database if self.config.uses_ferretdb else {}),  # an external MONGO_URI carries its own TLS options
+            "ME_CONFIG_SITE_SSL_ENABLED": "true",
+            "ME_CONFIG_SITE_SSL_CRT_PATH": str(self.config.tls_file("server.crt")),
+            "ME_CONFIG_SITE_SSL_KEY_PATH": str(self.config.tls_file("server.key")),
+        }
+
+    @property
+    def url(self) -> str:
+        """Its address: https with TLS."""
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.config.mongo_express_port}/"
+
     def probe(self) -> bool:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.config.mongo_express_port}/")
+        request = urllib.request.Request(self.url)
         token = f"{self.config.mongo_express_username}:{self.config.mongo_express_password}"
         request.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
         try:
-            with urllib.request.urlopen(request, timeout=3) as response:
+            context = (
+                ssl.create_default_context(cafile=str(self.config.tls_file("ca.crt"))) if self.config.tls else None
+            )
+            with urllib.request.urlopen(request, timeout=3, context=context) as response:
                 return response.status == 200
         except urllib.error.HTTPError as exc:
             if exc.code == 401:

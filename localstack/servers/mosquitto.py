@@ -145,6 +145,16 @@ class Mosquitto(Server):
             "MQTT_SENSOR_PASSWORD": self.config.mqtt_sensor_password,
             "MQTT_SENSOR_ACCOUNTS": self.config.mqtt_sensor_accounts,
         }
+        if self.config.tls:
+            # The entry point puts the certificate and key on every listener of the
+            # rendered configuration and writes the result to conf_file, as in Compose.
+            rendered = conf / "mosquitto.rendered.conf"
+            rendered.write_text(self.render())
+            env.update(
+                MOSQUITTO_CONF=str(rendered),
+                MOSQUITTO_TLS_CERT_FILE=str(self.config.tls_file("server.crt")),
+                MOSQUITTO_TLS_KEY_FILE=str(self.config.tls_file("server.key")),
+            )
         result = subprocess.run(
             ["/bin/sh", str(ENTRYPOINT), "true"], capture_output=True, env=env, check=False, timeout=60
         )
@@ -152,7 +162,8 @@ class Mosquitto(Server):
             # Its messages name the variable and the entry, never a password.
             why = result.stderr.decode().strip()
             raise StackError(f"{ENTRYPOINT.name} could not write the password file and ACL: {why}")
-        self.conf_file.write_text(self.render())
+        if not self.config.tls:
+            self.conf_file.write_text(self.render())
 
     def command(self) -> list[str]:
         mosquitto = find_executable("mosquitto", "/usr/sbin/mosquitto") or "mosquitto"
@@ -167,6 +178,8 @@ class Mosquitto(Server):
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"localstack-probe-{uuid.uuid4().hex[:8]}", clean_session=True
         )
         client.username_pw_set(self.config.mqtt_sensor_username, self.config.mqtt_sensor_password)
+        if self.config.tls:
+            client.tls_set(ca_certs=str(self.config.tls_file("ca.crt")))
         outcome: dict[str, Any] = {}
 
         def on_connect(_client: Any, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any) -> None:
