@@ -84,10 +84,10 @@ def verify_problem(
             f"{variable}: the certificate of {host}:{port} does not verify against {ca_file}: "
             f"certificate verify failed: {error.verify_message}"
         )
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+        return None  # a handshake cut short (a server still starting, or one that hung up): the clients retry
     except ssl.SSLError as error:
-        if error.reason == "WRONG_VERSION_NUMBER":
-            # The server answered the TLS handshake in the clear.
-            return f"{variable}: {host}:{port} does not speak TLS (is TLS switched on there?)"
-        return None  # a handshake cut short: a server still starting; the clients retry
+        # Something came back that is no TLS handshake: most often a server answering in the clear.
+        return f"{variable}: the TLS handshake with {host}:{port} failed ({error.reason}): does it speak TLS?"
     except OSError:
         return None  # unreachable now: the clients retry
