@@ -6,9 +6,9 @@ takes minutes. So the page never filters ``readings`` or ``predictions``: it
 reads the documents the bridge keeps for it (:mod:`Server.timeline`): one per
 sensor (``sensors``, a small collection read whole), one per sensor and minute
 with that minute's points and forecasts (``aggregates``), per hour and per day
-(``aggregates_hourly``, ``aggregates_daily``), each looked up by ``_id``; and
-the newest of the capped ``rejections`` in insertion order; the latest anomalies
-are kept in each sensor's document.
+(``aggregates_hourly``, ``aggregates_daily``), each looked up by ``_id``; the
+latest anomalies (``recent_anomalies``, one document per bridge); and the newest
+of the capped ``rejections`` in insertion order.
 ``tests/integration/test_page_queries.py`` runs ``explain`` on every query the
 API makes and fails on a scan of a collection that grows with the data.
 Times in answers are ISO 8601 UTC strings (see :func:`pipeline.contract.iso`).
@@ -20,6 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -50,6 +51,10 @@ MAX_RANGE = timedelta(days=400)
 SETTLED = timedelta(minutes=2)
 CACHE_S = 60.0
 CACHE_MAX = 20_000
+#: Lookups sent at once (each on a connection of its own): a cold chart of the last hour is 61 of them.
+PARALLEL_LOOKUPS = 8
+#: Periods looked up before the first of them is answered (a CSV of a month streams a window at a time).
+WINDOW = 240
 
 Document = dict[str, Any]
 
@@ -94,6 +99,7 @@ class Reader:
         # (collection, _id, projection) -> (monotonic time it expires, document or None).
         self._cache: dict[tuple[str, str, str], tuple[float, Document | None]] = {}
         self._cache_lock = threading.Lock()
+        self._lookups = ThreadPoolExecutor(PARALLEL_LOOKUPS, thread_name_prefix="lookup")
 
     def ping(self) -> bool:
         """Whether MongoDB answers (the dashboard's readiness)."""
@@ -110,7 +116,7 @@ class Reader:
         old timestamps still counts as live; its last reading is its latest by ``ts``.
         """
         now = now or datetime.now(UTC)
-        found = self.sensor_docs.find({}, projection={"write_id": 0, "anomalies": 0})
+        found = self.sensor_docs.find({}, projection={"write_id": 0})
         rows = [self.row(doc, now) for doc in found if "last" in doc and "last_seen" in doc]
         rows.sort(key=lambda row: (row["age_s"], row["sensor"]))
         return rows
@@ -137,43 +143,69 @@ class Reader:
         """The stored documents of ``sensor`` for each period of ``step`` in [since, until], oldest first.
 
         One lookup by ``_id`` per period (a missing period is skipped): FerretDB answers
-        ``_id`` equality from its index, but ``$in`` and ranges from a scan.
+        ``_id`` equality from its index, but ``$in`` and ranges from a scan. Periods after
+        the sensor's latest reading are not looked up; the rest go PARALLEL_LOOKUPS at a
+        time, WINDOW periods at once, so a long range streams in bounded memory.
         """
         collection = self.db[periods.COLLECTION[step]]
         settled = datetime.now(UTC) - SETTLED
-        for start in periods.starts(since, until, step):
-            found = self._cached(collection, periods.period_id(sensor, start), projection, settled, start + step)
-            if found is not None:
-                yield {**found, "start": start}
+        latest = self.sensor_docs.find_one({"_id": sensor}, {"last.ts": 1})
+        if latest is not None and "last" in latest:
+            until = min(until, latest["last"]["ts"])
+        starts = periods.starts(since, until, step)
+        for first in range(0, len(starts), WINDOW):
+            window = starts[first : first + WINDOW]
+            keys = [periods.period_id(sensor, start) for start in window]
+            found = self._cached(collection, keys, [start + step for start in window], projection, settled)
+            yield from ({**doc, "start": start} for start, doc in zip(window, found, strict=True) if doc is not None)
 
     def _cached(
-        self, collection: Collection[Document], key: str, projection: Document, settled: datetime, end: datetime
-    ) -> Document | None:
-        """The document ``key`` of ``collection`` (its period ending at ``end``), from the cache if there.
+        self,
+        collection: Collection[Document],
+        keys: list[str],
+        ends: list[datetime],
+        projection: Document,
+        settled: datetime,
+    ) -> list[Document | None]:
+        """The documents ``keys`` of ``collection`` (their periods ending at ``ends``), from the cache if there.
 
-        Kept only once settled: written last before ``settled`` (``updated_at``). A minute still
-        being written (the current one, or one a sensor fills late from its spool), and one not
-        written yet, are read anew at every poll.
+        Kept only once settled: written last before ``settled`` (``updated_at``), or, for a
+        period with no document, ended before it. A minute still being written (the current
+        one, or one a sensor fills late from its spool) is read anew at every poll.
         """
-        entry = (collection.name, key, repr(sorted(projection.items())))
+        shape = repr(sorted(projection.items()))
         now = time.monotonic()
+        found: list[Document | None] = [None] * len(keys)
+        missing = []
         with self._cache_lock:
-            hit = self._cache.get(entry)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        found = collection.find_one({"_id": key}, {**projection, "updated_at": 1})
-        written = None if found is None else found.pop("updated_at", None) or end
-        if written is None or written > settled:
-            return found
-        with self._cache_lock:
-            if len(self._cache) >= CACHE_MAX:
-                expired = [k for k, (until, _) in self._cache.items() if until <= now]
-                for old in expired or list(self._cache)[: CACHE_MAX // 10]:
-                    del self._cache[old]
-            # Each kept between half and one and a half CACHE_S, so the minutes of a chart cached
-            # together are read again a few at a time, not all in one poll.
-            self._cache[entry] = (now + CACHE_S * random.uniform(0.5, 1.5), found)  # noqa: S311 - not security
+            for i, key in enumerate(keys):
+                hit = self._cache.get((collection.name, key, shape))
+                if hit is not None and hit[0] > now:
+                    found[i] = hit[1]
+                else:
+                    missing.append(i)
+        fields = {**projection, "updated_at": 1}
+        answers = self._lookups.map(lambda i: collection.find_one({"_id": keys[i]}, fields), missing)
+        keep = []
+        for i, doc in zip(missing, answers, strict=True):
+            written = ends[i] if doc is None else doc.pop("updated_at", None) or ends[i]
+            found[i] = doc
+            if written <= settled:
+                keep.append(((collection.name, keys[i], shape), doc))
+        if keep:
+            self._keep(keep, now)
         return found
+
+    def _keep(self, entries: list[tuple[tuple[str, str, str], Document | None]], now: float) -> None:
+        with self._cache_lock:
+            if len(self._cache) + len(entries) > CACHE_MAX:
+                expired = [k for k, (until, _) in self._cache.items() if until <= now]
+                for old in expired or list(self._cache)[: max(len(entries), CACHE_MAX // 10)]:
+                    del self._cache[old]
+            for entry, doc in entries:
+                # Each kept between half and one and a half CACHE_S, so the minutes of a chart cached
+                # together are read again a few at a time, not all in one poll.
+                self._cache[entry] = (now + CACHE_S * random.uniform(0.5, 1.5), doc)  # noqa: S311 - not security
 
     def series(self, sensor: str, minutes: int, now: datetime | None = None) -> Document:
         """The sensor's readings of the last ``minutes`` (by event time, at most RAW_UP_TO), each with its forecast."""
@@ -227,13 +259,13 @@ class Reader:
         return {"sensor": sensor, "minutes": minutes, "resolution": _STEP_NAMES[step], "rows": rows}
 
     def alerts(self, limit: int) -> list[Document]:
-        """The latest anomalies, newest first: each sensor's latest, kept in its ``sensors`` document."""
-        found = [
-            {**a, "sensor": doc["_id"]}
-            for doc in self.sensor_docs.find({}, projection={"anomalies": 1})
+        """The latest anomalies, newest first: each bridge keeps its latest in a ``recent_anomalies`` document."""
+        found = {
+            a["id"]: a
+            for doc in self.db[contract.COLLECTION_RECENT_ANOMALIES].find({}, projection={"anomalies": 1})
             for a in doc.get("anomalies") or []
-        ]
-        found.sort(key=lambda a: (a["ts"], a["id"]), reverse=True)
+        }
+        newest = sorted(found.values(), key=lambda a: (a["ts"], a["id"]), reverse=True)
         return [
             {
                 "id": a["id"],
@@ -245,7 +277,7 @@ class Reader:
                 "yhat_upper": a["yhat_upper"],
                 "scored_at": _iso(a.get("scored_at")),
             }
-            for a in found[:limit]
+            for a in newest[:limit]
         ]
 
     def latest_rejections(self, limit: int) -> list[Document]:

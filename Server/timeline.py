@@ -14,6 +14,10 @@ time would slow down with every stored reading. Instead the bridge keeps:
   ``first_seen``, readings received per minute (``received``, the last
   :data:`RATE_MINUTES` minutes) and ``interval_s``, the median gap between its
   latest readings. The sensors table is a read of this small collection.
+- ``recent_anomalies``: one document per bridge (``_id`` = ``name``, its MQTT
+  client id) with the latest :data:`RECENT_ANOMALIES` anomalies it stored, of
+  any sensor. The page's list of anomalies reads these few documents, not
+  one list per sensor: FerretDB decodes every field of every document it reads.
 
 Each is updated in place, by ``_id``, every ``every_s`` (minutes and sensors)
 or ``rollup_every_s`` (hours and days), with ``$inc``/``$min``/``$max``/``$push``,
@@ -59,8 +63,8 @@ MINUTE_POINTS_MAX = 6000
 RATE_MINUTES = 10
 #: Latest reading times per sensor used for its usual interval.
 RECENT_TS = 20
-#: Latest anomalies kept in each sensor's document (``anomalies``), which the page lists.
-RECENT_ANOMALIES = 20
+#: Latest anomalies kept in each bridge's ``recent_anomalies`` document, which the page lists.
+RECENT_ANOMALIES = 50
 #: Minute documents whose pushed points this bridge remembers (for MINUTE_POINTS_MAX).
 REMEMBERED_MINUTES = 100_000
 
@@ -117,9 +121,17 @@ class Seen:
 class Timeline:
     """Collects newly stored readings and predictions, and writes the documents above."""
 
-    def __init__(self, store: Store, stop: threading.Event, every_s: float = 2.0, rollup_every_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        stop: threading.Event,
+        every_s: float = 2.0,
+        rollup_every_s: float = 30.0,
+        name: str = "bridge-1",
+    ) -> None:
         self.store = store
         self.stop = stop
+        self.name = name
         self.every_s = every_s
         self.rollup_every_s = rollup_every_s
         self._lock = threading.Lock()
@@ -127,8 +139,10 @@ class Timeline:
         self._rollups: dict[tuple[str, str], tuple[str, datetime, Totals]] = {}
         self._seen: dict[str, Seen] = {}
         self._recent: dict[str, deque[datetime]] = {}
-        self._anomalies: dict[str, deque[dict[str, Any]]] = {}
-        self._anomalous: set[str] = set()
+        self._anomalies: deque[dict[str, Any]] = deque(maxlen=RECENT_ANOMALIES)
+        self._anomalies_changed = False
+        # Until the first flush has read back what this bridge wrote before it restarted.
+        self._anomalies_loaded = False
         # Points pushed to each minute document by this bridge, oldest first.
         self._pushed: OrderedDict[str, int] = OrderedDict()
         # Epoch minutes of each sensor's ``received`` this bridge has written.
@@ -180,8 +194,8 @@ class Timeline:
                 if p["anomaly"]:
                     anomaly = {"id": p["_id"], "ts": p["ds"], "v": p.get("v"), **forecast}
                     anomaly["scored_at"] = p.get("scored_at")
-                    self._anomalies.setdefault(p["sensor"], deque(maxlen=RECENT_ANOMALIES)).append(anomaly)
-                    self._anomalous.add(p["sensor"])
+                    self._anomalies.append({"sensor": p["sensor"], **anomaly})
+                    self._anomalies_changed = True
 
     def run(self) -> None:
         """Write every ``every_s`` until stopped, and everything once more on the way out."""
@@ -192,11 +206,12 @@ class Timeline:
     def flush(self, everything: bool = False) -> int:
         """Write what was added since the last flush; returns how many documents were updated."""
         now = datetime.now(UTC)
+        self._load_anomalies()
         with self._lock:
             minutes, self._minutes = self._minutes, {}
             seen, self._seen = self._seen, {}
-            anomalous, self._anomalous = self._anomalous, set()
-            anomalies = {sensor: list(self._anomalies[sensor]) for sensor in anomalous}
+            anomalies = list(self._anomalies) if self._anomalies_changed else None
+            self._anomalies_changed = False
             intervals = {sensor: _interval(self._recent[sensor]) for sensor in seen}
             rollups: dict[tuple[str, str], tuple[str, datetime, Totals]] = {}
             if everything or now.timestamp() >= self._rollups_due:
@@ -207,10 +222,11 @@ class Timeline:
         operations: dict[str, list[Update]] = {
             contract.COLLECTION_AGGREGATES: [_minute_update(key, m) for key, m in minutes.items()],
             contract.COLLECTION_SENSORS: [
-                self._sensor_update(sensor, seen.get(sensor), intervals.get(sensor), anomalies.get(sensor), now)
-                for sensor in seen.keys() | anomalous
+                self._sensor_update(sensor, s, intervals.get(sensor), now) for sensor, s in seen.items()
             ],
         }
+        if anomalies is not None:
+            operations[contract.COLLECTION_RECENT_ANOMALIES] = [(self.name, {"$set": {"anomalies": anomalies}})]
         for (name, key), (sensor, start, totals) in rollups.items():
             operations.setdefault(name, []).append(_rollup_update(key, sensor, start, totals))
         if not any(operations.values()):
@@ -234,20 +250,24 @@ class Timeline:
         while len(self._pushed) > REMEMBERED_MINUTES:
             self._pushed.popitem(last=False)
 
-    def _sensor_update(
-        self,
-        sensor: str,
-        seen: Seen | None,
-        interval: float | None,
-        anomalies: list[dict[str, Any]] | None,
-        now: datetime,
-    ) -> Update:
-        """``$max``/``$min``/``$inc`` the sensor's document; drop its received counts older than RATE_MINUTES.
+    def _load_anomalies(self) -> None:
+        """Once: put back the anomalies this bridge (by its name) had written before it stopped."""
+        if self._anomalies_loaded:
+            return
+        try:
+            stored = self.store.db[contract.COLLECTION_RECENT_ANOMALIES].find_one({"_id": self.name})
+        except TRANSIENT:
+            return  # the flush that follows retries until MongoDB answers; read again then
+        with self._lock:
+            newer = list(self._anomalies)
+            self._anomalies.clear()
+            self._anomalies.extend((stored or {}).get("anomalies") or [])
+            self._anomalies.extend(newer)
+            self._anomalies_changed = self._anomalies_changed or bool(newer)
+            self._anomalies_loaded = True
 
-        ``anomalies`` (this bridge's latest RECENT_ANOMALIES of the sensor) replace the stored ones.
-        """
-        if seen is None:
-            return sensor, {"$set": {"anomalies": anomalies}}
+    def _sensor_update(self, sensor: str, seen: Seen, interval: float | None, now: datetime) -> Update:
+        """``$max``/``$min``/``$inc`` the sensor's document; drop its received counts older than RATE_MINUTES."""
         written = self._written_minutes.setdefault(sensor, set())
         written.update(seen.received)
         expired = {m for m in written if m <= epoch_minute(now) - RATE_MINUTES}
@@ -260,8 +280,6 @@ class Timeline:
         update["$set"] = {}
         if interval is not None:
             update["$set"]["interval_s"] = interval
-        if anomalies is not None:
-            update["$set"]["anomalies"] = anomalies
         if expired - seen.received.keys():
             update["$unset"] = {f"received.{m}": "" for m in expired - seen.received.keys()}
         return sensor, update

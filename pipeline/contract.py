@@ -71,6 +71,8 @@ COLLECTION_AGGREGATES_DAILY = "aggregates_daily"
 COLLECTION_SENSORS = "sensors"
 #: One document per anomaly: a reading outside its forecast interval.
 COLLECTION_ALERTS = "alerts"
+#: One document per bridge (``_id`` its MQTT client id): the latest anomalies it stored, which the page lists.
+COLLECTION_RECENT_ANOMALIES = "recent_anomalies"
 #: Per sensor and model: rolling mean absolute error and interval coverage.
 COLLECTION_ACCURACY = "accuracy"
 #: The same per sensor, model and hour, written when the hour has settled.

@@ -3,8 +3,9 @@
 The queries are caught as the API's code sends them (pymongo command monitoring),
 not listed here, so a new query is checked as soon as it exists. Each is then
 run through ``explain``: FerretDB answers with SQLite's plan, and a ``SCAN`` of a
-table is allowed only for the ``sensors`` collection (one document per sensor)
-or a capped collection read backwards from its end (``$natural``) with a limit.
+table is allowed only for ``sensors`` (one document per sensor) and
+``recent_anomalies`` (one per bridge), or for a capped collection read backwards
+from its end (``$natural``) with a limit.
 A MongoDB ``explain`` is read the same way (``COLLSCAN`` against ``IXSCAN`` and
 ``IDHACK``), so the test holds on either server.
 """
@@ -24,14 +25,14 @@ from Dashboard.queries import Reader
 from pipeline import contract
 from pipeline.settings import MongoSettings
 from Server.store import Store
-from Server.timeline import Timeline
+from Server.timeline import RECENT_ANOMALIES, Timeline
 from tests.conftest import Pipeline
 from tests.helpers import CommandLog
 
 pytestmark = pytest.mark.integration
 
-#: Collections that may be read whole: bounded by the number of sensors, not by the data.
-BOUNDED = {contract.COLLECTION_SENSORS}
+#: Collections that may be read whole: bounded by the number of sensors or bridges, not by the data.
+BOUNDED = {contract.COLLECTION_SENSORS, contract.COLLECTION_RECENT_ANOMALIES}
 
 
 def scans(plan: dict[str, Any]) -> list[str]:
@@ -107,6 +108,7 @@ def test_every_query_of_the_page_is_answered_from_an_index(reader: tuple[Reader,
         contract.COLLECTION_AGGREGATES_HOURLY,
         contract.COLLECTION_AGGREGATES_DAILY,
         contract.COLLECTION_REJECTIONS,
+        contract.COLLECTION_RECENT_ANOMALIES,
     }
     capped = {contract.COLLECTION_ALERTS, contract.COLLECTION_REJECTIONS}
     for command in seen.values():
@@ -128,3 +130,36 @@ def test_the_check_sees_a_scan(reader: tuple[Reader, CommandLog, Store]) -> None
     assert scans(plan)
     plan = store.db.command("explain", {"find": contract.COLLECTION_READINGS, "filter": {"_id": "r"}})
     assert not scans(plan)
+
+
+def test_the_latest_anomalies_of_every_bridge_are_listed_and_outlive_a_restart(
+    reader: tuple[Reader, CommandLog, Store],
+) -> None:
+    """Two bridges each keep their latest RECENT_ANOMALIES; a restarted bridge keeps its own and adds to them."""
+    page, _finds, store = reader
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def anomalies(bridge: str, count: int, first_s: int) -> list[dict[str, Any]]:
+        return [
+            {"_id": f"{bridge}-{i}", "sensor": f"s-{bridge}", "ds": now + timedelta(seconds=first_s + i), "v": 9.0}
+            | {"yhat": 1.0, "yhat_lower": 0.0, "yhat_upper": 2.0, "anomaly": True, "scored_at": now}
+            for i in range(count)
+        ]
+
+    first, second = Timeline(store, threading.Event(), name="b1"), Timeline(store, threading.Event(), name="b2")
+    first.touch_predictions(anomalies("b1", RECENT_ANOMALIES + 10, 0))
+    second.touch_predictions(anomalies("b2", 5, 1000))
+    first.flush(everything=True)
+    second.flush(everything=True)
+    listed = page.alerts(500)
+    assert [a["id"] for a in listed[:5]] == [f"b2-{i}" for i in (4, 3, 2, 1, 0)], "newest first, of both bridges"
+    assert len(listed) == RECENT_ANOMALIES + 5, "each bridge keeps its latest RECENT_ANOMALIES"
+    assert {a["id"] for a in listed} >= {f"b1-{RECENT_ANOMALIES + 9}"} and "b1-0" not in {a["id"] for a in listed}
+
+    restarted = Timeline(store, threading.Event(), name="b1")
+    restarted.touch_predictions(anomalies("b1-again", 2, 2000))
+    restarted.flush(everything=True)
+    ids = [a["id"] for a in page.alerts(500)]
+    assert ids[:2] == ["b1-again-1", "b1-again-0"]
+    assert len(ids) == RECENT_ANOMALIES + 5, "what b1 had before it restarted, less the two oldest, and b2's"
+    assert f"b1-{RECENT_ANOMALIES + 9}" in ids and "b1-10" not in ids and "b1-12" in ids

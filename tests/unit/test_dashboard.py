@@ -6,16 +6,22 @@ import base64
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
+from unittest.mock import patch
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from Dashboard import queries
 from Dashboard.app import credentials_match
 from Dashboard.probe import parse_metrics, rate
 from Dashboard.queries import PAYLOAD_PREVIEW, Reader, per_minute, preview, resolution, sensor_state
+from pipeline import contract, periods
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -178,15 +184,33 @@ def collections_db(collections: dict[str, Any]) -> Any:
     return type("Db", (), {"__getitem__": lambda self, name: collections.get(name, SimpleNamespace())})()
 
 
+def stand_in(present: Callable[[str], bool], latest: datetime | None = None, asked: list[str] | None = None) -> Reader:
+    """A reader of stand-in collections: ``aggregates`` holds the minutes ``present`` says (count 1, value 2,
+    ``updated_at`` their end), and ``sensors`` one sensor whose latest reading is at ``latest`` (None: no document).
+    """
+    asked = [] if asked is None else asked
+
+    def find_one(query: dict[str, str], projection: dict[str, int]) -> dict[str, Any] | None:
+        asked.append(query["_id"])
+        if not present(query["_id"]):
+            return None
+        end = datetime.fromisoformat(query["_id"].split("|")[1].replace("Z", "+00:00")) + timedelta(minutes=1)
+        return {"_id": query["_id"], "count": 1, "sum": 2.0, "min": 2.0, "max": 2.0, "updated_at": end}
+
+    def sensor(query: dict[str, str], projection: dict[str, int]) -> dict[str, Any] | None:
+        return None if latest is None else {"_id": query["_id"], "last": {"ts": latest}}
+
+    collections = {
+        "aggregates": SimpleNamespace(name="aggregates", find_one=find_one),
+        "sensors": SimpleNamespace(name="sensors", find_one=sensor),
+    }
+    return Reader(cast(Any, collections_db(collections)))
+
+
 def test_settled_minutes_are_read_once_per_cache_period() -> None:
     """A page polling the last hour reads the settled minutes from MongoDB once, then only the newest."""
     asked: list[str] = []
-
-    def find_one(query: dict[str, str], projection: dict[str, int]) -> dict[str, Any]:
-        asked.append(query["_id"])
-        return {"_id": query["_id"], "count": 1, "sum": 2.0, "min": 2.0, "max": 2.0}
-
-    reader = Reader(cast(Any, collections_db({"aggregates": SimpleNamespace(name="aggregates", find_one=find_one)})))
+    reader = stand_in(lambda _: True, asked=asked)
     now = datetime.now(UTC)
     first = reader.aggregates("s1", 60, now=now)
     assert len(first["rows"]) == len(asked) == 61
@@ -194,3 +218,48 @@ def test_settled_minutes_are_read_once_per_cache_period() -> None:
     again = reader.aggregates("s1", 60, now=now)
     assert again == first
     assert 1 <= len(asked) <= 3, f"only the minutes younger than SETTLED: {asked}"
+
+
+def test_settled_minutes_without_a_document_are_read_once_per_cache_period() -> None:
+    """A sensor with gaps (or a chart reaching back before its first reading) is not looked up again each poll."""
+    asked: list[str] = []
+    reader = stand_in(lambda key: key.endswith("0:00.000Z"), asked=asked)  # one minute in ten
+    now = datetime.now(UTC)
+    first = reader.aggregates("s1", 180, now=now)
+    assert len(asked) == 181
+    assert 17 <= len(first["rows"]) <= 19
+    asked.clear()
+    assert reader.aggregates("s1", 180, now=now) == first
+    assert 1 <= len(asked) <= 3, f"only the minutes younger than SETTLED: {asked}"
+
+
+def test_minutes_after_the_sensors_latest_reading_are_not_looked_up() -> None:
+    """A sensor silent for two hours: a chart of the last three looks up its last hour only."""
+    asked: list[str] = []
+    now = datetime.now(UTC)
+    reader = stand_in(lambda _: True, latest=now - timedelta(hours=2), asked=asked)
+    rows = reader.aggregates("s1", 180, now=now)["rows"]
+    assert len(asked) == len(rows) == 61
+    assert rows[-1]["start"] == contract.iso((now - timedelta(hours=2)).replace(second=0, microsecond=0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    present=st.lists(st.booleans(), min_size=1, max_size=600),
+    ago=st.integers(min_value=0, max_value=30),
+    window=st.integers(min_value=1, max_value=50),
+)
+def test_parallel_lookups_answer_like_one_at_a_time(present: list[bool], ago: int, window: int) -> None:
+    """Whatever minutes exist, and however the range is cut into windows, the rows come oldest first, once each:
+    exactly the minutes that exist, up to the sensor's latest reading.
+    """
+    now = datetime(2026, 11, 30, 12, 0, 30, tzinfo=UTC)
+    since = now - timedelta(minutes=len(present) - 1)
+    starts = [since.replace(second=0) + timedelta(minutes=i) for i in range(len(present))]
+    exists = {periods.period_id("s1", start) for start, there in zip(starts, present, strict=True) if there}
+    latest = now - timedelta(minutes=ago)
+    reader = stand_in(lambda key: key in exists, latest=latest)
+    with patch.object(queries, "WINDOW", window):
+        rows = list(reader._periods("s1", since, now, periods.MINUTE, {"count": 1}))
+    expected = [s for s, there in zip(starts, present, strict=True) if there and s <= latest]
+    assert [row["start"] for row in rows] == expected
