@@ -174,7 +174,7 @@ def create_app(
         with metrics.QUERY_SECONDS.labels("firing").time():
             return alertmanager.firing()
 
-    @app.get("/runbooks/{name}", response_class=PlainTextResponse)
+    @app.get("/runbooks/{name}", response_class=PlainTextResponse, include_in_schema=False)
     def runbook(name: str) -> PlainTextResponse:
         """The runbook of one alert (its section of docs/alerts.md), as text."""
         text = runbooks.get(name.lower())

@@ -39,6 +39,7 @@ API_ROUTES = {
     "/api/alerts",
     "/api/rejections",
     "/api/health",
+    "/api/firing",
     "/api/sensors/{sensor}/readings.csv",
 }
 
@@ -148,6 +149,7 @@ def test_every_route_needs_the_login(pipeline: Pipeline) -> None:
         "/static/style.css",
         "/static/vendor/uPlot.iife.min.js",
         "/static/vendor/uPlot.min.css",
+        "/runbooks/servicedown",
         "/no-such-page",
     ]
     for path in paths:
