@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import threading
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any, cast
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import periods
@@ -98,3 +102,93 @@ def test_totals_that_start_together_are_written_spread_over_the_interval() -> No
         per_flush.append(len(aggregator._due_totals(flush * 5.0, everything=False)))
     assert sum(per_flush) == 100, "each written once in the interval"
     assert max(per_flush) <= 30, f"a share per flush, not all at once: {per_flush}"
+
+
+def _bson_order(value: Any) -> Any:
+    """What $max compares: a document field by field, in order."""
+    return list(value.values()) if isinstance(value, dict) else value
+
+
+class Applied(Timeline):
+    """A timeline whose updates are applied to documents in memory ($inc, $min, $max, $push, $set...)."""
+
+    def __init__(self) -> None:
+        store = SimpleNamespace(db=defaultdict(lambda: SimpleNamespace(find_one=lambda *_a, **_k: None)))
+        super().__init__(store=cast(Any, store), stop=threading.Event())
+        self.documents: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _write(self, operations: dict[str, list[tuple[str, dict[str, Any]]]], write_id: str, retry: bool) -> int:
+        for name, updates in operations.items():
+            for key, update in updates:
+                doc = self.documents.setdefault((name, key), {})
+                for field, value in update.get("$setOnInsert", {}).items():
+                    doc.setdefault(field, value)
+                for field, value in update.get("$inc", {}).items():
+                    doc[field] = doc.get(field, 0) + value
+                for field, value in update.get("$min", {}).items():
+                    doc[field] = min(doc.get(field, value), value)
+                for field, value in update.get("$max", {}).items():
+                    doc[field] = max(
+                        doc.get(field, value), value, key=lambda x: list(x.values()) if isinstance(x, dict) else x
+                    )
+                for field, value in update.get("$push", {}).items():
+                    doc.setdefault(field, []).extend(value["$each"])
+                doc.update(update.get("$set", {}))
+        return sum(map(len, operations.values()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["s1", "s2", "s3"]),
+                st.integers(min_value=0, max_value=3 * 3600),
+                st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
+            ),
+            max_size=40,
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    flushes=st.lists(st.booleans(), min_size=8, max_size=8),
+)
+def test_minutes_hours_and_days_hold_the_totals_of_every_reading_however_they_are_flushed(
+    batches: list[list[tuple[str, int, float]]], flushes: list[bool]
+) -> None:
+    """Readings added in any batches, with flushes between any of them, add up in the stored documents to the
+    totals computed from all of them at once: count, sum, min and max per minute, hour and day, every point once,
+    and each sensor's latest reading.
+    """
+    start = datetime(2026, 11, 29, 22, 30, tzinfo=UTC)  # the three hours cross midnight
+    timeline = Applied()
+    everything = []
+    for number, batch in enumerate(batches):
+        readings = [
+            reading(sensor, v).model_copy(update={"id": f"{sensor}-{number}-{i}", "ts": start + timedelta(seconds=s)})
+            for i, (sensor, s, v) in enumerate(batch)
+        ]
+        timeline.touch(readings)
+        everything += readings
+        if flushes[number]:
+            timeline.flush(everything=number % 2 == 0)
+    timeline.flush(everything=True)
+
+    for step in (periods.MINUTE, periods.HOUR, periods.DAY):
+        expected: dict[str, list[float]] = defaultdict(list)
+        for r in everything:
+            expected[periods.period_id(r.sensor, periods.FLOOR[step](r.ts))].append(r.v)
+        stored = {key: doc for (name, key), doc in timeline.documents.items() if name == periods.COLLECTION[step]}
+        assert stored.keys() == expected.keys()
+        for key, values in expected.items():
+            doc = stored[key]
+            assert (doc["count"], doc["min"], doc["max"]) == (len(values), min(values), max(values))
+            assert math.isclose(doc["sum"], math.fsum(values), rel_tol=1e-9, abs_tol=1e-6)
+            if step == periods.MINUTE:
+                assert sorted(p["id"] for p in doc["points"]) == sorted(
+                    r.id for r in everything if periods.period_id(r.sensor, periods.FLOOR[step](r.ts)) == key
+                )
+    sensors = {key: doc for (name, key), doc in timeline.documents.items() if name == "sensors"}
+    assert sensors.keys() == {r.sensor for r in everything}
+    for sensor, doc in sensors.items():
+        assert doc["last"]["ts"] == max(r.ts for r in everything if r.sensor == sensor)
