@@ -7,20 +7,25 @@ stack's MongoDB, answers only an ``_id`` lookup from an index and scans the
 whole collection for any other filter, so a sensor's history is read here
 minute by minute, by ``_id``; the hourly rollups (``aggregates_hourly``, one
 lookup per hour) say which hours hold any reading, so empty hours cost one
-lookup, not sixty.
+lookup, not sixty. The bridge writes an hour's rollup up to 30 s after its
+minutes, so the hours of the last :data:`FRESH` are read minute by minute
+whatever the rollups say.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.database import Database
 
 from pipeline import contract
-from pipeline.periods import COLLECTION, HOUR, MINUTE, period_id, starts
+from pipeline.periods import COLLECTION, HOUR, MINUTE, forecasts_of, period_id, points_of, starts
+
+#: Hours this recent are read minute by minute even without their rollup (the bridge writes it later).
+FRESH = timedelta(minutes=5)
 
 
 @dataclass
@@ -36,8 +41,11 @@ def minutes(db: Database[dict[str, Any]], sensor: str, since: datetime, until: d
     """The sensor's stored minutes overlapping [since, until), oldest first, with the points inside the range."""
     hourly = db[COLLECTION[HOUR]]
     per_minute = db[COLLECTION[MINUTE]]
+    fresh = datetime.now(UTC) - FRESH - HOUR
     for hour in starts(since, until, HOUR):
-        if hour >= until or hourly.find_one({"_id": period_id(sensor, hour)}, {"_id": 1}) is None:
+        if hour >= until:
+            continue
+        if hour < fresh and hourly.find_one({"_id": period_id(sensor, hour)}, {"_id": 1}) is None:
             continue
         for start in starts(max(hour, since), min(hour + HOUR, until), MINUTE):
             if start >= until or start >= hour + HOUR:
@@ -46,11 +54,11 @@ def minutes(db: Database[dict[str, Any]], sensor: str, since: datetime, until: d
             if document is None:
                 continue
             minute = Minute(start)
-            for point in document.get("points") or []:
+            for point in points_of(document):
                 ts = _utc(point["ts"])
                 if since <= ts < until:
                     minute.points.append(contract.Reading(id=point["id"], sensor=sensor, ts=ts, v=point["v"]))
-            minute.forecasts = {f["id"]: f for f in document.get("forecasts") or []}
+            minute.forecasts = {f["id"]: f for f in forecasts_of(document)}
             if minute.points:
                 yield minute
 

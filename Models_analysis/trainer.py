@@ -175,6 +175,13 @@ class Trainer:
             decision = self.consider(sensor, latest)
             if decision is not None:
                 recorded.append(decision)
+        logger.info(
+            "round done: %d sensors, %d decisions (%d promotions), %d with too little history",
+            len(sensors),
+            len(recorded),
+            sum(bool(d["promoted"]) for d in recorded),
+            len(sensors) - len(recorded),
+        )
         return recorded
 
     def incumbent(self, sensor: str) -> Incumbent:

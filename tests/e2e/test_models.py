@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import joblib
@@ -16,8 +20,11 @@ import pytest
 
 from localstack.services import ROOT
 from Models_analysis.model import file_hash, load_model
+from Models_analysis.rescore import COLLECTION_RESCORED, COLLECTION_RESCORES, rescored_id
+from Models_analysis.trainer import COLLECTION_MODEL_VERSIONS
 from pipeline import contract
-from tests.conftest import Pipeline, wait_for
+from pipeline.periods import period_id
+from tests.conftest import Pipeline, free_port, wait_for
 from tests.helpers import consume, payload, publish, reading
 from tests.unit.models import ConstantModel, SlowModel
 
@@ -227,3 +234,153 @@ def test_a_model_that_hangs_turns_its_batches_into_prediction_errors_and_the_ser
         pipeline.logs,
     )
     assert "did not return within 1s" in model.log_tail(200)
+
+
+def wave_history(sensor: str, minutes: int, end: datetime) -> list[contract.Reading]:
+    """One reading a minute up to ``end``: a 6-hour wave around 100 (nothing like the flat default)."""
+    found = []
+    for k in range(minutes, 0, -1):
+        ts = end - timedelta(minutes=k)
+        found.append(
+            contract.Reading(
+                id=uuid.uuid4().hex, sensor=sensor, ts=ts, v=100 + 20 * math.sin(2 * math.pi * ts.timestamp() / 21_600)
+            )
+        )
+    return found
+
+
+def send(pipeline: Pipeline, sensor: str, readings: list[contract.Reading]) -> None:
+    """Publish ``readings`` as ``sensor`` would; every one accepted by the broker."""
+    codes = publish(pipeline.stack.env, sensor, contract.readings_topic(sensor), [payload(r) for r in readings])
+    assert set(codes) == {0}, codes
+
+
+def trainer_env(pipeline: Pipeline, models: Path, trained: Path, **overrides: str) -> dict[str, str]:
+    return {
+        "MONGO_URI": pipeline.stack.env["MONGO_URI"],
+        "MONGO_DATABASE": pipeline.stack.env["MONGO_DATABASE"],
+        "MODEL_PATH": str(models),
+        "MODEL_TRAINED_PATH": str(trained),
+        "HEALTH_PORT": str(free_port()),
+        **overrides,
+    }
+
+
+def test_a_promotion_by_the_trainer_changes_the_model_identity_and_scoring_never_stops_while_it_fits(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    models, trained = tmp_path / "models", tmp_path / "trained"
+    models.mkdir()
+    flat = save_model(models / "default.joblib", "flat", level=10)
+    pipeline.start_server()
+    pipeline.start_model(MODEL_PATH=str(models), MODEL_TRAINED_PATH=str(trained), MODEL_RELOAD_CHECK_S="0.5")
+    sensor, busy = pipeline.sensor_id(1), pipeline.sensor_id(2)
+    history = wave_history(sensor, 12 * 60, datetime.now(UTC) - timedelta(minutes=1))
+    assert set(publish(pipeline.stack.env, sensor, contract.readings_topic(sensor), [payload(r) for r in history])) == {
+        0
+    }
+    predictions = pipeline.db[contract.COLLECTION_PREDICTIONS]
+    wait_for(lambda: predictions.count_documents({"sensor": sensor}) == len(history), 120, "the history's predictions")
+    assert {p["model"]["hash"] for p in predictions.find({"sensor": sensor})} == {flat}
+    hourly = pipeline.db[contract.COLLECTION_AGGREGATES_HOURLY]
+    hours = {period_id(sensor, r.ts.replace(minute=0, second=0, microsecond=0)) for r in history}
+    wait_for(lambda: hourly.count_documents({"_id": {"$in": sorted(hours)}}) == len(hours), 90, "the hourly rollups")
+    # Another sensor streams all along: its predictions must keep coming while the trainer fits.
+    pipeline.start_sensor(2, SENSOR_INTERVAL_S="0.05", SENSOR_LOOP="true")
+    wait_for(lambda: predictions.count_documents({"sensor": busy}) >= 20, 60, "the busy sensor's predictions")
+
+    env = trainer_env(
+        pipeline,
+        models,
+        trained,
+        TRAINER_KIND="prophet",
+        TRAINER_WINDOW_S="86400",
+        TRAINER_HOLDOUT_S="7200",
+        TRAINER_MIN_READINGS="300",
+        TRAINER_EVERY_S="3600",
+    )
+    started = datetime.now(UTC)
+    trainer = pipeline._start("trainer", "Models_analysis.trainer", env, wait=True)
+    versions = pipeline.db[COLLECTION_MODEL_VERSIONS]
+    decision = wait_for(lambda: versions.find_one({"sensor": sensor}), 300, "the trainer's decision", pipeline.logs)
+    assert decision["promoted"], decision
+    assert decision["incumbent"] == {"name": "flat", "hash": flat, "source": "default"}
+    assert decision["metrics"]["challenger"]["mae"] < decision["metrics"]["incumbent"]["mae"]
+    promoted = decision["model"]["hash"]
+    assert load_model(trained / f"{sensor}.joblib").identity.hash == promoted
+
+    # Readings after the promotion are scored by the promoted model.
+    later = wave_history(sensor, 5, datetime.now(UTC))
+    time.sleep(1.5)  # MODEL_RELOAD_CHECK_S=0.5: the service has looked at the folder since
+    send(pipeline, sensor, later)
+    ids = [r.id for r in later]
+    wait_for(lambda: predictions.count_documents({"_id": {"$in": ids}}) == 5, 60, "the later predictions")
+    assert {p["model"]["hash"] for p in predictions.find({"_id": {"$in": ids}})} == {promoted}
+    assert f"trained model for sensor {sensor}" in pipeline.processes[1].log_tail(400)
+
+    # From the trainer's start (importing Prophet, reading the history) to its decision (the fit included),
+    # the busy sensor's readings were scored without a pause.
+    fitted_until = decision["decided_at"]
+    fitted_from = min(started, fitted_until - timedelta(seconds=decision["fit_seconds"]))
+    assert decision["fit_seconds"] > 0 and decision["kind"] == "prophet"
+    scored = sorted(
+        p["scored_at"]
+        for p in predictions.find({"sensor": busy}, {"scored_at": 1})
+        if fitted_from - timedelta(seconds=2) <= p["scored_at"] <= fitted_until + timedelta(seconds=2)
+    )
+    assert scored, "the busy sensor was scored during the fit"
+    gaps = [(b - a).total_seconds() for a, b in zip([fitted_from, *scored], [*scored, fitted_until], strict=True)]
+    assert max(gaps) < 2.0, f"scoring paused for {max(gaps):.1f}s while the trainer fitted"
+    assert trainer.alive
+
+
+def test_rescore_a_range_with_another_model_beside_the_live_forecasts(pipeline: Pipeline, tmp_path: Path) -> None:
+    flat_path = tmp_path / "flat.joblib"
+    save_model(flat_path, "flat", level=10)
+    pipeline.start_server()
+    pipeline.start_model(MODEL_PATH=str(flat_path))
+    sensor = pipeline.sensor_id(1)
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    history = wave_history(sensor, 120, end)
+    assert set(publish(pipeline.stack.env, sensor, contract.readings_topic(sensor), [payload(r) for r in history])) == {
+        0
+    }
+    aggregates = pipeline.db[contract.COLLECTION_AGGREGATES]
+    last_minute = period_id(sensor, history[-1].ts.replace(second=0, microsecond=0))
+    wait_for(
+        lambda: (d := aggregates.find_one({"_id": last_minute})) and d.get("forecasts"),
+        120,
+        "the minutes' forecasts",
+        pipeline.logs,
+    )
+    near = tmp_path / "near.joblib"
+    near_hash = save_model(near, "near", level=100, width=25)
+    env = {"MONGO_URI": pipeline.stack.env["MONGO_URI"], "MONGO_DATABASE": pipeline.stack.env["MONGO_DATABASE"]}
+    since, until = contract.iso(end - timedelta(minutes=60)), contract.iso(end)
+    result = subprocess.run(
+        [sys.executable, "-m", "Models_analysis.rescore", "--sensor", sensor, "--since", since, "--until", until]
+        + ["--model", str(near)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"re-scored 60 readings of {sensor} in 60 minutes with near (hash {near_hash})" in result.stdout
+    summary = pipeline.db[COLLECTION_RESCORES].find_one({"_id": f"{sensor}|{near_hash}|{since}|{until}"})
+    assert summary is not None and summary["model"] == {"name": "near", "hash": near_hash}
+    ours, live = summary["compared"]["rescored"], summary["compared"]["live"]
+    assert ours["n"] == live["n"] == 60 and ours["mae"] < live["mae"] and live["coverage"] == 0.0
+    minute = pipeline.db[COLLECTION_RESCORED].find_one({"_id": rescored_id(sensor, near_hash, history[-60].ts)})
+    assert minute is not None and minute["forecasts"][0]["yhat"] == 100.0
+    bad = subprocess.run(
+        [sys.executable, "-m", "Models_analysis.rescore", "--sensor", sensor, "--since", until, "--until", since]
+        + ["--model", str(near)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert bad.returncode == 2 and "is not after" in bad.stderr
