@@ -25,11 +25,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Variables of the calling environment that a service must not inherit: the
 #: service gets exactly what its env says, as in a container.
-_PREFIXES = ("MQTT_", "KAFKA_", "MONGO_", "SENSOR_", "MODEL_", "SERVER_", "DASHBOARD_", "LOG_LEVEL", "HEALTH_PORT")
+_PREFIXES = (
+    "MQTT_",
+    "KAFKA_",
+    "MONGO_",
+    "SENSOR_",
+    "MODEL_",
+    "TRAINER_",
+    "SERVER_",
+    "DASHBOARD_",
+    "LOG_LEVEL",
+    "HEALTH_PORT",
+)
 
 #: Health and metrics ports of `run_pipeline`'s processes (sensor i gets SENSOR_HEALTH_PORT + i).
 SERVER_HEALTH_PORT = 8010
 MODEL_HEALTH_PORT = 8011
+TRAINER_HEALTH_PORT = 8012
+#: Where `make run`'s trainer writes per-sensor models and its model service reads them (MODEL_TRAINED_PATH).
+TRAINED_MODELS = ROOT / ".stack" / "trained-models"
 SENSOR_HEALTH_PORT = 8020
 
 
@@ -159,6 +173,19 @@ def model_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
     return env
 
 
+def trainer_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    """The trainer's environment: MongoDB (its history), the model files it compares with and where it writes."""
+    env = {
+        "MONGO_URI": stack_env["MONGO_URI"],
+        "MONGO_DATABASE": stack_env["MONGO_DATABASE"],
+        "MODEL_PATH": str(ROOT / "models/default.joblib"),
+        "MODEL_TRAINED_PATH": str(TRAINED_MODELS),
+        **_copy(stack_env, "MONGO_TLS_CA_FILE"),
+    }
+    env.update(overrides)
+    return env
+
+
 def dashboard_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
     """The dashboard's environment: MongoDB, and mongo-express's login (the page uses the same one)."""
     env = {
@@ -190,7 +217,7 @@ def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int) -> i
         ServiceProcess(
             "model_analysis",
             "Models_analysis",
-            model_env(stack_env, HEALTH_PORT=str(MODEL_HEALTH_PORT)),
+            model_env(stack_env, HEALTH_PORT=str(MODEL_HEALTH_PORT), MODEL_TRAINED_PATH=str(TRAINED_MODELS)),
             log_dir / "model_analysis.log",
         ),
     ]
@@ -221,6 +248,13 @@ def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int) -> i
         ),
         log_dir / "dashboard.log",
     )
+    # Continuous training (Models_analysis.trainer): a challenger per sensor with enough history.
+    trainer = ServiceProcess(
+        "trainer",
+        "Models_analysis.trainer",
+        trainer_env(stack_env, HEALTH_PORT=str(TRAINER_HEALTH_PORT)),
+        log_dir / "trainer.log",
+    )
     stopping = False
 
     def request_stop(_signum: int, _frame: object) -> None:
@@ -229,7 +263,7 @@ def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int) -> i
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    for service in [*services, dashboard]:
+    for service in [*services, dashboard, trainer]:
         service.start()
     scheme = "https" if "DASHBOARD_TLS_CERT_FILE" in stack_env else "http"
     logger.info("the live page: %s://127.0.0.1:%s/ (mongo-express's login)", scheme, dashboard_port)
@@ -237,15 +271,15 @@ def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int) -> i
     try:
         while not stopping:
             time.sleep(0.5)
-            for service in [*services, dashboard]:
+            for service in [*services, dashboard, trainer]:
                 if not service.alive:
                     logger.error(
                         "%s exited with %s; its log ends:\n%s", service.name, service.returncode, service.log_tail()
                     )
                     stopping, code = True, 1
     finally:
-        # The page first (it only reads), the sensors, then the bridge (it drains
-        # what they sent), then the model.
-        for service in [dashboard, *services[2:], *services[:2]]:
+        # The page and the trainer first (they only read, and write model files atomically), the
+        # sensors, then the bridge (it drains what they sent), then the model.
+        for service in [dashboard, trainer, *services[2:], *services[:2]]:
             service.stop()
     return code
