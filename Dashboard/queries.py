@@ -224,8 +224,8 @@ class Reader:
         """Each reading of ``sensor`` with ``since <= ts <= until`` and its forecast, oldest first."""
         projection = {"points": 1, "forecasts": 1}
         for minute in self._periods(sensor, since, until, periods.MINUTE, projection):
-            forecasts = {f["id"]: f for f in minute.get("forecasts", [])}
-            for reading in sorted(minute.get("points", []), key=lambda p: (p["ts"], p["id"])):
+            forecasts = {f["id"]: f for f in periods.forecasts_of(minute)}
+            for reading in sorted(periods.points_of(minute), key=lambda p: (p["ts"], p["id"])):
                 if not since <= reading["ts"] <= until:
                     continue
                 forecast = forecasts.get(reading["id"], {})

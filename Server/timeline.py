@@ -7,7 +7,9 @@ time would slow down with every stored reading. Instead the bridge keeps:
 - ``aggregates``: one document per sensor and minute of event time
   (``_id`` = ``<sensor>|<minute>``): ``count``, ``sum``, ``min``, ``max``, the
   minute's ``points`` (id, ts, v) and their ``forecasts`` (id, yhat, interval,
-  anomaly). A time range of one sensor is one lookup per minute.
+  anomaly), each flush adding one chunk of rows to each (see
+  :func:`pipeline.periods.pack_points`). A time range of one sensor is one
+  lookup per minute.
 - ``aggregates_hourly`` and ``aggregates_daily``: the same totals per hour and
   per day (no points), for long time ranges; kept longer than raw readings.
 - ``sensors``: one document per sensor: its ``last`` reading, ``last_seen``,
@@ -48,7 +50,17 @@ from typing import Any
 from pymongo.errors import OperationFailure
 
 from pipeline import contract
-from pipeline.periods import COLLECTION, DAY, FLOOR, HOUR, MINUTE, epoch_minute, period_id
+from pipeline.periods import (
+    COLLECTION,
+    DAY,
+    FLOOR,
+    HOUR,
+    MINUTE,
+    epoch_minute,
+    pack_forecasts,
+    pack_points,
+    period_id,
+)
 from pipeline.retry import RetryError, until_done
 from Server import metrics
 from Server.store import MAX_STATEMENTS, TRANSIENT, Store
@@ -346,10 +358,13 @@ def _minute_update(key: str, minute: Minute) -> Update:
         update.update(minute.totals.update())
     if minute.dropped:
         update["$inc"]["dropped_points"] = minute.dropped
-    pushes = {name: {"$each": items} for name, items in (("points", minute.points), ("forecasts", minute.forecasts))}
-    update["$push"] = {name: each for name, each in pushes.items() if each["$each"]}
-    if not update["$push"]:
-        del update["$push"]
+    pushes = {}
+    if minute.points:
+        pushes["points"] = {"$each": [pack_points((p["id"], p["ts"], p["v"]) for p in minute.points)]}
+    if minute.forecasts:
+        pushes["forecasts"] = {"$each": [pack_forecasts(minute.forecasts)]}
+    if pushes:
+        update["$push"] = pushes
     return key, update
 
 

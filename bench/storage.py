@@ -45,6 +45,8 @@ BATCH = 10_000
 #: The page's poll interval: every endpoint is asked once per poll (a page asks fewer).
 POLL_S = 3.0
 MODEL = {"name": "bench", "hash": "bench"}
+#: The bridge's timeline flush interval: a loaded minute gets one chunk of points per FLUSH_S of readings.
+FLUSH_S = 2
 
 
 def _reading_docs(sensor: str, start: datetime, count: int, step: timedelta) -> Iterator[dict[str, Any]]:
@@ -93,13 +95,16 @@ def _derived(readings: list[dict[str, Any]], predictions: list[dict[str, Any]]) 
             doc["max"] = max(doc["max"], r["v"])
             if step == periods.MINUTE:
                 doc["minute"] = start
-                doc.setdefault("points", []).append({"id": r["_id"], "ts": r["ts"], "v": r["v"]})
-                p = forecasts[r["_id"]]
-                doc.setdefault("forecasts", []).append(
-                    {k: p[k] for k in ("yhat", "yhat_lower", "yhat_upper", "anomaly")} | {"id": r["_id"]}
-                )
+                # Grouped as the bridge's flushes every 2 s would have written them.
+                doc.setdefault("flushes", defaultdict(list))[r["ts"].second // FLUSH_S].append(r)
             else:
                 doc["start"] = start
+    for doc in minutes.values():
+        flushes = doc.pop("flushes").values()
+        doc["points"] = [periods.pack_points((r["_id"], r["ts"], r["v"]) for r in chunk) for chunk in flushes]
+        doc["forecasts"] = [
+            periods.pack_forecasts(forecasts[r["_id"]] | {"id": r["_id"]} for r in chunk) for chunk in flushes
+        ]
     return {
         periods.COLLECTION[periods.MINUTE]: list(minutes.values()),
         **{k: list(v.values()) for k, v in rollups.items()},
@@ -116,14 +121,19 @@ def load(db: Database[dict[str, Any]], sensors: list[str], days: int, fast: list
 
     A day of every sensor at a time, each collection in time order, as a bridge would have
     written them: insertion order is time order, which the bridge's retention relies on.
-    Whole UTC days (the last ending at today's midnight), so no hour or day is split.
+    Whole UTC days up to today's midnight, then today up to now with the fast sensors' last
+    ``fast_s``, so no hour or day is split between two chunks.
     """
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     first_day = periods.FLOOR[periods.DAY](now) - timedelta(days=days)
     chunks = [
         [(s, first_day + timedelta(days=day), 1440, timedelta(minutes=1)) for s in sensors] for day in range(days)
     ]
-    chunks.append([(s, now - timedelta(seconds=fast_s), fast_s, timedelta(seconds=1)) for s in fast])
+    today = periods.FLOOR[periods.DAY](now)
+    chunks.append(
+        [(s, now - timedelta(seconds=fast_s), fast_s, timedelta(seconds=1)) for s in fast]
+        + [(s, today, int((now - today) / timedelta(minutes=1)), timedelta(minutes=1)) for s in sensors]
+    )
     last: dict[str, dict[str, Any]] = {}
     total = 0
     for chunk in chunks:
@@ -200,6 +210,7 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         "/api/alerts?limit=20",
         "/api/rejections?limit=20",
         f"/api/sensors/{slow}/readings.csv?minutes=1440",
+        f"/api/sensors/{quick_one}/readings.csv?minutes=60",
     ]
     times: dict[str, list[float]] = defaultdict(list)
     with namespace.running():
@@ -245,7 +256,12 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         "ingest_p99_s": quantile(ingest, 0.99),
         "retention_deleted": deleted,
         "endpoints_ms": {
-            name: {"p50": statistics.median(t) * 1000, "p95": _p95(t) * 1000} for name, t in times.items()
+            name: {
+                "p50": statistics.median(t) * 1000,
+                "p95": _p95(t) * 1000,
+                "answers_ms": [round(x * 1000, 1) for x in t],
+            }
+            for name, t in times.items()
         },
     }
     tables = [

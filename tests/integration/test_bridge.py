@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from pipeline import contract
+from pipeline.periods import forecasts_of, points_of
 from tests.conftest import Pipeline, wait_for
 from tests.helpers import CommandLog, consume, payload, publish, reading
 
@@ -91,8 +92,8 @@ def test_per_minute_aggregates_by_event_time_count_each_reading_once(pipeline: P
     first, second = one(aggregates, {"_id": keys[0]}), one(aggregates, {"_id": keys[1]})
     assert (first["count"], first["sum"], first["min"], first["max"], first["minute"]) == (3, 9.0, 1.0, 6.0, minute)
     assert (second["count"], second["sum"], second["min"], second["max"]) == (2, 30.0, 10.0, 20.0)
-    assert [p["id"] for p in first["points"]] == [r.id for r in items[:3]], "each reading once, with its id"
-    assert [p["v"] for p in second["points"]] == [10.0, 20.0]
+    assert [p["id"] for p in points_of(first)] == [r.id for r in items[:3]], "each reading once, with its id"
+    assert [p["v"] for p in points_of(second)] == [10.0, 20.0]
     known = one(pipeline.db[contract.COLLECTION_SENSORS], {"_id": sensor})
     assert known["last"] == {"ts": items[-1].ts.replace(microsecond=0), "v": 20.0, "id": items[-1].id}
     assert sum(known["received"].values()) == 5
@@ -125,18 +126,19 @@ def test_the_timeline_merges_late_readings_and_a_retried_write_adds_nothing(pipe
     key = period_id(sensor, minute)
     stored = one(aggregates, {"_id": key})
     assert (stored["count"], stored["sum"], stored["min"], stored["max"]) == (2, 6.0, 2.0, 4.0)
-    assert stored["points"] == [{"id": r.id, "ts": r.ts, "v": r.v} for r in first]
+    assert points_of(stored) == [{"id": r.id, "ts": r.ts, "v": r.v} for r in first]
+    assert len(stored["points"]) == 1, "one chunk of rows per write"
     # A late reading of the same minute, and the forecast of the first: added to the stored minute.
     aggregator.touch([contract.Reading(id=f"{sensor}-late", sensor=sensor, ts=at[2], v=9.0)])
     forecast = {"_id": f"{sensor}-0", "sensor": sensor, "ds": at[0], "v": 4.0, "yhat": 3.0}
     forecast |= {"yhat_lower": 2.5, "yhat_upper": 3.5, "anomaly": True, "model": {"name": "m", "hash": "h0"}}
     aggregator.touch_accuracy([forecast])
-    assert timeline.flush(everything=True) == 4
+    assert timeline.flush(everything=True) == 5, "and the bridge's recent anomalies"
     stored = one(aggregates, {"_id": key})
     assert (stored["count"], stored["sum"], stored["min"], stored["max"]) == (3, 15.0, 2.0, 9.0)
-    assert [p["id"] for p in stored["points"]] == [f"{sensor}-0", f"{sensor}-1", f"{sensor}-late"]
+    assert [p["id"] for p in points_of(stored)] == [f"{sensor}-0", f"{sensor}-1", f"{sensor}-late"]
     expected = {"id": f"{sensor}-0", "yhat": 3.0, "yhat_lower": 2.5, "yhat_upper": 3.5, "anomaly": True}
-    assert stored["forecasts"] == [expected]
+    assert forecasts_of(stored) == [expected]
     for step, name in ((HOUR, contract.COLLECTION_AGGREGATES_HOURLY), (DAY, contract.COLLECTION_AGGREGATES_DAILY)):
         rolled = one(pipeline.db[name], {"_id": period_id(sensor, FLOOR[step](minute))})
         assert (rolled["count"], rolled["sum"], rolled["min"], rolled["max"]) == (3, 15.0, 2.0, 9.0), name

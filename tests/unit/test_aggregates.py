@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any, cast
 
+import bson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -185,10 +186,60 @@ def test_minutes_hours_and_days_hold_the_totals_of_every_reading_however_they_ar
             assert (doc["count"], doc["min"], doc["max"]) == (len(values), min(values), max(values))
             assert math.isclose(doc["sum"], math.fsum(values), rel_tol=1e-9, abs_tol=1e-6)
             if step == periods.MINUTE:
-                assert sorted(p["id"] for p in doc["points"]) == sorted(
+                assert sorted(p["id"] for p in periods.points_of(doc)) == sorted(
                     r.id for r in everything if periods.period_id(r.sensor, periods.FLOOR[step](r.ts)) == key
                 )
     sensors = {key: doc for (name, key), doc in timeline.documents.items() if name == "sensors"}
     assert sensors.keys() == {r.sensor for r in everything}
     for sensor, doc in sensors.items():
         assert doc["last"]["ts"] == max(r.ts for r in everything if r.sensor == sensor)
+
+
+_ROWS = st.lists(
+    st.tuples(
+        st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,20}", fullmatch=True),
+        st.datetimes(datetime(1900, 1, 1), datetime(2200, 1, 1), timezones=st.just(UTC)),  # noqa: DTZ001 - naive bounds, as hypothesis wants
+        st.floats(allow_nan=False, allow_infinity=False),
+    ),
+    max_size=20,
+)
+
+
+@given(chunks=st.lists(st.tuples(st.booleans(), _ROWS), max_size=6))
+def test_a_minutes_points_read_back_as_bson_would_have_kept_them(chunks: list[tuple[bool, list[Any]]]) -> None:
+    """Points packed in chunks (or, in older minutes, kept as sub-documents) read back in order, each ``ts`` to the
+    millisecond exactly as MongoDB keeps a date, each value exactly."""
+    options: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(tz_aware=True, tzinfo=UTC)
+
+    def as_bson(value: Any) -> Any:
+        return bson.decode(bson.encode({"x": value}), options)["x"]
+
+    stored: list[Any] = []
+    for old, rows in chunks:
+        if old:
+            stored += as_bson([{"id": i, "ts": t, "v": v} for i, t, v in rows])
+        else:
+            stored.append(periods.pack_points(rows))
+    expected = [{"id": i, "ts": as_bson(t), "v": v} for _, rows in chunks for i, t, v in rows]
+    assert periods.points_of({"points": stored}) == expected
+
+
+@given(
+    forecasts=st.lists(
+        st.fixed_dictionaries(
+            {
+                "id": st.text(max_size=10),
+                "yhat": st.none() | st.floats(allow_nan=False, allow_infinity=False),
+                "yhat_lower": st.floats(allow_nan=False, allow_infinity=False),
+                "yhat_upper": st.floats(allow_nan=False, allow_infinity=False),
+                "anomaly": st.booleans() | st.none(),
+            }
+        ),
+        max_size=20,
+    ),
+    split=st.integers(min_value=0, max_value=20),
+)
+def test_a_minutes_forecasts_read_back_exactly(forecasts: list[dict[str, Any]], split: int) -> None:
+    chunks = [periods.pack_forecasts(forecasts[:split]), periods.pack_forecasts(forecasts[split:])]
+    assert periods.forecasts_of({"forecasts": chunks}) == forecasts
+    assert periods.forecasts_of({}) == [] and periods.points_of({"points": None}) == []
