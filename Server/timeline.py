@@ -268,6 +268,10 @@ class Timeline:
             return
         try:
             stored = self.store.db[contract.COLLECTION_RECENT_ANOMALIES].find_one({"_id": self.name})
+            # Bridges before recent_anomalies kept them in each sensor's document: read on every poll, for nothing.
+            self.store.db[contract.COLLECTION_SENSORS].update_many(
+                {"anomalies": {"$exists": True}}, {"$unset": {"anomalies": ""}}
+            )
         except TRANSIENT:
             return  # the flush that follows retries until MongoDB answers; read again then
         with self._lock:

@@ -146,6 +146,8 @@ def test_the_latest_anomalies_of_every_bridge_are_listed_and_outlive_a_restart(
             for i in range(count)
         ]
 
+    older = {"_id": "s-old", "last": {"ts": now, "v": 1.0, "id": "r"}, "last_seen": now, "anomalies": [{"id": "x"}]}
+    store.db[contract.COLLECTION_SENSORS].insert_one(older)
     first, second = Timeline(store, threading.Event(), name="b1"), Timeline(store, threading.Event(), name="b2")
     first.touch_predictions(anomalies("b1", RECENT_ANOMALIES + 10, 0))
     second.touch_predictions(anomalies("b2", 5, 1000))
@@ -155,6 +157,8 @@ def test_the_latest_anomalies_of_every_bridge_are_listed_and_outlive_a_restart(
     assert [a["id"] for a in listed[:5]] == [f"b2-{i}" for i in (4, 3, 2, 1, 0)], "newest first, of both bridges"
     assert len(listed) == RECENT_ANOMALIES + 5, "each bridge keeps its latest RECENT_ANOMALIES"
     assert {a["id"] for a in listed} >= {f"b1-{RECENT_ANOMALIES + 9}"} and "b1-0" not in {a["id"] for a in listed}
+    kept = store.db[contract.COLLECTION_SENSORS].find_one({"_id": "s-old"})
+    assert kept is not None and "anomalies" not in kept and kept["last"]["v"] == 1.0, "an older bridge's list dropped"
 
     restarted = Timeline(store, threading.Event(), name="b1")
     restarted.touch_predictions(anomalies("b1-again", 2, 2000))
