@@ -8,6 +8,8 @@ as ``train --kind trend`` fits it), files are real.
 from __future__ import annotations
 
 import math
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -20,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymongo.database import Database
 
+import Models_analysis.trainer as trainer_module
 from Models_analysis import history
 from Models_analysis.model import file_hash, load_model
 from Models_analysis.registry import ModelRegistry
@@ -188,3 +191,81 @@ def test_thinning_keeps_at_most_the_bound_in_order_with_both_ends(rows: int, mos
     assert kept["y"].is_monotonic_increasing
     if rows:
         assert kept["y"].iloc[0] == 0 and kept["y"].iloc[-1] == rows - 1
+
+
+def test_the_window_and_the_most_readings_bound_what_a_fit_takes(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models, trained = folders
+    save(models / "default.joblib", ConstantModel(10.0, 5.0), "far-off")
+    built, _ = trainer(models, trained, monkeypatch, TRAINER_WINDOW_S=86_400, TRAINER_MAX_READINGS=500)
+    asked: list[tuple[datetime, datetime]] = []
+    stored = history.readings
+
+    def spy(db: Any, sensor: str, since: datetime, until: datetime) -> list[contract.Reading]:
+        asked.append((since, until))
+        return stored(db, sensor, since, until)
+
+    monkeypatch.setattr(history, "readings", spy)
+    decision = built.consider("s1", LATEST)
+    assert asked == [(LATEST + timedelta(milliseconds=1) - timedelta(days=1), LATEST + timedelta(milliseconds=1))]
+    assert decision is not None and decision["rows"] == {"fit": 500, "holdout": 6 * 60}, "18 h thinned to 500"
+
+
+def test_the_kind_and_interval_width_are_the_fitted_models(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models, trained = folders
+    save(models / "default.joblib", ConstantModel(10.0, 5.0), "far-off")
+    built, _ = trainer(models, trained, monkeypatch, TRAINER_INTERVAL_WIDTH=0.9)
+    decision = built.consider("s1", LATEST)
+    assert decision is not None and decision["promoted"] and decision["kind"] == "trend"
+    served = load_model(trained / "s1.joblib")
+    assert type(served.model.model).__name__ == "TrendModel" and served.model.level == 0.9
+    assert served.metadata["interval_width"] == 0.9
+
+
+def test_min_gain_decides_how_much_better_a_challenger_must_be(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models, trained = folders
+    save(models / "default.joblib", ConstantModel(90.0, 15.0), "near")
+    strict, _ = trainer(models, trained, monkeypatch, TRAINER_MIN_GAIN=0.95)
+    refused = strict.consider("s1", LATEST)
+    assert refused is not None and not refused["promoted"] and "95 % below" in refused["reason"]
+    lenient, _ = trainer(models, trained, monkeypatch, TRAINER_MIN_GAIN=0.0)
+    assert (lenient.consider("s1", LATEST) or {})["promoted"]
+
+
+def test_a_round_every_trainer_every_s(folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    models, trained = folders
+    built, _ = trainer(models, trained, monkeypatch, TRAINER_EVERY_S=1)
+    rounds: list[float] = []
+
+    def one_round() -> list[dict[str, Any]]:
+        rounds.append(time.monotonic())
+        if len(rounds) == 3:
+            built.stop.set()
+        return []
+
+    monkeypatch.setattr(built, "round", one_round)
+    built.run()
+    assert len(rounds) == 3 and all(0.9 <= b - a <= 3 for a, b in zip(rounds, rounds[1:], strict=False))
+
+
+def test_trainer_main_lowers_its_priority_and_needs_model_trained_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in TrainerSettings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MONGO_URI", "mongodb://u:p@127.0.0.1:1/db")
+    monkeypatch.setenv("HEALTH_PORT", "0")
+    assert trainer_module.main() == 2, "no MODEL_TRAINED_PATH: refuses to start"
+    niced: list[int] = []
+    monkeypatch.setattr(trainer_module.os, "nice", niced.append)
+    monkeypatch.setattr(trainer_module.lifecycle, "stop_event", threading.Event)
+    monkeypatch.setattr(trainer_module.lifecycle, "supervise", lambda workers, stop, summary, every_s: 0)
+    monkeypatch.setenv("MODEL_TRAINED_PATH", str(tmp_path / "trained"))
+    monkeypatch.setenv("TRAINER_NICE", "7")
+    assert trainer_module.main() == 0
+    assert niced == [7] and (tmp_path / "trained").is_dir()

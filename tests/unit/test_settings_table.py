@@ -56,6 +56,7 @@ from pydantic_settings import BaseSettings
 import Dashboard.__main__ as dashboard_main
 import Data_collection.__main__ as sensor_main
 import Models_analysis.__main__ as model_main
+import Models_analysis.trainer as trainer_main
 import Server.__main__ as server_main
 from Dashboard.settings import Settings as DashboardSettings
 from Data_collection import publisher as publisher_module
@@ -68,6 +69,7 @@ from Models_analysis.model import ModelError
 from Models_analysis.registry import ModelRegistry
 from Models_analysis.scorer import Scorer
 from Models_analysis.settings import Settings as ModelSettings
+from Models_analysis.settings import TrainerSettings
 from pipeline import contract, health, logs
 from pipeline.batch import Attempt
 from pipeline.csv_rows import read_rows
@@ -106,9 +108,16 @@ SERVICES: dict[str, type[BaseSettings]] = {
     "sensor": SensorSettings,
     "server": ServerSettings,
     "model": ModelSettings,
+    "trainer": TrainerSettings,
     "dashboard": DashboardSettings,
 }
-PACKAGES = {"sensor": "Data_collection", "server": "Server", "model": "Models_analysis", "dashboard": "Dashboard"}
+PACKAGES = {
+    "sensor": "Data_collection",
+    "server": "Server",
+    "model": "Models_analysis",
+    "trainer": "Models_analysis",
+    "dashboard": "Dashboard",
+}
 #: "Used by: mosquitto": read by the broker's entry point, not by a Python service.
 BROKER = "mosquitto"
 
@@ -396,6 +405,13 @@ OVER_TLS = "tests/integration/test_security.py::test_sensors_and_bridge_work_ove
 RETAINED = "tests/integration/test_retention.py::"
 CAPPED = "tests/integration/test_bad_input.py::test_rejections_are_a_capped_collection_of_the_configured_size"
 AHEAD = "tests/unit/test_scoring_ahead.py::"
+TRAINER = "tests/unit/test_model_trainer.py::"
+PROMOTION = "tests/e2e/test_models.py::" + (
+    "test_a_promotion_by_the_trainer_changes_the_model_identity_and_scoring_never_stops_while_it_fits"
+)
+TRAINER_STORE = (
+    "tests/integration/test_trainer.py::test_the_trainer_promotes_a_better_model_refuses_a_worse_one_and_records_both"
+)
 E2E_PIPELINE = "tests/e2e/test_pipeline.py::test_three_sensors_every_reading_gets_one_prediction"
 HUNG_MODEL = "tests/e2e/test_models.py::" + (
     "test_a_model_that_hangs_turns_its_batches_into_prediction_errors_and_the_service_not_ready"
@@ -542,6 +558,25 @@ EFFECTS: dict[str, list[str]] = {
         "tests/e2e/test_models.py::test_a_folder_gives_each_sensor_its_own_model_or_the_default",
         "tests/unit/test_settings.py::test_bad_setting_stops_the_service_with_its_name",
     ],
+    "MODEL_TRAINED_PATH": [
+        U + "test_model_main_loads_model_path_checked_every_reload_check_s",
+        TRAINER + "test_the_trained_model_serves_its_sensor_before_model_paths",
+        TRAINER + "test_trainer_main_lowers_its_priority_and_needs_model_trained_path",
+        PROMOTION,
+    ],
+    "TRAINER_EVERY_S": [TRAINER + "test_a_round_every_trainer_every_s"],
+    "TRAINER_WINDOW_S": [TRAINER + "test_the_window_and_the_most_readings_bound_what_a_fit_takes", TRAINER_STORE],
+    "TRAINER_HOLDOUT_S": [TRAINER + "test_a_better_challenger_is_promoted_and_recorded", TRAINER_STORE],
+    "TRAINER_MIN_READINGS": [TRAINER + "test_too_little_history_gets_no_challenger"],
+    "TRAINER_MAX_READINGS": [TRAINER + "test_the_window_and_the_most_readings_bound_what_a_fit_takes"],
+    "TRAINER_KIND": [TRAINER + "test_the_kind_and_interval_width_are_the_fitted_models", PROMOTION],
+    "TRAINER_INTERVAL_WIDTH": [TRAINER + "test_the_kind_and_interval_width_are_the_fitted_models"],
+    "TRAINER_MIN_GAIN": [
+        TRAINER + "test_min_gain_decides_how_much_better_a_challenger_must_be",
+        TRAINER + "test_a_worse_challenger_is_refused_and_the_served_model_stays",
+    ],
+    "TRAINER_REPLACE_USER_MODELS": [TRAINER + "test_a_users_own_model_is_kept_unless_they_opt_in"],
+    "TRAINER_NICE": [TRAINER + "test_trainer_main_lowers_its_priority_and_needs_model_trained_path"],
     "MODEL_RELOAD_CHECK_S": [
         U + "test_model_main_loads_model_path_checked_every_reload_check_s",
         U + "test_a_changed_model_file_is_picked_up_after_reload_check_s",
@@ -718,6 +753,9 @@ def test_each_service_sets_up_logging_at_log_level(service: str, tmp_path: Path)
             elif service == "model":
                 with mock.patch.dict(os.environ, {"MODEL_PATH": str(tmp_path / "none.joblib")}):
                     assert model_main.main() == 2
+            elif service == "trainer":
+                os.environ.pop("MODEL_TRAINED_PATH", None)
+                assert trainer_main.main() == 2  # no MODEL_TRAINED_PATH: stops once logging is set up
             else:
                 with pytest.raises(Sentinel), mock.patch.object(dashboard_main, "MongoClient", _raise):
                     dashboard_main.main()
