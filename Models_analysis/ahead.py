@@ -22,7 +22,9 @@ anomaly check: no ``predict`` on the scoring path.
   forecast cache, as before grids existed.
 
 Grids are kept by model hash, so a swapped model gets its own grid at its first
-reading and the old one is dropped when its model is no longer served.
+reading and the old one is dropped when its model is no longer served. One
+model's ``predict`` is never called from two threads at once (:meth:`Grids.lock`):
+a model of the user's may keep state between calls.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class Grids:
         self._grids: dict[str, Grid] = {}
         self._pending: set[str] = set()
         self._lock = threading.Lock()
+        self._models: dict[str, threading.Lock] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="forecast-ahead", initializer=_lower_priority
         )
@@ -148,13 +151,19 @@ class Grids:
         """How far a grid reaches ahead of its anchor."""
         return timedelta(milliseconds=self.step_ms * self.ahead)
 
+    def lock(self, model_hash: str) -> threading.Lock:
+        """Held around every ``predict`` of one model: the refresh thread's and the scoring path's."""
+        with self._lock:
+            return self._models.setdefault(model_hash, threading.Lock())
+
     def get(self, model_hash: str) -> Grid | None:
         """The current grid of a model, if any."""
         return self._grids.get(model_hash)
 
     def build(self, loaded: LoadedModel, anchor: datetime) -> Grid:
         """Make and keep a model's grid now (the caller's thread)."""
-        grid = self.make(loaded, anchor, self.step_ms, self.ahead)
+        with self.lock(loaded.identity.hash):
+            grid = self.make(loaded, anchor, self.step_ms, self.ahead)
         self._grids[loaded.identity.hash] = grid
         metrics.GRIDS_MADE.labels("now").inc()
         return grid
@@ -171,7 +180,8 @@ class Grids:
     def _refresh(self, loaded: LoadedModel, anchor: datetime) -> None:
         key = loaded.identity.hash
         try:
-            grid = self.make(loaded, anchor, self.step_ms, self.ahead)
+            with self.lock(key):
+                grid = self.make(loaded, anchor, self.step_ms, self.ahead)
             if key in self._grids:  # not dropped (model replaced) meanwhile
                 self._grids[key] = grid
                 metrics.GRIDS_MADE.labels("ahead").inc()
@@ -186,6 +196,9 @@ class Grids:
         wanted = set(hashes)
         for key in [k for k in self._grids if k not in wanted]:
             self._grids.pop(key, None)
+        with self._lock:
+            for key in [k for k in self._models if k not in wanted]:
+                self._models.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._grids)

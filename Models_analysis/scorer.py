@@ -243,8 +243,13 @@ class Scorer:
 
     def _direct(self, model: LoadedModel, batch: list[contract.Reading]) -> list[contract.Result]:
         """Score by predict calls, within the time budget (TimeoutError past it)."""
-        scored = self.budget.call(score, model, batch, self.settings.MODEL_TIME_GRID_MS, self.forecasts)
+        scored = self.budget.call(self._locked_score, model, batch)
         return scored  # type: ignore[return-value]
+
+    def _locked_score(self, model: LoadedModel, batch: list[contract.Reading]) -> list[contract.Result]:
+        # Never beside a background refresh of the same model's grid (Grids.lock).
+        with self.grids.lock(model.identity.hash):
+            return score(model, batch, self.settings.MODEL_TIME_GRID_MS, self.forecasts)
 
     def _score_model(self, model: LoadedModel, batch: list[contract.Reading]) -> list[contract.Result]:
         """One model's readings: a lookup in its grid where it covers them, a direct predict for the rest."""

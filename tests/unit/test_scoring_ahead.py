@@ -292,3 +292,38 @@ def test_grids_are_made_in_a_thread_of_lower_priority() -> None:
     future.result(10)
     grids.close()
     assert seen[1] > seen[0], f"refresh nice {seen[1]} should be above the scoring thread's {seen[0]}"
+
+
+def test_one_models_predict_never_runs_in_two_threads_at_once() -> None:
+    class OneAtATime(WaveModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inside = 0
+            self.most = 0
+            self.slow = False
+
+        def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+            with self._lock:
+                self.inside += 1
+                self.most = max(self.most, self.inside)
+            try:
+                if self.slow:
+                    time.sleep(0.3)
+                return super().predict(frame)
+            finally:
+                with self._lock:
+                    self.inside -= 1
+
+    wave = OneAtATime()
+    model = loaded(wave)
+    with scorer(model, MODEL_TIME_GRID_MS=1000, MODEL_FORECAST_AHEAD=100) as (built, _):
+        now = datetime.now(UTC)
+        built.score(readings_at([now]))
+        old = built.grids.get(model.identity.hash)
+        wave.slow = True
+        built.score(readings_at([now + timedelta(seconds=60)]))  # starts a refresh in the background ...
+        time.sleep(0.05)
+        results = built.score(readings_at([now - timedelta(hours=1)]))  # ... while this one predicts directly
+        wait_refreshed(built, model.identity.hash, old)
+    assert isinstance(results[0], contract.Prediction)
+    assert wave.most == 1, "the refresh and the direct predict overlapped"
