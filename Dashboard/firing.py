@@ -96,7 +96,7 @@ def parse_alert(item: object) -> dict[str, Any] | None:
     annotations = _string_map(item.get("annotations"))
     status = item.get("status")
     state = status.get("state") if isinstance(status, dict) else None
-    severity = labels.get("severity", "").strip().lower()[:32] or "none"
+    severity = (_text(labels.get("severity", "").strip().lower(), 32) or "").rstrip("…") or "none"
     runbook = _text(annotations.get("runbook"), 2000)
     others = [(key, value) for key, value in labels.items() if key not in SHOWN_APART]
     return {
