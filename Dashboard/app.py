@@ -62,10 +62,14 @@ def credentials_match(header: str | None, username: str, password: str) -> bool:
 
 
 def csv_lines(sensor: str, points: Iterator[dict[str, Any]], every: int = 1000) -> Iterator[str]:
-    """The header and the points as CSV text, ``every`` rows at a time; an empty field is a missing forecast."""
+    """The header at once (so a download starts before the first lookup), then the points as CSV text,
+    ``every`` rows at a time; an empty field is a missing forecast."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
+    yield buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
     for count, point in enumerate(points, start=1):
         writer.writerow([sensor if column == "sensor" else point[column] for column in CSV_COLUMNS])
         if count % every == 0:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from Dashboard import queries
-from Dashboard.app import credentials_match
+from Dashboard.app import CSV_COLUMNS, credentials_match, csv_lines
 from Dashboard.probe import parse_metrics, rate
 from Dashboard.queries import PAYLOAD_PREVIEW, Reader, per_minute, preview, resolution, sensor_state
 from pipeline import contract, periods
@@ -263,3 +265,27 @@ def test_parallel_lookups_answer_like_one_at_a_time(present: list[bool], ago: in
         rows = list(reader._periods("s1", since, now, periods.MINUTE, {"count": 1}))
     expected = [s for s, there in zip(starts, present, strict=True) if there and s <= latest]
     assert [row["start"] for row in rows] == expected
+
+
+def test_a_csv_download_sends_its_header_before_the_first_point_is_read() -> None:
+    def points() -> Iterator[dict[str, Any]]:
+        raise AssertionError("read before the header was sent")
+        yield {}
+
+    lines = csv_lines("s1", points())
+    assert next(lines) == ",".join(CSV_COLUMNS) + "\n"
+
+
+@given(
+    values=st.lists(st.floats(allow_nan=False, allow_infinity=False) | st.none(), max_size=30),
+    every=st.integers(min_value=1, max_value=7),
+)
+def test_a_csv_download_holds_every_point_once_in_order(values: list[float | None], every: int) -> None:
+    points = [
+        {"id": f"r{i}", "ts": f"t{i}", "v": 1.0, "yhat": v, "yhat_lower": v, "yhat_upper": v, "anomaly": v is None}
+        for i, v in enumerate(values)
+    ]
+    rows = list(csv.DictReader(io.StringIO("".join(csv_lines("s1", iter(points), every=every)))))
+    assert [row["id"] for row in rows] == [p["id"] for p in points]
+    assert all(row["sensor"] == "s1" for row in rows)
+    assert [row["yhat"] for row in rows] == ["" if v is None else repr(v) for v in values]
