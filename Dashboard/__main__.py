@@ -16,7 +16,7 @@ from Dashboard.probe import ServiceProbe
 from Dashboard.queries import Reader
 from Dashboard.settings import Settings
 from pipeline import health, logs, settings
-from pipeline.mongo import mongo_client
+from pipeline.mongo import tls_options
 
 logger = logging.getLogger("Dashboard")
 
@@ -36,8 +36,9 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    client: MongoClient[dict[str, object]] = mongo_client(
-        config,
+    client: MongoClient[dict[str, object]] = MongoClient(
+        config.MONGO_URI.get_secret_value(),
+        **tls_options(config),  # TLS with MONGO_TLS_CA_FILE
         tz_aware=True,
         serverSelectionTimeoutMS=3000,
         connectTimeoutMS=3000,
