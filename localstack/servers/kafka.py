@@ -12,7 +12,9 @@ Compose does not have, and may not change one it has.
 With TLS (STACK_TLS_DIR) clients log in with SCRAM-SHA-512: the broker's own
 user and the bridge's and model service's are written into the storage when it
 is formatted, and the bridge's and the model's passwords are set again at every
-start (:meth:`Kafka.after_ready`), so a changed password takes effect.
+start, once the broker answers (:meth:`Kafka._set_passwords`), so a changed
+password takes effect. The broker's own (KAFKA_BROKER_PASSWORD) stays as it
+was formatted.
 """
 
 from __future__ import annotations
@@ -370,6 +372,29 @@ class Kafka(Server):
         admin = AdminClient(probe_config)
         try:
             metadata = admin.list_topics(timeout=3)
+            if metadata.brokers and self.config.tls:
+                self._set_passwords(admin)
         except Exception:  # KafkaException, or a timeout while the broker settles
             return False
         return bool(metadata.brokers)
+
+    #: SCRAM iterations of the passwords set at each start (the formatter uses 4096).
+    SCRAM_ITERATIONS = 8192
+
+    def _set_passwords(self, admin: Any) -> None:
+        """Set the bridge's and the model service's SCRAM passwords to the current ones (a changed one takes effect).
+
+        The broker's own user cannot be changed this way: it is the login that does it.
+        """
+        from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+        info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, self.SCRAM_ITERATIONS)
+        users = {
+            self.config.kafka_server_username: self.config.kafka_server_password,
+            self.config.kafka_model_username: self.config.kafka_model_password,
+        }
+        futures = admin.alter_user_scram_credentials(
+            [UserScramCredentialUpsertion(name, info, password.encode()) for name, password in users.items()]
+        )
+        for future in futures.values():
+            future.result(timeout=10)

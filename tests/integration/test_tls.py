@@ -232,6 +232,15 @@ def test_kafka_speaks_protocol_only_after_tls_and_a_scram_login(tls_stack: TlsSt
     assert not metadata(**login, **{"sasl.username": "nobody", "sasl.password": env["KAFKA_SERVER_PASSWORD"]})
     assert not metadata(**{"security.protocol": "SSL"}), "TLS without a login must not be enough"
 
+    # The stack set the two services' passwords again once the broker answered (see Kafka._set_passwords).
+    broker = AdminClient({**base, **login, "sasl.username": "broker", "sasl.password": env["KAFKA_BROKER_PASSWORD"]})
+    users = [env["KAFKA_SERVER_USERNAME"], env["KAFKA_MODEL_USERNAME"]]
+    described = broker.describe_user_scram_credentials(users)
+    assert isinstance(described, dict)
+    for user, future in described.items():
+        infos = future.result(timeout=10).scram_credential_infos
+        assert [(i.mechanism.name, i.iterations) for i in infos] == [("SCRAM_SHA_512", 8192)], user
+
     # The controller listener wants a certificate the CA signed: a client without one learns nothing.
     context = ssl.create_default_context(cafile=str(tls_stack.ca))
     with socket.create_connection(("127.0.0.1", tls_stack.port("KAFKA_CONTROLLER_PORT")), timeout=10) as raw:
