@@ -384,3 +384,15 @@ def test_a_missing_ca_file_stops_a_service_naming_the_variable(tls_pipeline: Pip
     finally:
         process.kill()
     assert code == 2 and "KAFKA_TLS_CA_FILE" in process.log_tail(20), process.log_tail(20)
+
+
+def test_no_secret_of_the_tls_stack_reaches_a_log(tls_stack: TlsStack) -> None:
+    """The servers' logs (Kafka's rendered settings hold passwords) and this module's service logs stay clean."""
+    secrets = [v for k, v in tls_stack.env.items() if "PASSWORD" in k]
+    secrets.append((Path(tls_stack.env["STACK_TLS_DIR"]) / "kafka.password").read_text().strip())
+    logs = [*(tls_stack.state_dir / "logs").rglob("*.log"), *(ARTIFACTS / "logs").rglob("*.log")]
+    assert any(log.name == "kafka.log" for log in logs)
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, f"{log} contains a secret"
