@@ -33,6 +33,10 @@ REPO_ROOT = PACKAGE_DIR.parent
 REQUIRED_SECRETS = ("MQTT_SERVER_PASSWORD", "MQTT_SENSOR_PASSWORD", "MONGO_EXPRESS_PASSWORD", "MONGO_APP_PASSWORD")
 
 
+#: Characters a Kafka SCRAM password cannot hold here (the formatter's `[name=...,password=...]` syntax).
+SCRAM_FORBIDDEN = frozenset(",[]=\"' \t\n\\")
+
+
 class StackError(RuntimeError):
     """A server could not be started, reached or stopped."""
 
@@ -280,15 +284,15 @@ class StackConfig:
                     + " (`make env` writes them to .env; see .env.example)"
                 )
         if self.tls_dir is not None:
-            from localstack.tls import missing_files
+            if require_secrets:  # (stop, status and logs need no certificates)
+                from localstack.tls import missing_files
 
-            lacking = missing_files(self.tls_dir)
-            if lacking:
-                raise ConfigError(
-                    f"STACK_TLS_DIR ({self.tls_dir}) lacks {', '.join(lacking)}: "
-                    f"`python -m localstack certs {self.tls_dir}` writes them"
-                )
-            if require_secrets:
+                lacking = missing_files(self.tls_dir)
+                if lacking:
+                    raise ConfigError(
+                        f"STACK_TLS_DIR ({self.tls_dir}) lacks {', '.join(lacking)}: "
+                        f"`python -m localstack certs {self.tls_dir}` writes them"
+                    )
                 kafka = {
                     "KAFKA_SERVER_PASSWORD": self.kafka_server_password,
                     "KAFKA_MODEL_PASSWORD": self.kafka_model_password,
@@ -301,6 +305,10 @@ class StackConfig:
                         + ", ".join(missing)
                         + " (`make env` writes them to .env)"
                     )
+                for name, value in kafka.items():
+                    if set(value) & SCRAM_FORBIDDEN:
+                        # kafka-storage --add-scram reads SCRAM-SHA-512=[name=...,password=...].
+                        raise ConfigError(f"{name} must not contain any of {' '.join(sorted(SCRAM_FORBIDDEN))}")
             users = {"broker", self.kafka_server_username, self.kafka_model_username}
             if len(users) != 3:
                 raise ConfigError("KAFKA_SERVER_USERNAME and KAFKA_MODEL_USERNAME must differ, and neither be 'broker'")

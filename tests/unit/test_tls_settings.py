@@ -19,6 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from localstack.config import REQUIRED_SECRETS, SCRAM_FORBIDDEN, ConfigError, StackConfig
+from localstack.services import dashboard_env, model_env, sensor_env, server_env
+from localstack.stack import Stack
 from localstack.tls import make_certificates
 from pipeline import tls
 from pipeline.kafka import security_config
@@ -238,3 +241,86 @@ def test_settings_are_checked_against_every_server_they_name(
     )
     plain = KafkaSettings(KAFKA_BOOTSTRAP_SERVERS=servers)
     assert tls_problems(plain) == [], "without TLS nothing is checked"
+
+
+# --- the local stack's TLS switch ---------------------------------------------------------
+
+STACK_SECRETS = {name: f"secret-{n}" for n, name in enumerate(REQUIRED_SECRETS)}
+KAFKA_PASSWORDS = {"KAFKA_SERVER_PASSWORD": "s1", "KAFKA_MODEL_PASSWORD": "m1", "KAFKA_BROKER_PASSWORD": "b1"}
+
+
+@pytest.fixture(scope="module")
+def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("stack-tls")
+    make_certificates(folder)
+    return folder
+
+
+def stack_config(tmp_path: Path, **extra: str) -> StackConfig:
+    return StackConfig.from_env({"STACK_DIR": str(tmp_path / "stack"), **STACK_SECRETS, **extra})
+
+
+def test_without_stack_tls_dir_the_stack_is_plain_and_needs_no_kafka_password(tmp_path: Path) -> None:
+    config = stack_config(tmp_path)
+    assert not config.tls
+    assert not any("TLS" in name or name.startswith("KAFKA_S") for name in Stack(config).service_env())
+
+
+@pytest.mark.parametrize("missing", sorted(KAFKA_PASSWORDS))
+def test_with_tls_every_kafka_password_is_required_by_name(tmp_path: Path, tls_dir: Path, missing: str) -> None:
+    passwords = {k: v for k, v in KAFKA_PASSWORDS.items() if k != missing}
+    with pytest.raises(ConfigError, match=missing):
+        stack_config(tmp_path, STACK_TLS_DIR=str(tls_dir), **passwords)
+    # Commands that only look at or stop a stack need none of it.
+    StackConfig.from_env({"STACK_TLS_DIR": str(tls_dir / "nowhere")}, require_secrets=False)
+
+
+def test_a_tls_dir_without_the_files_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"STACK_TLS_DIR .* lacks ca\.crt.*python -m localstack certs"):
+        stack_config(tmp_path, STACK_TLS_DIR=str(tmp_path), **KAFKA_PASSWORDS)
+
+
+@given(password=st.text(min_size=1, max_size=12))
+def test_a_kafka_password_the_formatter_cannot_read_is_refused(
+    tmp_path_factory: pytest.TempPathFactory, tls_dir: Path, password: str
+) -> None:
+    values = {**KAFKA_PASSWORDS, "KAFKA_MODEL_PASSWORD": password}
+    tmp_path = tmp_path_factory.mktemp("stack")
+    if password.strip() != password or not password.strip():
+        return  # blank or padded values are read as unset or stripped: another test's business
+    if set(password) & SCRAM_FORBIDDEN:
+        with pytest.raises(ConfigError, match="KAFKA_MODEL_PASSWORD must not contain"):
+            stack_config(tmp_path, STACK_TLS_DIR=str(tls_dir), **values)
+    else:
+        assert stack_config(tmp_path, STACK_TLS_DIR=str(tls_dir), **values).kafka_model_password == password
+
+
+def test_kafka_users_must_be_three(tmp_path: Path, tls_dir: Path) -> None:
+    for names in ({"KAFKA_MODEL_USERNAME": "bridge"}, {"KAFKA_SERVER_USERNAME": "broker"}):
+        with pytest.raises(ConfigError, match="KAFKA_SERVER_USERNAME and KAFKA_MODEL_USERNAME"):
+            stack_config(tmp_path, STACK_TLS_DIR=str(tls_dir), **KAFKA_PASSWORDS, **names)
+
+
+def test_with_tls_each_service_gets_the_ca_and_its_own_kafka_login(tmp_path: Path, tls_dir: Path) -> None:
+    config = stack_config(tmp_path, STACK_TLS_DIR=str(tls_dir), **KAFKA_PASSWORDS)
+    stack_env = {**STACK_SECRETS, "MONGO_EXPRESS_USERNAME": "admin", **Stack(config).service_env()}
+    ca = str(tls_dir / "ca.crt")
+    server = server_env(stack_env)
+    assert (server["MQTT_TLS_CA_FILE"], server["KAFKA_TLS_CA_FILE"], server["MONGO_TLS_CA_FILE"]) == (ca, ca, ca)
+    assert (server["KAFKA_SASL_USERNAME"], server["KAFKA_SASL_PASSWORD"]) == ("bridge", "s1")
+    model = model_env(stack_env)
+    assert (model["KAFKA_TLS_CA_FILE"], model["KAFKA_SASL_USERNAME"], model["KAFKA_SASL_PASSWORD"]) == (
+        ca,
+        "model",
+        "m1",
+    )
+    assert "MONGO_TLS_CA_FILE" not in model and "MQTT_TLS_CA_FILE" not in model
+    sensor = sensor_env(stack_env, "s-1")
+    assert sensor["MQTT_TLS_CA_FILE"] == ca and not any(k.startswith(("KAFKA_", "MONGO_")) for k in sensor)
+    page = dashboard_env(stack_env)
+    assert page["MONGO_TLS_CA_FILE"] == ca
+    assert (page["DASHBOARD_TLS_CERT_FILE"], page["DASHBOARD_TLS_KEY_FILE"]) == (
+        str(tls_dir / "server.crt"),
+        str(tls_dir / "server.key"),
+    )
+    assert "KAFKA_BROKER_PASSWORD" not in {**server, **model, **sensor, **page}, "the broker's login stays with it"
