@@ -280,6 +280,13 @@ class Kafka(Server):
         self.properties.write_text(self.render())
         self.properties.chmod(0o600)  # with TLS it holds the broker's and the keystore's passwords
         if (self.log_dirs / "meta.properties").exists():
+            if self.config.tls and not self.scram_stamp.exists():
+                # Its broker would never log in to itself, and the probe would time out.
+                raise StackError(
+                    f"kafka: the data in {self.log_dirs} was formatted without TLS, so it has no SCRAM users "
+                    "(the broker's, the bridge's, the model's). Delete that directory (its topics are lost) "
+                    "to start Kafka with TLS, or unset STACK_TLS_DIR"
+                )
             return  # formatted once per data directory; formatting again would fail
         log.write(b"localstack: formatting Kafka storage\n")
         log.flush()
@@ -306,6 +313,13 @@ class Kafka(Server):
         )
         if result.returncode != 0:
             raise StackError(f"kafka: formatting the storage in {self.log_dirs} failed (exit {result.returncode})")
+        if self.config.tls:
+            self.scram_stamp.write_text("formatted with the SCRAM users of STACK_TLS_DIR\n")
+
+    @property
+    def scram_stamp(self) -> Path:
+        """Written when the storage is formatted with SCRAM users (TLS): without it, TLS cannot start."""
+        return self.config.data_dir(self.name) / "scram-users"
 
     def _scram_users(self) -> list[str]:
         """``--add-scram`` options for the SCRAM-SHA-512 users, with TLS (none without).

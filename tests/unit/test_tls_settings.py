@@ -19,7 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from localstack.config import REQUIRED_SECRETS, SCRAM_FORBIDDEN, ConfigError, StackConfig
+from localstack.config import REQUIRED_SECRETS, SCRAM_FORBIDDEN, ConfigError, StackConfig, StackError
+from localstack.servers.kafka import Kafka
 from localstack.services import dashboard_env, model_env, sensor_env, server_env
 from localstack.stack import Stack
 from localstack.tls import make_certificates
@@ -324,3 +325,30 @@ def test_with_tls_each_service_gets_the_ca_and_its_own_kafka_login(tmp_path: Pat
         str(tls_dir / "server.key"),
     )
     assert "KAFKA_BROKER_PASSWORD" not in {**server, **model, **sensor, **page}, "the broker's login stays with it"
+
+
+def test_kafka_data_formatted_without_tls_is_refused_with_what_to_do(tmp_path: Path, tls_dir: Path) -> None:
+    """Its SCRAM users exist only if the storage was formatted with TLS: say so rather than time out."""
+    cache = tmp_path / "cache"
+    config = StackConfig.from_env(
+        {
+            "STACK_DIR": str(tmp_path / "stack"),
+            "LOCALSTACK_CACHE": str(cache),
+            "STACK_TLS_DIR": str(tls_dir),
+            **STACK_SECRETS,
+            **KAFKA_PASSWORDS,
+        }
+    )
+    kafka = Kafka(config)
+    kafka.lib_dir.mkdir(parents=True)
+    (kafka.lib_dir / "kafka_2.13-0.jar").touch()
+    kafka.log_dirs.mkdir(parents=True)
+    (kafka.log_dirs / "meta.properties").touch()
+    with (tmp_path / "kafka.log").open("wb") as log:
+        with pytest.raises(StackError, match="formatted without TLS.*Delete that directory"):
+            kafka.prepare(log)
+        kafka.scram_stamp.touch()
+        kafka.prepare(log)  # formatted with TLS: nothing to do
+    rendered = kafka.properties.read_text()
+    assert "listener.security.protocol.map=CONTROLLER:SSL,SASL_SSL:SASL_SSL" in rendered
+    assert kafka.properties.stat().st_mode & 0o077 == 0, "it holds passwords"
