@@ -181,3 +181,12 @@ def test_the_entrypoint_refuses_half_a_tls_setting(tmp_path: Path, files: dict[s
     )
     assert result.returncode == 2 and says in result.stderr, result.stderr
     assert not (tmp_path / "auth").exists(), "nothing is written before every setting is checked"
+
+
+def test_compose_file_in_env_switches_tls_on_for_every_command(tmp_path: Path) -> None:
+    """README: COMPOSE_FILE=docker-compose.yml:docker-compose.tls.yml in .env, and `make up` runs with TLS."""
+    result = compose_config(tmp_path, args=(), dotenv={"COMPOSE_FILE": "docker-compose.yml:docker-compose.tls.yml"})
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["services"]["kafka"]["environment"]["KAFKA_LISTENERS"] == "SASL_SSL://:9092,CONTROLLER://:9093"
+    assert config["services"]["sensor"]["environment"]["MQTT_TLS_CA_FILE"] == "/tls/ca.crt"
