@@ -30,7 +30,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
-from localstack.services import ServiceProcess, dashboard_env, model_env, server_env
+from localstack.services import ServiceProcess, dashboard_env, model_env, server_env, trainer_env
 from localstack.testing import throwaway_stack
 from localstack.tls import make_certificates
 from pipeline import contract
@@ -330,6 +330,15 @@ def test_the_pipeline_runs_end_to_end_over_tls(tls_pipeline: Pipeline, tls_stack
     # mongo-express over HTTPS, reading FerretDB over TLS.
     express = f"https://127.0.0.1:{env['MONGO_EXPRESS_PORT']}/db/{env['MONGO_DATABASE']}/"
     assert https_get(express, tls_stack.ca, login) == 200
+
+
+def test_the_trainer_reads_mongodb_over_tls(tls_pipeline: Pipeline, tmp_path: Path) -> None:
+    env = trainer_env(tls_pipeline.stack.env, MODEL_TRAINED_PATH=str(tmp_path), HEALTH_PORT=str(free_port()))
+    assert "tls=true" in env["MONGO_URI"] and env["MONGO_TLS_CA_FILE"] == str(
+        tls_pipeline.stack.env["MONGO_TLS_CA_FILE"]
+    )
+    trainer = tls_pipeline._start("trainer", "Models_analysis.trainer", env)
+    tls_pipeline.wait_ready(trainer, 90)
 
 
 def start_alone(pipeline: Pipeline, name: str, module: str, env: dict[str, str]) -> ServiceProcess:

@@ -30,6 +30,7 @@ SERVICE_TLS = {
     "model_analysis": {"KAFKA_TLS_CA_FILE"},
     "dashboard": {"MONGO_TLS_CA_FILE", "DASHBOARD_TLS_CERT_FILE", "DASHBOARD_TLS_KEY_FILE"},
     "train": {"MONGO_TLS_CA_FILE"},
+    "trainer": {"MONGO_TLS_CA_FILE"},
 }
 
 
@@ -71,6 +72,24 @@ def test_each_python_service_gets_the_ca_inside_a_mounted_tls_folder(merged: dic
     for variable in SERVICE_TLS[name]:
         file = environment[variable]
         assert file.startswith("/tls/") and file.removeprefix("/tls/") in TLS_FILES, f"{name}: {variable}={file}"
+
+
+@pytest.mark.parametrize("name", ["train", "trainer"])
+def test_the_mongodb_uri_of_a_tool_that_builds_its_client_from_it_asks_for_tls(
+    merged: dict[str, Any], name: str
+) -> None:
+    uri = merged["services"][name]["environment"]["MONGO_URI"]
+    assert uri.endswith("&tls=true&tlsCAFile=/tls/ca.crt"), uri
+
+
+def test_every_service_that_reaches_a_tls_server_is_in_the_override(merged: dict[str, Any]) -> None:
+    """A new service in docker-compose.yml that talks to MongoDB, Kafka or Mosquitto needs TLS settings too."""
+    talking = {
+        name
+        for name, service in merged["services"].items()
+        if set(service.get("environment") or {}) & {"MONGO_URI", "KAFKA_BOOTSTRAP_SERVERS", "MQTT_HOST"}
+    }
+    assert talking <= set(SERVICE_TLS), f"no TLS settings for {sorted(talking - set(SERVICE_TLS))}"
 
 
 def test_kafka_clients_log_in_with_the_users_the_broker_is_formatted_with(merged: dict[str, Any]) -> None:
