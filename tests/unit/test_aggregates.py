@@ -114,7 +114,8 @@ class Applied(Timeline):
     """A timeline whose updates are applied to documents in memory ($inc, $min, $max, $push, $set...)."""
 
     def __init__(self) -> None:
-        store = SimpleNamespace(db=defaultdict(lambda: SimpleNamespace(find_one=lambda *_a, **_k: None)))
+        nothing = SimpleNamespace(find_one=lambda *_a, **_k: None, update_many=lambda *_a, **_k: None)
+        store = SimpleNamespace(db=defaultdict(lambda: nothing))
         super().__init__(store=cast(Any, store), stop=threading.Event())
         self.documents: dict[tuple[str, str], dict[str, Any]] = {}
 
