@@ -413,6 +413,13 @@ TRAINER_STORE = (
     "tests/integration/test_trainer.py::test_the_trainer_promotes_a_better_model_refuses_a_worse_one_and_records_both"
 )
 E2E_PIPELINE = "tests/e2e/test_pipeline.py::test_three_sensors_every_reading_gets_one_prediction"
+TLS_IT = "tests/integration/test_tls.py::"
+TLS_U = "tests/unit/test_tls_settings.py::"
+TLS_LOGIN = TLS_U + "test_kafka_settings_start_only_with_a_whole_login_and_say_what_they_turn_on"
+TLS_END_TO_END = TLS_IT + "test_the_pipeline_runs_end_to_end_over_tls"
+TLS_WRONG_CA = TLS_IT + "test_a_service_that_cannot_verify_a_certificate_stops_at_start_naming_the_variable"
+TLS_SCRAM = TLS_IT + "test_kafka_speaks_protocol_only_after_tls_and_a_scram_login"
+TLS_PAGE = TLS_U + "test_the_page_serves_https_only_with_a_certificate_and_its_own_key"
 HUNG_MODEL = "tests/e2e/test_models.py::" + (
     "test_a_model_that_hangs_turns_its_batches_into_prediction_errors_and_the_service_not_ready"
 )
@@ -420,6 +427,12 @@ HUNG_MODEL = "tests/e2e/test_models.py::" + (
 #: Every variable of the README's Settings table -> the tests ("path::function") that fail if it
 #: stops having the effect the table gives it. test_every_variable_has_effect_tests keeps it complete.
 EFFECTS: dict[str, list[str]] = {
+    "KAFKA_TLS_CA_FILE": [TLS_LOGIN, TLS_END_TO_END, TLS_WRONG_CA],
+    "KAFKA_SASL_USERNAME": [TLS_LOGIN, TLS_SCRAM, TLS_END_TO_END],
+    "KAFKA_SASL_PASSWORD": [TLS_LOGIN, TLS_SCRAM, TLS_END_TO_END],
+    "MONGO_TLS_CA_FILE": [TLS_U + "test_mongo_tls_ca_file_turns_tls_on", TLS_END_TO_END, TLS_WRONG_CA],
+    "DASHBOARD_TLS_CERT_FILE": [TLS_PAGE, TLS_END_TO_END],
+    "DASHBOARD_TLS_KEY_FILE": [TLS_PAGE, TLS_END_TO_END],
     "LOG_LEVEL": [
         U + "test_log_level_decides_what_reaches_the_log",
         U + "test_each_service_sets_up_logging_at_log_level",
