@@ -117,7 +117,7 @@ status=0
 # ----------------------------------------------------------------- Mosquitto's plugin (C)
 
 # mosquitto/plugin/client_owners.c binds client ids to users; the local stack's
-# broker loads it from here (localstack/stack.py checks the stamp, so a changed
+# broker loads it from here (localstack/servers/mosquitto.py checks the stamp, so a changed
 # source is never run stale).
 plugin_src=$ROOT/mosquitto/plugin
 plugin_dest=$CACHE/mosquitto-plugin

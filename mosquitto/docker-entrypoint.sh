@@ -3,7 +3,7 @@
 # environment (.env), then replaces this shell with the broker, so the broker is
 # PID 1 and gets SIGTERM (and saves its database) on `docker stop`. The one
 # definition of who may do what on the broker: Compose runs it as the entry
-# point, and the local stack (localstack/stack.py) runs it with
+# point, and the local stack (localstack/servers/mosquitto.py) runs it with
 # MOSQUITTO_AUTH_DIR set and the command `true`.
 #
 #   MQTT_SERVER_USERNAME / MQTT_SERVER_PASSWORD  the bridge: reads sensors/#,
