@@ -46,8 +46,9 @@ HOURLY_UP_TO = timedelta(days=14)
 #: The longest range the API serves (raw readings are kept SERVER_RETENTION_RAW_DAYS, rollups longer).
 MAX_RANGE = timedelta(days=400)
 #: A period whose document was last written more than SETTLED ago changes only by a late reading: it is
-#: reused for about CACHE_S (so a late reading shows within 1.5 times that), at most CACHE_MAX documents. A page
-#: polling the last hour every 3 s then reads two minutes from MongoDB, not 61.
+#: reused for about CACHE_S, and after that while the hour (or day) holding it has not been written, so a late
+#: reading shows within the bridge's rollup interval (30 s); at most CACHE_MAX documents. A page polling the
+#: last hour every 3 s then reads two minutes and two hours from MongoDB, not 61 minutes.
 SETTLED = timedelta(minutes=2)
 CACHE_S = 60.0
 CACHE_MAX = 20_000
@@ -57,6 +58,10 @@ PARALLEL_LOOKUPS = 8
 WINDOW = 240
 
 Document = dict[str, Any]
+#: The version of the hour (or day) holding a cached period: its ``updated_at``; None for a day.
+Version = tuple[str, Any] | None
+#: The period whose ``updated_at`` says whether a cached minute (or hour) may have changed.
+PARENT = {periods.MINUTE: periods.HOUR, periods.HOUR: periods.DAY}
 
 
 def sensor_state(age_s: float, interval_s: float | None) -> str:
@@ -96,8 +101,8 @@ class Reader:
         self.db = db
         self.sensor_docs = db[contract.COLLECTION_SENSORS]
         self.rejections = db[contract.COLLECTION_REJECTIONS]
-        # (collection, _id, projection) -> (monotonic time it expires, document or None).
-        self._cache: dict[tuple[str, str, str], tuple[float, Document | None]] = {}
+        # (collection, _id, projection) -> (monotonic time it expires, document or None, its holder's version).
+        self._cache: dict[tuple[str, str, str], tuple[float, Document | None, Version]] = {}
         self._cache_lock = threading.Lock()
         self._lookups = ThreadPoolExecutor(PARALLEL_LOOKUPS, thread_name_prefix="lookup")
 
@@ -156,14 +161,34 @@ class Reader:
         for first in range(0, len(starts), WINDOW):
             window = starts[first : first + WINDOW]
             keys = [periods.period_id(sensor, start) for start in window]
-            found = self._cached(collection, keys, [start + step for start in window], projection, settled)
+            versions: list[Version] = [None] * len(window)
+            if step in PARENT:
+                versions = self._versions(sensor, window, PARENT[step])
+            ends = [start + step for start in window]
+            found = self._cached(collection, keys, ends, versions, projection, settled)
             yield from ({**doc, "start": start} for start, doc in zip(window, found, strict=True) if doc is not None)
+
+    def _versions(self, sensor: str, starts: list[datetime], parent: timedelta) -> list[Version]:
+        """For each period, the version of the period holding it (its hour's or day's ``updated_at``).
+
+        The bridge writes a reading's hour and day with or after its minute, and each write
+        sets ``updated_at``: a cached minute whose hour has the version it was cached with
+        has not changed since.
+        """
+        collection = self.db[periods.COLLECTION[parent]]
+        holders = sorted({periods.FLOOR[parent](start) for start in starts})
+        ids = [periods.period_id(sensor, start) for start in holders]
+        docs = self._lookups.map(lambda key: collection.find_one({"_id": key}, {"updated_at": 1}), ids)
+        # A holder with no document yet, and one written before updated_at existed, are versions too.
+        version = {start: doc and doc.get("updated_at", "") for start, doc in zip(holders, docs, strict=True)}
+        return [("holder", version[periods.FLOOR[parent](start)]) for start in starts]
 
     def _cached(
         self,
         collection: Collection[Document],
         keys: list[str],
         ends: list[datetime],
+        versions: list[Version],
         projection: Document,
         settled: datetime,
     ) -> list[Document | None]:
@@ -171,7 +196,9 @@ class Reader:
 
         Kept only once settled: written last before ``settled`` (``updated_at``), or, for a
         period with no document, ended before it. A minute still being written (the current
-        one, or one a sensor fills late from its spool) is read anew at every poll.
+        one, or one a sensor fills late from its spool) is read anew at every poll. A kept
+        document is used for about CACHE_S, and after that for as long as the period holding
+        it keeps the version it had (``versions``; None: no such period).
         """
         shape = repr(sorted(projection.items()))
         now = time.monotonic()
@@ -180,7 +207,7 @@ class Reader:
         with self._cache_lock:
             for i, key in enumerate(keys):
                 hit = self._cache.get((collection.name, key, shape))
-                if hit is not None and hit[0] > now:
+                if hit is not None and (hit[0] > now or (versions[i] is not None and hit[2] == versions[i])):
                     found[i] = hit[1]
                 else:
                     missing.append(i)
@@ -191,21 +218,21 @@ class Reader:
             written = ends[i] if doc is None else doc.pop("updated_at", None) or ends[i]
             found[i] = doc
             if written <= settled:
-                keep.append(((collection.name, keys[i], shape), doc))
+                keep.append(((collection.name, keys[i], shape), doc, versions[i]))
         if keep:
             self._keep(keep, now)
         return found
 
-    def _keep(self, entries: list[tuple[tuple[str, str, str], Document | None]], now: float) -> None:
+    def _keep(self, entries: list[tuple[tuple[str, str, str], Document | None, Version]], now: float) -> None:
         with self._cache_lock:
             if len(self._cache) + len(entries) > CACHE_MAX:
-                expired = [k for k, (until, _) in self._cache.items() if until <= now]
+                expired = [k for k, (until, _, _) in self._cache.items() if until <= now]
                 for old in expired or list(self._cache)[: max(len(entries), CACHE_MAX // 10)]:
                     del self._cache[old]
-            for entry, doc in entries:
+            for entry, doc, version in entries:
                 # Each kept between half and one and a half CACHE_S, so the minutes of a chart cached
                 # together are read again a few at a time, not all in one poll.
-                self._cache[entry] = (now + CACHE_S * random.uniform(0.5, 1.5), doc)  # noqa: S311 - not security
+                self._cache[entry] = (now + CACHE_S * random.uniform(0.5, 1.5), doc, version)  # noqa: S311
 
     def series(self, sensor: str, minutes: int, now: datetime | None = None) -> Document:
         """The sensor's readings of the last ``minutes`` (by event time, at most RAW_UP_TO), each with its forecast."""

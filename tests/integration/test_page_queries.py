@@ -16,13 +16,15 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from pymongo import MongoClient
 
+from Dashboard import queries
 from Dashboard.app import csv_lines
 from Dashboard.queries import Reader
-from pipeline import contract
+from pipeline import contract, periods
 from pipeline.settings import MongoSettings
 from Server.store import Store
 from Server.timeline import RECENT_ANOMALIES, Timeline
@@ -167,3 +169,35 @@ def test_the_latest_anomalies_of_every_bridge_are_listed_and_outlive_a_restart(
     assert ids[:2] == ["b1-again-1", "b1-again-0"]
     assert len(ids) == RECENT_ANOMALIES + 5, "what b1 had before it restarted, less the two oldest, and b2's"
     assert f"b1-{RECENT_ANOMALIES + 9}" in ids and "b1-10" not in ids and "b1-12" in ids
+
+
+def test_a_cached_chart_reads_again_only_the_hour_a_late_reading_went_to(
+    reader: tuple[Reader, CommandLog, Store],
+) -> None:
+    """On FerretDB, with the bridge's own writes: past their time in the cache, settled minutes are used while their
+    hour keeps its version; a late reading rewrites its minute and its hour, and the page shows it."""
+    page, finds, store = reader
+    now = periods.FLOOR[periods.HOUR](datetime.now(UTC)) - timedelta(minutes=1)  # three whole, settled hours
+    timeline = Timeline(store, threading.Event())
+    timeline.touch(
+        [
+            contract.Reading(id=f"r{i}", sensor="s1", ts=now - timedelta(minutes=i), v=1.0, received_at=now)
+            for i in range(180)
+        ]
+    )
+    timeline.flush(everything=True)
+    # Settled as soon as written, and past its time in the cache as soon as it is kept.
+    with patch.object(queries, "SETTLED", timedelta(0)), patch.object(queries, "CACHE_S", 0.0):
+        first = page.aggregates("s1", 180, now=now)
+        assert len(first["rows"]) == 180 and {row["count"] for row in first["rows"]} == {1}
+        finds.commands.clear()
+        assert page.aggregates("s1", 180, now=now) == first
+        assert finds.on(contract.COLLECTION_AGGREGATES) == [], "no hour written: no minute read again"
+
+        late = now - timedelta(minutes=100)
+        timeline.touch([contract.Reading(id="late", sensor="s1", ts=late, v=5.0, received_at=now)])
+        timeline.flush(everything=True)
+        finds.commands.clear()
+        rows = {row["start"]: row for row in page.aggregates("s1", 180, now=now)["rows"]}
+    assert rows[contract.iso(periods.FLOOR[periods.MINUTE](late))]["count"] == 2, "the late reading is shown"
+    assert len(finds.on(contract.COLLECTION_AGGREGATES)) == 60, "the minutes of its hour are read again, no other"

@@ -186,11 +186,22 @@ def collections_db(collections: dict[str, Any]) -> Any:
     return type("Db", (), {"__getitem__": lambda self, name: collections.get(name, SimpleNamespace())})()
 
 
-def stand_in(present: Callable[[str], bool], latest: datetime | None = None, asked: list[str] | None = None) -> Reader:
+def stand_in(
+    present: Callable[[str], bool],
+    latest: datetime | None = None,
+    asked: list[str] | None = None,
+    hours: dict[str, Any] | None = None,
+) -> Reader:
     """A reader of stand-in collections: ``aggregates`` holds the minutes ``present`` says (count 1, value 2,
-    ``updated_at`` their end), and ``sensors`` one sensor whose latest reading is at ``latest`` (None: no document).
+    ``updated_at`` their end), ``aggregates_hourly`` an hour per minute with ``updated_at`` from ``hours`` by
+    ``_id`` (or none), and ``sensors`` one sensor whose latest reading is at ``latest`` (None: no document).
+    ``asked`` gets the ``_id`` of every minute looked up.
     """
     asked = [] if asked is None else asked
+    hours = {} if hours is None else hours
+
+    def hour(query: dict[str, str], projection: dict[str, int]) -> dict[str, Any]:
+        return {"_id": query["_id"], "updated_at": hours.get(query["_id"])}
 
     def find_one(query: dict[str, str], projection: dict[str, int]) -> dict[str, Any] | None:
         asked.append(query["_id"])
@@ -205,6 +216,7 @@ def stand_in(present: Callable[[str], bool], latest: datetime | None = None, ask
     collections = {
         "aggregates": SimpleNamespace(name="aggregates", find_one=find_one),
         "sensors": SimpleNamespace(name="sensors", find_one=sensor),
+        "aggregates_hourly": SimpleNamespace(name="aggregates_hourly", find_one=hour),
     }
     return Reader(cast(Any, collections_db(collections)))
 
@@ -289,3 +301,25 @@ def test_a_csv_download_holds_every_point_once_in_order(values: list[float | Non
     assert [row["id"] for row in rows] == [p["id"] for p in points]
     assert all(row["sensor"] == "s1" for row in rows)
     assert [row["yhat"] for row in rows] == ["" if v is None else repr(v) for v in values]
+
+
+def test_settled_minutes_are_read_again_only_once_their_hour_has_been_written() -> None:
+    """Past its time in the cache a minute is still used while its hour keeps the version it was cached with:
+    a late reading rewrites the hour (within the bridge's rollup interval), and only that hour's minutes are read.
+    """
+    asked: list[str] = []
+    hours: dict[str, Any] = {}
+    reader = stand_in(lambda _: True, asked=asked, hours=hours)
+    now = periods.FLOOR[periods.HOUR](datetime.now(UTC)) - timedelta(minutes=30)  # all three hours settled
+    with patch.object(queries, "CACHE_S", 0.0):  # past its time in the cache as soon as it is kept
+        first = reader.aggregates("s1", 180, now=now)
+        assert len(asked) == len(first["rows"]) == 181
+        asked.clear()
+        assert reader.aggregates("s1", 180, now=now) == first
+        assert asked == [], "no hour written: no minute read"
+        late = periods.FLOOR[periods.HOUR](now - timedelta(hours=2))
+        hours[periods.period_id("s1", late)] = now
+        reader.aggregates("s1", 180, now=now)
+    hour_prefix = periods.period_id("s1", late)[: -len("00:00.000Z")]
+    again = [key for key in asked if key.startswith(hour_prefix)]
+    assert len(again) == len(asked) == 60, "every minute of the hour that was written, and no other"
