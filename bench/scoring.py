@@ -188,6 +188,15 @@ def service_rate(bench: Bench, count: int, replicas: int, grid_ms: int = 1000) -
 
 
 def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Every scoring benchmark (``make bench``): the rates, then the per-sensor models end to end."""
+    if getattr(args, "only", None) == "per-sensor":
+        return run_per_sensor(bench)
+    figures = run_rates(bench)
+    figures["per_sensor"] = run_per_sensor(bench)
+    return figures
+
+
+def run_rates(bench: Bench) -> dict[str, Any]:
     """Measure the three rates, print and write the table; returns the figures."""
     readings = 5_000 if bench.quick else 20_000
     seed_readings = 10 if bench.quick else 30
@@ -427,15 +436,6 @@ def run_per_sensor(bench: Bench) -> dict[str, Any]:
     return figures
 
 
-def run_selected(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
-    """``--only per-sensor``: that variant alone; otherwise every scoring benchmark."""
-    if getattr(args, "only", None) == "per-sensor":
-        return run_per_sensor(bench)
-    figures = run(bench, args)
-    figures["per_sensor"] = run_per_sensor(bench)
-    return figures
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--only per-sensor`` runs the per-sensor models variant alone."""
     parser.add_argument("--only", choices=["per-sensor"], help="run only this variant")
@@ -443,7 +443,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main() -> int:
     """``python -m bench.scoring``."""
-    return run_standalone("bench.scoring", __doc__.splitlines()[0], run_selected, add_arguments)
+    return run_standalone("bench.scoring", __doc__.splitlines()[0], run, add_arguments)
 
 
 if __name__ == "__main__":
