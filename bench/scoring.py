@@ -26,7 +26,7 @@ every sensor (today's figure), and once with grids that refresh ten times as
 often (MODEL_FORECAST_AHEAD=60). Each reading is scored by a lookup in its
 model's grid of forecasts made ahead (Models_analysis.ahead).
 
-Run alone: ``python -m bench.scoring [--quick] [--only per-sensor]``.
+Run alone: ``python -m bench.scoring [--quick] [--only rates|per-sensor]``.
 """
 
 from __future__ import annotations
@@ -189,9 +189,12 @@ def service_rate(bench: Bench, count: int, replicas: int, grid_ms: int = 1000) -
 
 def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     """Every scoring benchmark (``make bench``): the rates, then the per-sensor models end to end."""
-    if getattr(args, "only", None) == "per-sensor":
+    only = getattr(args, "only", None)
+    if only == "per-sensor":
         return run_per_sensor(bench)
     figures = run_rates(bench)
+    if only == "rates":
+        return figures
     figures["per_sensor"] = run_per_sensor(bench)
     return figures
 
@@ -437,8 +440,8 @@ def run_per_sensor(bench: Bench) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--only per-sensor`` runs the per-sensor models variant alone."""
-    parser.add_argument("--only", choices=["per-sensor"], help="run only this variant")
+    """``--only rates`` or ``--only per-sensor`` runs that part alone."""
+    parser.add_argument("--only", choices=["rates", "per-sensor"], help="run only this part")
 
 
 def main() -> int:
