@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,8 @@ BEHIND_SHARE = 0.1
 REFRESH_SHARE = 0.5
 #: How much lower the refresh thread's CPU priority is than the scoring thread's (Linux nice increment).
 REFRESH_NICE = 10
+#: A model whose grid could not be made is predicted directly for this long before a grid is tried again.
+RETRY_AFTER_S = 60.0
 
 
 def _ms(moment: datetime) -> int:
@@ -137,6 +140,7 @@ class Grids:
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._models: dict[str, threading.Lock] = {}
+        self._failed: dict[str, float] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="forecast-ahead", initializer=_lower_priority
         )
@@ -167,6 +171,15 @@ class Grids:
         self._grids[loaded.identity.hash] = grid
         metrics.GRIDS_MADE.labels("now").inc()
         return grid
+
+    def failed(self, model_hash: str) -> None:
+        """A grid of this model could not be made: its readings are predicted directly for RETRY_AFTER_S."""
+        self._failed[model_hash] = time.monotonic()
+
+    def may_build(self, model_hash: str) -> bool:
+        """Whether a grid of this model may be tried now (none failed in the last RETRY_AFTER_S)."""
+        failed = self._failed.get(model_hash)
+        return failed is None or time.monotonic() - failed >= RETRY_AFTER_S
 
     def refresh_later(self, loaded: LoadedModel, anchor: datetime) -> concurrent.futures.Future[None] | None:
         """Make a model's next grid in the background, unless one is already being made."""

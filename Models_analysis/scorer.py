@@ -33,7 +33,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Message, Producer
 
 from Models_analysis import metrics
-from Models_analysis.ahead import Grids, plan
+from Models_analysis.ahead import RETRY_AFTER_S, Grids, plan
 from Models_analysis.model import Forecasts, LoadedModel, prediction, score
 from Models_analysis.registry import ModelRegistry
 from Models_analysis.settings import Settings
@@ -258,13 +258,19 @@ class Scorer:
         now = datetime.now(UTC)
         grid = self.grids.get(model.identity.hash)
         decided = plan(grid, [r.ts for r in batch], now, self.grids.horizon)
-        if decided.build_at is not None:
+        if decided.build_at is not None and self.grids.may_build(model.identity.hash):
             try:
                 grid = self.budget.call(self.grids.build, model, decided.build_at)  # type: ignore[assignment]
             except TimeoutError:
                 raise
             except Exception as error:  # noqa: BLE001 - the readings are scored one by one below instead
-                logger.warning("could not forecast ahead with %s (%s); predicting directly", model.identity, error)
+                self.grids.failed(model.identity.hash)
+                logger.warning(
+                    "could not forecast ahead with model %s (%s); predicting its readings directly for %.0fs",
+                    model.identity.name,
+                    error,
+                    RETRY_AFTER_S,
+                )
                 grid = None
         elif decided.refresh_at is not None:
             self.grids.refresh_later(model, decided.refresh_at)

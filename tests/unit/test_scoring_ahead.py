@@ -269,9 +269,13 @@ def test_a_model_that_fails_on_the_grid_still_scores_directly() -> None:
                 raise ValueError("one row at a time")
             return super().predict(frame)
 
-    with scorer(loaded(NoFuture()), MODEL_TIME_GRID_MS=1000, MODEL_FORECAST_AHEAD=100) as (built, _):
+    model = NoFuture()
+    with scorer(loaded(model), MODEL_TIME_GRID_MS=1000, MODEL_FORECAST_AHEAD=100) as (built, _):
         results = built.score(readings_at([datetime.now(UTC)]))
-    assert isinstance(results[0], contract.Prediction)
+        assert model.rows_seen == [1], "the grid's predict failed (not recorded), then one direct predict"
+        later = built.score(readings_at([datetime.now(UTC) + timedelta(seconds=1)]))
+    assert isinstance(results[0], contract.Prediction) and isinstance(later[0], contract.Prediction)
+    assert model.rows_seen == [1, 1], "no second try at a grid within RETRY_AFTER_S"
 
 
 def test_grids_are_made_in_a_thread_of_lower_priority() -> None:
