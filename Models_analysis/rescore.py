@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pymongo import MongoClient, ReplaceOne
+from pymongo import ReplaceOne
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
@@ -45,6 +45,7 @@ from Models_analysis import history
 from Models_analysis.model import Forecasts, LoadedModel, ModelError, load_model, score
 from pipeline import contract, logs, settings
 from pipeline.csv_rows import parse_timestamp
+from pipeline.mongo import mongo_client
 from pipeline.settings import MongoSettings
 
 logger = logging.getLogger("Models_analysis.rescore")
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"error: {error}", sys.stderr)
         return 2
     config = settings.load(MongoSettings)
-    client: MongoClient[dict[str, Any]] = MongoClient(config.MONGO_URI.get_secret_value(), tz_aware=True)
+    client = mongo_client(config, tz_aware=True, appname="rescore")
     try:
         with client:
             summary = rescore(client[config.MONGO_DATABASE], loaded, args.sensor, since, until, args.grid_ms, True)

@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
@@ -54,6 +53,7 @@ from Models_analysis.registry import DEFAULT, SUFFIX
 from Models_analysis.settings import TrainerSettings
 from pipeline import contract, lifecycle, logs, settings
 from pipeline.health import Dependency, HealthServer
+from pipeline.mongo import mongo_client
 
 logger = logging.getLogger("Models_analysis.trainer")
 
@@ -349,9 +349,8 @@ def main() -> int:
     if config.TRAINER_NICE:
         os.nice(config.TRAINER_NICE)
     stop = lifecycle.stop_event()
-    client: MongoClient[dict[str, Any]] = MongoClient(
-        config.MONGO_URI.get_secret_value(), tz_aware=True, serverSelectionTimeoutMS=10_000, appname="trainer"
-    )
+    # TLS as every service: MONGO_TLS_CA_FILE (pipeline.mongo).
+    client = mongo_client(config, tz_aware=True, serverSelectionTimeoutMS=10_000, appname="trainer")
     trainer = Trainer(config, client[config.MONGO_DATABASE], stop)
     worker = threading.Thread(target=trainer.run, name="trainer")
     health = HealthServer(
