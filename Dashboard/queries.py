@@ -60,6 +60,7 @@ WINDOW = 240
 Document = dict[str, Any]
 #: The version of the hour (or day) holding a cached period: its ``updated_at``; None for a day.
 Version = tuple[str, Any] | None
+HOLDER = "holder"
 #: The period whose ``updated_at`` says whether a cached minute (or hour) may have changed.
 PARENT = {periods.MINUTE: periods.HOUR, periods.HOUR: periods.DAY}
 
@@ -179,9 +180,12 @@ class Reader:
         holders = sorted({periods.FLOOR[parent](start) for start in starts})
         ids = [periods.period_id(sensor, start) for start in holders]
         docs = self._lookups.map(lambda key: collection.find_one({"_id": key}, {"updated_at": 1}), ids)
-        # A holder with no document yet, and one written before updated_at existed, are versions too.
-        version = {start: doc and doc.get("updated_at", "") for start, doc in zip(holders, docs, strict=True)}
-        return [("holder", version[periods.FLOOR[parent](start)]) for start in starts]
+        # None: the holder has no document yet; one written before updated_at existed has a version too.
+        version = {
+            start: None if doc is None else ("written", doc.get("updated_at"))
+            for start, doc in zip(holders, docs, strict=True)
+        }
+        return [(HOLDER, version[periods.FLOOR[parent](start)]) for start in starts]
 
     def _cached(
         self,
@@ -217,7 +221,10 @@ class Reader:
         for i, doc in zip(missing, answers, strict=True):
             written = ends[i] if doc is None else doc.pop("updated_at", None) or ends[i]
             found[i] = doc
-            if written <= settled:
+            # A period with no document whose hour has none either may be one the bridge has just
+            # written (its hour follows within the rollup interval): not kept until the hour says.
+            unconfirmed = doc is None and versions[i] == (HOLDER, None)
+            if written <= settled and not unconfirmed:
                 keep.append(((collection.name, keys[i], shape), doc, versions[i]))
         if keep:
             self._keep(keep, now)

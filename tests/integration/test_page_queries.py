@@ -182,14 +182,14 @@ def test_a_cached_chart_reads_again_only_the_hour_a_late_reading_went_to(
     timeline.touch(
         [
             contract.Reading(id=f"r{i}", sensor="s1", ts=now - timedelta(minutes=i), v=1.0, received_at=now)
-            for i in range(180)
+            for i in range(181)  # every minute of the chart, so every hour has a document
         ]
     )
     timeline.flush(everything=True)
     # Settled as soon as written, and past its time in the cache as soon as it is kept.
     with patch.object(queries, "SETTLED", timedelta(0)), patch.object(queries, "CACHE_S", 0.0):
         first = page.aggregates("s1", 180, now=now)
-        assert len(first["rows"]) == 180 and {row["count"] for row in first["rows"]} == {1}
+        assert len(first["rows"]) == 181 and {row["count"] for row in first["rows"]} == {1}
         finds.commands.clear()
         assert page.aggregates("s1", 180, now=now) == first
         assert finds.on(contract.COLLECTION_AGGREGATES) == [], "no hour written: no minute read again"

@@ -186,6 +186,10 @@ def collections_db(collections: dict[str, Any]) -> Any:
     return type("Db", (), {"__getitem__": lambda self, name: collections.get(name, SimpleNamespace())})()
 
 
+#: In ``stand_in``'s ``hours``: that hour has no document.
+ABSENT = "absent"
+
+
 def stand_in(
     present: Callable[[str], bool],
     latest: datetime | None = None,
@@ -200,7 +204,9 @@ def stand_in(
     asked = [] if asked is None else asked
     hours = {} if hours is None else hours
 
-    def hour(query: dict[str, str], projection: dict[str, int]) -> dict[str, Any]:
+    def hour(query: dict[str, str], projection: dict[str, int]) -> dict[str, Any] | None:
+        if hours.get(query["_id"]) == ABSENT:
+            return None
         return {"_id": query["_id"], "updated_at": hours.get(query["_id"])}
 
     def find_one(query: dict[str, str], projection: dict[str, int]) -> dict[str, Any] | None:
@@ -323,3 +329,23 @@ def test_settled_minutes_are_read_again_only_once_their_hour_has_been_written() 
     hour_prefix = periods.period_id("s1", late)[: -len("00:00.000Z")]
     again = [key for key in asked if key.startswith(hour_prefix)]
     assert len(again) == len(asked) == 60, "every minute of the hour that was written, and no other"
+
+
+def test_a_minute_without_a_document_in_an_hour_without_one_is_read_again_at_every_poll() -> None:
+    """A backfilled minute (a sensor's spool after an outage) shows at the next poll, not after the cache: its hour
+    is written up to 30 s after it, and until then the absence is not kept."""
+    written: set[str] = set()
+    asked: list[str] = []
+    now = periods.FLOOR[periods.HOUR](datetime.now(UTC)) - timedelta(minutes=30)
+    hour = periods.period_id("s1", periods.FLOOR[periods.HOUR](now))
+    hours: dict[str, Any] = {hour: ABSENT}
+    reader = stand_in(lambda key: key in written, asked=asked, hours=hours)
+    assert reader.aggregates("s1", 10, now=now)["rows"] == []
+    minute = periods.period_id("s1", periods.FLOOR[periods.MINUTE](now - timedelta(minutes=5)))
+    written.add(minute)
+    assert len(reader.aggregates("s1", 10, now=now)["rows"]) == 1, "shown at the next poll"
+    hours[hour] = now
+    asked.clear()
+    reader.aggregates("s1", 10, now=now)
+    reader.aggregates("s1", 10, now=now)
+    assert len(asked) == 10, "once the hour has a document, the ten absent minutes are read once, then kept"
