@@ -35,12 +35,13 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 SCHEMA_FILE = ROOT / "tests" / "schemas" / "compose-spec.json"
 ENV_EXAMPLE = ROOT / ".env.example"
 
-#: Compose service -> the settings module of the Python package it runs.
+#: Compose service -> the settings class of the Python package it runs ("module:Class").
 PYTHON_SERVICES = {
-    "sensor": "Data_collection.settings",
-    "server": "Server.settings",
-    "model_analysis": "Models_analysis.settings",
-    "dashboard": "Dashboard.settings",
+    "sensor": "Data_collection.settings:Settings",
+    "server": "Server.settings:Settings",
+    "model_analysis": "Models_analysis.settings:Settings",
+    "trainer": "Models_analysis.settings:TrainerSettings",
+    "dashboard": "Dashboard.settings:Settings",
 }
 #: Services that are tools, started only by `docker compose run <tool>` (a profile of their own).
 TOOLS = {"train"}
@@ -253,7 +254,12 @@ def test_required_variables_are_in_env_example() -> None:
 
 
 def settings_fields(service: str) -> dict[str, Any]:
-    return importlib.import_module(PYTHON_SERVICES[service]).Settings.model_fields
+    return settings_class(service).model_fields
+
+
+def settings_class(service: str) -> Any:
+    module, name = PYTHON_SERVICES[service].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @pytest.mark.parametrize("service", sorted(PYTHON_SERVICES))
@@ -269,7 +275,7 @@ def test_python_services_get_their_required_settings(service: str) -> None:
 def test_python_services_get_only_known_settings(service: str) -> None:
     # The settings ignore unknown variables, so a misspelt name would silently do nothing.
     unknown = sorted(set(environment(SERVICES[service])) - set(settings_fields(service)))
-    assert not unknown, f"service {service}: {unknown} are not fields of {PYTHON_SERVICES[service]}.Settings"
+    assert not unknown, f"service {service}: {unknown} are not fields of {PYTHON_SERVICES[service]}"
 
 
 @pytest.mark.parametrize("service", sorted(PYTHON_SERVICES))
@@ -282,8 +288,8 @@ def test_python_service_environment_is_valid(service: str, monkeypatch: pytest.M
 
         return INTERPOLATION.sub(one, value.replace("$$", "$"))
 
-    module = importlib.import_module(PYTHON_SERVICES[service])
-    for name in module.Settings.model_fields:
+    cls = settings_class(service)
+    for name in cls.model_fields:
         monkeypatch.delenv(name, raising=False)
     env = {key: interpolate(value) for key, value in environment(SERVICES[service]).items()}
     for key, value in env.items():
@@ -291,7 +297,7 @@ def test_python_service_environment_is_valid(service: str, monkeypatch: pytest.M
     if service == "model_analysis":
         # The image's model path does not exist here; only its type is checked.
         assert env["MODEL_PATH"].startswith("/app/"), "service model_analysis: MODEL_PATH must be a path in the image"
-    module.Settings()
+    cls()
 
 
 # --- the scripts mounted into the images ---------------------------------------------
