@@ -56,7 +56,7 @@ def frame_from_csv(
 
 def frame_from_mongo(sensor: str | None, since: datetime | None, until: datetime | None) -> pd.DataFrame:
     """The training frame from stored readings: one sensor's or all, within [since, until)."""
-    from pymongo import MongoClient
+    from pipeline.mongo import mongo_client
 
     config = settings.load(MongoSettings)
     query: dict[str, Any] = {}
@@ -64,8 +64,7 @@ def frame_from_mongo(sensor: str | None, since: datetime | None, until: datetime
         query["sensor"] = sensor
     if since or until:
         query["ts"] = {**({"$gte": since} if since else {}), **({"$lt": until} if until else {})}
-    client: MongoClient[dict[str, Any]] = MongoClient(config.MONGO_URI.get_secret_value(), tz_aware=True)
-    with client:
+    with mongo_client(config, tz_aware=True) as client:
         cursor = client[config.MONGO_DATABASE][contract.COLLECTION_READINGS].find(query, {"ts": 1, "v": 1, "_id": 0})
         documents = list(cursor)
     frame = pd.DataFrame(

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,11 +182,6 @@ def trainer_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str
         "MODEL_TRAINED_PATH": str(TRAINED_MODELS),
         **_copy(stack_env, "MONGO_TLS_CA_FILE"),
     }
-    if "MONGO_TLS_CA_FILE" in env:
-        # The trainer builds its client from the URI alone: TLS goes in the URI too.
-        ca = urllib.parse.quote(env["MONGO_TLS_CA_FILE"], safe="/")
-        separator = "&" if "?" in env["MONGO_URI"] else "?"
-        env["MONGO_URI"] += f"{separator}tls=true&tlsCAFile={ca}"
     env.update(overrides)
     return env
 
