@@ -51,6 +51,7 @@ from Models_analysis import history, train
 from Models_analysis.model import LoadedModel, ModelError, forecast, load_model
 from Models_analysis.registry import DEFAULT, SUFFIX
 from Models_analysis.settings import TrainerSettings
+from Models_analysis.walkforward import Scores
 from pipeline import contract, lifecycle, logs, settings
 from pipeline.health import Dependency, HealthServer
 from pipeline.mongo import mongo_client
@@ -65,19 +66,6 @@ MIN_HOLDOUT_READINGS = 10
 COVERAGE_SLACK = 0.05
 #: How a challenger waits in MODEL_TRAINED_PATH before it is promoted or deleted (not ``*.joblib``: never served).
 CHALLENGER_SUFFIX = ".challenger"
-
-
-@dataclass(frozen=True)
-class Scores:
-    """How a model forecast the holdout."""
-
-    n: int
-    mae: float
-    coverage: float
-    mean_width: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "mae": self.mae, "coverage": self.coverage, "mean_width": self.mean_width}
 
 
 def holdout_scores(model: Any, holdout: pd.DataFrame) -> Scores:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import shutil
 import subprocess
@@ -311,3 +313,39 @@ def mosquitto_directives(text: str) -> list[tuple[str, str]]:
         if key and not key.startswith("#"):
             result.append((key, value.strip()))
     return result
+
+
+def asgi(app: Any, path: str, login: tuple[str, str] | None = ("u", "p")) -> tuple[int, dict[str, str], bytes]:
+    """One GET through the ASGI app (no server, no HTTP client): status, headers, body."""
+    headers = [(b"host", b"dashboard")]
+    if login is not None:
+        headers.append((b"authorization", b"Basic " + base64.b64encode(":".join(login).encode())))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("dashboard", 80),
+    }
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    asyncio.run(app(scope, receive, send))
+    found = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    return start["status"], found, b"".join(chunks)

@@ -16,8 +16,6 @@ tests/integration/test_settings_effects.py for the settings only a server can sh
 from __future__ import annotations
 
 import ast
-import asyncio
-import base64
 import contextlib
 import functools
 import logging
@@ -87,7 +85,7 @@ from Server.retention import Rule
 from Server.settings import Settings as ServerSettings
 from Server.store import Store
 from tests.conftest import free_port
-from tests.helpers import payload
+from tests.helpers import asgi, payload
 from tests.unit.fakes import (
     FakeMessage,
     OneModel,
@@ -1963,38 +1961,6 @@ def test_the_dashboard_serves_on_dashboard_port_and_watches_dashboard_services()
     }
 
 
-def asgi_get(app: Any, path: str, login: tuple[str, str] | None) -> int:
-    """The status of one GET through the ASGI app (no server, no HTTP client)."""
-    headers = [(b"host", b"dashboard")]
-    if login is not None:
-        headers.append((b"authorization", b"Basic " + base64.b64encode(":".join(login).encode())))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("dashboard", 80),
-    }
-    statuses: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    asyncio.run(app(scope, receive, send))
-    return statuses[0]
-
-
 @hypothesis_settings(max_examples=30)
 @given(
     user=st.from_regex(r"\A[A-Za-z0-9_.-]{1,20}\Z"),
@@ -2007,11 +1973,11 @@ def test_the_page_needs_dashboard_username_and_password(user: str, password: str
     config = make(DashboardSettings, DASHBOARD_USERNAME=user, DASHBOARD_PASSWORD=password)
     reader = SimpleNamespace(alerts=lambda limit: [])
     app = create_app(config, cast(Any, reader), cast(Any, SimpleNamespace()))
-    assert asgi_get(app, "/api/alerts", (user, password)) == 200
+    assert asgi(app, "/api/alerts", (user, password))[0] == 200
     for wrong in (
         None,
         (user, password + "x"),
         (user + "x", password),
         ("admin" if user != "admin" else "x", password),
     ):
-        assert asgi_get(app, "/api/alerts", wrong) == 401, wrong
+        assert asgi(app, "/api/alerts", wrong)[0] == 401, wrong
