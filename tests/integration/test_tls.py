@@ -335,7 +335,7 @@ def test_the_pipeline_runs_end_to_end_over_tls(tls_pipeline: Pipeline, tls_stack
 def test_the_trainer_reads_mongodb_over_tls(tls_pipeline: Pipeline, tmp_path: Path) -> None:
     env = trainer_env(tls_pipeline.stack.env, MODEL_TRAINED_PATH=str(tmp_path), HEALTH_PORT=str(free_port()))
     # TLS from MONGO_TLS_CA_FILE, as every service: nothing about it in the URI.
-    assert "tls" not in env["MONGO_URI"] and env["MONGO_TLS_CA_FILE"] == str(
+    assert "tls=" not in env["MONGO_URI"] and env["MONGO_TLS_CA_FILE"] == str(
         tls_pipeline.stack.env["MONGO_TLS_CA_FILE"]
     )
     trainer = tls_pipeline._start("trainer", "Models_analysis.trainer", env)
