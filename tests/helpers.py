@@ -349,3 +349,33 @@ def asgi(app: Any, path: str, login: tuple[str, str] | None = ("u", "p")) -> tup
     asyncio.run(app(scope, receive, send))
     found = {k.decode().lower(): v.decode() for k, v in start["headers"]}
     return start["status"], found, b"".join(chunks)
+
+
+def plan_scans(plan: dict[str, Any]) -> list[str]:
+    """The full scans in an ``explain`` answer: FerretDB's SQLite plan lines (``SCAN <table>``), or every
+    ``COLLSCAN`` stage anywhere in MongoDB's plan tree.
+
+    MongoDB's classic engine nests stages in ``inputStage``/``inputStages``; the slot-based engine (the
+    default from 8.0, which Compose runs) wraps the same tree in ``winningPlan.queryPlan``; a sharded
+    collection lists a plan per shard. So the whole answer is walked, not one chain.
+    """
+    sqlite = [
+        line
+        for line in plan.get("queryPlanner", {}).get("Plan", [])
+        if isinstance(line, str) and line.partition("detail=")[2].startswith("SCAN ")
+    ]
+    mongo: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("stage") == "COLLSCAN":
+                mongo.append(f"COLLSCAN {node.get('filter', {})}")
+            for key, value in node.items():
+                if key != "rejectedPlans":
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(plan.get("queryPlanner", {}))
+    return sqlite + mongo
