@@ -19,7 +19,10 @@ readings before the holdout), one at a time:
 4. promotion is an atomic rename into MODEL_TRAINED_PATH/<sensor>.joblib, which
    the model service watches (MODEL_TRAINED_PATH, MODEL_RELOAD_CHECK_S);
 5. each decision is stored in ``model_versions``: the sensor, both models'
-   identities and holdout metrics, promoted or not and why.
+   identities and holdout metrics, promoted or not and why; and the latest
+   HISTORY_KEPT of a sensor's decisions in its ``model_history`` document
+   (``_id`` = the sensor), which the live page reads by ``_id``: ``model_versions``
+   can only be listed by sensor with a filter, which FerretDB answers by a scan.
 
 A sensor with a model of the user's own (MODEL_PATH/<sensor>.joblib) is never
 given a trained one unless TRAINER_REPLACE_USER_MODELS is on; the refusal is
@@ -60,6 +63,9 @@ logger = logging.getLogger("Models_analysis.trainer")
 
 #: Every decision: sensor, both models and their holdout metrics, promoted or not and why.
 COLLECTION_MODEL_VERSIONS = "model_versions"
+#: One document per sensor (``_id`` = the sensor): its latest HISTORY_KEPT decisions, newest first.
+COLLECTION_MODEL_HISTORY = "model_history"
+HISTORY_KEPT = 20
 #: The holdout needs this many readings for a comparison to mean anything.
 MIN_HOLDOUT_READINGS = 10
 #: A challenger's coverage may fall this far below the incumbent's (when under the nominal level).
@@ -315,9 +321,42 @@ class Trainer:
             "decided_at": decided_at,
         }
         self.db[COLLECTION_MODEL_VERSIONS].insert_one(document)
+        self.remember(document)
         self.mongo.up()
         self.decisions += 1
         return document
+
+    def remember(self, document: dict[str, Any]) -> None:
+        """Put a decision first in its sensor's ``model_history`` document, keeping the latest HISTORY_KEPT.
+
+        Read by ``_id``, then the whole list ``$set`` by ``_id``: FerretDB 1.24 ignores
+        ``$push`` with ``$slice`` without an error. One trainer writes it, so nothing
+        comes between the read and the write; a decision recorded again (same ``_id``)
+        replaces its entry.
+        """
+        collection = self.db[COLLECTION_MODEL_HISTORY]
+        sensor = document["sensor"]
+        stored = collection.find_one({"_id": sensor}, {"decisions": 1}) or {}
+        entry = history_entry(document)
+        earlier = [d for d in stored.get("decisions") or [] if d.get("id") != entry["id"]]
+        decisions = [entry, *earlier][:HISTORY_KEPT]
+        collection.update_one(
+            {"_id": sensor}, {"$set": {"decisions": decisions, "updated_at": document["decided_at"]}}, upsert=True
+        )
+
+
+def history_entry(document: dict[str, Any]) -> dict[str, Any]:
+    """A decision as the sensor's ``model_history`` keeps it: who, when, the verdict and both holdout scores."""
+    return {
+        "id": document["_id"],
+        "decided_at": document["decided_at"],
+        "model": document.get("model"),
+        "incumbent": document.get("incumbent"),
+        "kind": document.get("kind"),
+        "promoted": document["promoted"],
+        "reason": document["reason"],
+        "metrics": document.get("metrics"),
+    }
 
 
 def _identity(incumbent: Incumbent) -> dict[str, Any] | None:

@@ -27,7 +27,15 @@ from Models_analysis import history
 from Models_analysis.model import file_hash, load_model
 from Models_analysis.registry import ModelRegistry
 from Models_analysis.settings import TrainerSettings
-from Models_analysis.trainer import COLLECTION_MODEL_VERSIONS, Scores, Trainer, thin, verdict
+from Models_analysis.trainer import (
+    COLLECTION_MODEL_HISTORY,
+    COLLECTION_MODEL_VERSIONS,
+    HISTORY_KEPT,
+    Scores,
+    Trainer,
+    thin,
+    verdict,
+)
 from pipeline import contract
 from tests.unit.models import ConstantModel
 
@@ -37,9 +45,19 @@ LATEST = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 class Collection:
     def __init__(self) -> None:
         self.documents: list[dict[str, Any]] = []
+        #: What updates by ``_id`` wrote (model_history), by ``_id``.
+        self.by_id: dict[str, dict[str, Any]] = {}
 
     def insert_one(self, document: dict[str, Any]) -> None:
         self.documents.append(document)
+
+    def find_one(self, query: dict[str, Any], projection: dict[str, int]) -> dict[str, Any] | None:
+        assert query.keys() == {"_id"}, "by _id only: anything else is a scan on FerretDB"
+        return self.by_id.get(query["_id"])
+
+    def update_one(self, query: dict[str, Any], update: dict[str, Any], upsert: bool = False) -> None:
+        assert query.keys() == {"_id"} and update.keys() == {"$set"} and upsert, (query, update)
+        self.by_id[query["_id"]] = {**self.by_id.get(query["_id"], {"_id": query["_id"]}), **update["$set"]}
 
 
 class Db(dict[str, Collection]):
@@ -109,6 +127,9 @@ def test_a_better_challenger_is_promoted_and_recorded(
     assert ours["mae"] < theirs["mae"] and ours["n"] == theirs["n"] == 6 * 60
     assert db[COLLECTION_MODEL_VERSIONS].documents == [decision]
     assert decision["_id"].startswith("s1|") and decision["rows"] == {"fit": 42 * 60, "holdout": 6 * 60}
+    (kept,) = db[COLLECTION_MODEL_HISTORY].by_id["s1"]["decisions"]
+    assert kept["id"] == decision["_id"] and kept["model"] == decision["model"] and kept["promoted"]
+    assert kept["metrics"] == decision["metrics"] and kept["decided_at"] == LATEST
 
 
 def test_a_worse_challenger_is_refused_and_the_served_model_stays(
@@ -269,3 +290,24 @@ def test_trainer_main_lowers_its_priority_and_needs_model_trained_path(
     monkeypatch.setenv("TRAINER_NICE", "7")
     assert trainer_module.main() == 0
     assert niced == [7] and (tmp_path / "trained").is_dir()
+
+
+def test_a_sensors_latest_decisions_are_kept_in_one_document_newest_first(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live page reads a sensor's decisions by ``_id``: the trainer keeps the latest HISTORY_KEPT in one document,
+    the whole list set at once (FerretDB ignores $push with $slice); the same decision again replaces its entry."""
+    models, trained = folders
+    built, db = trainer(models, trained, monkeypatch)
+    for k in range(HISTORY_KEPT + 5):
+        built.record({"sensor": "s1", "model": {"name": f"c{k}", "hash": f"h{k}"}, "promoted": False, "reason": "r"})
+    built.record({"sensor": "s2", "promoted": False, "reason": "own model"})
+    built.record(
+        {"sensor": "s1", "model": {"name": "again", "hash": f"h{HISTORY_KEPT + 4}"}, "promoted": True} | {"reason": "r"}
+    )
+    decisions = db[COLLECTION_MODEL_HISTORY].by_id["s1"]["decisions"]
+    assert [d["model"]["hash"] for d in decisions] == [f"h{k}" for k in reversed(range(5, HISTORY_KEPT + 5))]
+    assert decisions[0]["model"]["name"] == "again" and decisions[0]["promoted"], "recorded again: replaced"
+    assert len(db[COLLECTION_MODEL_VERSIONS].documents) == HISTORY_KEPT + 7, "model_versions keeps every one"
+    (other,) = db[COLLECTION_MODEL_HISTORY].by_id["s2"]["decisions"]
+    assert other["model"] is None and other["metrics"] is None and other["reason"] == "own model"
