@@ -19,7 +19,12 @@ forecasts never overwrite another's:
   accuracy of its forecasts (``n``, ``mae``, ``coverage``, ``anomalies``,
   ``mean_width``) beside that of the forecasts served live for the same
   readings (``live``, from the minute documents), compared on the readings
-  both have.
+  both have;
+- ``rescored_models``: one document per sensor (``_id`` = the sensor) listing
+  the models it was re-scored with, each with its latest run's summary
+  (newest first, at most RUNS_KEPT), which the live page reads by ``_id`` to
+  offer them side by side (``rescores`` can only be listed by sensor with a
+  filter, a full scan on FerretDB).
 
 Running it again for the same sensor, model and range replaces its documents.
 Reads MONGO_URI and MONGO_DATABASE like the services. Exit codes: 0 done,
@@ -54,6 +59,9 @@ logger = logging.getLogger("Models_analysis.rescore")
 COLLECTION_RESCORED = "rescored"
 #: One summary per re-scoring run.
 COLLECTION_RESCORES = "rescores"
+#: Per sensor: the models it was re-scored with, each with its latest run (``_id`` = the sensor).
+COLLECTION_RESCORED_MODELS = "rescored_models"
+RUNS_KEPT = 20
 #: Readings forecast per predict call (bounds the memory of a long range).
 CHUNK = 5_000
 #: Statements per write command: FerretDB 1.24 hangs on more than about 100 (Server/store.py).
@@ -165,7 +173,25 @@ def rescore(
         "seconds": time.monotonic() - started,
     }
     db[COLLECTION_RESCORES].replace_one({"_id": summary["_id"]}, summary, upsert=True)
+    _list_run(db, summary)
     return summary
+
+
+def _list_run(db: Database[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """Put the run first in its sensor's ``rescored_models`` document, replacing the model's earlier run.
+
+    The whole list is ``$set`` by ``_id`` (FerretDB 1.24 ignores ``$push`` with ``$slice``);
+    two runs for one sensor finishing at the same moment may lose one entry, not its data.
+    """
+    collection = db[COLLECTION_RESCORED_MODELS]
+    sensor, model_hash = summary["sensor"], summary["model"]["hash"]
+    stored = collection.find_one({"_id": sensor}, {"runs": 1}) or {}
+    run = {key: summary[key] for key in ("_id", "model", "since", "until", "minutes", "scored", "compared")}
+    run = {**run, "id": run.pop("_id"), "rescored_at": summary["rescored_at"]}
+    others = [r for r in stored.get("runs") or [] if (r.get("model") or {}).get("hash") != model_hash]
+    collection.update_one(
+        {"_id": sensor}, {"$set": {"runs": [run, *others][:RUNS_KEPT], "updated_at": run["rescored_at"]}}, upsert=True
+    )
 
 
 def _write(db: Database[dict[str, Any]], pending: list[ReplaceOne[dict[str, Any]]]) -> None:
