@@ -22,9 +22,15 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from Models_analysis.model import file_hash, load_model
-from Models_analysis.rescore import COLLECTION_RESCORED, COLLECTION_RESCORES, rescore, rescored_id
+from Models_analysis.rescore import (
+    COLLECTION_RESCORED,
+    COLLECTION_RESCORED_MODELS,
+    COLLECTION_RESCORES,
+    rescore,
+    rescored_id,
+)
 from Models_analysis.settings import TrainerSettings
-from Models_analysis.trainer import COLLECTION_MODEL_VERSIONS, Trainer
+from Models_analysis.trainer import COLLECTION_MODEL_HISTORY, COLLECTION_MODEL_VERSIONS, Trainer
 from pipeline import contract
 from pipeline.settings import MongoSettings
 from Server.store import Store
@@ -133,6 +139,11 @@ def test_the_trainer_promotes_a_better_model_refuses_a_worse_one_and_records_bot
     ours, theirs = decision["metrics"]["challenger"], decision["metrics"]["incumbent"]
     assert ours["mae"] < theirs["mae"] and ours["n"] == theirs["n"] == 4 * 60
 
+    # The sensor's latest decisions in one document, by _id, newest first: what the live page reads.
+    kept = stored.db[COLLECTION_MODEL_HISTORY].find_one({"_id": stored.sensor})
+    assert kept is not None and [d["id"] for d in kept["decisions"]] == [second[0]["_id"], first[0]["_id"]]
+    assert kept["decisions"][1]["metrics"] == decision["metrics"] and kept["decisions"][1]["promoted"]
+
 
 def test_rescore_stores_a_models_forecasts_by_model_beside_the_live_accuracy(stored: History, tmp_path: Path) -> None:
     path = tmp_path / "near.joblib"
@@ -155,4 +166,17 @@ def test_rescore_stores_a_models_forecasts_by_model_beside_the_live_accuracy(sto
     assert stored.db[COLLECTION_RESCORES].find_one({"_id": summary["_id"]})["compared"]["live"]["n"] == 120  # type: ignore[index]
     again = rescore(stored.db, model, stored.sensor, since, until)
     assert again["_id"] == summary["_id"], "the same run again replaces its documents"
+
+    # The sensor's re-scored models, each with its latest run, in one document found by _id (the live page's).
+    other = tmp_path / "far.joblib"
+    joblib.dump({"model": ConstantModel(0.0, 1.0), "metadata": {"name": "far"}}, other)
+    far = load_model(other)
+    rescore(stored.db, far, stored.sensor, since, until)
+    later = rescore(stored.db, model, stored.sensor, since - timedelta(hours=1), until)
+    listed = stored.db[COLLECTION_RESCORED_MODELS].find_one({"_id": stored.sensor})
+    assert listed is not None
+    assert [r["model"]["name"] for r in listed["runs"]] == ["near", "far"], "newest first, one per model"
+    assert listed["runs"][0]["id"] == later["_id"] and listed["runs"][1]["model"] == far.identity.model_dump()
+    assert listed["runs"][0]["since"] == since - timedelta(hours=1)
+    assert listed["runs"][0]["compared"] == later["compared"]
     assert_no_scans(stored)
