@@ -45,6 +45,8 @@ RangeMinutes = Annotated[int, Query(ge=1, le=MAX_RANGE // timedelta(minutes=1))]
 #: The columns of a CSV download, in order.
 CSV_COLUMNS = ("id", "sensor", "ts", "v", "yhat", "yhat_lower", "yhat_upper", "anomaly")
 Limit = Annotated[int, Query(ge=1, le=500)]
+#: A model's content hash (16 hex digits as Models_analysis names them; a little room for other namings).
+ModelHash = Annotated[str | None, Query(pattern=r"^[0-9A-Za-z_.-]{1,64}$")]
 
 
 def credentials_match(header: str | None, username: str, password: str) -> bool:
@@ -131,6 +133,14 @@ def create_app(
         """The sensor's readings with their forecast (yhat, interval, anomaly) over the last ``minutes``."""
         with metrics.QUERY_SECONDS.labels("series").time():
             return reader.series(sensor, minutes)
+
+    @app.get("/api/sensors/{sensor}/model")
+    def model(sensor: contract.SensorId, compare: ModelHash = None) -> dict[str, Any]:
+        """The model serving the sensor: its running accuracy, the trainer's latest decisions with their holdout
+        scores, the last hour's forecast MAE against the weekly naive, and the models the sensor was re-scored
+        with; ``compare=<hash>`` adds that model's re-scored forecasts beside the live ones."""
+        with metrics.QUERY_SECONDS.labels("model").time():
+            return reader.model(sensor, compare)
 
     @app.get("/api/aggregates/{sensor}")
     def aggregates(sensor: contract.SensorId, minutes: RangeMinutes = 60) -> dict[str, Any]:

@@ -8,7 +8,10 @@ sensor (``sensors``, a small collection read whole), one per sensor and minute
 with that minute's points and forecasts (``aggregates``), per hour and per day
 (``aggregates_hourly``, ``aggregates_daily``), each looked up by ``_id``; the
 latest anomalies (``recent_anomalies``, one document per bridge); and the newest
-of the capped ``rejections`` in insertion order.
+of the capped ``rejections`` in insertion order. The model panel reads, by
+``_id`` too, the prediction of a recent reading (which model serves the sensor),
+that model's running ``accuracy``, the trainer's per-sensor ``model_history``,
+rescore's per-sensor ``rescored_models`` and a model's ``rescored`` minutes.
 ``tests/integration/test_page_queries.py`` runs ``explain`` on every query the
 API makes and fails on a scan of a collection that grows with the data.
 Times in answers are ISO 8601 UTC strings (see :func:`pipeline.contract.iso`).
@@ -16,6 +19,7 @@ Times in answers are ISO 8601 UTC strings (see :func:`pipeline.contract.iso`).
 
 from __future__ import annotations
 
+import bisect
 import random
 import threading
 import time
@@ -57,6 +61,19 @@ PARALLEL_LOOKUPS = 8
 #: Periods looked up before the first of them is answered (a CSV of a month streams a window at a time).
 WINDOW = 240
 
+#: Written by the trainer and by rescore (Models_analysis.trainer, Models_analysis.rescore), which the
+#: dashboard's image does not hold; tests/unit/test_dashboard.py checks the names are the same.
+COLLECTION_MODEL_HISTORY = "model_history"
+COLLECTION_RESCORED_MODELS = "rescored_models"
+COLLECTION_RESCORED = "rescored"
+#: The weekly naive forecast of a reading: the value one WEEK earlier, the reading nearest that time, at
+#: most the sensor's usual interval away (at least NAIVE_TOLERANCE_MIN, at most NAIVE_TOLERANCE_MAX).
+WEEK = timedelta(days=7)
+NAIVE_TOLERANCE_MIN = timedelta(seconds=1)
+NAIVE_TOLERANCE_MAX = timedelta(minutes=5)
+#: The model panel's figures and a side-by-side comparison cover this much (the live chart's hour).
+MODEL_WINDOW = timedelta(minutes=60)
+
 Document = dict[str, Any]
 #: The version of the hour (or day) holding a cached period: its ``updated_at``; None for a day.
 Version = tuple[str, Any] | None
@@ -89,6 +106,110 @@ def per_minute(received: dict[str, int], now: datetime) -> float:
 def preview(payload: str, limit: int = PAYLOAD_PREVIEW) -> tuple[str, bool]:
     """The payload cut to ``limit`` characters, and whether it was cut."""
     return (payload, False) if len(payload) <= limit else (payload[:limit] + "…", True)
+
+
+def pair_week_earlier(now: list[datetime], earlier: list[datetime], tolerance: timedelta) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)``: reading ``now[i]`` and the reading ``earlier[j]`` nearest to one WEEK before it.
+
+    Both lists sorted by time. Never more than ``tolerance`` from the week-earlier time;
+    each reading of either list in at most one pair (a sensor read faster now than a
+    week ago has readings without one). Greedy in time order: each reading takes the
+    nearest week-earlier reading still free.
+    """
+    pairs = []
+    used = [False] * len(earlier)
+    first = 0
+    for i, moment in enumerate(now):
+        target = moment - WEEK
+        while first < len(earlier) and (used[first] or earlier[first] < target - tolerance):
+            first += 1
+        best = None
+        end = bisect.bisect_right(earlier, target + tolerance, lo=first)
+        for j in range(first, end):
+            if not used[j] and (best is None or abs(earlier[j] - target) < abs(earlier[best] - target)):
+                best = j
+        if best is not None:
+            used[best] = True
+            pairs.append((i, best))
+    return pairs
+
+
+def naive_tolerance(interval_s: float | None) -> timedelta:
+    """How far from the week-earlier time a reading may be to stand for it: the sensor's usual interval."""
+    if interval_s is None:
+        return NAIVE_TOLERANCE_MAX
+    return min(NAIVE_TOLERANCE_MAX, max(NAIVE_TOLERANCE_MIN, timedelta(seconds=interval_s)))
+
+
+def _mae(errors: list[float]) -> Document:
+    return {"n": len(errors), "mae": sum(errors) / len(errors) if errors else None}
+
+
+def weekly_naive(points: list[Document], earlier: list[Document], tolerance: timedelta) -> Document:
+    """The forecasts' MAE against the weekly naive's over the same readings.
+
+    ``points``: the readings shown, ``{ts, v, yhat}`` (``yhat`` None: not scored);
+    ``earlier``: the readings of the same span a week before, ``{ts, v}``. Each figure
+    says over how many readings it is: ``forecast`` every scored reading, ``naive``
+    every reading with one a week earlier, ``forecast_paired`` those of them that are
+    scored too (the fair comparison: ``ratio`` is its MAE over the naive's on them).
+    """
+    points = sorted(points, key=lambda p: p["ts"])
+    earlier = sorted(earlier, key=lambda p: p["ts"])
+    pairs = pair_week_earlier([p["ts"] for p in points], [p["ts"] for p in earlier], tolerance)
+    scored = [abs(p["v"] - p["yhat"]) for p in points if p["yhat"] is not None]
+    naive = [abs(points[i]["v"] - earlier[j]["v"]) for i, j in pairs]
+    both = [
+        (abs(points[i]["v"] - points[i]["yhat"]), abs(points[i]["v"] - earlier[j]["v"]))
+        for i, j in pairs
+        if points[i]["yhat"] is not None
+    ]
+    fair, fair_naive = _mae([f for f, _ in both]), _mae([n for _, n in both])
+    ratio = fair["mae"] / fair_naive["mae"] if fair["n"] and fair_naive["mae"] else None
+    return {
+        "readings": len(points),
+        "earlier_readings": len(earlier),
+        "tolerance_s": tolerance.total_seconds(),
+        "forecast": _mae(scored),
+        "naive": _mae(naive),
+        "forecast_paired": fair,
+        "naive_paired": fair_naive,
+        "ratio": ratio,
+        "text": describe_weekly(len(points), len(earlier), _mae(scored), fair, fair_naive),
+    }
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def describe_weekly(readings: int, earlier: int, forecast: Document, fair: Document, naive: Document) -> str:
+    """One sentence for the page: the forecasts' MAE, and the weekly naive's on the same readings."""
+    if not readings:
+        return "no reading in the last hour"
+    said = (
+        f"forecast MAE {_number(forecast['mae'])} over {forecast['n']} readings"
+        if forecast["n"]
+        else f"none of the {readings} readings has a forecast"
+    )
+    if not earlier or not naive["n"]:
+        why = "no reading a week earlier" if not earlier else "no reading a week earlier near their times"
+        return f"{said}; weekly naive: {why}"
+    return (
+        f"{said}; on the {fair['n']} with a reading a week earlier: forecast {_number(fair['mae'])}, "
+        f"weekly naive {_number(naive['mae'])}" + (f" ({fair['mae'] / naive['mae']:.2f}×)" if naive["mae"] else "")
+    )
+
+
+def backtest_of(decisions: list[Document], model_hash: str) -> Document | None:
+    """The holdout scores of a model in the trainer's latest decision that scored it (as challenger or incumbent)."""
+    for decision in decisions:
+        metrics = decision.get("metrics") or {}
+        for role in ("challenger", "incumbent"):
+            who = decision.get("model") if role == "challenger" else decision.get("incumbent")
+            if (who or {}).get("hash") == model_hash and metrics.get(role):
+                return {**metrics[role], "role": role, "decided_at": _iso(decision.get("decided_at"))}
+    return None
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -256,6 +377,11 @@ class Reader:
 
     def points(self, sensor: str, since: datetime, until: datetime) -> Iterator[Document]:
         """Each reading of ``sensor`` with ``since <= ts <= until`` and its forecast, oldest first."""
+        for reading in self._readings(sensor, since, until):
+            yield {**reading, "ts": _iso(reading["ts"])}
+
+    def _readings(self, sensor: str, since: datetime, until: datetime) -> Iterator[Document]:
+        """As :meth:`points`, with ``ts`` a datetime."""
         projection = {"points": 1, "forecasts": 1}
         for minute in self._periods(sensor, since, until, periods.MINUTE, projection):
             forecasts = {f["id"]: f for f in periods.forecasts_of(minute)}
@@ -265,13 +391,105 @@ class Reader:
                 forecast = forecasts.get(reading["id"], {})
                 yield {
                     "id": reading["id"],
-                    "ts": _iso(reading["ts"]),
+                    "ts": reading["ts"],
                     "v": reading["v"],
                     "yhat": forecast.get("yhat"),
                     "yhat_lower": forecast.get("yhat_lower"),
                     "yhat_upper": forecast.get("yhat_upper"),
                     "anomaly": forecast.get("anomaly"),
                 }
+
+    def model(self, sensor: str, compare: str | None = None, now: datetime | None = None) -> Document:
+        """The model serving ``sensor``, its record and accuracy, and the models it was re-scored with.
+
+        Every lookup is by ``_id``: the prediction of the newest scored reading of the
+        last MODEL_WINDOW (else of the sensor's latest reading) names the model; its
+        running ``accuracy`` is ``<sensor>|<hash>``; the trainer's decisions and rescore's
+        runs are one document per sensor. ``weekly`` compares the forecasts of the last
+        MODEL_WINDOW with the value a week earlier (the minutes of that hour a week
+        before). ``compare``: a model hash from ``rescored``, whose forecasts are set
+        beside the live ones over the last MODEL_WINDOW of its latest run.
+        """
+        now = now or datetime.now(UTC)
+        doc = self.sensor_docs.find_one({"_id": sensor}, {"last": 1, "interval_s": 1}) or {}
+        shown = list(self._readings(sensor, now - MODEL_WINDOW, now))
+        tolerance = naive_tolerance(doc.get("interval_s"))
+        if shown:
+            since, until = shown[0]["ts"] - WEEK - tolerance, shown[-1]["ts"] - WEEK + tolerance
+            earlier = list(self._readings(sensor, since, until))
+        else:
+            earlier = []
+        scored = [p for p in shown if p["yhat"] is not None]
+        reading = scored[-1]["id"] if scored else (doc.get("last") or {}).get("id")
+        serving = None
+        if reading is not None:
+            prediction = self.db[contract.COLLECTION_PREDICTIONS].find_one(
+                {"_id": reading}, {"model": 1, "scored_at": 1}
+            )
+            if prediction is not None and prediction.get("model"):
+                serving = {**prediction["model"], "reading": reading, "scored_at": _iso(prediction.get("scored_at"))}
+        live = None
+        if serving is not None:
+            live = self.db[contract.COLLECTION_ACCURACY].find_one(
+                {"_id": f"{sensor}|{serving['hash']}"}, {"n": 1, "mae": 1, "coverage": 1, "updated_at": 1}
+            )
+        history = self.db[COLLECTION_MODEL_HISTORY].find_one({"_id": sensor}, {"decisions": 1}) or {}
+        decisions = history.get("decisions") or []
+        runs = (self.db[COLLECTION_RESCORED_MODELS].find_one({"_id": sensor}, {"runs": 1}) or {}).get("runs") or []
+        chosen = next((r for r in runs if (r.get("model") or {}).get("hash") == compare), None)
+        return _jsonable(
+            {
+                "sensor": sensor,
+                "window": {"since": now - MODEL_WINDOW, "until": now},
+                "serving": serving,
+                "live": None if live is None else {k: live.get(k) for k in ("n", "mae", "coverage", "updated_at")},
+                "backtest": None if serving is None else backtest_of(decisions, serving["hash"]),
+                "history": decisions,
+                "weekly": weekly_naive(shown, earlier, tolerance),
+                "rescored": runs,
+                "comparison": None if chosen is None else self.comparison(sensor, chosen, now),
+            }
+        )
+
+    def comparison(self, sensor: str, run: Document, now: datetime) -> Document:
+        """A re-scored model's forecasts beside the live ones, reading by reading, over the last MODEL_WINDOW of
+        ``run`` (a ``rescored_models`` entry): one ``rescored`` lookup by ``_id`` per minute."""
+        model_hash = run["model"]["hash"]
+        until = min(run["until"], now) - timedelta(milliseconds=1)  # --until is exclusive
+        since = max(run["since"], until - MODEL_WINDOW)
+        starts = periods.starts(since, until, periods.MINUTE)
+        keys = [f"{sensor}|{model_hash}|{contract.iso(start)}" for start in starts]
+        found = self._cached(
+            self.db[COLLECTION_RESCORED],
+            keys,
+            [start + periods.MINUTE for start in starts],
+            [None] * len(keys),
+            {"forecasts": 1},
+            datetime.now(UTC) - SETTLED,
+        )
+        theirs = {f["id"]: f for doc in found if doc is not None for f in doc.get("forecasts") or []}
+        rows = []
+        for reading in self._readings(sensor, since, until):
+            other = theirs.get(reading["id"])
+            if other is None:
+                continue
+            rows.append(
+                {
+                    "ts": _iso(reading["ts"]),
+                    "v": reading["v"],
+                    "live": [reading["yhat"], reading["yhat_lower"], reading["yhat_upper"]],
+                    "model": [other["yhat"], other["yhat_lower"], other["yhat_upper"]],
+                }
+            )
+        both = [r for r in rows if r["live"][0] is not None]
+        return {
+            "model": run["model"],
+            "since": since,
+            "until": until,
+            "points": rows,
+            "live": _accuracy([(r["v"], *r["live"]) for r in both]),
+            "rescored": _accuracy([(r["v"], *r["model"]) for r in both]),
+        }
 
     def aggregates(self, sensor: str, minutes: int, now: datetime | None = None) -> Document:
         """Count/mean/min/max of the sensor's readings over the last ``minutes``, per minute, hour or day."""
@@ -348,6 +566,28 @@ def _newest(collection: Collection[Document], field: str, limit: int) -> list[Do
         return list(collection.find({}).sort("$natural", -1).limit(limit))
     except OperationFailure:
         return list(collection.find({}).sort(field, -1).limit(limit))
+
+
+def _accuracy(rows: list[tuple[float, float, float, float]]) -> Document:
+    """n, MAE and coverage of (v, yhat, lower, upper) rows."""
+    if not rows:
+        return {"n": 0, "mae": None, "coverage": None}
+    return {
+        "n": len(rows),
+        "mae": sum(abs(v - yhat) for v, yhat, _, _ in rows) / len(rows),
+        "coverage": sum(lower <= v <= upper for v, _, lower, upper in rows) / len(rows),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with every datetime as ISO 8601 UTC text, as every answer of the API has them."""
+    if isinstance(value, datetime):
+        return contract.iso(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 _STEP_NAMES = {periods.MINUTE: "minute", periods.HOUR: "hour", periods.DAY: "day"}

@@ -20,6 +20,10 @@ const state = {
     ? Number(new URLSearchParams(location.search).get("minutes"))
     : 60,
   polls: 0,
+  // The model panel: a re-scored model's hash set beside the live forecasts (?compare=), and what was last asked.
+  compare: new URLSearchParams(location.search).get("compare") || "",
+  modelAsked: "",
+  compareChart: null,
 };
 
 const $ = (selector) => document.querySelector(selector);
@@ -193,6 +197,7 @@ function renderSensors(sensors) {
 function choose(sensor) {
   state.sensor = sensor;
   state.chosen = true;
+  state.compare = "";
   history.replaceState(null, "", `?sensor=${encodeURIComponent(sensor)}`);
   for (const row of document.querySelectorAll("#sensors tbody tr")) {
     row.classList.toggle("selected", row.dataset.sensor === sensor);
@@ -327,6 +332,150 @@ function renderAggregates(sensor, answer) {
   $("#aggregates-empty").hidden = rows.length > 0;
 }
 
+// --- the model serving the sensor ------------------------------------------------------------
+
+function pct(x) {
+  return x === null || x === undefined ? "–" : `${fmt(100 * x, 1)} %`;
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString([], { dateStyle: "medium", timeStyle: "short" }) : "–";
+}
+
+function modelText(m) {
+  return m ? `${m.name} (${m.hash})` : "–";
+}
+
+function scores(m) {
+  return m ? [`${fmt(m.mae, 4)}`, pct(m.coverage)] : ["–", "–"];
+}
+
+function historyRow(d) {
+  const metrics = d.metrics || {};
+  const [mae, coverage] = scores(metrics.challenger);
+  const [theirMae, theirCoverage] = scores(metrics.incumbent);
+  return el(
+    "tr",
+    { "data-promoted": String(Boolean(d.promoted)) },
+    el("td", { title: d.decided_at || "" }, when(d.decided_at)),
+    el("td", {}, d.model ? d.model.name : "(none fitted)", el("br"), el("span", { class: "hash" }, d.model ? d.model.hash : "")),
+    el("td", {}, d.incumbent ? d.incumbent.name : "(none)", el("br"), el("span", { class: "hash" }, d.incumbent ? `${d.incumbent.source} ${d.incumbent.hash}` : "")),
+    el("td", { class: "num" }, `${mae} vs ${theirMae}`),
+    el("td", { class: "num" }, `${coverage} vs ${theirCoverage}`),
+    el("td", {}, el("span", { class: `badge ${d.promoted ? "up" : "silent"}` }, d.promoted ? "promoted" : "kept")),
+    el("td", { class: "why" }, d.reason || ""),
+  );
+}
+
+function compareChart(node) {
+  return new uPlot(
+    {
+      width: chartWidth(node),
+      height: 220,
+      scales: { x: { time: true } },
+      series: [
+        {},
+        { label: "reading", stroke: "#2563eb", width: 1.5, points: { show: false } },
+        { label: "live forecast", stroke: "#7c3aed", width: 1.5, dash: [6, 4], spanGaps: true, points: { show: false } },
+        { label: "re-scored", stroke: "#ea580c", width: 1.5, dash: [2, 3], spanGaps: true, points: { show: false } },
+        { label: "upper", stroke: "rgba(234, 88, 12, 0.35)", width: 1, spanGaps: true, points: { show: false } },
+        { label: "lower", stroke: "rgba(234, 88, 12, 0.35)", width: 1, spanGaps: true, points: { show: false } },
+      ],
+      bands: [{ series: [4, 5], fill: "rgba(234, 88, 12, 0.12)" }],
+      axes: [{ values: clockTicks, space: 70 }, { size: 50 }],
+      legend: { show: false },
+    },
+    [[], [], [], [], [], []],
+    node,
+  );
+}
+
+function renderComparison(answer) {
+  const runs = answer.rescored || [];
+  const select = $("#compare");
+  const options = [el("option", { value: "" }, runs.length ? "none" : "no re-scored model for this sensor")];
+  for (const r of runs) {
+    options.push(el("option", { value: r.model.hash }, `${modelText(r.model)}, ${when(r.since)} – ${when(r.until)}`));
+  }
+  select.replaceChildren(...options);
+  select.value = runs.some((r) => r.model.hash === state.compare) ? state.compare : "";
+  select.disabled = !runs.length;
+  const node = $("#compare-chart");
+  const c = answer.comparison;
+  const run = runs.find((r) => r.model.hash === select.value);
+  let text = runs.length ? "Choose a re-scored model to set its forecasts beside the live ones." : "";
+  if (run && run.compared) {
+    const [ours, live] = [run.compared.rescored, run.compared.live];
+    text = `Its run over ${when(run.since)} – ${when(run.until)}, on the ${fmt(ours.n, 0)} readings that have a live forecast too: `
+      + `re-scored MAE ${fmt(ours.mae, 4)}, coverage ${pct(ours.coverage)}; served live MAE ${fmt(live.mae, 4)}, coverage ${pct(live.coverage)}.`;
+  }
+  if (c) {
+    text += ` Drawn: the last hour of the run (${clock(c.since)} – ${clock(c.until)}), ${fmt(c.points.length, 0)} readings`
+      + (c.live.n ? `; there re-scored MAE ${fmt(c.rescored.mae, 4)} against live ${fmt(c.live.mae, 4)} on ${fmt(c.live.n, 0)}.` : ".");
+  }
+  $("#compare-summary").textContent = text;
+  $("#compare-legend").hidden = !c;
+  node.hidden = !c;
+  Object.assign(node.dataset, { points: c ? c.points.length : 0, model: c ? c.model.hash : "" });
+  if (!c) return;
+  if (!state.compareChart) state.compareChart = compareChart(node);
+  const points = c.points;
+  state.compareChart.setData([
+    points.map((p) => epoch(p.ts)),
+    points.map((p) => p.v),
+    points.map((p) => p.live[0]),
+    points.map((p) => p.model[0]),
+    points.map((p) => p.model[2]),
+    points.map((p) => p.model[1]),
+  ]);
+}
+
+function renderModel(answer) {
+  const panel = $("#model-panel");
+  const serving = answer.serving;
+  $("#model-name").textContent = serving ? serving.name : "";
+  $("#model-serving").replaceChildren(
+    serving
+      ? el("span", {}, serving.name, " ", el("span", { class: "hash" }, `hash ${serving.hash}`), `; it forecast the reading of ${clock(serving.scored_at)}`)
+      : "not known: no reading of the last hour has a forecast yet",
+  );
+  const live = answer.live;
+  $("#model-live").textContent = live && live.n
+    ? `MAE ${fmt(live.mae, 4)}, coverage ${pct(live.coverage)}, over the ${fmt(live.n, 0)} readings it has forecast (running)`
+    : serving ? "no accuracy recorded for it yet" : "–";
+  const b = answer.backtest;
+  $("#model-backtest").textContent = b
+    ? `holdout MAE ${fmt(b.mae, 4)}, coverage ${pct(b.coverage)}, over ${fmt(b.n, 0)} readings (the trainer's decision of ${when(b.decided_at)}, as ${b.role})`
+    : serving ? "none: the trainer has not scored this model on a holdout" : "–";
+  $("#model-weekly").textContent = answer.weekly.text;
+  const decisions = answer.history || [];
+  $("#model-history tbody").replaceChildren(...decisions.map(historyRow));
+  $("#model-history-empty").hidden = decisions.length > 0;
+  Object.assign(panel.dataset, {
+    sensor: answer.sensor,
+    serving: serving ? serving.hash : "",
+    history: decisions.length,
+    rescored: (answer.rescored || []).length,
+    compared: answer.comparison ? answer.comparison.points.length : 0,
+  });
+  renderComparison(answer);
+}
+
+async function refreshModel(sensor, force) {
+  const asked = `${sensor}|${state.compare}`;
+  // The model's record changes slowly: asked with the alerts, or at once for another sensor or model.
+  if (!force && asked === state.modelAsked && state.polls % EVENTS_EVERY !== 1) return;
+  state.modelAsked = asked;
+  const query = state.compare ? `?compare=${encodeURIComponent(state.compare)}` : "";
+  try {
+    const answer = await api(`/api/sensors/${encodeURIComponent(sensor)}/model${query}`);
+    if (sensor === state.sensor) renderModel(answer);
+  } catch (error) {
+    state.modelAsked = "";
+    $("#model-weekly").textContent = `cannot read the model's record (${error.message}); retrying`;
+  }
+}
+
 // --- alerts and rejections --------------------------------------------------------------
 
 function renderAlerts(alerts) {
@@ -383,6 +532,7 @@ async function refreshSensor() {
   download.hidden = false;
   renderSeries(series);
   renderAggregates(sensor, aggregates);
+  await refreshModel(sensor, false);
 }
 
 async function refresh() {
@@ -420,6 +570,7 @@ window.addEventListener("resize", () => {
   for (const [chart, node] of [
     [state.chart, $("#chart")],
     [state.aggregates, $("#aggregates")],
+    [state.compareChart, $("#compare-chart")],
   ]) {
     if (chart) chart.setSize({ width: chartWidth(node), height: chart.height });
   }
@@ -428,6 +579,15 @@ window.addEventListener("resize", () => {
 const rangeSelect = $("#range");
 for (const [label, minutes] of Object.entries(RANGES)) rangeSelect.append(el("option", { value: minutes }, label));
 rangeSelect.value = String(state.range);
+$("#compare").addEventListener("change", (event) => {
+  state.compare = event.target.value;
+  const params = new URLSearchParams(location.search);
+  if (state.compare) params.set("compare", state.compare);
+  else params.delete("compare");
+  history.replaceState(null, "", `?${params}`);
+  if (state.sensor) refreshModel(state.sensor, true);
+});
+
 rangeSelect.addEventListener("change", () => {
   state.range = Number(rangeSelect.value);
   refreshSensor().catch(() => {});

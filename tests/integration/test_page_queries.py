@@ -15,21 +15,28 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 from unittest.mock import patch
 
+import joblib
 import pytest
 from pymongo import MongoClient
 
 from Dashboard import queries
 from Dashboard.app import csv_lines
 from Dashboard.queries import Reader
+from Models_analysis.model import load_model
+from Models_analysis.rescore import rescore
+from Models_analysis.settings import TrainerSettings
+from Models_analysis.trainer import Trainer
 from pipeline import contract, periods
 from pipeline.settings import MongoSettings
 from Server.store import Store
 from Server.timeline import RECENT_ANOMALIES, Timeline
 from tests.conftest import Pipeline
 from tests.helpers import CommandLog
+from tests.unit.models import ConstantModel
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +72,9 @@ def reader(pipeline: Pipeline) -> Iterator[tuple[Reader, CommandLog, Store]]:
     store.close()
 
 
-def test_every_query_of_the_page_is_answered_from_an_index(reader: tuple[Reader, CommandLog, Store]) -> None:
+def test_every_query_of_the_page_is_answered_from_an_index(
+    reader: tuple[Reader, CommandLog, Store], tmp_path: Path
+) -> None:
     page, finds, store = reader
     store.ensure_capped(contract.COLLECTION_REJECTIONS, 2**20, "SERVER_REJECTIONS_MAX_MB")
     store.ensure_capped(contract.COLLECTION_ALERTS, 2**20, "SERVER_ALERTS_MAX_MB")
@@ -102,6 +111,7 @@ def test_every_query_of_the_page_is_answered_from_an_index(reader: tuple[Reader,
         assert (answer["resolution"], len(answer["rows"])) == (resolution, rows), minutes
     assert sum(1 for _ in csv_lines("s1", page.points("s1", now - timedelta(days=1), now))) >= 2
     assert len(page.alerts(20)) == 20 and len(page.latest_rejections(20)) == 20
+    model_hash = model_panel(page, store, readings, now, tmp_path)
 
     seen = {(c["find"], str(c.get("filter")), str(c.get("sort"))): c for c in finds.commands}
     assert {c["find"] for c in seen.values()} >= {
@@ -111,7 +121,13 @@ def test_every_query_of_the_page_is_answered_from_an_index(reader: tuple[Reader,
         contract.COLLECTION_AGGREGATES_DAILY,
         contract.COLLECTION_REJECTIONS,
         contract.COLLECTION_RECENT_ANOMALIES,
+        contract.COLLECTION_PREDICTIONS,
+        contract.COLLECTION_ACCURACY,
+        queries.COLLECTION_MODEL_HISTORY,
+        queries.COLLECTION_RESCORED_MODELS,
+        queries.COLLECTION_RESCORED,
     }
+    assert any(model_hash in str(c.get("filter")) for c in finds.commands if c["find"] == queries.COLLECTION_RESCORED)
     capped = {contract.COLLECTION_ALERTS, contract.COLLECTION_REJECTIONS}
     for command in seen.values():
         plan = store.db.command("explain", command, verbosity="queryPlanner")
@@ -122,6 +138,50 @@ def test_every_query_of_the_page_is_answered_from_an_index(reader: tuple[Reader,
             assert plan.get("sortPushdown", True), f"{name}: the newest first must come from the server"
             continue
         assert not scans(plan), f"{name} is scanned for {command}: {plan.get('queryPlanner')}"
+
+
+def model_panel(page: Reader, store: Store, readings: list[contract.Reading], now: datetime, tmp_path: Path) -> str:
+    """The model panel's answer, from documents written by the bridge's, the trainer's and rescore's own code:
+    the serving model from the newest reading's prediction, its running accuracy, the trainer's decision, the
+    last hour against the same hour a week earlier, and a re-scored model beside the live forecasts."""
+    week_ago = [
+        contract.Reading(id=f"w{i}", sensor="s1", ts=r.ts - queries.WEEK, v=r.v + 2.0, received_at=now)
+        for i, r in enumerate(readings[:61])
+    ]
+    timeline = Timeline(store, threading.Event())
+    timeline.touch(week_ago)
+    timeline.flush(everything=True)
+    serving = {"name": "live-model", "hash": "0123456789abcdef"}
+    store.db[contract.COLLECTION_PREDICTIONS].insert_one({"_id": readings[0].id, "model": serving, "scored_at": now})
+    store.db[contract.COLLECTION_ACCURACY].insert_one(
+        {"_id": f"s1|{serving['hash']}", "n": 100, "mae": 0.5, "coverage": 0.9, "updated_at": now}
+    )
+    holdout = {"n": 240, "mae": 1.25, "coverage": 0.95, "mean_width": 3.0}
+    trainer = Trainer(cast(TrainerSettings, None), store.db, clock=lambda: now)
+    trainer.record(
+        {"sensor": "s1", "model": serving, "incumbent": None, "promoted": True, "reason": "first"}
+        | {"metrics": {"challenger": holdout, "incumbent": None}}
+    )
+    path = tmp_path / "flat.joblib"
+    joblib.dump({"model": ConstantModel(50.0, 10.0), "metadata": {"name": "flat"}}, path)
+    flat = load_model(path)
+    rescore(store.db, flat, "s1", now - timedelta(minutes=90), now - timedelta(minutes=30))
+
+    answer = page.model("s1", now=now)
+    assert answer["serving"] == {**serving, "reading": readings[0].id, "scored_at": contract.iso(now)}
+    assert answer["live"] == {"n": 100, "mae": 0.5, "coverage": 0.9, "updated_at": contract.iso(now)}
+    assert answer["backtest"] == {**holdout, "role": "challenger", "decided_at": contract.iso(now)}
+    assert [d["reason"] for d in answer["history"]] == ["first"]
+    weekly = answer["weekly"]
+    assert weekly["forecast"] == {"n": 61, "mae": 0.0} and weekly["naive"] == {"n": 61, "mae": 2.0}, weekly
+    assert [r["model"]["hash"] for r in answer["rescored"]] == [flat.identity.hash]
+    assert answer["comparison"] is None
+
+    compared = page.model("s1", compare=flat.identity.hash, now=now)["comparison"]
+    assert len(compared["points"]) == 60 and compared["live"]["n"] == compared["rescored"]["n"] == 60
+    assert {p["model"][0] for p in compared["points"]} == {50.0}
+    assert page.model("s1", compare="not-a-run", now=now)["comparison"] is None
+    return flat.identity.hash
 
 
 def test_the_check_sees_a_scan(reader: tuple[Reader, CommandLog, Store]) -> None:

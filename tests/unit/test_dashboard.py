@@ -349,3 +349,138 @@ def test_a_minute_without_a_document_in_an_hour_without_one_is_read_again_at_eve
     reader.aggregates("s1", 10, now=now)
     reader.aggregates("s1", 10, now=now)
     assert len(asked) == 10, "once the hour has a document, the ten absent minutes are read once, then kept"
+
+
+# --- the model panel --------------------------------------------------------------------------
+
+WEEK_AGO = NOW - queries.WEEK
+
+
+def at(seconds: float) -> datetime:
+    return NOW + timedelta(seconds=seconds)
+
+
+def test_the_collections_the_panel_reads_are_the_ones_the_trainer_and_rescore_write() -> None:
+    # The dashboard's image holds neither Models_analysis nor its dependencies: the names are spelt twice.
+    from Models_analysis import rescore, trainer
+
+    assert queries.COLLECTION_MODEL_HISTORY == trainer.COLLECTION_MODEL_HISTORY
+    assert queries.COLLECTION_RESCORED_MODELS == rescore.COLLECTION_RESCORED_MODELS
+    assert queries.COLLECTION_RESCORED == rescore.COLLECTION_RESCORED
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    now=st.lists(st.integers(0, 600), max_size=60).map(sorted),
+    earlier=st.lists(st.integers(-100, 700), max_size=60).map(sorted),
+    tolerance=st.integers(0, 30),
+)
+def test_each_reading_is_paired_with_at_most_one_reading_a_week_earlier_within_the_tolerance(
+    now: list[int], earlier: list[int], tolerance: int
+) -> None:
+    """Any readings: a pair is never further apart than the tolerance (a week aside), each reading of either side
+    is in at most one pair, and a reading is left unpaired only when every week-earlier reading near it is taken."""
+    current = [at(s) for s in now]
+    before = [at(s) - queries.WEEK for s in earlier]
+    pairs = queries.pair_week_earlier(current, before, timedelta(seconds=tolerance))
+    assert all(abs(current[i] - queries.WEEK - before[j]) <= timedelta(seconds=tolerance) for i, j in pairs)
+    assert len({i for i, _ in pairs}) == len({j for _, j in pairs}) == len(pairs)
+    taken = {j for _, j in pairs}
+    paired = {i for i, _ in pairs}
+    for i, moment in enumerate(current):
+        near = [j for j, then in enumerate(before) if abs(moment - queries.WEEK - then) <= timedelta(seconds=tolerance)]
+        assert i in paired or set(near) <= taken, (i, near)
+
+
+def test_the_nearest_free_reading_a_week_earlier_is_taken() -> None:
+    current = [at(0), at(10), at(20)]
+    before = [at(s) - queries.WEEK for s in (-4, 1, 9, 40)]
+    assert queries.pair_week_earlier(current, before, timedelta(seconds=5)) == [(0, 1), (1, 2)]
+
+
+def test_the_weekly_naive_is_compared_on_the_same_readings() -> None:
+    points = [
+        {"ts": at(0), "v": 10.0, "yhat": 11.0},
+        {"ts": at(60), "v": 20.0, "yhat": 18.0},
+        {"ts": at(120), "v": 30.0, "yhat": None},  # not scored: in the naive's figure, not in the comparison
+        {"ts": at(180), "v": 40.0, "yhat": 40.0},  # nothing a week earlier
+    ]
+    earlier = [
+        {"ts": at(1) - queries.WEEK, "v": 14.0},
+        {"ts": at(59) - queries.WEEK, "v": 20.0},
+        {"ts": at(120) - queries.WEEK, "v": 25.0},
+    ]
+    weekly = queries.weekly_naive(points, earlier, timedelta(seconds=30))
+    assert weekly["forecast"] == {"n": 3, "mae": 1.0}
+    assert weekly["naive"] == {"n": 3, "mae": 3.0}
+    assert weekly["forecast_paired"] == {"n": 2, "mae": 1.5} and weekly["naive_paired"] == {"n": 2, "mae": 2.0}
+    assert weekly["ratio"] == 0.75
+    assert weekly["text"] == (
+        "forecast MAE 1 over 3 readings; on the 2 with a reading a week earlier: forecast 1.5, weekly naive 2 (0.75×)"
+    )
+
+
+def test_the_weekly_naive_says_when_there_is_no_reading_a_week_earlier() -> None:
+    points = [{"ts": at(0), "v": 10.0, "yhat": 12.0}]
+    assert queries.weekly_naive(points, [], timedelta(seconds=30))["text"] == (
+        "forecast MAE 2 over 1 readings; weekly naive: no reading a week earlier"
+    )
+    far = [{"ts": at(3600) - queries.WEEK, "v": 1.0}]
+    weekly = queries.weekly_naive(points, far, timedelta(seconds=30))
+    assert weekly["naive"] == {"n": 0, "mae": None} and weekly["ratio"] is None
+    assert weekly["text"].endswith("no reading a week earlier near their times")
+    assert queries.weekly_naive([], far, timedelta(seconds=30))["text"] == "no reading in the last hour"
+    unscored = queries.weekly_naive([{"ts": at(0), "v": 1.0, "yhat": None}], [], timedelta(seconds=1))
+    assert unscored["text"].startswith("none of the 1 readings has a forecast")
+
+
+@pytest.mark.parametrize(
+    ("interval_s", "seconds"), [(None, 300.0), (0.1, 1.0), (10.0, 10.0), (60.0, 60.0), (3600.0, 300.0)]
+)
+def test_the_naive_tolerance_is_the_sensors_interval_within_bounds(interval_s: float | None, seconds: float) -> None:
+    assert queries.naive_tolerance(interval_s) == timedelta(seconds=seconds)
+
+
+def test_the_backtest_of_a_model_is_its_latest_holdout_score_in_either_role() -> None:
+    scores = {"n": 240, "mae": 1.5, "coverage": 0.97, "mean_width": 4.0}
+    decisions: list[dict[str, Any]] = [
+        {"decided_at": NOW, "model": {"hash": "c2"}, "incumbent": {"hash": "c1"}, "metrics": {"challenger": scores}}
+        | {"promoted": False},
+        {
+            "decided_at": NOW - timedelta(days=1),
+            "model": {"hash": "c1"},
+            "incumbent": {"hash": "d"},
+            "metrics": {"challenger": {**scores, "mae": 2.0}, "incumbent": {**scores, "mae": 9.0}},
+        },
+        {"decided_at": NOW - timedelta(days=2), "model": None, "incumbent": {"hash": "u"}, "reason": "own model"},
+    ]
+    found = queries.backtest_of(decisions, "c1")
+    assert found is not None and (found["mae"], found["role"]) == (2.0, "challenger"), "c2's round had no score of c1"
+    assert found["decided_at"] == contract.iso(NOW - timedelta(days=1))
+    assert queries.backtest_of(decisions, "d") == {**scores, "mae": 9.0, "role": "incumbent"} | {
+        "decided_at": contract.iso(NOW - timedelta(days=1))
+    }
+    assert queries.backtest_of(decisions, "u") is None and queries.backtest_of([], "c1") is None
+
+
+def test_the_model_endpoint_needs_the_login_and_a_sensor_id() -> None:
+    from Dashboard.app import create_app
+    from Dashboard.settings import Settings
+    from tests.helpers import asgi
+
+    asked: list[tuple[str, str | None]] = []
+
+    def model(sensor: str, compare: str | None) -> dict[str, Any]:
+        asked.append((sensor, compare))
+        return {"sensor": sensor}
+
+    reader = SimpleNamespace(model=model)
+    config = Settings.model_validate(
+        {"MONGO_URI": "mongodb://u:p@127.0.0.1:1/db", "DASHBOARD_USERNAME": "u", "DASHBOARD_PASSWORD": "p"}
+        | {"DASHBOARD_ALERTMANAGER_URL": ""}
+    )
+    app = create_app(config, cast(Any, reader), cast(Any, SimpleNamespace()), runbooks={})
+    status, _, body = asgi(app, "/api/sensors/s1/model")
+    assert (status, body) == (200, b'{"sensor":"s1"}') and asked == [("s1", None)]
+    assert asgi(app, "/api/sensors/s1/model", None)[0] == 401
+    assert asgi(app, "/api/sensors/bad%20id/model")[0] == 422, "a sensor id is checked as everywhere"
