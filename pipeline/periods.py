@@ -14,6 +14,7 @@ that hold sub-documents (``{id, ts, v}``) are read the same way.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 import orjson
 
 from pipeline import contract
+
+logger = logging.getLogger(__name__)
 
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
@@ -78,25 +81,52 @@ def pack_forecasts(forecasts: Iterable[dict[str, Any]]) -> str:
 
 
 def points_of(document: dict[str, Any]) -> list[dict[str, Any]]:
-    """A minute document's points as ``{id, ts, v}``, in the order they were written."""
-    found = []
+    """A minute document's points as ``{id, ts, v}``, in the order they were written.
+
+    A chunk that is not what :func:`pack_points` writes (a document edited by hand, say) is
+    left out and logged with the document's ``_id``: the page shows the rest.
+    """
+    found: list[dict[str, Any]] = []
     for chunk in document.get("points") or []:
-        if isinstance(chunk, dict):
-            ts = chunk["ts"]
-            found.append(
-                {"id": chunk["id"], "ts": ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts, "v": chunk["v"]}
-            )
-            continue
-        found += [{"id": id_, "ts": EPOCH + ms * MILLISECOND, "v": v} for id_, ms, v in orjson.loads(chunk)]
+        try:
+            if isinstance(chunk, dict):
+                ts = chunk["ts"]
+                found.append(
+                    {"id": chunk["id"], "ts": ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts, "v": chunk["v"]}
+                )
+                continue
+            found += [
+                {"id": str(i), "ts": EPOCH + int(ms) * MILLISECOND, "v": float(v)} for i, ms, v in _rows(chunk, 3)
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
+            _skipped(document, "points", chunk, error)
     return found
 
 
 def forecasts_of(document: dict[str, Any]) -> list[dict[str, Any]]:
-    """A minute document's forecasts as ``{id, yhat, yhat_lower, yhat_upper, anomaly}``, in the order written."""
-    found = []
+    """A minute document's forecasts as ``{id, yhat, yhat_lower, yhat_upper, anomaly}``, in the order written.
+
+    A chunk that is not what :func:`pack_forecasts` writes is left out and logged, as in :func:`points_of`.
+    """
+    found: list[dict[str, Any]] = []
     for chunk in document.get("forecasts") or []:
-        if isinstance(chunk, dict):
-            found.append({name: chunk.get(name) for name in FORECAST_FIELDS})
-            continue
-        found += [dict(zip(FORECAST_FIELDS, row, strict=True)) for row in orjson.loads(chunk)]
+        try:
+            if isinstance(chunk, dict):
+                found.append({name: chunk.get(name) for name in FORECAST_FIELDS})
+                continue
+            found += [dict(zip(FORECAST_FIELDS, row, strict=True)) for row in _rows(chunk, len(FORECAST_FIELDS))]
+        except (TypeError, ValueError) as error:
+            _skipped(document, "forecasts", chunk, error)
     return found
+
+
+def _rows(chunk: Any, width: int) -> list[list[Any]]:
+    """The rows of one packed chunk, each a list of ``width`` values; ValueError if it is anything else."""
+    rows = orjson.loads(chunk)  # orjson.JSONDecodeError is a ValueError; a non-str is a TypeError
+    if not isinstance(rows, list) or not all(isinstance(row, list) and len(row) == width for row in rows):
+        raise ValueError(f"not a list of rows of {width} values")
+    return rows
+
+
+def _skipped(document: dict[str, Any], field: str, chunk: Any, error: Exception) -> None:
+    logger.warning("%s %s: a chunk left out (%s): %.80r", document.get("_id"), field, error, chunk)

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import bson
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -244,3 +245,32 @@ def test_a_minutes_forecasts_read_back_exactly(forecasts: list[dict[str, Any]], 
     chunks = [periods.pack_forecasts(forecasts[:split]), periods.pack_forecasts(forecasts[split:])]
     assert periods.forecasts_of({"forecasts": chunks}) == forecasts
     assert periods.forecasts_of({}) == [] and periods.points_of({"points": None}) == []
+
+
+_GARBAGE = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=30),
+    st.binary(max_size=20),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.lists(st.lists(st.one_of(st.text(max_size=3), st.integers(), st.none()), max_size=4), max_size=3).map(
+        lambda rows: orjson.dumps(rows).decode()
+    ),
+)
+
+
+@given(good=_ROWS, garbage=st.lists(_GARBAGE, min_size=1, max_size=4), at=st.integers(min_value=0, max_value=4))
+def test_a_chunk_edited_by_hand_is_left_out_and_the_rest_read(good: list[Any], garbage: list[Any], at: int) -> None:
+    """Whatever a hand-edited minute holds, reading it never fails, and the chunks the bridge wrote still read."""
+    good = [(f"good-{n}-{i}", t, v) for n, (i, t, v) in enumerate(good)]  # never an id the garbage makes
+    chunks: list[Any] = [periods.pack_points(good)]
+    chunks[min(at, 1) : min(at, 1)] = garbage
+    found = periods.points_of({"_id": "s|m", "points": chunks})
+    ids = [p["id"] for p in found]
+    good_ids = [i for i, _, _ in good]
+    start = ids.index(good_ids[0]) if good_ids else 0
+    assert ids[start : start + len(good_ids)] == good_ids, "the bridge's chunk, whole and in order"
+    assert all(isinstance(p["v"], float) and p["ts"].tzinfo is not None for p in found)
+    forecasts = periods.forecasts_of({"_id": "s|m", "forecasts": [*garbage, periods.pack_forecasts([])]})
+    assert isinstance(forecasts, list)
