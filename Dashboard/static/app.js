@@ -377,7 +377,7 @@ function compareChart(node) {
         {},
         { label: "reading", stroke: "#2563eb", width: 1.5, points: { show: false } },
         { label: "live forecast", stroke: "#7c3aed", width: 1.5, dash: [6, 4], spanGaps: true, points: { show: false } },
-        { label: "re-scored", stroke: "#ea580c", width: 1.5, dash: [2, 3], spanGaps: true, points: { show: false } },
+        { label: "re-scored", stroke: "#ea580c", width: 2, dash: [4, 3], spanGaps: true, points: { show: false } },
         { label: "upper", stroke: "rgba(234, 88, 12, 0.35)", width: 1, spanGaps: true, points: { show: false } },
         { label: "lower", stroke: "rgba(234, 88, 12, 0.35)", width: 1, spanGaps: true, points: { show: false } },
       ],

@@ -12,12 +12,16 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import joblib
 import pytest
 
 from localstack.services import ServiceProcess
+from Models_analysis.model import load_model
+from Models_analysis.rescore import rescore
+from Models_analysis.settings import TrainerSettings
+from Models_analysis.trainer import Trainer
 from pipeline import contract
 from tests.conftest import ARTIFACTS, Pipeline, free_port, wait_for
 from tests.helpers import chromium, payload, publish
@@ -41,6 +45,7 @@ API_ROUTES = {
     "/api/health",
     "/api/firing",
     "/api/sensors/{sensor}/readings.csv",
+    "/api/sensors/{sensor}/model",
 }
 
 
@@ -295,6 +300,67 @@ def test_browser_shows_the_sensor_chart_band_and_anomaly(pipeline: Pipeline, mod
     assert aggregates["data-resolution"] == "day" and aggregates["data-points"] in ("1", "2"), "today (and yesterday)"
     (download,) = month.find("a", id="download")
     assert download["href"] == f"/api/sensors/{sensor}/readings.csv?minutes={30 * 24 * 60}"
+
+
+def test_the_model_panel_shows_the_serving_model_its_record_and_a_rescored_one_beside_it(
+    pipeline: Pipeline, model_path: Path, tmp_path: Path
+) -> None:
+    dashboard = start_all(pipeline, model_path)
+    sensor = pipeline.sensor_id(1)
+    readings = publish_series(pipeline, sensor)
+    wait_scored(pipeline, dashboard, sensor)
+    serving = load_model(model_path).identity
+    # The trainer kept the constant model (a decision with both holdout scores, and a reason to be shown as text);
+    # rescore set another model's forecasts beside the live ones.
+    holdout = {"n": 240, "mae": 2.5, "coverage": 0.96, "mean_width": 10.0}
+    Trainer(cast(TrainerSettings, None), pipeline.db).record(
+        {
+            "sensor": sensor,
+            "model": {"name": f"{sensor}-challenger", "hash": "00000000c0ffee00"},
+            "incumbent": {**serving.model_dump(), "source": "default"},
+            "metrics": {"challenger": {**holdout, "mae": 2.45}, "incumbent": holdout},
+            "promoted": False,
+            "reason": "<img src=x onerror=alert(1)> holdout MAE 2.45 is not 5 % below 2.5",
+        }
+    )
+    other = tmp_path / "lower.joblib"
+    joblib.dump({"model": ConstantModel(level=LEVEL - 2, width=2 * WIDTH), "metadata": {"name": "lower"}}, other)
+    lower = load_model(other)
+    since = readings[0].ts.replace(second=0, microsecond=0)
+    run = rescore(pipeline.db, lower, sensor, since, datetime.now(UTC) + timedelta(minutes=1))
+    assert run["scored"] == READINGS, run
+
+    def live_accuracy() -> dict[str, Any] | None:
+        answer = api(pipeline, dashboard, f"/api/sensors/{sensor}/model")
+        return answer if (answer["live"] or {}).get("n") == READINGS else None
+
+    answer = wait_for(live_accuracy, 60, "the serving model's running accuracy", pipeline.logs)
+    assert answer["serving"]["hash"] == serving.hash and answer["serving"]["name"] == serving.name
+    assert answer["backtest"]["mae"] == 2.5 and answer["backtest"]["role"] == "incumbent"
+    assert [d["promoted"] for d in answer["history"]] == [False]
+    assert answer["weekly"]["forecast"]["n"] == READINGS and answer["weekly"]["naive"]["n"] == 0
+    assert answer["weekly"]["text"].endswith("weekly naive: no reading a week earlier")
+    assert [r["model"]["hash"] for r in answer["rescored"]] == [lower.identity.hash]
+    bad = get(dashboard, f"/api/sensors/{sensor}/model?compare=%3Cscript%3E", login(pipeline))
+    assert bad[0] == 422, "compare takes a model hash only"
+    compared = api(pipeline, dashboard, f"/api/sensors/{sensor}/model?compare={lower.identity.hash}")["comparison"]
+    assert len(compared["points"]) == READINGS and {p["model"][0] for p in compared["points"]} == {LEVEL - 2}
+
+    user, password = login(pipeline)
+    url = f"http://{user}:{password}@127.0.0.1:{dashboard.env['DASHBOARD_PORT']}/?sensor={sensor}"
+    url += f"&compare={lower.identity.hash}"
+    page = Elements(chromium(url, "--dump-dom"))
+    (panel,) = page.find("div", id="model-panel")
+    assert panel["data-sensor"] == sensor and panel["data-serving"] == serving.hash
+    assert (panel["data-history"], panel["data-rescored"], panel["data-compared"]) == ("1", "1", str(READINGS))
+    assert page.find("tr", data_promoted="false"), "the trainer's decision in the table"
+    assert not page.find("img"), "a reason is shown as text, never as HTML"
+    (chart,) = page.find("div", id="compare-chart")
+    assert chart["data-model"] == lower.identity.hash and chart["data-points"] == str(READINGS)
+    screenshot = ARTIFACTS / "dashboard-model.png"
+    screenshot.unlink(missing_ok=True)
+    chromium(url, f"--screenshot={screenshot}", "--hide-scrollbars", "--window-size=1400,2000")
+    assert screenshot.stat().st_size > 20_000, "the screenshot is blank"
 
 
 def test_health_shows_services_up_and_their_rates(pipeline: Pipeline, model_path: Path) -> None:
