@@ -467,17 +467,20 @@ class Reader:
             {"forecasts": 1},
             datetime.now(UTC) - SETTLED,
         )
-        theirs = {f["id"]: f for doc in found if doc is not None for f in doc.get("forecasts") or []}
+        theirs = [f for doc in found if doc is not None for f in doc.get("forecasts") or []]
+        # The re-scored documents hold each reading's time and value: a run older than the raw minutes
+        # (SERVER_RETENTION_RAW_DAYS) is still drawn, without the live forecasts.
+        live = {reading["id"]: reading for reading in self._readings(sensor, since, until)}
         rows = []
-        for reading in self._readings(sensor, since, until):
-            other = theirs.get(reading["id"])
-            if other is None:
+        for other in sorted(theirs, key=lambda f: (f["ts"], f["id"])):
+            if not since <= other["ts"] <= until:
                 continue
+            mine = live.get(other["id"], {})
             rows.append(
                 {
-                    "ts": _iso(reading["ts"]),
-                    "v": reading["v"],
-                    "live": [reading["yhat"], reading["yhat_lower"], reading["yhat_upper"]],
+                    "ts": _iso(other["ts"]),
+                    "v": other["v"],
+                    "live": [mine.get("yhat"), mine.get("yhat_lower"), mine.get("yhat_upper")],
                     "model": [other["yhat"], other["yhat_lower"], other["yhat_upper"]],
                 }
             )

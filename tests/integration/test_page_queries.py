@@ -181,6 +181,10 @@ def model_panel(page: Reader, store: Store, readings: list[contract.Reading], no
     assert len(compared["points"]) == 60 and compared["live"]["n"] == compared["rescored"]["n"] == 60
     assert {p["model"][0] for p in compared["points"]} == {50.0}
     assert page.model("s1", compare="not-a-run", now=now)["comparison"] is None
+    gone = periods.period_id("s1", periods.FLOOR[periods.MINUTE](now - timedelta(minutes=45)))
+    store.db[contract.COLLECTION_AGGREGATES].delete_one({"_id": gone})
+    fresh = Reader(page.db).model("s1", compare=flat.identity.hash, now=now)["comparison"]
+    assert len(fresh["points"]) == 60 and fresh["live"]["n"] == 59, "a minute past retention is drawn without live"
     return flat.identity.hash
 
 
