@@ -61,11 +61,6 @@ PARALLEL_LOOKUPS = 8
 #: Periods looked up before the first of them is answered (a CSV of a month streams a window at a time).
 WINDOW = 240
 
-#: Written by the trainer and by rescore (Models_analysis.trainer, Models_analysis.rescore), which the
-#: dashboard's image does not hold; tests/unit/test_dashboard.py checks the names are the same.
-COLLECTION_MODEL_HISTORY = "model_history"
-COLLECTION_RESCORED_MODELS = "rescored_models"
-COLLECTION_RESCORED = "rescored"
 #: The weekly naive forecast of a reading: the value one WEEK earlier, the reading nearest that time, at
 #: most the sensor's usual interval away (at least NAIVE_TOLERANCE_MIN, at most NAIVE_TOLERANCE_MAX).
 WEEK = timedelta(days=7)
@@ -433,9 +428,11 @@ class Reader:
             live = self.db[contract.COLLECTION_ACCURACY].find_one(
                 {"_id": f"{sensor}|{serving['hash']}"}, {"n": 1, "mae": 1, "coverage": 1, "updated_at": 1}
             )
-        history = self.db[COLLECTION_MODEL_HISTORY].find_one({"_id": sensor}, {"decisions": 1}) or {}
+        history = self.db[contract.COLLECTION_MODEL_HISTORY].find_one({"_id": sensor}, {"decisions": 1}) or {}
         decisions = history.get("decisions") or []
-        runs = (self.db[COLLECTION_RESCORED_MODELS].find_one({"_id": sensor}, {"runs": 1}) or {}).get("runs") or []
+        runs = (self.db[contract.COLLECTION_RESCORED_MODELS].find_one({"_id": sensor}, {"runs": 1}) or {}).get(
+            "runs"
+        ) or []
         chosen = next((r for r in runs if (r.get("model") or {}).get("hash") == compare), None)
         return _jsonable(
             {
@@ -460,7 +457,7 @@ class Reader:
         starts = periods.starts(since, until, periods.MINUTE)
         keys = [f"{sensor}|{model_hash}|{contract.iso(start)}" for start in starts]
         found = self._cached(
-            self.db[COLLECTION_RESCORED],
+            self.db[contract.COLLECTION_RESCORED],
             keys,
             [start + periods.MINUTE for start in starts],
             [None] * len(keys),

@@ -55,12 +55,7 @@ from pipeline.settings import MongoSettings
 
 logger = logging.getLogger("Models_analysis.rescore")
 
-#: Per-minute re-scored forecasts, by sensor, model and minute.
-COLLECTION_RESCORED = "rescored"
-#: One summary per re-scoring run.
-COLLECTION_RESCORES = "rescores"
-#: Per sensor: the models it was re-scored with, each with its latest run (``_id`` = the sensor).
-COLLECTION_RESCORED_MODELS = "rescored_models"
+#: Runs kept in a sensor's ``rescored_models`` document.
 RUNS_KEPT = 20
 #: Readings forecast per predict call (bounds the memory of a long range).
 CHUNK = 5_000
@@ -172,7 +167,7 @@ def rescore(
         "rescored_at": datetime.now(UTC),
         "seconds": time.monotonic() - started,
     }
-    db[COLLECTION_RESCORES].replace_one({"_id": summary["_id"]}, summary, upsert=True)
+    db[contract.COLLECTION_RESCORES].replace_one({"_id": summary["_id"]}, summary, upsert=True)
     _list_run(db, summary)
     return summary
 
@@ -183,7 +178,7 @@ def _list_run(db: Database[dict[str, Any]], summary: dict[str, Any]) -> None:
     The whole list is ``$set`` by ``_id`` (FerretDB 1.24 ignores ``$push`` with ``$slice``);
     two runs for one sensor finishing at the same moment may lose one entry, not its data.
     """
-    collection = db[COLLECTION_RESCORED_MODELS]
+    collection = db[contract.COLLECTION_RESCORED_MODELS]
     sensor, model_hash = summary["sensor"], summary["model"]["hash"]
     stored = collection.find_one({"_id": sensor}, {"runs": 1}) or {}
     run = {key: summary[key] for key in ("_id", "model", "since", "until", "minutes", "scored", "compared")}
@@ -196,7 +191,7 @@ def _list_run(db: Database[dict[str, Any]], summary: dict[str, Any]) -> None:
 
 def _write(db: Database[dict[str, Any]], pending: list[ReplaceOne[dict[str, Any]]]) -> None:
     if pending:
-        db[COLLECTION_RESCORED].bulk_write(list(pending), ordered=False)
+        db[contract.COLLECTION_RESCORED].bulk_write(list(pending), ordered=False)
         pending.clear()
 
 
@@ -252,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {label:12} MAE {figures['mae']:.4g}, coverage {100 * figures['coverage']:.1f} %, "
                 f"{figures['anomalies']} anomalies"
             )
-    _say(f"stored in {COLLECTION_RESCORED} and {COLLECTION_RESCORES} (_id {summary['_id']})")
+    _say(f"stored in {contract.COLLECTION_RESCORED} and {contract.COLLECTION_RESCORES} (_id {summary['_id']})")
     return 0
 
 

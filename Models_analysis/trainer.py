@@ -61,10 +61,7 @@ from pipeline.mongo import mongo_client
 
 logger = logging.getLogger("Models_analysis.trainer")
 
-#: Every decision: sensor, both models and their holdout metrics, promoted or not and why.
-COLLECTION_MODEL_VERSIONS = "model_versions"
-#: One document per sensor (``_id`` = the sensor): its latest HISTORY_KEPT decisions, newest first.
-COLLECTION_MODEL_HISTORY = "model_history"
+#: Decisions kept in a sensor's ``model_history`` document.
 HISTORY_KEPT = 20
 #: The holdout needs this many readings for a comparison to mean anything.
 MIN_HOLDOUT_READINGS = 10
@@ -320,7 +317,7 @@ class Trainer:
             **decision,
             "decided_at": decided_at,
         }
-        self.db[COLLECTION_MODEL_VERSIONS].insert_one(document)
+        self.db[contract.COLLECTION_MODEL_VERSIONS].insert_one(document)
         self.remember(document)
         self.mongo.up()
         self.decisions += 1
@@ -334,7 +331,7 @@ class Trainer:
         comes between the read and the write; a decision recorded again (same ``_id``)
         replaces its entry.
         """
-        collection = self.db[COLLECTION_MODEL_HISTORY]
+        collection = self.db[contract.COLLECTION_MODEL_HISTORY]
         sensor = document["sensor"]
         stored = collection.find_one({"_id": sensor}, {"decisions": 1}) or {}
         entry = history_entry(document)

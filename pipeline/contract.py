@@ -75,6 +75,16 @@ COLLECTION_ALERTS = "alerts"
 COLLECTION_RECENT_ANOMALIES = "recent_anomalies"
 #: Per sensor and model: rolling mean absolute error and interval coverage.
 COLLECTION_ACCURACY = "accuracy"
+#: Every decision of the trainer: sensor, both models and their holdout metrics, promoted or not and why.
+COLLECTION_MODEL_VERSIONS = "model_versions"
+#: One document per sensor (``_id`` = the sensor): the trainer's latest decisions, newest first.
+COLLECTION_MODEL_HISTORY = "model_history"
+#: Per-minute re-scored forecasts, by sensor, model and minute (Models_analysis.rescore).
+COLLECTION_RESCORED = "rescored"
+#: One summary per re-scoring run.
+COLLECTION_RESCORES = "rescores"
+#: Per sensor (``_id`` = the sensor): the models it was re-scored with, each with its latest run.
+COLLECTION_RESCORED_MODELS = "rescored_models"
 #: The same per sensor, model and hour, written when the hour has settled.
 COLLECTION_ACCURACY_HOURLY = "accuracy_hourly"
 

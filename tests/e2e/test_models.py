@@ -20,8 +20,7 @@ import pytest
 
 from localstack.services import ROOT
 from Models_analysis.model import file_hash, load_model
-from Models_analysis.rescore import COLLECTION_RESCORED, COLLECTION_RESCORES, rescored_id
-from Models_analysis.trainer import COLLECTION_MODEL_VERSIONS
+from Models_analysis.rescore import rescored_id
 from pipeline import contract
 from pipeline.periods import period_id
 from tests.conftest import Pipeline, free_port, wait_for
@@ -301,7 +300,7 @@ def test_a_promotion_by_the_trainer_changes_the_model_identity_and_scoring_never
     )
     started = datetime.now(UTC)
     trainer = pipeline._start("trainer", "Models_analysis.trainer", env, wait=True)
-    versions = pipeline.db[COLLECTION_MODEL_VERSIONS]
+    versions = pipeline.db[contract.COLLECTION_MODEL_VERSIONS]
     decision = wait_for(lambda: versions.find_one({"sensor": sensor}), 300, "the trainer's decision", pipeline.logs)
     assert decision["promoted"], decision
     assert decision["incumbent"] == {"name": "flat", "hash": flat, "source": "default"}
@@ -368,11 +367,13 @@ def test_rescore_a_range_with_another_model_beside_the_live_forecasts(pipeline: 
     )
     assert result.returncode == 0, result.stderr
     assert f"re-scored 60 readings of {sensor} in 60 minutes with near (hash {near_hash})" in result.stdout
-    summary = pipeline.db[COLLECTION_RESCORES].find_one({"_id": f"{sensor}|{near_hash}|{since}|{until}"})
+    summary = pipeline.db[contract.COLLECTION_RESCORES].find_one({"_id": f"{sensor}|{near_hash}|{since}|{until}"})
     assert summary is not None and summary["model"] == {"name": "near", "hash": near_hash}
     ours, live = summary["compared"]["rescored"], summary["compared"]["live"]
     assert ours["n"] == live["n"] == 60 and ours["mae"] < live["mae"] and live["coverage"] == 0.0
-    minute = pipeline.db[COLLECTION_RESCORED].find_one({"_id": rescored_id(sensor, near_hash, history[-60].ts)})
+    minute = pipeline.db[contract.COLLECTION_RESCORED].find_one(
+        {"_id": rescored_id(sensor, near_hash, history[-60].ts)}
+    )
     assert minute is not None and minute["forecasts"][0]["yhat"] == 100.0
     bad = subprocess.run(
         [sys.executable, "-m", "Models_analysis.rescore", "--sensor", sensor, "--since", until, "--until", since]

@@ -22,22 +22,16 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from Models_analysis.model import file_hash, load_model
-from Models_analysis.rescore import (
-    COLLECTION_RESCORED,
-    COLLECTION_RESCORED_MODELS,
-    COLLECTION_RESCORES,
-    rescore,
-    rescored_id,
-)
+from Models_analysis.rescore import rescore, rescored_id
 from Models_analysis.settings import TrainerSettings
-from Models_analysis.trainer import COLLECTION_MODEL_HISTORY, COLLECTION_MODEL_VERSIONS, Trainer
+from Models_analysis.trainer import Trainer
 from pipeline import contract
 from pipeline.settings import MongoSettings
 from Server.store import Store
 from Server.timeline import Timeline
 from tests.conftest import Pipeline
-from tests.helpers import CommandLog
-from tests.integration.test_page_queries import BOUNDED, scans
+from tests.helpers import CommandLog, plan_scans
+from tests.integration.test_page_queries import BOUNDED
 from tests.unit.models import ConstantModel
 
 pytestmark = pytest.mark.integration
@@ -97,7 +91,7 @@ def assert_no_scans(history: History) -> None:
             continue
         assert command["filter"].keys() == {"_id"}, command
         plan = history.store.db.command("explain", command, verbosity="queryPlanner")
-        assert not scans(plan), f"{command['find']} is scanned for {command}: {plan.get('queryPlanner')}"
+        assert not plan_scans(plan), f"{command['find']} is scanned for {command}: {plan.get('queryPlanner')}"
 
 
 def test_the_trainer_promotes_a_better_model_refuses_a_worse_one_and_records_both(
@@ -132,7 +126,7 @@ def test_the_trainer_promotes_a_better_model_refuses_a_worse_one_and_records_bot
     assert file_hash(trained / f"{stored.sensor}.joblib") == promoted.identity.hash
     assert_no_scans(stored)
 
-    recorded = {d["_id"]: d for d in stored.db[COLLECTION_MODEL_VERSIONS].find({})}
+    recorded = {d["_id"]: d for d in stored.db[contract.COLLECTION_MODEL_VERSIONS].find({})}
     assert set(recorded) == {first[0]["_id"], second[0]["_id"]}
     decision = recorded[first[0]["_id"]]
     assert decision["sensor"] == stored.sensor and decision["incumbent"]["name"] == "flat"
@@ -140,7 +134,7 @@ def test_the_trainer_promotes_a_better_model_refuses_a_worse_one_and_records_bot
     assert ours["mae"] < theirs["mae"] and ours["n"] == theirs["n"] == 4 * 60
 
     # The sensor's latest decisions in one document, by _id, newest first: what the live page reads.
-    kept = stored.db[COLLECTION_MODEL_HISTORY].find_one({"_id": stored.sensor})
+    kept = stored.db[contract.COLLECTION_MODEL_HISTORY].find_one({"_id": stored.sensor})
     assert kept is not None and [d["id"] for d in kept["decisions"]] == [second[0]["_id"], first[0]["_id"]]
     assert kept["decisions"][1]["metrics"] == decision["metrics"] and kept["decisions"][1]["promoted"]
 
@@ -160,10 +154,12 @@ def test_rescore_stores_a_models_forecasts_by_model_beside_the_live_accuracy(sto
     assert (ours["coverage"], live["coverage"]) == (1.0, 0.0)
 
     minute = expected[0].ts.replace(second=0)
-    document = stored.db[COLLECTION_RESCORED].find_one({"_id": rescored_id(stored.sensor, model.identity.hash, minute)})
+    document = stored.db[contract.COLLECTION_RESCORED].find_one(
+        {"_id": rescored_id(stored.sensor, model.identity.hash, minute)}
+    )
     assert document is not None and document["model"] == model.identity.model_dump()
     assert [f["id"] for f in document["forecasts"]] == [expected[0].id] and document["forecasts"][0]["yhat"] == 100.0
-    assert stored.db[COLLECTION_RESCORES].find_one({"_id": summary["_id"]})["compared"]["live"]["n"] == 120  # type: ignore[index]
+    assert stored.db[contract.COLLECTION_RESCORES].find_one({"_id": summary["_id"]})["compared"]["live"]["n"] == 120  # type: ignore[index]
     again = rescore(stored.db, model, stored.sensor, since, until)
     assert again["_id"] == summary["_id"], "the same run again replaces its documents"
 
@@ -173,7 +169,7 @@ def test_rescore_stores_a_models_forecasts_by_model_beside_the_live_accuracy(sto
     far = load_model(other)
     rescore(stored.db, far, stored.sensor, since, until)
     later = rescore(stored.db, model, stored.sensor, since - timedelta(hours=1), until)
-    listed = stored.db[COLLECTION_RESCORED_MODELS].find_one({"_id": stored.sensor})
+    listed = stored.db[contract.COLLECTION_RESCORED_MODELS].find_one({"_id": stored.sensor})
     assert listed is not None
     assert [r["model"]["name"] for r in listed["runs"]] == ["near", "far"], "newest first, one per model"
     assert listed["runs"][0]["id"] == later["_id"] and listed["runs"][1]["model"] == far.identity.model_dump()

@@ -360,15 +360,6 @@ def at(seconds: float) -> datetime:
     return NOW + timedelta(seconds=seconds)
 
 
-def test_the_collections_the_panel_reads_are_the_ones_the_trainer_and_rescore_write() -> None:
-    # The dashboard's image holds neither Models_analysis nor its dependencies: the names are spelt twice.
-    from Models_analysis import rescore, trainer
-
-    assert queries.COLLECTION_MODEL_HISTORY == trainer.COLLECTION_MODEL_HISTORY
-    assert queries.COLLECTION_RESCORED_MODELS == rescore.COLLECTION_RESCORED_MODELS
-    assert queries.COLLECTION_RESCORED == rescore.COLLECTION_RESCORED
-
-
 @settings(max_examples=300, deadline=None)
 @given(
     now=st.lists(st.integers(0, 600), max_size=60).map(sorted),

@@ -27,15 +27,7 @@ from Models_analysis import history
 from Models_analysis.model import file_hash, load_model
 from Models_analysis.registry import ModelRegistry
 from Models_analysis.settings import TrainerSettings
-from Models_analysis.trainer import (
-    COLLECTION_MODEL_HISTORY,
-    COLLECTION_MODEL_VERSIONS,
-    HISTORY_KEPT,
-    Scores,
-    Trainer,
-    thin,
-    verdict,
-)
+from Models_analysis.trainer import HISTORY_KEPT, Scores, Trainer, thin, verdict
 from pipeline import contract
 from tests.unit.models import ConstantModel
 
@@ -125,9 +117,9 @@ def test_a_better_challenger_is_promoted_and_recorded(
     assert decision["incumbent"] == {"name": "far-off", "hash": default, "source": "default"}
     ours, theirs = decision["metrics"]["challenger"], decision["metrics"]["incumbent"]
     assert ours["mae"] < theirs["mae"] and ours["n"] == theirs["n"] == 6 * 60
-    assert db[COLLECTION_MODEL_VERSIONS].documents == [decision]
+    assert db[contract.COLLECTION_MODEL_VERSIONS].documents == [decision]
     assert decision["_id"].startswith("s1|") and decision["rows"] == {"fit": 42 * 60, "holdout": 6 * 60}
-    (kept,) = db[COLLECTION_MODEL_HISTORY].by_id["s1"]["decisions"]
+    (kept,) = db[contract.COLLECTION_MODEL_HISTORY].by_id["s1"]["decisions"]
     assert kept["id"] == decision["_id"] and kept["model"] == decision["model"] and kept["promoted"]
     assert kept["metrics"] == decision["metrics"] and kept["decided_at"] == LATEST
 
@@ -146,7 +138,7 @@ def test_a_worse_challenger_is_refused_and_the_served_model_stays(
     assert second is not None and not second["promoted"], second
     assert "TRAINER_MIN_GAIN" in second["reason"] and second["incumbent"]["source"] == "trained"
     assert file_hash(trained / "s1.joblib") == before and not list(trained.glob("*.challenger"))
-    assert [d["promoted"] for d in db[COLLECTION_MODEL_VERSIONS].documents] == [True, False]
+    assert [d["promoted"] for d in db[contract.COLLECTION_MODEL_VERSIONS].documents] == [True, False]
 
 
 def test_a_users_own_model_is_kept_unless_they_opt_in(
@@ -170,7 +162,7 @@ def test_too_little_history_gets_no_challenger(folders: tuple[Path, Path], monke
     save(models / "default.joblib", ConstantModel(10.0, 5.0), "far-off")
     built, db = trainer(models, trained, monkeypatch, TRAINER_MIN_READINGS=10_000)
     assert built.consider("s1", LATEST) is None and built.consider("unknown", LATEST) is None
-    assert not db[COLLECTION_MODEL_VERSIONS].documents
+    assert not db[contract.COLLECTION_MODEL_VERSIONS].documents
 
 
 def test_the_trained_model_serves_its_sensor_before_model_paths(folders: tuple[Path, Path]) -> None:
@@ -305,9 +297,9 @@ def test_a_sensors_latest_decisions_are_kept_in_one_document_newest_first(
     built.record(
         {"sensor": "s1", "model": {"name": "again", "hash": f"h{HISTORY_KEPT + 4}"}, "promoted": True} | {"reason": "r"}
     )
-    decisions = db[COLLECTION_MODEL_HISTORY].by_id["s1"]["decisions"]
+    decisions = db[contract.COLLECTION_MODEL_HISTORY].by_id["s1"]["decisions"]
     assert [d["model"]["hash"] for d in decisions] == [f"h{k}" for k in reversed(range(5, HISTORY_KEPT + 5))]
     assert decisions[0]["model"]["name"] == "again" and decisions[0]["promoted"], "recorded again: replaced"
-    assert len(db[COLLECTION_MODEL_VERSIONS].documents) == HISTORY_KEPT + 7, "model_versions keeps every one"
-    (other,) = db[COLLECTION_MODEL_HISTORY].by_id["s2"]["decisions"]
+    assert len(db[contract.COLLECTION_MODEL_VERSIONS].documents) == HISTORY_KEPT + 7, "model_versions keeps every one"
+    (other,) = db[contract.COLLECTION_MODEL_HISTORY].by_id["s2"]["decisions"]
     assert other["model"] is None and other["metrics"] is None and other["reason"] == "own model"
