@@ -254,8 +254,13 @@ _GARBAGE = st.one_of(
     st.binary(max_size=20),
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-    st.lists(st.lists(st.one_of(st.text(max_size=3), st.integers(), st.none()), max_size=4), max_size=3).map(
-        lambda rows: orjson.dumps(rows).decode()
+    st.lists(
+        st.lists(st.one_of(st.text(max_size=3), st.integers(-(2**63), 2**63 - 1), st.none()), max_size=4),
+        max_size=3,
+    ).map(lambda rows: orjson.dumps(rows).decode()),
+    # Numbers past what the bridge writes: a time before year 1 or past 9999, a 30-digit integer.
+    st.sampled_from(
+        ['[["a", 123456789012345678901234567890, 1.0]]', '[["a", -99999999999999, 1.0]]', "[[1, 2, 3e400]]"]
     ),
 )
 
