@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo.errors import OperationFailure
+from pymongo.errors import OperationFailure, PyMongoError
 
 from pipeline import contract
 from pipeline.periods import (
@@ -274,6 +274,10 @@ class Timeline:
             )
         except TRANSIENT:
             return  # the flush that follows retries until MongoDB answers; read again then
+        except PyMongoError:
+            # Refused for good: neither is worth stopping the page's documents for.
+            logger.exception("could not read back this bridge's recent anomalies or drop older lists; going on")
+            stored = None
         with self._lock:
             newer = list(self._anomalies)
             self._anomalies.clear()

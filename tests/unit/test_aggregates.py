@@ -13,6 +13,7 @@ import bson
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pymongo.errors import InvalidOperation
 
 from pipeline import periods
 from Server.aggregates import Aggregator
@@ -279,3 +280,17 @@ def test_a_chunk_edited_by_hand_is_left_out_and_the_rest_read(good: list[Any], g
     assert all(isinstance(p["v"], float) and p["ts"].tzinfo is not None for p in found)
     forecasts = periods.forecasts_of({"_id": "s|m", "forecasts": [*garbage, periods.pack_forecasts([])]})
     assert isinstance(forecasts, list)
+
+
+def test_a_failed_read_back_of_recent_anomalies_does_not_stop_the_flush() -> None:
+    """A one-time read back (or clean-up) that fails for good, not transiently: logged, and the minutes are written."""
+
+    def refuse(*_a: Any, **_k: Any) -> None:
+        raise InvalidOperation("refused for good")
+
+    timeline = Applied()
+    refusing = SimpleNamespace(find_one=refuse, update_many=refuse)
+    timeline.store = cast(Any, SimpleNamespace(db=defaultdict(lambda: refusing)))
+    timeline.touch([reading("s1", 1.0)])
+    assert timeline.flush(everything=True) > 0
+    assert any(name == "aggregates" for name, _ in timeline.documents)
