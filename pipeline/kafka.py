@@ -279,11 +279,19 @@ class Committer:
     skipped as duplicates (every write downstream is keyed by reading id).
     """
 
-    def __init__(self, consumer: Consumer, topic: str, every_s: float = COMMIT_EVERY_S) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        topic: str,
+        every_s: float = COMMIT_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.consumer = consumer
         self.topic = topic
         self.every_s = every_s
-        self._last = time.monotonic()
+        #: Seconds from any fixed point (``time.monotonic``; a test passes its own).
+        self.clock = clock
+        self._last = clock()
         self._pending = False
 
     def done(self) -> None:
@@ -297,14 +305,14 @@ class Committer:
         Without it the last batches before the input goes quiet would stay
         uncommitted until the next batch or the stop.
         """
-        if self._pending and time.monotonic() - self._last >= self.every_s:
+        if self._pending and self.clock() - self._last >= self.every_s:
             self.flush()
 
     def flush(self) -> None:
         """Commit what is finished, if anything, and wait for Kafka to confirm it."""
         if not self._pending:
             return
-        self._last = time.monotonic()
+        self._last = self.clock()
         try:
             self.consumer.commit(asynchronous=False)
             self._pending = False
