@@ -23,8 +23,9 @@ import joblib
 import pytest
 from pymongo import MongoClient
 
-from Dashboard import queries
+from Dashboard import lookups
 from Dashboard.app import csv_lines
+from Dashboard.model_panel import WEEK
 from Dashboard.queries import Reader
 from Models_analysis.model import load_model
 from Models_analysis.rescore import rescore
@@ -132,7 +133,7 @@ def model_panel(page: Reader, store: Store, readings: list[contract.Reading], no
     the serving model from the newest reading's prediction, its running accuracy, the trainer's decision, the
     last hour against the same hour a week earlier, and a re-scored model beside the live forecasts."""
     week_ago = [
-        contract.Reading(id=f"w{i}", sensor="s1", ts=r.ts - queries.WEEK, v=r.v + 2.0, received_at=now)
+        contract.Reading(id=f"w{i}", sensor="s1", ts=r.ts - WEEK, v=r.v + 2.0, received_at=now)
         for i, r in enumerate(readings[:61])
     ]
     timeline = Timeline(store, threading.Event())
@@ -238,7 +239,7 @@ def test_a_cached_chart_reads_again_only_the_hour_a_late_reading_went_to(
     )
     timeline.flush(everything=True)
     # Settled as soon as written, and past its time in the cache as soon as it is kept.
-    with patch.object(queries, "SETTLED", timedelta(0)), patch.object(queries, "CACHE_S", 0.0):
+    with patch.object(lookups, "SETTLED", timedelta(0)), patch.object(lookups, "CACHE_S", 0.0):
         first = page.aggregates("s1", 180, now=now)
         assert len(first["rows"]) == 181 and {row["count"] for row in first["rows"]} == {1}
         finds.commands.clear()

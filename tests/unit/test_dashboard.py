@@ -19,8 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from Dashboard import queries
+from Dashboard import lookups
 from Dashboard.app import CSV_COLUMNS, credentials_match, csv_lines
+from Dashboard.model_panel import WEEK, backtest_of, naive_tolerance, pair_week_earlier, weekly_naive
 from Dashboard.probe import parse_metrics, rate
 from Dashboard.queries import PAYLOAD_PREVIEW, Reader, per_minute, preview, resolution, sensor_state
 from pipeline import contract, periods
@@ -279,8 +280,8 @@ def test_parallel_lookups_answer_like_one_at_a_time(present: list[bool], ago: in
     exists = {periods.period_id("s1", start) for start, there in zip(starts, present, strict=True) if there}
     latest = now - timedelta(minutes=ago)
     reader = stand_in(lambda key: key in exists, latest=latest)
-    with patch.object(queries, "WINDOW", window):
-        rows = list(reader._periods("s1", since, now, periods.MINUTE, {"count": 1}))
+    with patch.object(lookups, "WINDOW", window):
+        rows = list(reader.lookups.documents("s1", since, now, periods.MINUTE, {"count": 1}))
     expected = [s for s, there in zip(starts, present, strict=True) if there and s <= latest]
     assert [row["start"] for row in rows] == expected
 
@@ -317,7 +318,7 @@ def test_settled_minutes_are_read_again_only_once_their_hour_has_been_written() 
     hours: dict[str, Any] = {}
     reader = stand_in(lambda _: True, asked=asked, hours=hours)
     now = periods.FLOOR[periods.HOUR](datetime.now(UTC)) - timedelta(minutes=30)  # all three hours settled
-    with patch.object(queries, "CACHE_S", 0.0):  # past its time in the cache as soon as it is kept
+    with patch.object(lookups, "CACHE_S", 0.0):  # past its time in the cache as soon as it is kept
         first = reader.aggregates("s1", 180, now=now)
         assert len(asked) == len(first["rows"]) == 181
         asked.clear()
@@ -353,7 +354,7 @@ def test_a_minute_without_a_document_in_an_hour_without_one_is_read_again_at_eve
 
 # --- the model panel --------------------------------------------------------------------------
 
-WEEK_AGO = NOW - queries.WEEK
+WEEK_AGO = NOW - WEEK
 
 
 def at(seconds: float) -> datetime:
@@ -372,21 +373,21 @@ def test_each_reading_is_paired_with_at_most_one_reading_a_week_earlier_within_t
     """Any readings: a pair is never further apart than the tolerance (a week aside), each reading of either side
     is in at most one pair, and a reading is left unpaired only when every week-earlier reading near it is taken."""
     current = [at(s) for s in now]
-    before = [at(s) - queries.WEEK for s in earlier]
-    pairs = queries.pair_week_earlier(current, before, timedelta(seconds=tolerance))
-    assert all(abs(current[i] - queries.WEEK - before[j]) <= timedelta(seconds=tolerance) for i, j in pairs)
+    before = [at(s) - WEEK for s in earlier]
+    pairs = pair_week_earlier(current, before, timedelta(seconds=tolerance))
+    assert all(abs(current[i] - WEEK - before[j]) <= timedelta(seconds=tolerance) for i, j in pairs)
     assert len({i for i, _ in pairs}) == len({j for _, j in pairs}) == len(pairs)
     taken = {j for _, j in pairs}
     paired = {i for i, _ in pairs}
     for i, moment in enumerate(current):
-        near = [j for j, then in enumerate(before) if abs(moment - queries.WEEK - then) <= timedelta(seconds=tolerance)]
+        near = [j for j, then in enumerate(before) if abs(moment - WEEK - then) <= timedelta(seconds=tolerance)]
         assert i in paired or set(near) <= taken, (i, near)
 
 
 def test_the_nearest_free_reading_a_week_earlier_is_taken() -> None:
     current = [at(0), at(10), at(20)]
-    before = [at(s) - queries.WEEK for s in (-4, 1, 9, 40)]
-    assert queries.pair_week_earlier(current, before, timedelta(seconds=5)) == [(0, 1), (1, 2)]
+    before = [at(s) - WEEK for s in (-4, 1, 9, 40)]
+    assert pair_week_earlier(current, before, timedelta(seconds=5)) == [(0, 1), (1, 2)]
 
 
 def test_the_weekly_naive_is_compared_on_the_same_readings() -> None:
@@ -397,11 +398,11 @@ def test_the_weekly_naive_is_compared_on_the_same_readings() -> None:
         {"ts": at(180), "v": 40.0, "yhat": 40.0},  # nothing a week earlier
     ]
     earlier = [
-        {"ts": at(1) - queries.WEEK, "v": 14.0},
-        {"ts": at(59) - queries.WEEK, "v": 20.0},
-        {"ts": at(120) - queries.WEEK, "v": 25.0},
+        {"ts": at(1) - WEEK, "v": 14.0},
+        {"ts": at(59) - WEEK, "v": 20.0},
+        {"ts": at(120) - WEEK, "v": 25.0},
     ]
-    weekly = queries.weekly_naive(points, earlier, timedelta(seconds=30))
+    weekly = weekly_naive(points, earlier, timedelta(seconds=30))
     assert weekly["forecast"] == {"n": 3, "mae": 1.0}
     assert weekly["naive"] == {"n": 3, "mae": 3.0}
     assert weekly["forecast_paired"] == {"n": 2, "mae": 1.5} and weekly["naive_paired"] == {"n": 2, "mae": 2.0}
@@ -413,15 +414,15 @@ def test_the_weekly_naive_is_compared_on_the_same_readings() -> None:
 
 def test_the_weekly_naive_says_when_there_is_no_reading_a_week_earlier() -> None:
     points = [{"ts": at(0), "v": 10.0, "yhat": 12.0}]
-    assert queries.weekly_naive(points, [], timedelta(seconds=30))["text"] == (
+    assert weekly_naive(points, [], timedelta(seconds=30))["text"] == (
         "forecast MAE 2 over 1 readings; weekly naive: no reading a week earlier"
     )
-    far = [{"ts": at(3600) - queries.WEEK, "v": 1.0}]
-    weekly = queries.weekly_naive(points, far, timedelta(seconds=30))
+    far = [{"ts": at(3600) - WEEK, "v": 1.0}]
+    weekly = weekly_naive(points, far, timedelta(seconds=30))
     assert weekly["naive"] == {"n": 0, "mae": None} and weekly["ratio"] is None
     assert weekly["text"].endswith("no reading a week earlier near their times")
-    assert queries.weekly_naive([], far, timedelta(seconds=30))["text"] == "no reading in the last hour"
-    unscored = queries.weekly_naive([{"ts": at(0), "v": 1.0, "yhat": None}], [], timedelta(seconds=1))
+    assert weekly_naive([], far, timedelta(seconds=30))["text"] == "no reading in the last hour"
+    unscored = weekly_naive([{"ts": at(0), "v": 1.0, "yhat": None}], [], timedelta(seconds=1))
     assert unscored["text"].startswith("none of the 1 readings has a forecast")
 
 
@@ -429,7 +430,7 @@ def test_the_weekly_naive_says_when_there_is_no_reading_a_week_earlier() -> None
     ("interval_s", "seconds"), [(None, 300.0), (0.1, 1.0), (10.0, 10.0), (60.0, 60.0), (3600.0, 300.0)]
 )
 def test_the_naive_tolerance_is_the_sensors_interval_within_bounds(interval_s: float | None, seconds: float) -> None:
-    assert queries.naive_tolerance(interval_s) == timedelta(seconds=seconds)
+    assert naive_tolerance(interval_s) == timedelta(seconds=seconds)
 
 
 def test_the_backtest_of_a_model_is_its_latest_holdout_score_in_either_role() -> None:
@@ -445,13 +446,13 @@ def test_the_backtest_of_a_model_is_its_latest_holdout_score_in_either_role() ->
         },
         {"decided_at": NOW - timedelta(days=2), "model": None, "incumbent": {"hash": "u"}, "reason": "own model"},
     ]
-    found = queries.backtest_of(decisions, "c1")
+    found = backtest_of(decisions, "c1")
     assert found is not None and (found["mae"], found["role"]) == (2.0, "challenger"), "c2's round had no score of c1"
     assert found["decided_at"] == contract.iso(NOW - timedelta(days=1))
-    assert queries.backtest_of(decisions, "d") == {**scores, "mae": 9.0, "role": "incumbent"} | {
+    assert backtest_of(decisions, "d") == {**scores, "mae": 9.0, "role": "incumbent"} | {
         "decided_at": contract.iso(NOW - timedelta(days=1))
     }
-    assert queries.backtest_of(decisions, "u") is None and queries.backtest_of([], "c1") is None
+    assert backtest_of(decisions, "u") is None and backtest_of([], "c1") is None
 
 
 def test_the_model_endpoint_needs_the_login_and_a_sensor_id() -> None:
