@@ -15,7 +15,8 @@ readings before the holdout), one at a time:
    trainer's own earlier one, else the sensor's own model, else the default)
    forecast the holdout; the challenger is promoted only when its MAE is at
    least TRAINER_MIN_GAIN below the incumbent's and its interval's coverage is
-   no worse (at most 0.05 below the incumbent's, or above the nominal level);
+   no worse (at most 0.05 below the incumbent's, or above the nominal level):
+   :mod:`Models_analysis.holdout`;
 4. promotion is an atomic rename into MODEL_TRAINED_PATH/<sensor>.joblib, which
    the model service watches (MODEL_TRAINED_PATH, MODEL_RELOAD_CHECK_S);
 5. each decision is stored in ``model_versions``: the sensor, both models'
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import os
 import threading
 import time
@@ -45,13 +45,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from Models_analysis import history, train
-from Models_analysis.model import LoadedModel, ModelError, forecast, load_model
+from Models_analysis.baselines import human
+from Models_analysis.holdout import MIN_HOLDOUT_READINGS, holdout_scores, thin, verdict
+from Models_analysis.model import LoadedModel, ModelError, load_model
 from Models_analysis.registry import DEFAULT, SUFFIX
 from Models_analysis.settings import TrainerSettings
 from Models_analysis.walkforward import Scores
@@ -63,57 +64,8 @@ logger = logging.getLogger("Models_analysis.trainer")
 
 #: Decisions kept in a sensor's ``model_history`` document.
 HISTORY_KEPT = 20
-#: The holdout needs this many readings for a comparison to mean anything.
-MIN_HOLDOUT_READINGS = 10
-#: A challenger's coverage may fall this far below the incumbent's (when under the nominal level).
-COVERAGE_SLACK = 0.05
 #: How a challenger waits in MODEL_TRAINED_PATH before it is promoted or deleted (not ``*.joblib``: never served).
 CHALLENGER_SUFFIX = ".challenger"
-
-
-def holdout_scores(model: Any, holdout: pd.DataFrame) -> Scores:
-    """MAE, interval coverage and mean width of ``model``'s forecasts of the holdout's readings."""
-    frame = forecast(model, [t.to_pydatetime().replace(tzinfo=UTC) for t in pd.to_datetime(holdout["ds"])])
-    y = holdout["y"].to_numpy(dtype=float)
-    yhat = frame["yhat"].to_numpy(dtype=float)
-    lower = frame["yhat_lower"].to_numpy(dtype=float)
-    upper = frame["yhat_upper"].to_numpy(dtype=float)
-    if not (np.isfinite(yhat).all() and np.isfinite(lower).all() and np.isfinite(upper).all()):
-        raise ModelError("the model's forecast of the holdout is not finite")
-    inside = (lower <= y) & (y <= upper)
-    return Scores(len(y), float(np.abs(y - yhat).mean()), float(inside.mean()), float((upper - lower).mean()))
-
-
-def verdict(challenger: Scores, incumbent: Scores | None, min_gain: float, nominal: float) -> tuple[bool, str]:
-    """Whether the challenger is better, and why (a sentence for people, stored with the decision)."""
-    if incumbent is None:
-        return True, "no model could forecast the holdout before: the challenger is the first that does"
-    bound = incumbent.mae * (1 - min_gain)
-    if not challenger.mae < bound or (challenger.mae == 0 and incumbent.mae == 0):
-        return False, (
-            f"holdout MAE {challenger.mae:.4g} is not at least {100 * min_gain:g} % below the incumbent's "
-            f"{incumbent.mae:.4g} (TRAINER_MIN_GAIN)"
-        )
-    floor = min(incumbent.coverage, nominal) - COVERAGE_SLACK
-    if challenger.coverage < floor:
-        return False, (
-            f"holdout MAE {challenger.mae:.4g} beats {incumbent.mae:.4g}, but the interval covers "
-            f"{100 * challenger.coverage:.1f} % against the incumbent's {100 * incumbent.coverage:.1f} % "
-            f"(nominal {100 * nominal:g} %)"
-        )
-    return True, (
-        f"holdout MAE {challenger.mae:.4g} against the incumbent's {incumbent.mae:.4g} "
-        f"({100 * (1 - challenger.mae / incumbent.mae):.1f} % lower), coverage {100 * challenger.coverage:.1f} % "
-        f"against {100 * incumbent.coverage:.1f} %"
-    )
-
-
-def thin(frame: pd.DataFrame, most: int) -> pd.DataFrame:
-    """At most ``most`` rows, evenly spaced in the frame's order (all of it when it is small enough)."""
-    if len(frame) <= most:
-        return frame
-    keep = np.unique(np.linspace(0, len(frame) - 1, most).round().astype(int))
-    return frame.iloc[keep].reset_index(drop=True)
 
 
 @dataclass
@@ -388,8 +340,8 @@ def main() -> int:
     logger.info(
         "training a %s challenger per sensor every %s on its last %s, into %s",
         config.TRAINER_KIND,
-        _human(config.TRAINER_EVERY_S),
-        _human(config.TRAINER_WINDOW_S),
+        human(timedelta(seconds=config.TRAINER_EVERY_S)),
+        human(timedelta(seconds=config.TRAINER_WINDOW_S)),
         config.MODEL_TRAINED_PATH,
     )
     try:
@@ -398,13 +350,6 @@ def main() -> int:
         health.stop()
         client.close()
         logger.info("trainer stopped")
-
-
-def _human(seconds: float) -> str:
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if seconds >= size and math.isclose(seconds % size, 0, abs_tol=1e-9):
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
 
 
 if __name__ == "__main__":

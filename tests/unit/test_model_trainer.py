@@ -24,10 +24,12 @@ from pymongo.database import Database
 
 import Models_analysis.trainer as trainer_module
 from Models_analysis import history
+from Models_analysis.holdout import thin, verdict
 from Models_analysis.model import file_hash, load_model
 from Models_analysis.registry import ModelRegistry
 from Models_analysis.settings import TrainerSettings
-from Models_analysis.trainer import HISTORY_KEPT, Scores, Trainer, thin, verdict
+from Models_analysis.trainer import HISTORY_KEPT, Trainer
+from Models_analysis.walkforward import Scores
 from pipeline import contract
 from tests.unit.models import ConstantModel
 
