@@ -231,6 +231,35 @@ else
   say "docker compose $compose_version: built"
 fi
 
+# ----------------------------------------------------------------- Telegraf (Go)
+
+# The peer `python -m bench.peer` measures the bridge against (MQTT -> Kafka,
+# acknowledged after the output): a "custom" build with only the plugins named
+# in localstack/telegraf/tags, its dependencies pinned by go.mod + go.sum.
+telegraf_version=$(awk '$1 == "github.com/influxdata/telegraf" { print $2 }' "$HERE/telegraf/go.mod" | head -n1)
+[ -n "$telegraf_version" ] || die "no github.com/influxdata/telegraf requirement in localstack/telegraf/go.mod"
+telegraf_dest=$CACHE/telegraf-${telegraf_version#v}
+telegraf_stamp=$(stamp_of "$HERE/telegraf/go.mod" "$HERE/telegraf/go.sum" "$HERE/telegraf/tags")
+if is_current "$telegraf_dest" "$telegraf_stamp"; then
+  say "telegraf $telegraf_version: cached"
+elif ! go_ok; then
+  say "telegraf $telegraf_version: NOT BUILT: it needs Go >= 1.24 (only bench.peer uses it)" >&2
+  status=1
+else
+  new_tmp telegraf
+  (
+    cd "$HERE/telegraf"
+    export GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local CGO_ENABLED=0
+    go build -trimpath -tags "$(tr -d '[:space:]' <tags)" \
+      -ldflags "-X github.com/influxdata/telegraf/internal.Version=${telegraf_version#v}" \
+      -o "$tmp/telegraf" github.com/influxdata/telegraf/cmd/telegraf
+  ) || die "telegraf: the build failed"
+  "$tmp/telegraf" --version | grep -q "Telegraf ${telegraf_version#v}" \
+    || die "telegraf: the built binary does not report version ${telegraf_version#v}"
+  finish "$tmp" "$telegraf_dest" "$telegraf_stamp"
+  say "telegraf $telegraf_version: built"
+fi
+
 # ----------------------------------------------------------------- mongo-express (npm)
 
 me_version=$(sed -n 's/.*"mongo-express": *"\([^"]*\)".*/\1/p' "$HERE/mongo-express/package.json" | head -n1)
