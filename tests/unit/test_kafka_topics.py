@@ -1,0 +1,167 @@
+"""pipeline.kafka's client settings and topic creation, with an AdminClient stand-in (issue #12).
+
+What a service relies on at start: the pipeline's four topics exist (made with KAFKA_NUM_PARTITIONS
+partitions, one replica, the dead-letter topic bounded to 256 MiB), a topic another replica made
+first is fine, and a Kafka that is not up yet is waited for, a minute, then the start fails.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic
+
+from pipeline import kafka as kafka_module
+from pipeline.kafka import consumer_config, ensure_pipeline_topics, ensure_topics, producer_config
+from pipeline.settings import KafkaSettings
+
+
+class FakeTime:
+    """Stands in for pipeline.kafka's ``time``: ``sleep`` moves the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@dataclass
+class FakeAdmin:
+    """Stands in for confluent_kafka's AdminClient: ``down`` list calls fail, then it knows ``existing``."""
+
+    config: dict[str, Any]
+    existing: set[str] = field(default_factory=set)
+    down: int = 0
+    #: The error each create answers with, per topic (the topic is made when there is none).
+    create_errors: dict[str, list[KafkaError]] = field(default_factory=dict)
+    listed: list[float] = field(default_factory=list)
+    created: list[NewTopic] = field(default_factory=list)
+
+    def list_topics(self, timeout: float = -1) -> Any:
+        self.listed.append(timeout)
+        if self.down:
+            self.down -= 1
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+        return SimpleNamespace(topics={name: None for name in self.existing})
+
+    def create_topics(self, new_topics: list[NewTopic]) -> dict[str, concurrent.futures.Future[None]]:
+        futures = {}
+        for topic in new_topics:
+            self.created.append(topic)
+            future: concurrent.futures.Future[None] = concurrent.futures.Future()
+            errors = self.create_errors.get(topic.topic)
+            if errors:
+                future.set_exception(KafkaException(errors.pop(0)))
+            else:
+                self.existing.add(topic.topic)
+                future.set_result(None)
+            futures[topic.topic] = future
+        return futures
+
+
+@pytest.fixture
+def clock() -> Any:
+    fake = FakeTime()
+    with mock.patch.object(kafka_module, "time", fake):
+        yield fake
+
+
+def run_with(admin: FakeAdmin, call: Any) -> FakeAdmin:
+    def make(config: dict[str, Any]) -> FakeAdmin:
+        admin.config = config
+        return admin
+
+    with mock.patch("confluent_kafka.admin.AdminClient", make):
+        call()
+    return admin
+
+
+SETTINGS = KafkaSettings(
+    KAFKA_BOOTSTRAP_SERVERS="k1:9092",
+    KAFKA_NUM_PARTITIONS=6,
+    KAFKA_TOPIC_READINGS="r",
+    KAFKA_TOPIC_RESULTS="p",
+    KAFKA_TOPIC_DEADLETTER="d",
+    KAFKA_TOPIC_ALERTS="a",
+)
+
+
+def test_the_pipelines_four_topics_are_made_with_the_dead_letters_bounded_to_256_mib(clock: FakeTime) -> None:
+    admin = run_with(FakeAdmin({}), lambda: ensure_pipeline_topics(SETTINGS))
+    made = {t.topic: (t.num_partitions, t.replication_factor, t.config) for t in admin.created}
+    assert made == {
+        "r": (6, 1, {}),
+        "p": (6, 1, {}),
+        "d": (6, 1, {"retention.bytes": "268435456"}),
+        "a": (6, 1, {}),
+    }
+    assert admin.config["bootstrap.servers"] == "k1:9092"
+    assert admin.config["logger"] is kafka_module.CLIENT_LOGGER, "librdkafka's lines go through logging"
+    assert clock.sleeps == []
+
+
+def test_only_the_missing_topics_are_made_and_none_when_all_exist(clock: FakeTime) -> None:
+    admin = run_with(FakeAdmin({}, existing={"r", "a"}), lambda: ensure_topics(SETTINGS, ["r", "p", "a"]))
+    assert [t.topic for t in admin.created] == ["p"]
+    admin = run_with(FakeAdmin({}, existing={"r", "p"}), lambda: ensure_topics(SETTINGS, ["r", "p"]))
+    assert admin.created == []
+    assert admin.listed == [5], "each probe waits at most 5 s for Kafka's answer"
+
+
+def test_a_topic_another_replica_made_first_is_fine(clock: FakeTime) -> None:
+    admin = FakeAdmin({}, create_errors={"p": [KafkaError(KafkaError.TOPIC_ALREADY_EXISTS)]})
+    run_with(admin, lambda: ensure_topics(SETTINGS, ["r", "p"]))
+    assert [t.topic for t in admin.created] == ["r", "p"]
+    assert clock.sleeps == [], "nothing to retry"
+
+
+def test_a_topic_kafka_could_not_make_is_tried_again(clock: FakeTime) -> None:
+    admin = FakeAdmin({}, create_errors={"p": [KafkaError(KafkaError.POLICY_VIOLATION)]})
+    run_with(admin, lambda: ensure_topics(SETTINGS, ["r", "p"]))
+    assert [t.topic for t in admin.created] == ["r", "p", "p"], "the second round makes only what is missing"
+    assert clock.sleeps == [1]
+
+
+def test_kafka_not_up_yet_is_waited_for_a_second_at_a_time(clock: FakeTime) -> None:
+    admin = run_with(FakeAdmin({}, down=3), lambda: ensure_topics(SETTINGS, ["r"]))
+    assert [t.topic for t in admin.created] == ["r"]
+    assert clock.sleeps == [1, 1, 1]
+
+
+def test_kafka_down_for_longer_than_a_minute_fails_the_start(clock: FakeTime, caplog: Any) -> None:
+    caplog.set_level(logging.CRITICAL)
+    admin = FakeAdmin({}, down=1_000)
+    with pytest.raises(KafkaException):
+        run_with(admin, lambda: ensure_topics(SETTINGS, ["r"]))
+    # Probes at 100 s, 101 s, ..., 160 s fail and are retried; the one at 161 s, past the deadline, ends it.
+    assert len(admin.listed) == 62
+    assert clock.now == 161.0
+    admin = FakeAdmin({}, down=1_000)
+    with pytest.raises(KafkaException):
+        run_with(admin, lambda: ensure_topics(SETTINGS, ["r"], timeout_s=2.5))
+    assert len(admin.listed) == 4
+
+
+def test_clients_back_off_from_200_ms_to_10_s_between_reconnects_and_log_through_logging() -> None:
+    for config in (producer_config(SETTINGS, "c"), consumer_config(SETTINGS, "g", "c")):
+        assert config["reconnect.backoff.ms"] == 200
+        assert config["reconnect.backoff.max.ms"] == 10_000
+        assert config["logger"] is kafka_module.CLIENT_LOGGER
+
+
+def test_the_producer_batches_for_5_ms_and_compresses_with_lz4() -> None:
+    config = producer_config(SETTINGS, "c")
+    assert (config["linger.ms"], config["compression.type"]) == (5, "lz4")
