@@ -209,7 +209,8 @@ class RecordingStore:
     ``failures`` are taken one per insert call: an exception is raised before anything is recorded
     (an outage), after calling ``on_failure`` (say, to stop the service while the outage lasts);
     None lets that insert through. Documents whose ``_id`` is in ``refuse`` are refused for what
-    they are (as MongoDB refuses one it cannot store), the others stored.
+    they are (as MongoDB refuses one it cannot store); those in ``already`` are answered as
+    duplicates (stored before, say by a bridge that restarted since); the others stored.
     """
 
     def __init__(
@@ -218,9 +219,11 @@ class RecordingStore:
         failures: list[BaseException | None] | None = None,
         on_failure: Callable[[], None] | None = None,
         refuse: frozenset[str] = frozenset(),
+        already: frozenset[str] = frozenset(),
     ) -> None:
         self.events = events
         self.refuse = refuse
+        self.already = already
         self.failures = list(failures or [])
         self.on_failure = on_failure
         self.inserted: list[tuple[str, list[dict[str, Any]]]] = []
@@ -235,11 +238,12 @@ class RecordingStore:
                 self.on_failure()
             raise failure
         refused = {i: "MongoDB refused the document" for i, d in enumerate(documents) if d.get("_id") in self.refuse}
-        kept = [d for i, d in enumerate(documents) if i not in refused]
+        duplicates = {i for i, d in enumerate(documents) if d.get("_id") in self.already and i not in refused}
+        kept = [d for i, d in enumerate(documents) if i not in refused and i not in duplicates]
         self.inserted.append((collection, kept))
         if self.events is not None and kept:
             self.events.append(f"store {collection} " + ",".join(str(d.get("_id", "?")) for d in kept))
-        return Inserted(len(kept), set(), refused)
+        return Inserted(len(kept), duplicates, refused)
 
     def ids(self, collection: str) -> list[str]:
         """Every id inserted into ``collection``, in order, repeats included."""
