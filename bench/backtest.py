@@ -33,7 +33,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.common import RESULTS_DIR, Bench, Table, write_result
+from bench.common import Bench
+from bench.report import RESULTS_DIR, Table, write_result
 from localstack.services import ROOT
 from Models_analysis import backtest
 

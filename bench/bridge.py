@@ -28,8 +28,10 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from pymongo import MongoClient
 
-from bench.common import Bench, Table, metric, run_standalone, scrape, wait_until, write_result
+from bench.common import Bench, run_standalone, wait_until
 from bench.load import BareSubscriber, publish
+from bench.probes import metric, scrape
+from bench.report import Table, write_result
 from pipeline import contract
 
 TARGET = 0.7

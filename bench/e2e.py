@@ -36,24 +36,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.common import (
-    Bench,
-    CpuMeter,
-    Namespace,
-    Table,
-    fraction_within,
-    histogram,
-    histogram_delta,
-    memory_mb,
-    metric,
-    quantile,
-    run_standalone,
-    scrape,
-    slope_per_minute,
-    wait_until,
-    write_result,
-)
+from bench.common import Bench, run_standalone, wait_until
 from bench.load import publish
+from bench.machine import CpuMeter, memory_mb
+from bench.namespace import Namespace
+from bench.probes import fraction_within, histogram, histogram_delta, metric, quantile, scrape, slope_per_minute
+from bench.report import Table, write_result
 from localstack.services import ServiceProcess
 
 SENSORS = 100

@@ -37,8 +37,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import Bench, Table, run_standalone, write_result
+from bench.common import Bench, run_standalone
 from bench.load import payload
+from bench.report import Table, write_result
 from pipeline import contract
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,10 @@ from typing import Any
 
 from pymongo import MongoClient
 
-from bench.common import Bench, Table, memory_mb, run_standalone, wait_until, write_result
+from bench.common import Bench, run_standalone, wait_until
 from bench.load import publish
+from bench.machine import memory_mb
+from bench.report import Table, write_result
 from pipeline import contract
 
 SENSORS = 100

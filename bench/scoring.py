@@ -47,7 +47,11 @@ import pandas as pd
 from confluent_kafka import Consumer, Producer
 
 from bench import e2e
-from bench.common import Bench, Namespace, Table, memory_mb, metric, run_standalone, scrape, write_result
+from bench.common import Bench, run_standalone
+from bench.machine import memory_mb
+from bench.namespace import Namespace
+from bench.probes import metric, scrape
+from bench.report import Table, write_result
 from localstack.services import ROOT
 from Models_analysis.model import load_model
 from pipeline import contract

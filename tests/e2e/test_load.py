@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from bench.common import metric, scrape
 from bench.load import publish, reading_id
+from bench.probes import metric, scrape
 from pipeline import contract
 from tests.conftest import Pipeline, wait_for
 from tests.helpers import consume

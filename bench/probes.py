@@ -1,0 +1,78 @@
+"""What a benchmark reads from the services it runs: their /metrics, histograms and their quantiles, trends."""
+
+from __future__ import annotations
+
+import statistics
+import urllib.request
+from collections.abc import Sequence
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from localstack.services import ServiceProcess
+
+
+def scrape(process: ServiceProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """A service's /metrics as {sample name: [(labels, value), ...]}."""
+    url = f"http://127.0.0.1:{process.env['HEALTH_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    return samples
+
+
+def metric(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    """The sum of a sample's values over the series matching ``labels``."""
+    return sum(value for series, value in samples.get(name, []) if all(series.get(k) == v for k, v in labels.items()))
+
+
+def histogram(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts {upper bound: count} (``name`` without ``_bucket``)."""
+    buckets: dict[float, float] = {}
+    for series, value in samples.get(f"{name}_bucket", []):
+        bound = float(series["le"])
+        buckets[bound] = buckets.get(bound, 0.0) + value
+    return dict(sorted(buckets.items()))
+
+
+def histogram_delta(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
+    """Cumulative counts observed between two snapshots of one histogram."""
+    return {bound: count - before.get(bound, 0.0) for bound, count in after.items()}
+
+
+def quantile(buckets: dict[float, float], q: float) -> float:
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket holding the q-quantile."""
+    total = buckets.get(float("inf"), 0.0)
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets.items():
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound  # beyond the last finite bucket: its bound is all we know
+            inside = count - lower_count
+            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / inside if inside else 1.0)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def fraction_within(buckets: dict[float, float], bound: float) -> float:
+    """The share of observations at or under ``bound`` (a bucket bound)."""
+    total = buckets.get(float("inf"), 0.0)
+    return buckets.get(bound, float("nan")) / total if total else float("nan")
+
+
+def slope_per_minute(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per minute."""
+    if len(points) < 2:
+        return float("nan")
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mean_x) ** 2 for x in xs)
+    if var == 0:
+        return float("nan")
+    return 60.0 * sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
