@@ -1,11 +1,13 @@
-"""What a benchmark reads from the services it runs: their /metrics, histograms and their quantiles, trends."""
+"""What a benchmark reads from the services it runs: their /metrics, histograms and their quantiles, trends, topics."""
 
 from __future__ import annotations
 
 import statistics
 import urllib.request
+import uuid
 from collections.abc import Sequence
 
+from confluent_kafka import Consumer
 from prometheus_client.parser import text_string_to_metric_families
 
 from localstack.services import ServiceProcess
@@ -76,3 +78,15 @@ def slope_per_minute(points: Sequence[tuple[float, float]]) -> float:
     if var == 0:
         return float("nan")
     return 60.0 * sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+
+
+def topic_reader(bootstrap: str) -> Consumer:
+    """A Kafka consumer in a group of its own: it reads a topic from its start and commits nothing."""
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
