@@ -28,8 +28,9 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from pymongo import MongoClient
 
+from bench.bare_subscriber import BareSubscriber
 from bench.common import Bench, run_standalone, wait_until
-from bench.load import BareSubscriber, publish
+from bench.load import publish
 from bench.probes import metric, scrape
 from bench.report import Table, write_result
 from pipeline import contract

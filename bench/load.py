@@ -25,7 +25,7 @@ import queue
 import select
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -64,7 +64,8 @@ def payload(sensor: str, n: int, moment: datetime | None = None) -> bytes:
     The value comes from the demo CSV, the data the default model was fitted
     to, each sensor at its own place in it: 3-15 readings in a hundred, by
     the hour of the day, fall outside the forecast interval (an alert), as in a
-    live deployment. (Values made up here made every other reading an alert.)
+    live deployment. Values made up without the model in mind would make
+    about every other reading an alert.
     """
     ts = contract.iso(moment or datetime.now(UTC))
     values = _values()
@@ -113,19 +114,20 @@ class PublishReport:
 
 
 def _nanmin(a: float, b: float) -> float:
-    if a != a:
-        return b
-    if b != b:
-        return a
-    return min(a, b)
+    return _ignoring_nan(min, a, b)
 
 
 def _nanmax(a: float, b: float) -> float:
+    return _ignoring_nan(max, a, b)
+
+
+def _ignoring_nan(pick: Callable[[float, float], float], a: float, b: float) -> float:
+    """``pick(a, b)``, or the one that is a number when the other is NaN (not yet measured)."""
     if a != a:
         return b
     if b != b:
         return a
-    return max(a, b)
+    return pick(a, b)
 
 
 class _Sensor:
@@ -269,8 +271,8 @@ def _paced(clients: Sequence[_Sensor], rate: float, duration_s: float, limit: in
     """Publish ``rate`` readings per second over all clients for ``duration_s`` (or ``limit`` per sensor).
 
     What is due is sent every TICK_S, and the worker sleeps in between: a loop
-    that polled every few milliseconds took half a core on its own, CPU the
-    pipeline under test then lacked. Each reading's ``ts`` is the moment it is
+    polling every few milliseconds takes half a core on its own, CPU the
+    pipeline under test would lack. Each reading's ``ts`` is the moment it is
     handed to paho, so the tick adds nothing to the latency measured.
     """
     started = time.monotonic()
@@ -359,92 +361,3 @@ def publish(
                 worker.kill()
                 worker.join()
     return report
-
-
-# --------------------------------------------------------------------------- the bare subscriber
-
-
-@dataclass
-class SubscribeReport:
-    """What the bare subscriber received (wall-clock times are ``time.time()``)."""
-
-    received: int
-    first_at: float
-    last_at: float
-    error: str | None = None
-
-
-def _subscriber(
-    env: dict[str, str],
-    topic_filter: str,
-    expected: int,
-    timeout_s: float,
-    ready: multiprocessing.synchronize.Event,
-    results: multiprocessing.Queue[Any],
-) -> None:
-    """A bare paho subscriber at QoS 1 (paho acknowledges each message after on_message): the ceiling."""
-    state = {"received": 0, "first_at": float("nan"), "last_at": float("nan")}
-    # The bridge's user may use only the bridge's client ids (the throwaway stack's "*-bridge-*").
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bare-bridge-{time.time_ns()}", protocol=mqtt.MQTTv5)
-    client.username_pw_set(env["MQTT_SERVER_USERNAME"], env["MQTT_SERVER_PASSWORD"])
-
-    def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
-        if not reason_code.is_failure:
-            c.subscribe(topic_filter, qos=1)
-
-    def on_subscribe(_c: Any, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
-        if not any(code.is_failure for code in codes):
-            ready.set()
-
-    def on_message(_c: Any, _u: Any, _message: Any) -> None:
-        now = time.time()
-        if state["received"] == 0:
-            state["first_at"] = now
-        state["received"] += 1
-        state["last_at"] = now
-
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_message = on_message
-    error = None
-    try:
-        client.connect(env["MQTT_HOST"], int(env["MQTT_PORT"]), clean_start=True)
-        deadline = time.monotonic() + timeout_s
-        while state["received"] < expected and time.monotonic() < deadline:
-            client.loop(timeout=0.05)
-        client.disconnect()
-    except Exception as failure:  # noqa: BLE001 - reported to the parent
-        error = f"{type(failure).__name__}: {failure}"
-    results.put({**state, "error": error})
-
-
-class BareSubscriber:
-    """Runs :func:`_subscriber` in its own process (so it has a core's worth of GIL to itself)."""
-
-    def __init__(self, env: Mapping[str, str], topic_filter: str, expected: int, timeout_s: float = 300.0) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._ready = context.Event()
-        self._results = context.Queue()
-        self._process = context.Process(
-            target=_subscriber,
-            args=(dict(env), topic_filter, expected, timeout_s, self._ready, self._results),
-            daemon=True,
-        )
-        self._timeout_s = timeout_s
-
-    def start(self) -> None:
-        """Start it and wait until the broker has confirmed the subscription."""
-        self._process.start()
-        if not self._ready.wait(60):
-            self._process.kill()
-            raise RuntimeError("the bare subscriber did not subscribe within 60 s")
-
-    def result(self) -> SubscribeReport:
-        """Wait for it to receive everything (or time out) and return what it saw."""
-        try:
-            got = self._results.get(timeout=self._timeout_s + 30)
-        finally:
-            self._process.join(timeout=10)
-            if self._process.is_alive():
-                self._process.kill()
-        return SubscribeReport(got["received"], got["first_at"], got["last_at"], got["error"])

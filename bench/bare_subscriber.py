@@ -1,0 +1,103 @@
+"""The bridge's ceiling: a bare paho subscriber at QoS 1 that only counts what it receives.
+
+``bench.bridge`` sets it beside the bridge on the same readings: what any MQTT
+subscriber in Python reaches on this machine, with nothing stored or forwarded.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.synchronize
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+@dataclass
+class SubscribeReport:
+    """What the bare subscriber received (wall-clock times are ``time.time()``)."""
+
+    received: int
+    first_at: float
+    last_at: float
+    error: str | None = None
+
+
+def _subscriber(
+    env: dict[str, str],
+    topic_filter: str,
+    expected: int,
+    timeout_s: float,
+    ready: multiprocessing.synchronize.Event,
+    results: multiprocessing.Queue[Any],
+) -> None:
+    """A bare paho subscriber at QoS 1 (paho acknowledges each message after on_message): the ceiling."""
+    state = {"received": 0, "first_at": float("nan"), "last_at": float("nan")}
+    # The bridge's user may use only the bridge's client ids (the throwaway stack's "*-bridge-*").
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bare-bridge-{time.time_ns()}", protocol=mqtt.MQTTv5)
+    client.username_pw_set(env["MQTT_SERVER_USERNAME"], env["MQTT_SERVER_PASSWORD"])
+
+    def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        if not reason_code.is_failure:
+            c.subscribe(topic_filter, qos=1)
+
+    def on_subscribe(_c: Any, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        if not any(code.is_failure for code in codes):
+            ready.set()
+
+    def on_message(_c: Any, _u: Any, _message: Any) -> None:
+        now = time.time()
+        if state["received"] == 0:
+            state["first_at"] = now
+        state["received"] += 1
+        state["last_at"] = now
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    error = None
+    try:
+        client.connect(env["MQTT_HOST"], int(env["MQTT_PORT"]), clean_start=True)
+        deadline = time.monotonic() + timeout_s
+        while state["received"] < expected and time.monotonic() < deadline:
+            client.loop(timeout=0.05)
+        client.disconnect()
+    except Exception as failure:  # noqa: BLE001 - reported to the parent
+        error = f"{type(failure).__name__}: {failure}"
+    results.put({**state, "error": error})
+
+
+class BareSubscriber:
+    """Runs :func:`_subscriber` in its own process (so it has a core's worth of GIL to itself)."""
+
+    def __init__(self, env: Mapping[str, str], topic_filter: str, expected: int, timeout_s: float = 300.0) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._ready = context.Event()
+        self._results = context.Queue()
+        self._process = context.Process(
+            target=_subscriber,
+            args=(dict(env), topic_filter, expected, timeout_s, self._ready, self._results),
+            daemon=True,
+        )
+        self._timeout_s = timeout_s
+
+    def start(self) -> None:
+        """Start it and wait until the broker has confirmed the subscription."""
+        self._process.start()
+        if not self._ready.wait(60):
+            self._process.kill()
+            raise RuntimeError("the bare subscriber did not subscribe within 60 s")
+
+    def result(self) -> SubscribeReport:
+        """Wait for it to receive everything (or time out) and return what it saw."""
+        try:
+            got = self._results.get(timeout=self._timeout_s + 30)
+        finally:
+            self._process.join(timeout=10)
+            if self._process.is_alive():
+                self._process.kill()
+        return SubscribeReport(got["received"], got["first_at"], got["last_at"], got["error"])
