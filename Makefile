@@ -6,6 +6,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SENSORS ?= 3
+# `make run` replicas: bridges (one shared MQTT subscription), model services (one Kafka consumer group)
+# and Kafka nodes (1, or 3: a KRaft cluster of three brokers and controllers, as docker-compose.cluster.yml).
+BRIDGES ?= 1
+MODELS ?= 1
+KAFKA_BROKERS ?= 1
 # The local stack reads .env (secrets) when it exists; `make env` creates it.
 ENVFILE := set -a; [ -f .env ] && . ./.env; set +a;
 
@@ -33,8 +38,8 @@ install: venv ## Install everything the local stack needs (servers, packages, de
 model: venv ## Train the default Prophet model into models/default.joblib (once)
 	@[ -f models/default.joblib ] || $(PY) -m Models_analysis.train --csv Data_collection/demo_data.csv --out models/default.joblib
 
-run: install env ## Run the whole pipeline without Docker (Ctrl+C stops it); SENSORS=3
-	@$(ENVFILE) $(PY) -m localstack run --sensors $(SENSORS)
+run: install env ## Run the whole pipeline without Docker (Ctrl+C stops it); SENSORS=3 BRIDGES=1 MODELS=1 KAFKA_BROKERS=1
+	@$(ENVFILE) KAFKA_BROKERS=$(KAFKA_BROKERS) $(PY) -m localstack run --sensors $(SENSORS) --bridges $(BRIDGES) --models $(MODELS)
 
 stop: ## Stop the local stack's servers and services
 	@$(ENVFILE) $(PY) -m localstack stop

@@ -4,7 +4,9 @@
     python -m localstack stop [SERVER ...]    stop all servers (or the named ones)
     python -m localstack status               show which servers run, their pids and ports
     python -m localstack logs [SERVER] [-n N] show the end of the servers' logs
-    python -m localstack run [--sensors N]    start the servers, then run the pipeline's services until Ctrl+C
+    python -m localstack run [--sensors N] [--bridges N] [--models N]
+                                              start the servers, then run the pipeline's services until Ctrl+C
+                                              (KAFKA_BROKERS=3 in the environment: three Kafka nodes)
     python -m localstack certs DIR            write a test CA and a certificate for every server into DIR
                                               (then STACK_TLS_DIR=DIR switches TLS on; Compose reads ./tls)
 
@@ -55,7 +57,16 @@ def _cmd_stop(stack: Stack, names: list[str]) -> int:
     return 0
 
 
+def _replicas(text: str) -> int:
+    """A replica count: 1 to 9 (each replica takes health ports of its own)."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= 9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of replicas from 1 to 9")
+    return int(text)
+
+
 def _cmd_logs(stack: Stack, name: str | None, lines: int) -> int:
+    if name is not None and name not in stack.servers:
+        raise StackError(f"unknown server {name!r}; this stack has: {', '.join(stack.servers)}")
     names = [name] if name else list(stack.servers)
     for each in names:
         path = stack.log_path(each)
@@ -65,15 +76,18 @@ def _cmd_logs(stack: Stack, name: str | None, lines: int) -> int:
     return 0
 
 
-def _cmd_run(stack: Stack, sensors: int) -> int:
+def _cmd_run(stack: Stack, sensors: int, bridges: int = 1, models: int = 1) -> int:
     from localstack.services import run_pipeline
 
     launched = stack.start()
     _print_status(stack)
     log_dir = stack.config.logs_dir / "services"
-    print(f"\nrunning the pipeline with {sensors} sensor(s); logs in {log_dir}; Ctrl+C stops it")
+    print(
+        f"\nrunning the pipeline with {sensors} sensor(s), {bridges} bridge(s), {models} model service(s) and "
+        f"{stack.config.kafka_brokers} Kafka broker(s); logs in {log_dir}; Ctrl+C stops it"
+    )
     try:
-        code = run_pipeline(stack.service_env(), log_dir, sensors)
+        code = run_pipeline(stack.service_env(), log_dir, sensors, bridges=bridges, models=models)
     finally:
         # Leave servers that were already running (another user of this stack) alone.
         for name in reversed(launched):
@@ -103,10 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     stop.add_argument("servers", nargs="*", metavar="SERVER", help=f"one of {', '.join(SERVER_NAMES)}")
     commands.add_parser("status", help="show which servers run")
     logs = commands.add_parser("logs", help="show the end of the servers' logs")
-    logs.add_argument("server", nargs="?", choices=SERVER_NAMES, metavar="SERVER")
+    logs.add_argument("server", nargs="?", metavar="SERVER", help=f"one of {', '.join(SERVER_NAMES)}, kafka-2 ...")
     logs.add_argument("-n", "--lines", type=int, default=40, help="lines per server (default 40)")
     run = commands.add_parser("run", help="start the servers and run the pipeline's services until Ctrl+C")
     run.add_argument("--sensors", type=int, default=3, help="how many sensors to run (default 3)")
+    run.add_argument(
+        "--bridges", type=_replicas, default=1, help="bridge replicas: one shared subscription (default 1)"
+    )
+    run.add_argument("--models", type=_replicas, default=1, help="model-service replicas: one group (default 1)")
     certs = commands.add_parser("certs", help="write a test CA and a server certificate (for STACK_TLS_DIR)")
     certs.add_argument("directory", help="the folder to write them to (Compose: tls)")
     args = parser.parse_args(argv)
@@ -131,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "logs":
             return _cmd_logs(stack, args.server, args.lines)
-        return _cmd_run(stack, args.sensors)
+        return _cmd_run(stack, args.sensors, args.bridges, args.models)
     except (ConfigError, StackError) as exc:
         print(f"localstack: {exc}", file=sys.stderr)
         return 1

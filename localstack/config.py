@@ -1,9 +1,9 @@
 """Configuration of the local stack: environment variables in, one :class:`StackConfig` out.
 
-:class:`StackSettings` reads the variables with pydantic-settings, as every
-service reads its own (``pipeline/settings.py``): field names are the variables'
-names, and a malformed value stops ``start`` with a message naming the variable
-(never its value). :class:`StackConfig` is what the rest of the package uses: the
+:class:`StackSettings` (:mod:`localstack.variables`) reads the variables with
+pydantic-settings, as every service reads its own (``pipeline/settings.py``): a
+malformed value stops ``start`` with a message naming the variable (never its
+value). :class:`StackConfig` is what the rest of the package uses: the
 same values with directories resolved and the cookie secrets drawn, plus the
 checks that involve several variables (missing passwords, two servers on one port).
 
@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 
+from localstack.cluster import KafkaNode, kafka_nodes
+from localstack.variables import PACKAGE_DIR, StackSettings
+from localstack.variables import REPO_ROOT as REPO_ROOT  # (imported from here by the servers)
 from pipeline.settings import describe_errors
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
 
 #: Environment variables without a default: the stack refuses to start without them.
 REQUIRED_SECRETS = ("MQTT_SERVER_PASSWORD", "MQTT_SENSOR_PASSWORD", "MONGO_EXPRESS_PASSWORD", "MONGO_APP_PASSWORD")
@@ -43,114 +41,6 @@ class StackError(RuntimeError):
 
 class ConfigError(ValueError):
     """The environment does not configure the stack: a variable is missing or malformed."""
-
-
-# --------------------------------------------------------------------------- the variables
-
-
-class StackSettings(BaseSettings):
-    """The stack's environment variables, by name, with their defaults.
-
-    Empty (or blank) variables count as unset, so ``MQTT_PORT=`` in a .env means 1883.
-    Text values are stripped, except the passwords and secrets, which are taken as given.
-    """
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True, env_ignore_empty=True)
-
-    STACK_DIR: str = str(REPO_ROOT / ".stack")
-    LOCALSTACK_CACHE: str = str(REPO_ROOT / ".cache" / "localstack")
-    MQTT_PORT: int = Field(1883, ge=1, le=65535)
-    MQTT_WS_PORT: int = Field(9001, ge=1, le=65535)
-    KAFKA_PORT: int = Field(9092, ge=1, le=65535)
-    KAFKA_CONTROLLER_PORT: int = Field(9093, ge=1, le=65535)
-    KAFKA_NUM_PARTITIONS: int = Field(3, ge=1, le=1000)
-    MONGO_PORT: int = Field(27017, ge=1, le=65535)
-    MONGO_EXPRESS_PORT: int = Field(8081, ge=1, le=65535)
-    MONGO_DATABASE: str = "sensor_pipeline"
-    MONGO_APP_USERNAME: str = "pipeline"
-    MONGO_APP_PASSWORD: str = ""
-    MQTT_SERVER_USERNAME: str = "bridge"
-    MQTT_SERVER_PASSWORD: str = ""
-    #: The bridge's client ids, '*' a wildcard: only MQTT_SERVER_USERNAME may use them.
-    MQTT_SERVER_CLIENT_IDS: str = "bridge-*"
-    MQTT_SENSOR_USERNAME: str = "sensor"
-    MQTT_SENSOR_PASSWORD: str = ""
-    #: Sensors with a user of their own: "id:password,id:password,...".
-    MQTT_SENSOR_ACCOUNTS: str = ""
-    MONGO_EXPRESS_USERNAME: str = "admin"
-    MONGO_EXPRESS_PASSWORD: str = ""
-    # Only signing keys for mongo-express's cookies: a fresh random one is fine.
-    MONGO_EXPRESS_COOKIE_SECRET: str = Field(default_factory=lambda: secrets.token_hex(16))
-    MONGO_EXPRESS_SESSION_SECRET: str = Field(default_factory=lambda: secrets.token_hex(16))
-    #: An external MongoDB: FerretDB is then not started.
-    MONGO_URI: str | None = None
-    #: TLS on every server: a folder with the files `python -m localstack certs` writes.
-    STACK_TLS_DIR: str | None = None
-    #: Kafka's SCRAM-SHA-512 users, with TLS: the bridge's, the model service's, the broker's own.
-    KAFKA_SERVER_USERNAME: str = "bridge"
-    KAFKA_SERVER_PASSWORD: str = ""
-    KAFKA_MODEL_USERNAME: str = "model"
-    KAFKA_MODEL_PASSWORD: str = ""
-    KAFKA_BROKER_PASSWORD: str = ""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _blank_is_unset(cls, values: Any) -> Any:
-        if isinstance(values, dict):
-            return {k: v for k, v in values.items() if not (isinstance(v, str) and not v.strip())}
-        return values
-
-    @field_validator(
-        "STACK_DIR",
-        "LOCALSTACK_CACHE",
-        "MONGO_DATABASE",
-        "MONGO_APP_USERNAME",
-        "MQTT_SERVER_USERNAME",
-        "MQTT_SERVER_CLIENT_IDS",
-        "MQTT_SENSOR_USERNAME",
-        "MQTT_SENSOR_ACCOUNTS",
-        "MONGO_EXPRESS_USERNAME",
-        "MONGO_URI",
-        "STACK_TLS_DIR",
-        "KAFKA_SERVER_USERNAME",
-        "KAFKA_MODEL_USERNAME",
-        mode="before",
-    )
-    @classmethod
-    def _strip(cls, value: Any) -> Any:
-        return value.strip() if isinstance(value, str) else value
-
-    @field_validator(
-        "MQTT_PORT",
-        "MQTT_WS_PORT",
-        "KAFKA_PORT",
-        "KAFKA_CONTROLLER_PORT",
-        "KAFKA_NUM_PARTITIONS",
-        "MONGO_PORT",
-        "MONGO_EXPRESS_PORT",
-        mode="before",
-    )
-    @classmethod
-    def _whole_number(cls, value: Any) -> Any:
-        # Digits only: pydantic alone would also take "1_000" or "1.0".
-        if isinstance(value, str) and not re.fullmatch(r"\s*\d+\s*", value):
-            raise ValueError("must be a whole number")
-        return value
-
-    @field_validator("MQTT_SERVER_USERNAME", "MQTT_SENSOR_USERNAME", "KAFKA_SERVER_USERNAME", "KAFKA_MODEL_USERNAME")
-    @classmethod
-    def _user_name(cls, value: str) -> str:
-        # The password file and the owners file are "user:..." lines.
-        if ":" in value or any(c.isspace() for c in value):
-            raise ValueError("must not contain ':' or whitespace")
-        return value
-
-    @field_validator("MONGO_DATABASE")
-    @classmethod
-    def _database_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,63}", value):
-            raise ValueError("must be 1-63 letters, digits, '_' or '-'")
-        return value
 
 
 def _default(name: str) -> Any:
@@ -183,6 +73,8 @@ class StackConfig:
     kafka_port: int = _default("KAFKA_PORT")
     kafka_controller_port: int = _default("KAFKA_CONTROLLER_PORT")
     kafka_num_partitions: int = _default("KAFKA_NUM_PARTITIONS")
+    #: Kafka nodes (KAFKA_BROKERS): 1, or 3 for a cluster (localstack/cluster.py).
+    kafka_brokers: int = _default("KAFKA_BROKERS")
     mongo_port: int = _default("MONGO_PORT")
     mongo_express_port: int = _default("MONGO_EXPRESS_PORT")
     mongo_database: str = _default("MONGO_DATABASE")
@@ -241,6 +133,7 @@ class StackConfig:
             kafka_port=s.KAFKA_PORT,
             kafka_controller_port=s.KAFKA_CONTROLLER_PORT,
             kafka_num_partitions=s.KAFKA_NUM_PARTITIONS,
+            kafka_brokers=s.KAFKA_BROKERS,
             mongo_port=s.MONGO_PORT,
             mongo_express_port=s.MONGO_EXPRESS_PORT,
             mongo_database=s.MONGO_DATABASE,
@@ -284,6 +177,8 @@ class StackConfig:
                     + " (`make env` writes them to .env; see .env.example)"
                 )
         if self.tls_dir is not None:
+            if self.kafka_brokers > 1:
+                raise ConfigError("KAFKA_BROKERS above 1 with STACK_TLS_DIR: the local Kafka cluster runs without TLS")
             if require_secrets:  # (stop, status and logs need no certificates)
                 from localstack.tls import missing_files
 
@@ -322,16 +217,17 @@ class StackConfig:
 
     def ports(self) -> dict[str, int]:
         """Every port the stack listens on, by variable (MONGO_PORT only when FerretDB runs)."""
-        ports = {
-            "MQTT_PORT": self.mqtt_port,
-            "MQTT_WS_PORT": self.mqtt_ws_port,
-            "KAFKA_PORT": self.kafka_port,
-            "KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
-            "MONGO_EXPRESS_PORT": self.mongo_express_port,
-        }
+        ports = {"MQTT_PORT": self.mqtt_port, "MQTT_WS_PORT": self.mqtt_ws_port}
+        for node in self.kafka_nodes():
+            ports.update(node.port_variables())  # KAFKA_PORT_2 ...: KAFKA_PORT + 2, with KAFKA_BROKERS=3
+        ports["MONGO_EXPRESS_PORT"] = self.mongo_express_port
         if self.uses_ferretdb:
             ports["MONGO_PORT"] = self.mongo_port
         return ports
+
+    def kafka_nodes(self) -> list[KafkaNode]:
+        """The Kafka nodes, ``kafka`` first (see :mod:`localstack.cluster`)."""
+        return kafka_nodes(self.kafka_brokers, self.kafka_port, self.kafka_controller_port)
 
     # Directories -------------------------------------------------------------
 

@@ -38,9 +38,11 @@ _PREFIXES = (
     "HEALTH_PORT",
 )
 
-#: Health and metrics ports of `run_pipeline`'s processes (sensor i gets SENSOR_HEALTH_PORT + i).
+#: Health and metrics ports of `run_pipeline`'s processes (sensor i gets SENSOR_HEALTH_PORT + i; bridge and
+#: model replica i > 1 get REPLICA_HEALTH_PORT + 2i and + 2i + 1).
 SERVER_HEALTH_PORT = 8010
 MODEL_HEALTH_PORT = 8011
+REPLICA_HEALTH_PORT = 8040
 TRAINER_HEALTH_PORT = 8012
 #: Where `make run`'s trainer writes per-sensor models and its model service reads them (MODEL_TRAINED_PATH).
 TRAINED_MODELS = ROOT / ".stack" / "trained-models"
@@ -114,6 +116,10 @@ class ServiceProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+#: Set by the stack on a Kafka cluster (KAFKA_BROKERS=3): the replication of the topics the services create.
+_REPLICATION = ("KAFKA_REPLICATION_FACTOR", "KAFKA_MIN_INSYNC_REPLICAS")
+
+
 def _copy(stack_env: Mapping[str, str], *names: str) -> dict[str, str]:
     """The variables of ``names`` that ``stack_env`` has (the TLS ones only when TLS is on)."""
     return {name: stack_env[name] for name in names if name in stack_env}
@@ -166,7 +172,7 @@ def model_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": stack_env["KAFKA_BOOTSTRAP_SERVERS"],
         "MODEL_PATH": str(ROOT / "models/default.joblib"),
-        **_copy(stack_env, "KAFKA_TLS_CA_FILE"),
+        **_copy(stack_env, "KAFKA_TLS_CA_FILE", *_REPLICATION),
         **_kafka_login(stack_env, "MODEL"),
     }
     env.update(overrides)
@@ -204,23 +210,42 @@ def _common(stack_env: Mapping[str, str]) -> dict[str, str]:
         "MQTT_HOST": stack_env["MQTT_HOST"],
         "MQTT_PORT": stack_env["MQTT_PORT"],
         "KAFKA_BOOTSTRAP_SERVERS": stack_env["KAFKA_BOOTSTRAP_SERVERS"],
-        **_copy(stack_env, "MQTT_TLS_CA_FILE", "KAFKA_TLS_CA_FILE"),
+        **_copy(stack_env, "MQTT_TLS_CA_FILE", "KAFKA_TLS_CA_FILE", *_REPLICATION),
     }
 
 
-def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int) -> int:
-    """Run the bridge, the model service, ``sensors`` sensors and the dashboard until Ctrl+C or SIGTERM."""
-    services = [
-        ServiceProcess(
-            "server", "Server", server_env(stack_env, HEALTH_PORT=str(SERVER_HEALTH_PORT)), log_dir / "server.log"
-        ),
-        ServiceProcess(
-            "model_analysis",
-            "Models_analysis",
-            model_env(stack_env, HEALTH_PORT=str(MODEL_HEALTH_PORT), MODEL_TRAINED_PATH=str(TRAINED_MODELS)),
-            log_dir / "model_analysis.log",
-        ),
-    ]
+def replica_health_ports(replica: int) -> tuple[int, int]:
+    """HEALTH_PORT of bridge replica ``replica`` and of model replica ``replica`` (1: 8010 and 8011, as before)."""
+    if replica == 1:
+        return SERVER_HEALTH_PORT, MODEL_HEALTH_PORT
+    return REPLICA_HEALTH_PORT + 2 * replica, REPLICA_HEALTH_PORT + 2 * replica + 1
+
+
+def _replicas(stack_env: Mapping[str, str], log_dir: Path, bridges: int, models: int) -> list[ServiceProcess]:
+    """``bridges`` bridges (client ids bridge-1, bridge-2, ...: one shared subscription) and ``models``
+    model services (one consumer group); replica 1 keeps the names and ports of a single one."""
+    services = []
+    for i in range(1, bridges + 1):
+        name = "server" if i == 1 else f"server-{i}"
+        env = server_env(stack_env, HEALTH_PORT=str(replica_health_ports(i)[0]), MQTT_CLIENT_ID=f"bridge-{i}")
+        services.append(ServiceProcess(name, "Server", env, log_dir / f"{name}.log"))
+    for i in range(1, models + 1):
+        name = "model_analysis" if i == 1 else f"model_analysis-{i}"
+        env = model_env(
+            stack_env,
+            HEALTH_PORT=str(replica_health_ports(i)[1]),
+            MODEL_TRAINED_PATH=str(TRAINED_MODELS),
+            KAFKA_CLIENT_ID=f"model-{i}",
+        )
+        services.append(ServiceProcess(name, "Models_analysis", env, log_dir / f"{name}.log"))
+    return services
+
+
+def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int, bridges: int = 1, models: int = 1) -> int:
+    """Run ``bridges`` bridges, ``models`` model services, ``sensors`` sensors, the dashboard and the trainer
+    until Ctrl+C or SIGTERM."""
+    services = _replicas(stack_env, log_dir, bridges, models)
+    replicas = len(services)
     services += [
         ServiceProcess(
             f"sensor-{i}",
@@ -242,8 +267,8 @@ def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int) -> i
             DASHBOARD_PORT=dashboard_port,
             # This stack runs no Alertmanager; one of yours, if given (the page says "not configured" otherwise).
             DASHBOARD_ALERTMANAGER_URL=os.environ.get("DASHBOARD_ALERTMANAGER_URL", ""),
-            DASHBOARD_SERVICES=(
-                f"server=http://127.0.0.1:{SERVER_HEALTH_PORT},model_analysis=http://127.0.0.1:{MODEL_HEALTH_PORT}"
+            DASHBOARD_SERVICES=",".join(
+                f"{s.name}=http://127.0.0.1:{s.env['HEALTH_PORT']}" for s in services[:replicas]
             ),
         ),
         log_dir / "dashboard.log",
@@ -280,6 +305,6 @@ def run_pipeline(stack_env: Mapping[str, str], log_dir: Path, sensors: int) -> i
     finally:
         # The page and the trainer first (they only read, and write model files atomically), the
         # sensors, then the bridge (it drains what they sent), then the model.
-        for service in [dashboard, trainer, *services[2:], *services[:2]]:
+        for service in [dashboard, trainer, *services[replicas:], *services[:replicas]]:
             service.stop()
     return code

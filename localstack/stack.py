@@ -46,6 +46,7 @@ from localstack.config import (
     sensor_accounts,
 )
 from localstack.servers import SERVER_CLASSES, SERVER_NAMES, Server
+from localstack.servers.kafka import Kafka
 from localstack.servers.mosquitto import (
     MOSQUITTO_CONF,
     MOSQUITTO_LISTENERS,
@@ -53,6 +54,7 @@ from localstack.servers.mosquitto import (
     mosquitto_plugin_stamp,
     render_mosquitto_conf,
 )
+from localstack.service_env import service_env
 
 # What other modules, tests and benchmarks import from here.
 __all__ = [
@@ -89,7 +91,17 @@ class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         names = [n for n in SERVER_NAMES if n != "ferretdb" or config.uses_ferretdb]
-        self.servers: dict[str, Server] = {name: SERVER_CLASSES[name](config) for name in names}
+        self.servers: dict[str, Server] = {}
+        for name in names:
+            if name != "kafka":
+                self.servers[name] = SERVER_CLASSES[name](config)
+                continue
+            # Every Kafka node (KAFKA_BROKERS), and any other one an earlier stack left running, so stop stops it.
+            records = (config.state_dir / "run").glob("kafka-*.json")
+            running = {int(p.stem[6:]) for p in records if p.stem[6:].isdigit() and process.read_record(p)}
+            for node_id in sorted({n.node_id for n in config.kafka_nodes()} | running):
+                node = Kafka(config, node_id)
+                self.servers[node.name] = node
         # Popen objects of the servers this instance launched, so their exits get reaped.
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -134,7 +146,7 @@ class Stack:
         """Stop every server: SIGTERM to its process group, SIGKILL after ``timeout_s``. Idempotent."""
         with self._locked():
             # Signal them all first, so their shutdowns overlap.
-            names = [n for n in reversed(SERVER_NAMES) if n in self.servers]
+            names = list(reversed(self.servers))
             signalled = [n for n in names if self._signal(n, signal.SIGTERM)]
             deadline = time.monotonic() + timeout_s
             for name in signalled:
@@ -190,45 +202,11 @@ class Stack:
         return result
 
     def service_env(self) -> dict[str, str]:
-        """What the pipeline's services need to connect (includes credentials: do not log it)."""
-        config = self.config
-        return {
-            "MQTT_HOST": "127.0.0.1",
-            "MQTT_PORT": str(config.mqtt_port),
-            "MQTT_WS_PORT": str(config.mqtt_ws_port),
-            "MQTT_SERVER_USERNAME": config.mqtt_server_username,
-            "MQTT_SERVER_PASSWORD": config.mqtt_server_password,
-            "MQTT_SERVER_CLIENT_IDS": config.mqtt_server_client_ids,
-            "MQTT_SENSOR_USERNAME": config.mqtt_sensor_username,
-            "MQTT_SENSOR_PASSWORD": config.mqtt_sensor_password,
-            "MQTT_SENSOR_ACCOUNTS": config.mqtt_sensor_accounts,
-            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{config.kafka_port}",
-            "MONGO_URI": config.mongo_uri,
-            "MONGO_DATABASE": config.mongo_database,
-            # Each sensor keeps what the broker has not acknowledged in <id>.sqlite here.
-            "SENSOR_SPOOL_DIR": str(config.state_dir / "sensor-spool"),
-            **self._tls_env(),
-        }
+        """What the pipeline's services need to connect (includes credentials: do not log it).
 
-    def _tls_env(self) -> dict[str, str]:
-        """With TLS: the CA for every client, Kafka's logins, the page's certificate (see localstack/services.py)."""
-        config = self.config
-        if not config.tls:
-            return {}
-        ca = str(config.tls_file("ca.crt"))
-        env = {
-            "MQTT_TLS_CA_FILE": ca,
-            "KAFKA_TLS_CA_FILE": ca,
-            "KAFKA_SERVER_USERNAME": config.kafka_server_username,
-            "KAFKA_SERVER_PASSWORD": config.kafka_server_password,
-            "KAFKA_MODEL_USERNAME": config.kafka_model_username,
-            "KAFKA_MODEL_PASSWORD": config.kafka_model_password,
-            "DASHBOARD_TLS_CERT_FILE": str(config.tls_file("server.crt")),
-            "DASHBOARD_TLS_KEY_FILE": str(config.tls_file("server.key")),
-        }
-        if config.uses_ferretdb:  # an external MONGO_URI carries its own TLS options
-            env["MONGO_TLS_CA_FILE"] = ca
-        return env
+        MQTT_*, KAFKA_BOOTSTRAP_SERVERS (every Kafka node), MONGO_URI, ... (:func:`localstack.service_env.service_env`).
+        """
+        return service_env(self.config)
 
     def log_path(self, name: str) -> Path:
         """The log file of one server (its stdout and stderr)."""

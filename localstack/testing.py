@@ -67,13 +67,16 @@ def tls_settings(tls_dir: Path) -> dict[str, str]:
 
 @contextmanager
 def throwaway_stack(
-    state_dir: Path, port_base: int, tls_dir: Path | None = None
+    state_dir: Path, port_base: int, tls_dir: Path | None = None, kafka_brokers: int = 1
 ) -> Iterator[tuple[Stack, dict[str, str]]]:
     """Start the servers with :func:`throwaway_settings`; stop them and restore ``os.environ`` on exit.
 
     With ``tls_dir`` (a folder :func:`localstack.tls.make_certificates` wrote) every
     server speaks only TLS, Kafka wants SCRAM logins, and the environment yielded
     carries the CA and the logins for the services (:func:`tls_settings`).
+    ``kafka_brokers=3`` runs a Kafka cluster of three nodes (KAFKA_BROKERS; their
+    ports follow KAFKA_PORT two apart: base+92 to base+97), and the environment
+    then lists all three and asks the services for topics with three replicas.
 
     Yields the stack's handle and the environment the services need (the
     settings plus :meth:`Stack.service_env`; it holds credentials: do not log
@@ -81,6 +84,7 @@ def throwaway_stack(
     caller's environment is ignored.
     """
     settings = throwaway_settings(state_dir, port_base)
+    settings["KAFKA_BROKERS"] = str(kafka_brokers)
     if tls_dir is not None:
         settings.update(tls_settings(tls_dir))
     saved = dict(os.environ)

@@ -117,6 +117,13 @@ def ensure_pipeline_topics(settings: KafkaSettings) -> None:
     )
 
 
+def topic_replication_config(settings: KafkaSettings) -> dict[str, str]:
+    """Topic configs that follow from the replication settings: min.insync.replicas, with more than one replica."""
+    if settings.KAFKA_REPLICATION_FACTOR == 1:
+        return {}  # the broker's default (1), as before there were clusters
+    return {"min.insync.replicas": str(settings.kafka_min_insync_replicas)}
+
+
 def ensure_topics(
     settings: KafkaSettings,
     topics: list[str],
@@ -125,9 +132,14 @@ def ensure_topics(
 ) -> None:
     """Create the topics the service uses, if missing, with KAFKA_NUM_PARTITIONS partitions.
 
+    Each has KAFKA_REPLICATION_FACTOR replicas; with more than one, its
+    ``min.insync.replicas`` is KAFKA_MIN_INSYNC_REPLICAS (by default one less),
+    so a write confirmed to an ``acks=all`` producer is on that many brokers.
     ``configs`` gives topic configs by name (applied when the topic is made).
     Waits (retrying) until Kafka answers, so a service started before Kafka is
-    ready does not crash.
+    ready (or before enough of its brokers are) does not crash; past
+    ``timeout_s`` it raises, naming KAFKA_REPLICATION_FACTOR if too few brokers
+    were up for it.
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -135,6 +147,7 @@ def ensure_topics(
     admin_config: dict[str, Any] = {**security_config(settings), "logger": CLIENT_LOGGER}
     admin = AdminClient(admin_config)
     deadline = time.monotonic() + timeout_s
+    replicated = topic_replication_config(settings)
     while True:
         try:
             existing = set(admin.list_topics(timeout=5).topics)
@@ -146,8 +159,8 @@ def ensure_topics(
                     NewTopic(
                         t,
                         num_partitions=settings.KAFKA_NUM_PARTITIONS,
-                        replication_factor=1,
-                        config=(configs or {}).get(t, {}),
+                        replication_factor=settings.KAFKA_REPLICATION_FACTOR,
+                        config={**replicated, **(configs or {}).get(t, {})},
                     )
                     for t in missing
                 ]
@@ -155,13 +168,26 @@ def ensure_topics(
             for topic, future in futures.items():
                 try:
                     future.result()
-                    logger.info("created Kafka topic %s (%d partitions)", topic, settings.KAFKA_NUM_PARTITIONS)
+                    logger.info(
+                        "created Kafka topic %s (%d partitions, %d replicas)",
+                        topic,
+                        settings.KAFKA_NUM_PARTITIONS,
+                        settings.KAFKA_REPLICATION_FACTOR,
+                    )
                 except KafkaException as error:
                     if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                         raise
             return
         except KafkaException as error:
             if time.monotonic() > deadline:
+                if error.args[0].code() == KafkaError.INVALID_REPLICATION_FACTOR:
+                    raise KafkaException(
+                        KafkaError(
+                            KafkaError.INVALID_REPLICATION_FACTOR,
+                            f"KAFKA_REPLICATION_FACTOR={settings.KAFKA_REPLICATION_FACTOR} is more than the brokers "
+                            f"Kafka has up ({error.args[0].str()})",
+                        )
+                    ) from None
                 raise
             logger.warning("Kafka at %s not ready (%s); retrying", settings.KAFKA_BOOTSTRAP_SERVERS, error)
             time.sleep(1)

@@ -66,6 +66,10 @@ class MqttSettings(_Base):
     MQTT_TLS_KEY_FILE: FilePath | None = None
 
 
+#: The most replicas a topic may ask for (KAFKA_REPLICATION_FACTOR): a cluster of seven brokers.
+MAX_REPLICATION_FACTOR = 7
+
+
 class KafkaSettings(_Base):
     """How to reach Kafka, and the topic names (tests set their own)."""
 
@@ -77,6 +81,11 @@ class KafkaSettings(_Base):
     #: Partitions for topics the pipeline creates: the most model-service
     #: replicas that can share the work.
     KAFKA_NUM_PARTITIONS: int = Field(3, ge=1, le=1000)
+    #: Replicas of each topic the pipeline creates: 1 on one broker, 3 on a cluster of three.
+    KAFKA_REPLICATION_FACTOR: int = Field(1, ge=1, le=MAX_REPLICATION_FACTOR)
+    #: Replicas that must have a write before Kafka confirms it (with acks=all), for the topics the
+    #: pipeline creates; unset: one less than KAFKA_REPLICATION_FACTOR, at least 1.
+    KAFKA_MIN_INSYNC_REPLICAS: int | None = Field(None, ge=1, le=MAX_REPLICATION_FACTOR)
     #: TLS: the CA that signed the brokers' certificates (set it to turn TLS on).
     KAFKA_TLS_CA_FILE: CaFile | None = None
     #: SASL/SCRAM-SHA-512 login (set both to log in; with KAFKA_TLS_CA_FILE: SASL_SSL).
@@ -93,6 +102,25 @@ class KafkaSettings(_Base):
             )
             raise ValueError(f"{given} is set without {missing}: set both (a SCRAM login) or neither")
         return self
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> KafkaSettings:
+        if (
+            self.KAFKA_MIN_INSYNC_REPLICAS is not None
+            and self.KAFKA_MIN_INSYNC_REPLICAS > self.KAFKA_REPLICATION_FACTOR
+        ):
+            raise ValueError(
+                f"KAFKA_MIN_INSYNC_REPLICAS ({self.KAFKA_MIN_INSYNC_REPLICAS}) is more than KAFKA_REPLICATION_FACTOR "
+                f"({self.KAFKA_REPLICATION_FACTOR}): no write could ever be confirmed"
+            )
+        return self
+
+    @property
+    def kafka_min_insync_replicas(self) -> int:
+        """min.insync.replicas of the topics the pipeline creates (KAFKA_MIN_INSYNC_REPLICAS or its default)."""
+        if self.KAFKA_MIN_INSYNC_REPLICAS is not None:
+            return self.KAFKA_MIN_INSYNC_REPLICAS
+        return max(1, self.KAFKA_REPLICATION_FACTOR - 1)
 
     @property
     def kafka_security_protocol(self) -> str:

@@ -1,211 +1,57 @@
-"""Kafka as one KRaft node (broker and controller), jars from Maven Central (``localstack/kafka/pom.xml``).
+"""Kafka as KRaft nodes (each a broker and a controller), jars from Maven Central (``localstack/kafka/pom.xml``).
 
-Its ``server.properties`` is rendered at each start from the one source Compose
-uses: the ``KAFKA_*`` variables of the ``kafka`` service in docker-compose.yml
-(and, with TLS, docker-compose.tls.yml over it), turned into properties as the
-apache/kafka image turns them (:func:`kafka_property`, :func:`image_ssl_files`).
-Only what names a machine differs (:data:`MACHINE_SETTINGS`: listeners on
-127.0.0.1 with this stack's ports, the log directory, the partitions from
-KAFKA_NUM_PARTITIONS); ``localstack/kafka/local.properties`` adds settings
-Compose does not have, and may not change one it has.
+One node (``kafka``) by default; three (``kafka``, ``kafka-2``, ``kafka-3``)
+with KAFKA_BROKERS=3 (:mod:`localstack.cluster`: their ports, data folders and
+static controller quorum). Each node's ``server.properties`` is rendered at
+each start from the one source Compose uses (:mod:`localstack.servers.kafka_properties`):
+the ``kafka`` service of docker-compose.yml, with docker-compose.tls.yml's
+(TLS) or the node's service of docker-compose.cluster.yml (a cluster) over it.
 
-With TLS (STACK_TLS_DIR) clients log in with SCRAM-SHA-512: the broker's own
-user and the bridge's and model service's are written into the storage when it
-is formatted, and the bridge's and the model's passwords are set again at every
-start, once the broker answers (:meth:`Kafka._set_passwords`), so a changed
-password takes effect. The broker's own (KAFKA_BROKER_PASSWORD) stays as it
-was formatted.
+With TLS (STACK_TLS_DIR, one node only) clients log in with SCRAM-SHA-512: the
+broker's own user and the bridge's and model service's are written into the
+storage when it is formatted, and the bridge's and the model's passwords are
+set again at every start, once the broker answers (:meth:`Kafka._set_passwords`),
+so a changed password takes effect. The broker's own (KAFKA_BROKER_PASSWORD)
+stays as it was formatted.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
-import re
 import subprocess
-import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import yaml
-
-from localstack.config import PACKAGE_DIR, REPO_ROOT, StackError, component_versions
+from localstack.cluster import KafkaNode, kafka_nodes, node_name
+from localstack.config import PACKAGE_DIR, StackConfig, StackError, component_versions
 from localstack.process import base_env, find_executable, port_open
 from localstack.servers.base import Server
+from localstack.servers.kafka_properties import (
+    COMPOSE_CLUSTER_FILE,
+    COMPOSE_FILE,
+    COMPOSE_TLS_FILE,
+    LOCAL_PROPERTIES,
+    MACHINE_SETTINGS,
+    compose_kafka_settings,
+    kafka_cluster_id,
+    kafka_property,
+    parse_properties,
+    render_kafka_properties,
+)
 
-#: The file whose ``kafka`` service configures the broker, in Docker and here.
-COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-#: Compose's TLS override: its kafka service's variables replace those of COMPOSE_FILE when TLS is on.
-COMPOSE_TLS_FILE = REPO_ROOT / "docker-compose.tls.yml"
-#: Where the apache/kafka image reads its keystore and credentials files (the ./tls folder in Compose).
-IMAGE_SECRETS_DIR = "/etc/kafka/secrets/"
-#: Image variables naming a file in IMAGE_SECRETS_DIR: the property each sets, and whether to the file's path
-#: or to its content (a password).
-IMAGE_SSL_FILES = {
-    "KAFKA_SSL_KEYSTORE_FILENAME": ("ssl.keystore.location", "path"),
-    "KAFKA_SSL_KEYSTORE_CREDENTIALS": ("ssl.keystore.password", "content"),
-    "KAFKA_SSL_KEY_CREDENTIALS": ("ssl.key.password", "content"),
-    "KAFKA_SSL_TRUSTSTORE_FILENAME": ("ssl.truststore.location", "path"),
-    "KAFKA_SSL_TRUSTSTORE_CREDENTIALS": ("ssl.truststore.password", "content"),
-}
-#: What only the local stack sets (see its header).
-LOCAL_PROPERTIES = PACKAGE_DIR / "kafka" / "local.properties"
-#: Compose settings that name Compose's machine; the local stack gives its own values.
-MACHINE_SETTINGS = ("listeners", "advertised.listeners", "controller.quorum.voters", "log.dirs", "num.partitions")
-#: Listener ports in Compose -> the local stack's variable that replaces each.
-KAFKA_LISTENERS = {"9092": "KAFKA_PORT", "9093": "KAFKA_CONTROLLER_PORT"}
-#: KAFKA_* variables the apache/kafka image reads itself rather than as broker properties.
-_NOT_PROPERTIES = {
-    "KAFKA_HEAP_OPTS",
-    "KAFKA_OPTS",
-    "KAFKA_JVM_PERFORMANCE_OPTS",
-    "KAFKA_GC_LOG_OPTS",
-    "KAFKA_JMX_OPTS",
-    "KAFKA_LOG4J_OPTS",
-    "KAFKA_LOG4J_LOGGERS",
-    "KAFKA_LOG4J_ROOT_LOGLEVEL",
-    "KAFKA_TOOLS_LOG4J_LOGLEVEL",
-    "KAFKA_VERSION",
-}
-
-
-def kafka_property(variable: str) -> str:
-    """The broker property of a ``KAFKA_*`` variable, as the apache/kafka image maps it.
-
-    ``KAFKA_`` goes, the rest is lower-cased, ``___`` becomes ``-``, ``__`` ``_`` and ``_`` ``.``:
-    ``KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR`` is ``offsets.topic.replication.factor``.
-    """
-    name = variable.removeprefix("KAFKA_").lower()
-    return name.replace("___", "-").replace("__", "\0").replace("_", ".").replace("\0", "_")
-
-
-def _kafka_environment(compose_text: str, file: str) -> dict[str, str]:
-    service = (yaml.safe_load(compose_text).get("services") or {}).get("kafka")
-    if not service:
-        raise StackError(f"{file} has no kafka service to take the broker's settings from")
-    environment = service.get("environment") or {}
-    if isinstance(environment, list):  # the `- NAME=value` form
-        environment = dict(item.split("=", 1) for item in environment)
-    return {str(k): str(v) for k, v in environment.items()}
-
-
-_INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?::?[?-][^}]*)?\}")
-
-
-def compose_kafka_settings(
-    compose_text: str,
-    override_text: str | None = None,
-    *,
-    variables: Mapping[str, str] | None = None,
-    secrets_dir: Path | None = None,
-) -> dict[str, str]:
-    """The properties Compose gives its broker: the kafka service's KAFKA_* variables, in file order.
-
-    ``override_text`` (docker-compose.tls.yml) replaces variables and adds its own,
-    as ``docker compose -f docker-compose.yml -f docker-compose.tls.yml`` merges
-    them. ``${NAME...}`` is filled from ``variables``; without a value for NAME it
-    is refused. The image's SSL file variables (:data:`IMAGE_SSL_FILES`) and paths
-    under /etc/kafka/secrets/ point into ``secrets_dir``, as the image's mount does.
-    """
-    environment = _kafka_environment(compose_text, "docker-compose.yml")
-    if override_text is not None:
-        environment.update(_kafka_environment(override_text, "docker-compose.tls.yml"))
-    settings: dict[str, str] = {}
-    for variable, text in environment.items():
-        if not variable.startswith("KAFKA_") or variable in _NOT_PROPERTIES:
-            continue
-
-        def fill(match: re.Match[str], variable: str = variable) -> str:
-            if variables is None or match["name"] not in variables:
-                raise StackError(
-                    f"docker-compose: kafka's {variable} uses ${{{match['name']}}}, which localstack has no value for"
-                )
-            return variables[match["name"]]
-
-        text = _INTERPOLATION.sub(fill, text)
-        if "${" in text:
-            raise StackError(f"docker-compose: kafka's {variable} uses interpolation, which localstack cannot follow")
-        if variable in IMAGE_SSL_FILES or text.startswith(IMAGE_SECRETS_DIR):
-            if secrets_dir is None:
-                raise StackError(f"docker-compose: kafka's {variable} names a TLS file, and TLS is off here")
-            if variable in IMAGE_SSL_FILES:
-                key, kind = IMAGE_SSL_FILES[variable]
-                file = secrets_dir / text
-                settings[key] = str(file) if kind == "path" else file.read_text().strip()
-                continue
-            text = str(secrets_dir / text.removeprefix(IMAGE_SECRETS_DIR))
-        settings[kafka_property(variable)] = text
-    return settings
-
-
-def parse_properties(text: str) -> dict[str, str]:
-    """``key=value`` lines of a .properties file (comments and blank lines skipped), in order."""
-    result: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")):
-            key, _, value = line.partition("=")
-            result[key.strip()] = value.strip()
-    return result
-
-
-def _local_listeners(value: str, ports: Mapping[str, int]) -> str:
-    """Compose's ``NAME://host:port,...`` with each host 127.0.0.1 and each port this stack's."""
-
-    def replace(match: re.Match[str]) -> str:
-        port = match["port"]
-        if port not in KAFKA_LISTENERS:
-            raise StackError(
-                f"docker-compose.yml: kafka listens on {port}; localstack knows only {list(KAFKA_LISTENERS)}"
-            )
-        return f"{match['name']}://127.0.0.1:{ports[KAFKA_LISTENERS[port]]}"
-
-    return re.sub(r"(?P<name>[A-Za-z0-9_]+)://[^,:]*:(?P<port>\d+)", replace, value)
-
-
-def render_kafka_properties(
-    compose: Mapping[str, str], local_text: str, ports: Mapping[str, int], *, num_partitions: int, log_dirs: Path
-) -> str:
-    """The local ``server.properties``: Compose's settings with this machine's, then ``local_text``.
-
-    ``ports`` maps KAFKA_PORT and KAFKA_CONTROLLER_PORT to this stack's ports.
-    """
-    missing = [key for key in MACHINE_SETTINGS if key not in compose and key != "log.dirs"]
-    if missing:
-        raise StackError(f"docker-compose.yml: the kafka service sets none of {missing}")
-    lines = ["# Rendered by localstack/servers/kafka.py from docker-compose.yml (service kafka) at each start."]
-    for key, value in compose.items():
-        if key in ("listeners", "advertised.listeners"):
-            value = _local_listeners(value, ports)
-        elif key == "controller.quorum.voters":
-            # The same one voter, in the form `kafka-storage format --standalone` needs.
-            key, value = "controller.quorum.bootstrap.servers", f"127.0.0.1:{ports['KAFKA_CONTROLLER_PORT']}"
-        elif key == "log.dirs":
-            value = str(log_dirs)
-        elif key == "num.partitions":
-            value = str(num_partitions)
-        lines.append(f"{key}={value}")
-    if "log.dirs" not in compose:
-        lines.append(f"log.dirs={log_dirs}")
-    local = parse_properties(local_text)
-    clash = sorted(set(local) & (set(compose) | {"controller.quorum.bootstrap.servers", "log.dirs"}))
-    if clash:
-        raise StackError(
-            f"localstack/kafka/local.properties sets {clash}, which docker-compose.yml sets: change it there"
-        )
-    lines.append("# localstack/kafka/local.properties")
-    lines += [f"{key}={value}" for key, value in local.items()]
-    return "\n".join(lines) + "\n"
-
-
-def kafka_cluster_id() -> str:
-    """A random cluster id like ``kafka-storage random-uuid`` (base64url, 22 chars, no leading '-')."""
-    while True:
-        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        if not value.startswith("-"):  # it would be read as an option
-            return value
+# What tests and other modules import from here.
+__all__ = [
+    "COMPOSE_CLUSTER_FILE",
+    "COMPOSE_FILE",
+    "LOCAL_PROPERTIES",
+    "MACHINE_SETTINGS",
+    "Kafka",
+    "compose_kafka_settings",
+    "kafka_property",
+    "parse_properties",
+    "render_kafka_properties",
+]
 
 
 class Kafka(Server):
@@ -213,13 +59,31 @@ class Kafka(Server):
     ready_timeout = 180.0  # JVM start and log recovery after a kill -9, on 2 cores
     started_marker = "Kafka Server started"
 
+    def __init__(self, config: StackConfig, node_id: int = 1) -> None:
+        super().__init__(config)
+        self.node_id = node_id
+        self.name = node_name(node_id)
+
+    @property
+    def node(self) -> KafkaNode:
+        """This node's id and ports (a node past KAFKA_BROKERS, left running by an earlier stack, too)."""
+        nodes = kafka_nodes(
+            max(self.node_id, self.config.kafka_brokers), self.config.kafka_port, self.config.kafka_controller_port
+        )
+        return nodes[self.node_id - 1]
+
+    @property
+    def cluster(self) -> list[KafkaNode]:
+        """Every node of the stack's cluster (empty with one node: it is formatted --standalone)."""
+        return self.config.kafka_nodes() if self.config.kafka_brokers > 1 else []
+
     @property
     def port(self) -> int:
-        return self.config.kafka_port
+        return self.node.port
 
     @property
     def ports(self) -> dict[str, int]:
-        return {"KAFKA_PORT": self.config.kafka_port, "KAFKA_CONTROLLER_PORT": self.config.kafka_controller_port}
+        return self.node.port_variables()
 
     @property
     def lib_dir(self) -> Path:
@@ -235,8 +99,30 @@ class Kafka(Server):
         return self.config.data_dir(self.name) / "kraft-logs"
 
     def render(self) -> str:
-        """This stack's server.properties (see the module's docstring)."""
+        """This node's server.properties (see the module's docstring)."""
         config = self.config
+        node = self.node
+        local_ports = {"KAFKA_PORT": node.port, "KAFKA_CONTROLLER_PORT": node.controller_port}
+        if self.cluster:
+            compose = compose_kafka_settings(
+                COMPOSE_FILE.read_text(),
+                COMPOSE_CLUSTER_FILE.read_text(),
+                service=self.name,
+                override_file=COMPOSE_CLUSTER_FILE.name,
+            )
+            if compose.get("node.id") != str(self.node_id):
+                raise StackError(
+                    f"{COMPOSE_CLUSTER_FILE.name}: service {self.name} has KAFKA_NODE_ID {compose.get('node.id')}, "
+                    f"not {self.node_id}"
+                )
+            return render_kafka_properties(
+                compose,
+                LOCAL_PROPERTIES.read_text(),
+                local_ports,
+                num_partitions=config.kafka_num_partitions,
+                log_dirs=self.log_dirs,
+                cluster=self.cluster,
+            )
         compose = (
             compose_kafka_settings(
                 COMPOSE_FILE.read_text(),
@@ -250,7 +136,7 @@ class Kafka(Server):
         return render_kafka_properties(
             compose,
             LOCAL_PROPERTIES.read_text(),
-            self.ports,
+            local_ports,
             num_partitions=self.config.kafka_num_partitions,
             log_dirs=self.log_dirs,
         )
@@ -287,9 +173,17 @@ class Kafka(Server):
                     "(the broker's, the bridge's, the model's). Delete that directory (its topics are lost) "
                     "to start Kafka with TLS, or unset STACK_TLS_DIR"
                 )
+            self._check_formatted_for(len(self.cluster) or 1)
             return  # formatted once per data directory; formatting again would fail
         log.write(b"localstack: formatting Kafka storage\n")
         log.flush()
+        # One node: a dynamic quorum of itself. A cluster: Compose's static voters, formatted as the
+        # apache/kafka image formats them (no quorum option), with the id every node shares.
+        quorum = (
+            ["--cluster-id", self._cluster_id()]
+            if self.cluster
+            else ["--standalone", "--cluster-id", kafka_cluster_id()]
+        )
         result = subprocess.run(
             [
                 self._java(),
@@ -297,9 +191,7 @@ class Kafka(Server):
                 *self._jvm_common(),
                 "kafka.tools.StorageTool",
                 "format",
-                "--standalone",
-                "--cluster-id",
-                kafka_cluster_id(),
+                *quorum,
                 "--config",
                 str(self.properties),
                 *self._scram_users(),
@@ -315,6 +207,31 @@ class Kafka(Server):
             raise StackError(f"kafka: formatting the storage in {self.log_dirs} failed (exit {result.returncode})")
         if self.config.tls:
             self.scram_stamp.write_text("formatted with the SCRAM users of STACK_TLS_DIR\n")
+        self.brokers_stamp.write_text(f"{len(self.cluster) or 1}\n")
+
+    @property
+    def brokers_stamp(self) -> Path:
+        """How many nodes the storage was formatted for (none: one, as before KAFKA_BROKERS)."""
+        return self.config.data_dir(self.name) / "brokers"
+
+    def _check_formatted_for(self, brokers: int) -> None:
+        """Refuse data formatted for another number of nodes: its quorum would never form."""
+        stamp = self.brokers_stamp
+        formatted = int(stamp.read_text().strip() or 1) if stamp.exists() else 1
+        if formatted != brokers:
+            raise StackError(
+                f"{self.name}: the data in {self.log_dirs} was formatted for {formatted} Kafka node(s), and "
+                f"KAFKA_BROKERS is {brokers}: set KAFKA_BROKERS={formatted}, or delete "
+                f"{self.config.state_dir / 'data'}/kafka* (their topics are lost)"
+            )
+
+    def _cluster_id(self) -> str:
+        """The id all nodes of the cluster are formatted with, kept beside the first node's data."""
+        path = self.config.data_dir("kafka") / "cluster-id"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(kafka_cluster_id() + "\n")
+        return path.read_text().strip()
 
     @property
     def scram_stamp(self) -> Path:
@@ -342,7 +259,7 @@ class Kafka(Server):
 
     def client_config(self) -> dict[str, Any]:
         """What a client of this broker needs to connect (with TLS: the CA and the broker's own login)."""
-        config: dict[str, Any] = {"bootstrap.servers": f"127.0.0.1:{self.config.kafka_port}"}
+        config: dict[str, Any] = {"bootstrap.servers": self.node.address}
         if self.config.tls:
             config.update(
                 {
@@ -374,7 +291,7 @@ class Kafka(Server):
         ]
 
     def probe(self) -> bool:
-        if not port_open(self.config.kafka_port):
+        if not port_open(self.node.port):
             return False  # spare librdkafka's connection-refused noise
         from confluent_kafka.admin import AdminClient
 
@@ -390,7 +307,8 @@ class Kafka(Server):
                 self._set_passwords(admin)
         except Exception:  # KafkaException, or a timeout while the broker settles
             return False
-        return bool(metadata.brokers)
+        # A node of a cluster is ready once it is a live broker of it (registered, unfenced).
+        return self.node_id in metadata.brokers
 
     #: SCRAM iterations of the passwords set at each start (the formatter uses 4096).
     SCRAM_ITERATIONS = 8192
