@@ -14,7 +14,8 @@ readings at or under 1 s is exact. A phase is *sustainable* when the
 publishers reached 95 % of the rate and every prediction was stored within
 5 s of the last publish.
 
-**Memory (4).** VmRSS and VmHWM of each service process (/proc/<pid>/status),
+**Memory (4)**, sampled and reported by :mod:`bench.memory` while this module
+runs the load. VmRSS and VmHWM of each service process (/proc/<pid>/status),
 sampled every second during (3), and every 5 s during a soak at 500
 readings/s (``--soak-minutes``, 20 by default, 1 with ``--quick``); the
 growth is the least-squares slope of RSS over the soak after its first fifth,
@@ -30,17 +31,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import Bench, run_standalone, wait_until
 from bench.load import publish
-from bench.machine import CpuMeter, memory_mb
+from bench.machine import CpuMeter
+from bench.memory import SOAK_MINUTES, SOAK_RATE, Sampler, report_memory
 from bench.namespace import Namespace
-from bench.probes import fraction_within, histogram, histogram_delta, metric, quantile, scrape, slope_per_minute
+from bench.probes import fraction_within, histogram, histogram_delta, metric, quantile, scrape
 from bench.report import Table, write_result
 from localstack.services import ServiceProcess
 
@@ -55,69 +54,26 @@ STAGES = {
     "pipeline_scored_to_stored_seconds": "scored -> prediction stored (bridge)",
 }
 MODEL_STAGES = ("pipeline_stored_to_scored_seconds",)
-#: How the memory tables name each service process.
-LABELS = {
-    "Server": "Server (bridge)",
-    "Models_analysis": "Models_analysis",
-    "Data_collection": "Data_collection (sensor)",
-}
 TARGET_RATE = 1000
 TARGET_P99_S = 1.0
-SOAK_RATE = 500
-SOAK_MINUTES = 20.0
 #: Drained: every reading published in the phase stored, and predictions this close behind.
 DRAIN_SLACK = 25
 DRAIN_LIMIT_S = 5.0
 
 
-@dataclass
-class Sampler:
-    """Samples each service's VmRSS and VmHWM in a thread: (seconds since start, rss MB, hwm MB) per service."""
-
-    services: list[ServiceProcess]
-    every_s: float
-    samples: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> Sampler:
-        self._started = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while True:
-            self.sample()
-            if self._stop.wait(self.every_s):
-                return
-
-    def sample(self) -> None:
-        now = time.monotonic() - self._started
-        for service in self.services:
-            if service.process is not None:
-                rss, hwm = memory_mb(service.process.pid)
-                self.samples.setdefault(LABELS.get(service.module, service.name), []).append((now, rss, hwm))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.sample()
-
-
 class Pipeline:
     """The services of the end-to-end run and the state that carries from phase to phase."""
 
-    def __init__(self, bench: Bench, namespace: Namespace) -> None:
+    def __init__(self, bench: Bench, namespace: Namespace, ready_timeout_s: float = 120.0, **model: str) -> None:
+        """Start the services and wait until each is ready; ``model``: settings of the model service."""
         self.bench = bench
         self.namespace = namespace
         self.sensors = namespace.sensor_ids(SENSORS)
         self.server = namespace.start_server()
-        self.model = namespace.start_model()
+        self.model = namespace.start_model(1, **model)
         self.real_sensor = namespace.start_sensor(f"{namespace.name}-real", SENSOR_INTERVAL_S="0.2")
         for process in (self.server, self.model, self.real_sensor):
-            namespace.wait_ready(process)
+            namespace.wait_ready(process, timeout_s=ready_timeout_s)
         self.next_reading = 0
 
     @property
@@ -191,54 +147,6 @@ class Pipeline:
             "sustainable": achieved >= 0.95 * rate and drain_s <= DRAIN_LIMIT_S,
             "cpu_cores": cores,
         }
-
-
-def _memory_rows(sampler: Sampler) -> tuple[list[list[Any]], dict[str, Any]]:
-    rows, figures = [], {}
-    for name, samples in sampler.samples.items():
-        rss = [s[1] for s in samples if s[1] == s[1]]
-        if not rss:
-            continue
-        entry = {
-            "first_mb": rss[0],
-            "steady_mb": statistics.median(rss),
-            "peak_rss_mb": max(rss),
-            "hwm_mb": max(s[2] for s in samples if s[2] == s[2]),
-        }
-        figures[name] = entry
-        rows.append([name, entry["first_mb"], entry["steady_mb"], entry["peak_rss_mb"], entry["hwm_mb"]])
-    return rows, figures
-
-
-def _soak_rows(sampler: Sampler, minutes: float) -> tuple[list[list[Any]], dict[str, Any]]:
-    rows, figures = [], {}
-    warm = minutes * 60 / 5
-    for name, samples in sampler.samples.items():
-        points = [(t, rss) for t, rss, _ in samples if rss == rss]
-        if not points:
-            continue
-        settled = [p for p in points if p[0] >= warm]
-        half = [p for p in points if p[0] >= minutes * 30]
-        entry = {
-            "start_mb": points[0][1],
-            "end_mb": points[-1][1],
-            "peak_mb": max(s[2] for s in samples if s[2] == s[2]),
-            "slope_mb_per_min": slope_per_minute(settled),
-            "slope_second_half_mb_per_min": slope_per_minute(half),
-            "samples": [[round(t, 1), round(rss, 2)] for t, rss in points],
-        }
-        figures[name] = entry
-        rows.append(
-            [
-                name,
-                entry["start_mb"],
-                entry["end_mb"],
-                entry["peak_mb"],
-                entry["slope_mb_per_min"],
-                entry["slope_second_half_mb_per_min"],
-            ]
-        )
-    return rows, figures
 
 
 def _rates(bench: Bench) -> tuple[list[float], list[float], list[float]]:
@@ -338,41 +246,14 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
             if phases[-1]["sustainable"] != going_up:
                 break
         sampler.stop()
-        memory_rows, memory_during = _memory_rows(sampler)
         e2e_figures = _report_e2e(bench, phases, duration)
 
         print(f"[memory] soak: {SOAK_RATE} readings/s for {soak_minutes:g} min ...", flush=True)
         soak_sampler = Sampler(pipeline.services, every_s=5.0).start()
         soak = pipeline.phase(SOAK_RATE, soak_minutes * 60)
         soak_sampler.stop()
-        soak_rows, soak_figures = _soak_rows(soak_sampler, soak_minutes)
 
-    memory_tables = [
-        Table(
-            "Memory during the end-to-end run (MB)",
-            ["service", "RSS at start", "RSS steady (median)", "RSS max", "VmHWM (peak)"],
-            memory_rows,
-            ["sampled every second from /proc/<pid>/status; the sensor is the real Data_collection process"],
-        ),
-        Table(
-            f"Memory over a {soak_minutes:g}-minute soak at {SOAK_RATE} readings/s (MB)",
-            ["service", "RSS at start", "RSS at end", "VmHWM (peak)", "slope MB/min", "slope, 2nd half"],
-            soak_rows,
-            [
-                f"slope: least squares over the soak after its first fifth, sampled every 5 s; soak p99 "
-                f"{soak['p99_s']:.2f} s, achieved {soak['achieved_rate']:.0f}/s",
-            ],
-        ),
-    ]
-    memory_figures = {
-        "during_e2e": memory_during,
-        "soak": soak_figures,
-        "soak_minutes": soak_minutes,
-        "soak_rate": SOAK_RATE,
-        "soak_latency": {k: v for k, v in soak.items() if k != "histogram"},
-        "quick": bench.quick,
-    }
-    write_result(bench.results_dir, "memory", memory_figures, memory_tables)
+    memory_figures = report_memory(bench, sampler, soak_sampler, soak, soak_minutes)
     return {"e2e": e2e_figures, "memory": memory_figures}
 
 
