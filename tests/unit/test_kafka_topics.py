@@ -165,3 +165,37 @@ def test_clients_back_off_from_200_ms_to_10_s_between_reconnects_and_log_through
 def test_the_producer_batches_for_5_ms_and_compresses_with_lz4() -> None:
     config = producer_config(SETTINGS, "c")
     assert (config["linger.ms"], config["compression.type"]) == (5, "lz4")
+
+
+def test_on_a_cluster_topics_get_the_replicas_asked_for_and_writes_wait_for_all_but_one() -> None:
+    cluster = SETTINGS.model_copy(update={"KAFKA_REPLICATION_FACTOR": 3})
+    admin = run_with(FakeAdmin({}), lambda: ensure_pipeline_topics(cluster))
+    made = {t.topic: (t.replication_factor, t.config) for t in admin.created}
+    assert made == {
+        "r": (3, {"min.insync.replicas": "2"}),
+        "p": (3, {"min.insync.replicas": "2"}),
+        "d": (3, {"min.insync.replicas": "2", "retention.bytes": "268435456"}),
+        "a": (3, {"min.insync.replicas": "2"}),
+    }
+    strict = SETTINGS.model_copy(update={"KAFKA_REPLICATION_FACTOR": 3, "KAFKA_MIN_INSYNC_REPLICAS": 3})
+    admin = run_with(FakeAdmin({}), lambda: ensure_topics(strict, ["r"]))
+    assert [(t.replication_factor, t.config) for t in admin.created] == [(3, {"min.insync.replicas": "3"})]
+    two = SETTINGS.model_copy(update={"KAFKA_REPLICATION_FACTOR": 2})
+    admin = run_with(FakeAdmin({}), lambda: ensure_topics(two, ["r"]))
+    assert [(t.replication_factor, t.config) for t in admin.created] == [(2, {"min.insync.replicas": "1"})]
+
+
+def test_too_few_brokers_for_the_replicas_fails_the_start_naming_the_variable(clock: FakeTime, caplog: Any) -> None:
+    caplog.set_level(logging.CRITICAL)
+    cluster = SETTINGS.model_copy(update={"KAFKA_REPLICATION_FACTOR": 3})
+    admin = FakeAdmin({}, create_errors={"r": [KafkaError(KafkaError.INVALID_REPLICATION_FACTOR)] * 100})
+    with pytest.raises(KafkaException) as caught:
+        run_with(admin, lambda: ensure_topics(cluster, ["r"], timeout_s=3))
+    error = caught.value.args[0]
+    assert error.code() == KafkaError.INVALID_REPLICATION_FACTOR
+    assert "KAFKA_REPLICATION_FACTOR=3 is more than the brokers Kafka has up" in error.str()
+    assert clock.sleeps == [1, 1, 1, 1], "retried like any other refusal until the deadline"
+    other = FakeAdmin({}, create_errors={"r": [KafkaError(KafkaError.POLICY_VIOLATION)] * 100})
+    with pytest.raises(KafkaException) as caught:
+        run_with(other, lambda: ensure_topics(cluster, ["r"], timeout_s=0))
+    assert caught.value.args[0].code() == KafkaError.POLICY_VIOLATION, "another refusal is raised as it came"
