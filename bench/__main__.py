@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import backtest, bridge, e2e, kafka_clients, outage, scoring, storage
+from bench import backtest, bridge, e2e, kafka_clients, outage, peer, scoring, storage
 from bench.common import add_common_arguments, bench_stack, setup_logging
 
 BENCHMARKS = {
     "scoring": scoring.run,
     "bridge": bridge.run,
+    "peer": peer.run,
     "kafka_clients": kafka_clients.run,
     "outage": outage.run,
     "e2e": e2e.run,
