@@ -42,9 +42,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import Bench, run_standalone
 from bench.load import publish
-from bench.machine import CpuMeter
+from bench.machine import CpuMeter, process_cpu_seconds
 from bench.namespace import Namespace, clear_session
-from bench.probes import metric, scrape
+from bench.probes import metric, scrape, topic_reader
 from bench.report import Table, write_result
 from localstack.services import ROOT
 from pipeline import contract
@@ -55,7 +55,6 @@ PACED_RATE = 1000
 #: The bridge's target against the peer (issue #15): at least Telegraf's rate.
 TARGET = 1.0
 TELEGRAF_GO_MOD = ROOT / "localstack" / "telegraf" / "go.mod"
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- Telegraf's configuration
@@ -197,15 +196,6 @@ def render_telegraf_config(config: TelegrafConfig) -> str:
 # --------------------------------------------------------------------------- the two sides
 
 
-def _process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process so far (nan once it has gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
 class Telegraf:
     """One Telegraf process reading this namespace's MQTT readings into its Kafka topic."""
 
@@ -299,14 +289,7 @@ def distinct_ids_in_kafka(bootstrap: str, topic: str, telegraf: bool) -> tuple[i
         total = marks.count(topic)
     finally:
         marks.close()
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-peer-check-{time.time_ns()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
+    consumer = topic_reader(bootstrap)
     ids: set[str] = set()
     records = 0
     try:
@@ -347,12 +330,12 @@ def telegraf_saturated(bench: Bench, count: int, publishers: int) -> dict[str, A
         time.sleep(3)  # connect and subscribe (Telegraf reports neither)
         if not telegraf.alive():
             raise RuntimeError(f"telegraf exited:\n{telegraf.log_tail()}")
-        cpu_before = _process_cpu_s(telegraf.pid)
+        cpu_before = process_cpu_seconds(telegraf.pid)
         report = publish(bench.env, namespace.sensor_ids(SENSORS), processes=publishers, per_sensor=count // SENSORS)
         if report.errors:
             raise RuntimeError(f"publishers failed: {report.errors}")
         finished = _wait_count(lambda: marks.count(telegraf.topic), report.sent, max(120.0, count / 50), telegraf.alive)
-        cpu = _process_cpu_s(telegraf.pid) - cpu_before
+        cpu = process_cpu_seconds(telegraf.pid) - cpu_before
     except RuntimeError as error:
         raise RuntimeError(f"telegraf: {error}; log {telegraf.log_path}:\n{telegraf.log_tail()}") from None
     finally:
@@ -376,7 +359,7 @@ def bridge_saturated(bench: Bench, count: int, publishers: int) -> dict[str, Any
         server = namespace.start_server()
         namespace.wait_ready(server)
         assert server.process is not None
-        cpu_before = _process_cpu_s(server.process.pid)
+        cpu_before = process_cpu_seconds(server.process.pid)
         report = publish(bench.env, namespace.sensor_ids(SENSORS), processes=publishers, per_sensor=count // SENSORS)
         if report.errors:
             raise RuntimeError(f"publishers failed: {report.errors}")
@@ -386,7 +369,7 @@ def bridge_saturated(bench: Bench, count: int, publishers: int) -> dict[str, Any
             max(120.0, count / 50),
             lambda: server.alive,
         )
-        cpu = _process_cpu_s(server.process.pid) - cpu_before
+        cpu = process_cpu_seconds(server.process.pid) - cpu_before
     records, distinct = distinct_ids_in_kafka(
         bench.env["KAFKA_BOOTSTRAP_SERVERS"], namespace.topics["KAFKA_TOPIC_READINGS"], telegraf=False
     )
@@ -411,12 +394,12 @@ def _paced(
     """PACED_RATE readings/s for ``seconds`` from PACED_SENSORS sensors; CPU of ``pid`` and of the stack."""
     before = arrived()
     meter = CpuMeter().start()
-    cpu_before = _process_cpu_s(pid)
+    cpu_before = process_cpu_seconds(pid)
     report = publish(bench.env, namespace.sensor_ids(PACED_SENSORS), processes=4, rate=PACED_RATE, duration_s=seconds)
     if report.errors:
         raise RuntimeError(f"publishers failed: {report.errors}")
     _wait_count(lambda: arrived() - before, report.sent, 120.0, alive)
-    cpu = _process_cpu_s(pid) - cpu_before
+    cpu = process_cpu_seconds(pid) - cpu_before
     cores = meter.stop()
     return {"sent": report.sent, "cpu_s": cpu, "cpu_ms_per_reading": 1000 * cpu / report.sent, "stack_cores": cores}
 
