@@ -1,0 +1,207 @@
+"""A network partition: one bridge cut off from Kafka for 30 s, nothing killed, then healed.
+
+One bridge runs in a network namespace of its own (tests/netns.py): it reaches
+Mosquitto, FerretDB and Kafka at the same 127.0.0.1 addresses as outside,
+through forwarders, and Kafka's path can be cut silently (every packet dropped
+both ways: no reset, no closed socket, as when a cable is pulled or a switch
+dies). A second bridge in the same shared subscription runs outside and keeps
+its path. Sensors publish throughout; the cut starts once both bridges store
+readings and lasts 30 s. Afterwards every reading and every prediction must be
+in MongoDB exactly once, every sensor must have had every reading acknowledged,
+every Kafka consumer group must have committed everything, and Kafka must hold
+no copy of any reading id (the README allows copies only after a process is
+killed, and nothing was).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localstack.services import server_env
+from pipeline import contract
+from tests import netns
+from tests.conftest import Pipeline, free_port, wait_for
+from tests.faults.test_faults import copies
+from tests.helpers import ARTIFACTS, uncommitted
+
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.skipif(netns.available() is not None, reason=f"network namespaces: {netns.available()}"),
+]
+
+SENSORS = 4
+PER_SENSOR = 1_500
+INTERVAL_S = "0.02"  # 4 sensors x ~50/s: about 30 s of readings, most of them during the cut
+CUT_S = 30.0
+
+
+def metric(port: str, name: str) -> float:
+    """One unlabelled sample from a service's /metrics (0 when it is absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def kafka_ready(port: str) -> bool | None:
+    """The bridge's /readyz Kafka check (None when /readyz does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return bool(json.load(response)["checks"]["kafka"])
+    except urllib.error.HTTPError as error:
+        return bool(json.load(error)["checks"]["kafka"])
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def cut_off(pipeline: Pipeline) -> Iterator[netns.Namespace]:
+    """A namespace whose Kafka path can be cut; healed, its bridge stopped and everything removed after the test."""
+    env = pipeline.stack.env
+    namespace = netns.Namespace(
+        ports=[int(env["MQTT_PORT"]), int(env["MONGO_PORT"])],
+        cut_ports=[int(env["KAFKA_PORT"])],
+        log_dir=ARTIFACTS / "logs" / "test_partition",
+    )
+    try:
+        yield namespace
+    finally:
+        if namespace.is_cut:
+            namespace.heal()
+        for process in pipeline.processes:
+            if isinstance(process, netns.NamespacedService):
+                process.stop()
+        namespace.close()
+
+
+def start_bridge_inside(pipeline: Pipeline, namespace: netns.Namespace) -> netns.NamespacedService:
+    """Replica 1 of the bridge, as Pipeline.start_server makes it, run inside ``namespace``; ready."""
+    health = free_port()
+    namespace.reverse_ports.append(health)
+    namespace.open()
+    env = server_env(
+        pipeline.stack.env,
+        **pipeline.topics,
+        MQTT_CLIENT_ID=f"{pipeline.name}-bridge-1",
+        MQTT_SHARE_GROUP=f"{pipeline.name}-bridge",
+        KAFKA_RESULTS_GROUP_ID=f"{pipeline.name}-results",
+        LOG_LEVEL="DEBUG" if os.environ.get("PIPELINE_TEST_DEBUG") else "INFO",
+        HEALTH_PORT=str(health),
+    )
+    bridge = netns.NamespacedService(
+        "server-1", "Server", env, pipeline.log_dir / "server-1.log", namespace=namespace.name
+    )
+    bridge.start()
+    pipeline.processes.append(bridge)
+    pipeline.wait_ready(bridge)
+    return bridge
+
+
+def test_a_bridge_cut_off_from_kafka_for_30_s_loses_nothing_and_doubles_nothing(
+    pipeline: Pipeline, cut_off: netns.Namespace
+) -> None:
+    inside = start_bridge_inside(pipeline, cut_off)
+    outside = pipeline.start_server(replica=2)
+    pipeline.start_model()
+    sensors = [
+        pipeline.start_sensor(n, SENSOR_MAX_READINGS=str(PER_SENSOR), SENSOR_INTERVAL_S=INTERVAL_S, SENSOR_LOOP="false")
+        for n in range(1, SENSORS + 1)
+    ]
+    stored = "pipeline_readings_stored_total"
+    inside_port, outside_port = inside.env["HEALTH_PORT"], outside.env["HEALTH_PORT"]
+    wait_for(
+        lambda: metric(inside_port, stored) > 0 and metric(outside_port, stored) > 0,
+        60,
+        "both bridges to store readings",
+        pipeline.logs,
+    )
+    log_before = inside.log_path.stat().st_size
+    assert all(s.alive for s in sensors), "the stream ended before the cut; raise PER_SENSOR"
+
+    cut_off.cut()
+    cut_at = time.monotonic()
+    outside_at_cut = metric(outside_port, "pipeline_readings_forwarded_total")
+    inside_at_cut = metric(inside_port, "pipeline_readings_received_total")
+    cut_clock = time.strftime("%H:%M:%S")
+    timeline: list[tuple[float, bool | None]] = []
+    forwarded_inside: list[float] = []
+    while time.monotonic() - cut_at < CUT_S:  # the fault lasts CUT_S; meanwhile record what /readyz says
+        timeline.append((round(time.monotonic() - cut_at, 1), kafka_ready(inside_port)))
+        if time.monotonic() - cut_at > 5:  # what Kafka confirmed just before the cut has been counted
+            forwarded_inside.append(metric(inside_port, "pipeline_readings_forwarded_total"))
+        time.sleep(0.5)
+    outside_during_cut = metric(outside_port, "pipeline_readings_forwarded_total") - outside_at_cut
+    inside_during_cut = metric(inside_port, "pipeline_readings_received_total") - inside_at_cut
+    cut_off.heal()
+    healed_at = time.monotonic()
+    heal_clock = time.strftime("%H:%M:%S")
+    assert forwarded_inside and min(forwarded_inside) == max(forwarded_inside), (
+        f"the cut-off bridge kept getting Kafka's confirmations ({forwarded_inside}): the cut did not cut"
+    )
+    wait_for(lambda: kafka_ready(inside_port), 120, "the cut-off bridge to see Kafka again", pipeline.logs)
+    ready_again_s = time.monotonic() - healed_at
+
+    for sensor in sensors:
+        assert sensor.wait(600) == 0, f"{sensor.name} did not get every reading acknowledged:\n{sensor.log_tail()}"
+    ids = [pipeline.sensor_id(n) for n in range(1, SENSORS + 1)]
+    total = SENSORS * PER_SENSOR
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    predictions = pipeline.db[contract.COLLECTION_PREDICTIONS]
+    query = {"sensor": {"$in": ids}}
+    wait_for(lambda: readings.count_documents(query) >= total, 300, f"{total} readings", pipeline.logs)
+    wait_for(lambda: predictions.count_documents(query) >= total, 300, f"{total} predictions", pipeline.logs)
+    caught_up_s = time.monotonic() - healed_at
+    env = pipeline.stack.env
+    bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
+
+    def nothing_pending() -> bool:
+        groups = [
+            (f"{pipeline.name}-models", pipeline.topics["KAFKA_TOPIC_READINGS"]),
+            (f"{pipeline.name}-results", pipeline.topics["KAFKA_TOPIC_RESULTS"]),
+        ]
+        held = sum(metric(p, "pipeline_bridge_inbox") for p in (inside_port, outside_port))
+        return held == 0 and all(uncommitted(bootstrap, group, topic) == 0 for group, topic in groups)
+
+    wait_for(nothing_pending, 60, "every consumer group to commit and each bridge's inbox to empty", pipeline.logs)
+
+    reading_ids = [d["_id"] for d in readings.find(query, {"_id": 1})]
+    prediction_ids = [d["_id"] for d in predictions.find(query, {"_id": 1})]
+    assert len(reading_ids) == len(set(reading_ids)) == total, "exactly one reading per id sent"
+    for sensor_id in ids:
+        assert readings.count_documents({"sensor": sensor_id}) == PER_SENSOR, f"{sensor_id} lost or doubled readings"
+    assert sorted(prediction_ids) == sorted(reading_ids), "exactly one prediction per reading"
+    assert pipeline.db[contract.COLLECTION_PREDICTION_ERRORS].count_documents(query) == 0
+    on_analytics = copies(pipeline, "KAFKA_TOPIC_READINGS", want=total)
+    assert set(on_analytics) == set(reading_ids), "every reading reached analytics"
+    alerts = pipeline.db[contract.COLLECTION_ALERTS].count_documents(query)
+    on_alerts = copies(pipeline, "KAFKA_TOPIC_ALERTS", want=alerts)
+    assert len(on_alerts) == alerts, "one alert record per stored alert"
+    for topic, seen in (("analytics", on_analytics), ("alerts", on_alerts)):
+        doubled = {i: n for i, n in seen.items() if n > 1}
+        assert not doubled, f"{len(doubled)} reading ids have copies on {topic} after a partition (nothing killed)"
+
+    # The inside bridge stored its share before and after the cut, the outside one kept forwarding during it.
+    assert outside_during_cut > 0, "the bridge outside the namespace stopped while the other was cut off"
+    assert metric(inside_port, stored) > 0
+    assert inside.alive and outside.alive
+    during = inside.log_path.read_bytes()[log_before:].decode(errors="replace")
+    report = Path(pipeline.log_dir / "partition-report.txt")
+    report.write_text(
+        f"cut {CUT_S:.0f}s from {cut_clock} to {heal_clock} (local time); "
+        f"outside bridge forwarded {outside_during_cut:.0f} readings during the cut, "
+        f"the cut-off one received {inside_during_cut:.0f}; its /readyz saw Kafka {ready_again_s:.1f}s after "
+        f"the heal; every reading and prediction stored {caught_up_s:.1f}s after the heal\n"
+        f"inside bridge /readyz kafka check (s after cut, ok): {timeline}\n"
+        f"analytics copies: {Counter(on_analytics.values())}; alerts copies: {Counter(on_alerts.values())}\n"
+        f"--- inside bridge's log from the cut on ---\n{during}"
+    )
