@@ -40,7 +40,7 @@ import pandas as pd
 from pymongo.errors import PyMongoError
 from tqdm import tqdm
 
-from Models_analysis import baselines, walkforward
+from Models_analysis import adaptive, baselines, walkforward
 from Models_analysis.baselines import human
 from Models_analysis.walkforward import Fitter, Replay
 from pipeline import logs
@@ -99,6 +99,8 @@ class Plan:
     season: int
     season_given: bool
     interval_width: float
+    #: The served kinds' intervals adapt per reading with this step, as the service's (MODEL_ADAPTIVE_GAMMA).
+    adaptive_gamma: float = adaptive.DEFAULT_GAMMA
 
     @property
     def daily_lag(self) -> pd.Timedelta:
@@ -114,17 +116,25 @@ class Plan:
             "daily_lag_s": self.daily_lag.total_seconds(),
             "weekly_lag_s": 7 * self.daily_lag.total_seconds(),
             "interval_width": self.interval_width,
+            "adaptive_gamma": self.adaptive_gamma,
         }
 
 
 def plan_for(
-    series: pd.DataFrame, window: pd.Timedelta, refit_every: pd.Timedelta, season: int | None, interval_width: float
+    series: pd.DataFrame,
+    window: pd.Timedelta,
+    refit_every: pd.Timedelta,
+    season: int | None,
+    interval_width: float,
+    adaptive_gamma: float = adaptive.DEFAULT_GAMMA,
 ) -> Plan:
     """Check the settings against the series and infer what was not given; BacktestError says what is wrong."""
     if window <= pd.Timedelta(0) or refit_every <= pd.Timedelta(0):
         raise BacktestError("--window and --refit-every must be positive durations")
     if not 0 < interval_width < 1:
         raise BacktestError(f"--interval-width must be between 0 and 1 (exclusive), not {interval_width}")
+    if not 0 <= adaptive_gamma < 1:
+        raise BacktestError(f"--adaptive-gamma must be at least 0 and below 1, not {adaptive_gamma}")
     if season is not None and season < 1:
         raise BacktestError(f"--season must be at least 1 reading, not {season}")
     if series["ds"].nunique() < 2:
@@ -134,7 +144,7 @@ def plan_for(
         readings = season if season is not None else baselines.readings_per_day(interval)
     except ValueError as error:
         raise BacktestError(f"{error} (give --season, the readings in one daily season)") from None
-    plan = Plan(window, refit_every, interval, readings, season is not None, interval_width)
+    plan = Plan(window, refit_every, interval, readings, season is not None, interval_width, adaptive_gamma)
     first, last = series["ds"].iloc[0], series["ds"].iloc[-1]
     if first + window > last:
         raise BacktestError(
@@ -177,6 +187,7 @@ def run(
     for kind, failures in replay.failures.items():
         if len(failures) == replay.fitted_folds:
             raise BacktestError(f"{kind} failed on every refit ({len(failures)}); the first: {failures[0]}")
+    replay.points = adaptive.adapt_points(replay.points, kinds, plan.interval_width, plan.adaptive_gamma)
     metrics = walkforward.evaluate(replay, REFERENCE)
     for kind, values in metrics.items():
         values["nominal"] = plan.interval_width
@@ -271,6 +282,12 @@ def parser() -> argparse.ArgumentParser:
         "--kinds", type=kinds_list, default=["prophet"], help=f"model kinds, comma-separated: {', '.join(MODEL_KINDS)}"
     )
     p.add_argument("--interval-width", type=float, default=0.99, help="nominal interval level (default 0.99, train's)")
+    p.add_argument(
+        "--adaptive-gamma",
+        type=float,
+        default=adaptive.DEFAULT_GAMMA,
+        help=f"intervals adapt per reading as the service's, MODEL_ADAPTIVE_GAMMA ({adaptive.DEFAULT_GAMMA}; 0: off)",
+    )
     p.add_argument("--resample", type=duration, help="average the readings into bins of this length first")
     p.add_argument("--out", type=Path, default=Path("backtest.json"), help="JSON figures (default backtest.json)")
     p.add_argument("--plot", type=Path, help="PNG plot (default: --out with .png)")
@@ -297,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         series = prepare(raw, args.since, args.until, args.resample)
         if series.empty:
             raise BacktestError(f"no readings of {_describe(source)}")
-        plan = plan_for(series, args.window, args.refit_every, args.season, args.interval_width)
+        plan = plan_for(series, args.window, args.refit_every, args.season, args.interval_width, args.adaptive_gamma)
         replay, metrics = run(series, plan, args.kinds, progress=not args.no_progress)
     except (BacktestError, CsvError) as error:
         sys.stderr.write(f"error: {error}\n")

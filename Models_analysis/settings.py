@@ -42,6 +42,9 @@ class Settings(CommonSettings, KafkaSettings):
     #: Longest one predict call may take; past it the batch becomes prediction errors and
     #: the service is not ready until the call returns.
     MODEL_PREDICT_TIMEOUT_S: float = Field(10.0, gt=0, le=3600)
+    #: How fast each sensor's interval adapts so that its share of anomalies stays at the model's
+    #: nominal level (adaptive conformal inference, Models_analysis.adaptive; 0: the model's interval as is).
+    MODEL_ADAPTIVE_GAMMA: float = Field(0.005, ge=0, lt=1)
 
 
 class TrainerSettings(CommonSettings, MongoSettings):

@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import joblib
 import pytest
@@ -185,6 +186,41 @@ def test_anomalies_become_alerts_and_accuracy_matches_a_hand_computation(pipelin
     assert document["mae"] == pytest.approx(expected_mae)
     assert document["coverage"] == pytest.approx(expected_coverage)
     assert document["model"] == {"name": "flat", "hash": model_hash}
+
+
+def test_a_sensor_whose_readings_miss_gets_a_wider_interval_and_its_anomaly_flag_follows_it(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Adaptive intervals (MODEL_ADAPTIVE_GAMMA) on the real pipeline: a miss widens that sensor's next interval.
+
+    The model claims a 50 % interval [95, 105]. With gamma 0.1, one miss moves the sensor's level from
+    0.5 to 0.45, so its next interval is 105 + 5 * (z(0.775) / z(0.75) - 1) = 105.6 at the top: 105.5,
+    an anomaly by the model's own interval, is not one by the interval served. Another sensor is not moved.
+    """
+    path = tmp_path / "half.joblib"
+    tmp = path.with_name(".half.tmp")
+    joblib.dump({"model": ConstantModel(100, 5), "metadata": {"name": "half", "interval_width": 0.5}}, tmp)
+    tmp.replace(path)
+    pipeline.start_server()
+    pipeline.start_model(MODEL_PATH=str(path), MODEL_ADAPTIVE_GAMMA="0.1")
+    moved, other = pipeline.sensor_id(1), pipeline.sensor_id(2)
+    predictions = pipeline.db[contract.COLLECTION_PREDICTIONS]
+    upper = 105 + 5 * (0.7554150263604693 / 0.6744897501960817 - 1)
+
+    def stored(item: contract.Reading) -> dict[str, Any]:
+        found: dict[str, Any] = wait_for(lambda: predictions.find_one({"_id": item.id}), 60, item.id, pipeline.logs)
+        return found
+
+    first = reading(moved, 500.0)
+    send(pipeline, moved, [first])
+    assert (stored(first)["yhat_upper"], stored(first)["anomaly"]) == (105.0, True), "the model's own, at first"
+    second, elsewhere = reading(moved, 105.5), reading(other, 105.5)
+    send(pipeline, moved, [second])
+    send(pipeline, other, [elsewhere])
+    served = stored(second)
+    assert served["yhat_upper"] == pytest.approx(upper) and served["yhat_lower"] == pytest.approx(200 - upper)
+    assert served["anomaly"] is False and served["yhat"] == 100.0
+    assert (stored(elsewhere)["yhat_upper"], stored(elsewhere)["anomaly"]) == (105.0, True), "its own level"
 
 
 def test_a_model_that_hangs_turns_its_batches_into_prediction_errors_and_the_service_not_ready(
