@@ -308,3 +308,44 @@ def test_the_bridge_remembers_exactly_server_dedupe_cache_ids() -> None:
     none = RecentIds(0)
     none.add_all(["a"])
     assert "a" not in none, "SERVER_DEDUPE_CACHE=0 remembers nothing"
+
+
+def test_a_momentarily_full_kafka_queue_delays_the_batch_and_rejects_nothing() -> None:
+    built = make_bridge()
+    produce, full = built.producer.produce, [2]
+
+    def sometimes_full(*args: Any, **kwargs: Any) -> None:
+        if full[0]:
+            full[0] -= 1
+            raise BufferError("queue full")
+        produce(*args, **kwargs)
+
+    built.producer.produce = sometimes_full  # type: ignore[method-assign]
+    assert built.bridge.loop.process([reading("r-1", mid=1)])
+    assert [name for name, _ in built.store.inserted] == ["readings"], "stored, nothing kept as a rejection"
+    assert built.producer.topics() == ["readings-t"]
+    assert built.client.acked == [(1, 1)]
+
+
+class PoisonStore(RecordingStore):
+    """Raises (not an outage) for any insert holding ``poison``, as pymongo does for a document it cannot encode."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__()
+        self.poison = poison
+
+    def insert_new(self, collection: str, documents: list[dict[str, Any]]) -> Any:
+        if any(d.get("_id") == self.poison for d in documents):
+            raise ValueError("cannot encode this document")
+        return super().insert_new(collection, documents)
+
+
+def test_a_batch_written_one_at_a_time_counts_each_reading_kafka_confirmed_once() -> None:
+    built = make_bridge()
+    built.bridge.store = cast(Store, PoisonStore("r-2"))
+    before = sample("pipeline_readings_forwarded_total")
+    assert built.bridge.loop.process([reading("r-1", mid=1), reading("r-2", mid=2), reading("r-3", mid=3)])
+    assert cast(PoisonStore, built.bridge.store).ids("readings") == ["r-1", "r-3"]
+    forwarded = [json.loads(v)["id"] for t, _, v in built.producer.produced if t == "readings-t"]
+    assert forwarded == ["r-1", "r-2", "r-3"], "each once: r-2 is on Kafka, MongoDB could not take it"
+    assert sample("pipeline_readings_forwarded_total") - before == 3.0, "each confirmation counted once"

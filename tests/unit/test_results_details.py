@@ -117,3 +117,15 @@ def test_the_sinks_consumer_reads_both_topics_in_batches_waiting_the_bridges_bat
     assert sink_consumer(kafka, SERVER_BATCH_WAIT_MS=0).consumed[0] == (1000, 0.01), "an idle sink does not spin"
     named.config["error_cb"](KafkaError(KafkaError._ALL_BROKERS_DOWN))
     assert not kafka(), "the sink's consumer reports Kafka down too"
+
+
+def test_the_aggregator_given_to_the_sink_gets_the_predictions_stored() -> None:
+    aggregator = mock.Mock(spec=Aggregator)
+    stop = threading.Event()
+    batches = [[prediction_message("r-1")]]
+    with mock.patch.object(results_module, "Consumer", lambda config: RecordingConsumer(config, batches, stop=stop)):
+        store, producer = cast(Store, RecordingStore()), cast(Producer, RecordingProducer())
+        sink = ResultsSink(ServerSettings(**SERVER), store, producer, stop, aggregator)
+    sink.run()
+    [call] = aggregator.touch_accuracy.call_args_list
+    assert [d["_id"] for d in call.args[0]] == ["r-1"]

@@ -333,3 +333,19 @@ def test_closing_does_not_wait_for_a_hung_predict_nor_run_one_queued_behind_it()
     finally:
         release.set()
     assert not ran.wait(0.5), "the call queued behind the hung one was cancelled"
+
+
+def test_a_momentarily_full_kafka_queue_delays_the_batch_and_makes_no_dead_letter(build: Any) -> None:
+    built: Built = build(batches=[[message(forwarded("r-1", "s-1", 0.0))]])
+    produce, full = built.producer.produce, [2]
+
+    def sometimes_full(*args: Any, **kwargs: Any) -> None:
+        if full[0]:
+            full[0] -= 1
+            raise BufferError("queue full")
+        produce(*args, **kwargs)
+
+    built.producer.produce = sometimes_full  # type: ignore[method-assign]
+    built.scorer.run()
+    assert built.producer.topics() == ["results-t"]
+    assert built.consumer.commits == 1
