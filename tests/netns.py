@@ -54,7 +54,11 @@ def _run(*command: str) -> None:
 
 
 def _used_addresses() -> set[str]:
-    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    """Addresses of SUBNET the host has, or routes to (a namespace left by a killed run keeps both)."""
+    out = "".join(
+        subprocess.run(["ip", "-o", "-4", *what], capture_output=True, text=True, check=True).stdout
+        for what in (("addr", "show"), ("route", "show"))
+    )
     return {word.split("/")[0] for line in out.splitlines() for word in line.split() if word.startswith("10.233.")}
 
 

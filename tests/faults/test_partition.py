@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -82,6 +86,84 @@ def cut_off(pipeline: Pipeline) -> Iterator[netns.Namespace]:
             if isinstance(process, netns.NamespacedService):
                 process.stop()
         namespace.close()
+
+
+def _echo_server() -> int:
+    """A TCP echo server on the host's 127.0.0.1 (a daemon thread); its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(connection: socket.socket) -> None:
+        with connection:
+            while data := connection.recv(4096):
+                connection.sendall(data)
+
+    def accept() -> None:
+        while True:
+            connection, _ = listener.accept()
+            threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return int(listener.getsockname()[1])
+
+
+#: Run inside the namespace: one line per probe, "<what> <answer>".
+PROBE = """
+import socket, sys
+port, name = int(sys.argv[1]), sys.argv[2]
+held = socket.create_connection(("127.0.0.1", port), timeout=3)
+held.sendall(b"x"); print(name, "before", held.recv(10).decode(), flush=True)
+sys.stdin.readline()  # the test cuts now
+for what, conn in (("held", held), ("new", socket.create_connection(("127.0.0.1", port), timeout=3))):
+    conn.settimeout(3)
+    try:
+        conn.sendall(b"y"); print(name, what, repr(conn.recv(10)), flush=True)
+    except OSError as error:
+        print(name, what, type(error).__name__, flush=True)
+"""
+
+
+def test_the_cut_drops_packets_silently_on_the_cut_path_only_and_heals(tmp_path: Path) -> None:
+    """The fault itself: while cut, a connection on the cut path gets no answer and no reset, a new one
+    no answer either, and the other path works; once healed, a new connection on the cut path works."""
+    kept, cut = _echo_server(), _echo_server()
+    namespace = netns.Namespace(ports=[kept], cut_ports=[cut], log_dir=tmp_path)
+    try:
+        namespace.open()
+        probes = {
+            port: subprocess.Popen(
+                ["ip", "netns", "exec", namespace.name, sys.executable, "-c", PROBE, str(port), name],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for port, name in ((kept, "kept"), (cut, "cut"))
+        }
+        for probe in probes.values():
+            assert probe.stdout is not None
+            assert probe.stdout.readline().split()[1:] == ["before", "x"]
+        namespace.cut()
+        answers = {}
+        for probe in probes.values():
+            out, _ = probe.communicate("\n", timeout=30)
+            answers.update({" ".join(line.split()[:2]): line.split()[2] for line in out.splitlines()})
+        assert answers == {
+            "kept held": "b'y'",
+            "kept new": "b'y'",
+            "cut held": "TimeoutError",  # not b'' (closed) nor ConnectionResetError
+            "cut new": "TimeoutError",
+        }
+        namespace.heal()
+        heal = subprocess.run(
+            ["ip", "netns", "exec", namespace.name, sys.executable, "-c", PROBE, str(cut), "cut"],
+            input="\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert heal.stdout.split("\n")[0].split()[1:] == ["before", "x"], heal.stdout + heal.stderr
+    finally:
+        namespace.close()
+    assert namespace.name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
 def start_bridge_inside(pipeline: Pipeline, namespace: netns.Namespace) -> netns.NamespacedService:
