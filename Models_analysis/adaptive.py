@@ -43,6 +43,7 @@ from typing import Any
 import pandas as pd
 
 from Models_analysis.calibration import Calibrated
+from pipeline import contract
 
 #: Gibbs and Candès's step: small enough that one anomaly moves a 95 % interval by 0.3 %.
 DEFAULT_GAMMA = 0.005
@@ -99,6 +100,21 @@ class Level:
     def step(self, missed: bool) -> None:
         """After a reading: one more miss (or hit) moves ``alpha`` by ``gamma`` times its distance from target."""
         self.alpha = min(self.high, max(self.low, self.alpha + self.gamma * (self.target - float(missed))))
+
+
+def adapt(levels: Levels, result: contract.Result, level: float | None) -> contract.Result:
+    """``result`` as served: a prediction gets its sensor's interval and the anomaly flag against it.
+
+    ``level`` is the model's :func:`nominal_level`; None (a model that does not
+    state one), a prediction error or adaptation turned off leave ``result`` as it is.
+    """
+    if level is None or not levels.enabled or not isinstance(result, contract.Prediction):
+        return result
+    bounds = Bounds(result.yhat, result.yhat_lower, result.yhat_upper)
+    served, missed = levels.check(result.sensor, level, bounds, result.v)
+    if served == bounds:
+        return result
+    return result.model_copy(update={"yhat_lower": served.lower, "yhat_upper": served.upper, "anomaly": missed})
 
 
 def nominal_level(model: Any, metadata: dict[str, Any]) -> float | None:

@@ -46,7 +46,7 @@ from pymongo import ReplaceOne
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from Models_analysis import history
+from Models_analysis import adaptive, history
 from Models_analysis.model import Forecasts, LoadedModel, ModelError, load_model, score
 from pipeline import contract, logs, settings
 from pipeline.csv_rows import parse_timestamp
@@ -89,11 +89,14 @@ def rescore(
     until: datetime,
     grid_ms: int = 1000,
     progress: bool = False,
+    adaptive_gamma: float = adaptive.DEFAULT_GAMMA,
 ) -> dict[str, Any]:
     """Re-score and store; returns the run's summary document (as stored in ``rescores``)."""
     started = time.monotonic()
     identity = loaded.identity
     cache = Forecasts(CHUNK * 4)
+    # The intervals as the service serves them: one sensor's readings in time order, its level carried along.
+    levels, level = adaptive.Levels(adaptive_gamma), adaptive.nominal_level(loaded.model, loaded.metadata)
     pending: list[ReplaceOne[dict[str, Any]]] = []
     ours: list[tuple[float, float, float, float]] = []
     live: list[tuple[float, float, float, float]] = []
@@ -102,8 +105,9 @@ def rescore(
 
     def flush_minutes(done: Sequence[history.Minute]) -> None:
         nonlocal scored, errors
-        points = [p for m in done for p in m.points]
-        results = {r.id: r for r in score(loaded, points, grid_ms, cache)} if points else {}
+        points = sorted((p for m in done for p in m.points), key=lambda p: p.ts)
+        scored_now = score(loaded, points, grid_ms, cache) if points else []
+        results = {r.id: adaptive.adapt(levels, r, level) for r in scored_now}
         now = datetime.now(UTC)
         for minute in done:
             forecasts = []
@@ -159,6 +163,7 @@ def rescore(
         "since": since,
         "until": until,
         "grid_ms": grid_ms,
+        "adaptive_gamma": adaptive_gamma,
         "minutes": minutes,
         "readings": scored + errors,
         "scored": scored,
@@ -211,8 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grid-ms", type=int, default=1000, help="forecast each reading at the nearest multiple (0: exact times)"
     )
+    parser.add_argument(
+        "--adaptive-gamma",
+        type=float,
+        default=adaptive.DEFAULT_GAMMA,
+        help=f"intervals adapt per reading as the service's, MODEL_ADAPTIVE_GAMMA ({adaptive.DEFAULT_GAMMA}; 0: off)",
+    )
     args = parser.parse_args(argv)
     logs.setup("WARNING", "rescore")
+    if not 0 <= args.adaptive_gamma < 1:
+        _say(f"error: --adaptive-gamma must be at least 0 and below 1, not {args.adaptive_gamma}", sys.stderr)
+        return 2
     try:
         since, until = parse_timestamp(args.since), parse_timestamp(args.until)
     except ValueError as error:
@@ -230,7 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     client = mongo_client(config, tz_aware=True, appname="rescore")
     try:
         with client:
-            summary = rescore(client[config.MONGO_DATABASE], loaded, args.sensor, since, until, args.grid_ms, True)
+            summary = rescore(
+                client[config.MONGO_DATABASE],
+                loaded,
+                args.sensor,
+                since,
+                until,
+                args.grid_ms,
+                True,
+                args.adaptive_gamma,
+            )
     except PyMongoError as error:
         _say(f"error: the database: {error}", sys.stderr)
         return 1

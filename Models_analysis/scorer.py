@@ -33,7 +33,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Message, Producer
 
 from Models_analysis import metrics
-from Models_analysis.adaptive import Bounds, Levels, nominal_level
+from Models_analysis.adaptive import Levels, adapt, nominal_level
 from Models_analysis.ahead import RETRY_AFTER_S, Grids, plan
 from Models_analysis.model import Forecasts, LoadedModel, prediction, score
 from Models_analysis.registry import ModelRegistry
@@ -234,25 +234,15 @@ class Scorer:
                 errors(indexes, str(error), model.identity)
                 continue
             metrics.BATCH_SIZE.observe(len(indexes))
-            level = nominal_level(model.model, model.metadata) if self.levels.enabled else None
+            level = nominal_level(model.model, model.metadata)
             for i, result in zip(indexes, scored, strict=True):
-                results[i] = self._adapted(result, level)
+                results[i] = adapt(self.levels, result, level)
         if self.grids.enabled:
             in_use = getattr(self.models, "in_use", None)
             if in_use is not None:
                 self.grids.keep_only(m.identity.hash for m in in_use())
             metrics.GRIDS.set(len(self.grids))
         return [r for r in results if r is not None]
-
-    def _adapted(self, result: contract.Result, level: float | None) -> contract.Result:
-        """A prediction with its sensor's adaptive interval (MODEL_ADAPTIVE_GAMMA), and the anomaly flag against it."""
-        if level is None or not isinstance(result, contract.Prediction):
-            return result
-        bounds = Bounds(result.yhat, result.yhat_lower, result.yhat_upper)
-        served, missed = self.levels.check(result.sensor, level, bounds, result.v)
-        if served == bounds:
-            return result
-        return result.model_copy(update={"yhat_lower": served.lower, "yhat_upper": served.upper, "anomaly": missed})
 
     def _direct(self, model: LoadedModel, batch: list[contract.Reading]) -> list[contract.Result]:
         """Score by predict calls, within the time budget (TimeoutError past it)."""

@@ -176,3 +176,27 @@ def test_rescore_stores_a_models_forecasts_by_model_beside_the_live_accuracy(sto
     assert listed["runs"][0]["since"] == since - timedelta(hours=1)
     assert listed["runs"][0]["compared"] == later["compared"]
     assert_no_scans(stored)
+
+
+def test_rescore_serves_intervals_as_the_service_does_adapted_per_reading_when_the_model_states_its_level(
+    stored: History, tmp_path: Path
+) -> None:
+    since, until = NOW - timedelta(hours=3), NOW - timedelta(hours=1)
+    values = sorted(r.v for r in stored.readings if since <= r.ts < until)
+    centre = (values[0] + values[-1]) / 2
+    half = (values[-1] - values[0]) / 2 * 1.05  # the model's own interval holds every reading of the range
+    path = tmp_path / "wide.joblib"
+    joblib.dump({"model": ConstantModel(centre, half), "metadata": {"name": "wide", "interval_width": 0.8}}, path)
+    model = load_model(path)
+    own = rescore(stored.db, model, stored.sensor, since, until, adaptive_gamma=0.0)
+    assert own["compared"]["rescored"]["coverage"] == 1.0
+    adapted = rescore(stored.db, model, stored.sensor, since, until, adaptive_gamma=0.1)
+    assert adapted["adaptive_gamma"] == 0.1 and adapted["scored"] == 120
+    coverage = adapted["compared"]["rescored"]["coverage"]
+    assert 0.3 < coverage < 0.95, f"an 80 % interval that held everything narrowed towards 80 %, held {coverage}"
+    minute = min(r.ts for r in stored.readings if since <= r.ts < until).replace(second=0)
+    first = stored.db[contract.COLLECTION_RESCORED].find_one(
+        {"_id": rescored_id(stored.sensor, model.identity.hash, minute)}
+    )
+    assert first is not None
+    assert (first["forecasts"][0]["yhat_lower"], first["forecasts"][0]["yhat_upper"]) == (centre - half, centre + half)
