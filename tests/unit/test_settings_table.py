@@ -63,6 +63,7 @@ from Data_collection.settings import DEMO_CSV
 from Data_collection.settings import Settings as SensorSettings
 from Models_analysis import registry as registry_module
 from Models_analysis import scorer as scorer_module
+from Models_analysis.calibration import Calibrated
 from Models_analysis.model import ModelError
 from Models_analysis.registry import ModelRegistry
 from Models_analysis.scorer import Scorer
@@ -613,6 +614,11 @@ EFFECTS: dict[str, list[str]] = {
         AHEAD + "test_scoring_is_a_lookup_once_the_grid_is_made",
         AHEAD + "test_the_grid_is_refreshed_in_the_background_before_it_runs_out",
         AHEAD + "test_without_a_grid_every_batch_predicts",
+    ],
+    "MODEL_ADAPTIVE_GAMMA": [
+        U + "test_model_adaptive_gamma_widens_a_sensors_interval_after_a_miss_and_zero_keeps_the_models",
+        "tests/e2e/test_models.py::test_a_sensor_whose_readings_miss_gets_a_wider_interval_and_its_anomaly_flag_follows_it",
+        "tests/unit/test_adaptive.py::test_over_a_long_run_the_share_missed_is_the_target_whatever_the_models_error",
     ],
     "MODEL_PREDICT_TIMEOUT_S": [
         U + "test_a_predict_call_past_model_predict_timeout_s_becomes_prediction_errors",
@@ -1733,6 +1739,27 @@ def test_the_forecast_cache_keeps_model_forecast_cache_forecasts_between_batches
         assert built.model.rows_seen == [points] * 2, "0: nothing kept, the same batch is predicted again"
     elif cache >= points:
         assert built.model.rows_seen == [points], "the same times again: no second predict"
+
+
+def test_model_adaptive_gamma_widens_a_sensors_interval_after_a_miss_and_zero_keeps_the_models() -> None:
+    # A 95 % interval of ±1.96. Step 0.5: one miss takes alpha to its floor, 0.005, so the next
+    # interval is ±z(0.9975) = ±2.807, and 2.0 is inside it; the other sensor keeps its ±1.96.
+    model = Calibrated(ConstantModel(0.0, 1.0), 1.959963984540054, 0.95, 100)
+    readings = _readings_at([_on_grid(1000, 0, 0), _on_grid(1000, 1, 0), _on_grid(1000, 2, 0)])
+    readings = [
+        r.model_copy(update={"v": v, "sensor": s})
+        for r, v, s in zip(readings, (10.0, 2.0, 2.0), ("a", "a", "b"), strict=True)
+    ]
+    with make_scorer(model, MODEL_ADAPTIVE_GAMMA=0.5) as built:
+        adapted = built.scorer.score(readings)
+    with make_scorer(model, MODEL_ADAPTIVE_GAMMA=0) as built:
+        own = built.scorer.score(readings)
+    assert all(isinstance(r, contract.Prediction) for r in adapted + own)
+    predictions = cast(list[contract.Prediction], adapted)
+    assert [p.anomaly for p in predictions] == [True, False, True]
+    assert predictions[1].yhat_upper == pytest.approx(2.807033768343811)
+    assert predictions[2].yhat_upper == pytest.approx(1.959963984540054), "sensor b has a level of its own"
+    assert [p.anomaly for p in cast(list[contract.Prediction], own)] == [True, True, True]
 
 
 def test_a_predict_call_past_model_predict_timeout_s_becomes_prediction_errors() -> None:
