@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -311,8 +311,11 @@ class Bridge:
                 fresh.setdefault(item.reading.id, index)  # the same id twice in a batch: one copy
         todo = [batch[i] for i in fresh.values()]
         deliveries: Deliveries = attempt.memo.setdefault("kafka", Deliveries())
-        confirmed_before = len(deliveries.confirmed)
         stored_before = attempt.of("mongodb")
+        # What a try made durable is counted, aggregated and timed once, by the call that ends without an error:
+        # a try that stored readings and then failed on Kafka left them for the next (or a one-at-a-time) call.
+        uncounted: dict[str, contract.Reading] = attempt.memo.setdefault("stored, not counted", {})
+        forwarded_counted: set[Hashable] = attempt.memo.setdefault("forwarded, counted", set())
         records = (
             (p.reading.id, (self.settings.KAFKA_TOPIC_READINGS, p.reading.sensor.encode(), p.value)) for p in todo
         )
@@ -331,6 +334,11 @@ class Bridge:
             raise
         self.mongo.up()
         stored_before.update(todo[to_insert[i]].reading.id for i in range(len(to_insert)) if i not in inserted.refused)
+        uncounted.update(
+            (todo[to_insert[i]].reading.id, todo[to_insert[i]].reading)
+            for i in range(len(to_insert))
+            if inserted.is_new(i)
+        )
         try:
             deliveries.wait(self.producer, self.stop)
         except Exception:
@@ -344,12 +352,14 @@ class Bridge:
             if key in index_of
         }
         refused.update((to_insert[i], Failure("store_refused", reason)) for i, reason in inserted.refused.items())
-        stored = [todo[to_insert[i]].reading for i in range(len(to_insert)) if inserted.is_new(i)]
+        stored = [uncounted.pop(p.reading.id) for p in todo if p.reading.id in uncounted]
         if self.aggregator is not None:
             self.aggregator.touch(stored)
         self.recent.add_all(p.reading.id for i, p in enumerate(todo) if i not in refused)
-        metrics.FORWARDED.inc(len(deliveries.confirmed) - confirmed_before)
-        metrics.STORED.inc(inserted.new)
+        forwarded = deliveries.confirmed - forwarded_counted
+        forwarded_counted.update(forwarded)
+        metrics.FORWARDED.inc(len(forwarded))
+        metrics.STORED.inc(len(stored))
         self.sensor_series.stored(reading.sensor for reading in stored)
         metrics.DUPLICATES.inc(len(batch) - len(todo) + len(inserted.duplicates))
         now = datetime.now(UTC)

@@ -253,7 +253,6 @@ class HalfTakingProducer(RecordingProducer):
         return len(callbacks)
 
 
-@pytest.mark.xfail(strict=True, reason="Bridge.write counts only the last try: reported on issue #12")
 def test_what_an_earlier_try_made_durable_is_counted_and_aggregated_once_the_batch_is_done() -> None:
     """Try 1: MongoDB stores r-1 and r-2, Kafka confirms r-1 only; try 2: Kafka confirms r-2."""
     built = make_bridge()
