@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -36,6 +37,7 @@ from localstack.servers.kafka import (
 )
 from localstack.services import _replicas, model_env, server_env
 from localstack.stack import Stack, StackError
+from pipeline import contract
 from pipeline.kafka import topic_replication_config
 from pipeline.settings import KafkaSettings, describe_errors
 from tests.unit.test_compose import compose_config
@@ -316,3 +318,35 @@ def test_the_local_stack_reads_the_same_override() -> None:
         )
         assert settings["node.id"] == str(node_id), name
         assert name in override
+
+
+@pytest.mark.parametrize(
+    ("factor", "min_insync", "expected"),
+    [("1", None, {}), ("3", None, {"min.insync.replicas": "2"}), ("3", "3", {"min.insync.replicas": "3"})],
+)
+def test_topics_are_created_with_kafka_replication_factor_and_min_insync_replicas(
+    factor: str, min_insync: str | None, expected: dict[str, str]
+) -> None:
+    """ensure_pipeline_topics hands the settings to Kafka's admin API (a recording stand-in here; the cluster's
+    topics are read back from the real brokers in tests/faults/test_cluster.py)."""
+    import confluent_kafka.admin
+
+    from pipeline.kafka import DEADLETTER_RETENTION_BYTES, ensure_pipeline_topics
+    from tests.unit.test_settings_table import RecordingAdmin
+
+    env = {"KAFKA_REPLICATION_FACTOR": factor, **({"KAFKA_MIN_INSYNC_REPLICAS": min_insync} if min_insync else {})}
+    RecordingAdmin.made.clear()
+    with mock.patch.object(confluent_kafka.admin, "AdminClient", RecordingAdmin):
+        ensure_pipeline_topics(kafka_settings(**env))
+    created = RecordingAdmin.made[-1].created
+    assert len(created) == 4 and {t.replication_factor for t in created} == {int(factor)}
+    for topic in created:
+        assert {k: v for k, v in topic.config.items() if k != "retention.bytes"} == expected, topic.topic
+    deadletter = next(t for t in created if t.topic == contract.TOPIC_DEADLETTER)
+    assert deadletter.config["retention.bytes"] == str(DEADLETTER_RETENTION_BYTES)
+
+
+def test_a_killed_consumer_replica_leaves_its_group_within_10_s() -> None:
+    from pipeline.kafka import SESSION_TIMEOUT_MS, consumer_config
+
+    assert consumer_config(kafka_settings(), "g", "c")["session.timeout.ms"] == SESSION_TIMEOUT_MS == 10_000
