@@ -57,6 +57,9 @@ class TrainerSettings(CommonSettings, MongoSettings):
     MODEL_TRAINED_PATH: Path | None = None
     #: How often each sensor gets a challenger (R).
     TRAINER_EVERY_S: float = Field(86_400.0, ge=1, le=365 * 86_400)
+    #: A sensor with too little history for a challenger is looked at again after this long (not a whole
+    #: TRAINER_EVERY_S), so a new sensor gets its first trained model soon after it has enough.
+    TRAINER_RETRY_S: float = Field(600.0, ge=1, le=365 * 86_400)
     #: The trailing window a challenger is fitted on, up to the sensor's latest reading, holdout included.
     TRAINER_WINDOW_S: float = Field(28 * 86_400.0, ge=60, le=3 * 365 * 86_400)
     #: The most recent stretch of the window, held out: both models are scored on it.

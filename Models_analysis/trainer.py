@@ -3,7 +3,8 @@
     python -m Models_analysis.trainer
 
 Every TRAINER_EVERY_S, for each sensor with enough history (TRAINER_MIN_READINGS
-readings before the holdout), one at a time:
+readings before the holdout; a sensor without is looked at again every
+TRAINER_RETRY_S), one at a time:
 
 1. its readings of the trailing TRAINER_WINDOW_S, up to its latest reading, are
    read from the bridge's per-minute documents by ``_id`` (Models_analysis.history:
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -86,6 +88,9 @@ class Trainer:
     fit: Callable[[pd.DataFrame], Any] | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     mongo: Dependency = field(default_factory=lambda: Dependency("mongo"))
+    monotonic: Callable[[], float] = time.monotonic
+    #: When each sensor is next due (``monotonic`` time): after a decision TRAINER_EVERY_S, else TRAINER_RETRY_S.
+    due: dict[str, float] = field(default_factory=dict)
     decisions: int = 0
     promotions: int = 0
 
@@ -95,36 +100,43 @@ class Trainer:
         return self.config.MODEL_TRAINED_PATH
 
     def run(self) -> None:
-        """A round over every sensor every TRAINER_EVERY_S until stopped."""
+        """Until stopped: each sensor once every TRAINER_EVERY_S, or TRAINER_RETRY_S while it had too little history."""
+        pause = min(self.config.TRAINER_EVERY_S, self.config.TRAINER_RETRY_S)
         while not self.stop.is_set():
             began = time.monotonic()
             try:
-                self.round()
+                self.round(due_only=True)
             except PyMongoError as error:
                 self.mongo.down(f"MongoDB: {error}")
                 logger.warning("MongoDB could not be read or written (%s); trying again in a minute", error)
                 self.stop.wait(60)
                 continue
-            self.stop.wait(max(0.0, self.config.TRAINER_EVERY_S - (time.monotonic() - began)))
+            self.stop.wait(max(0.0, pause - (time.monotonic() - began)))
 
-    def round(self) -> list[dict[str, Any]]:
-        """One pass over every sensor; returns the decisions recorded."""
+    def round(self, due_only: bool = False) -> list[dict[str, Any]]:
+        """One pass over every sensor (``due_only``: those whose time has come); returns the decisions recorded."""
         sensors = history.sensors(self.db)
         self.mongo.up()
-        recorded = []
+        recorded, considered = [], 0
         for sensor, latest in sorted(sensors.items()):
             if self.stop.is_set():
                 break
+            if due_only and self.due.get(sensor, -math.inf) > self.monotonic():
+                continue
+            considered += 1
             decision = self.consider(sensor, latest)
             if decision is not None:
                 recorded.append(decision)
-        logger.info(
-            "round done: %d sensors, %d decisions (%d promotions), %d with too little history",
-            len(sensors),
-            len(recorded),
-            sum(bool(d["promoted"]) for d in recorded),
-            len(sensors) - len(recorded),
-        )
+            wait = self.config.TRAINER_EVERY_S if decision is not None else self.config.TRAINER_RETRY_S
+            self.due[sensor] = self.monotonic() + min(wait, self.config.TRAINER_EVERY_S)
+        if considered:
+            logger.info(
+                "round done: %d sensors, %d decisions (%d promotions), %d with too little history",
+                considered,
+                len(recorded),
+                sum(bool(d["promoted"]) for d in recorded),
+                considered - len(recorded),
+            )
         return recorded
 
     def incumbent(self, sensor: str) -> Incumbent:

@@ -257,7 +257,8 @@ def test_a_round_every_trainer_every_s(folders: tuple[Path, Path], monkeypatch: 
     built, _ = trainer(models, trained, monkeypatch, TRAINER_EVERY_S=1)
     rounds: list[float] = []
 
-    def one_round() -> list[dict[str, Any]]:
+    def one_round(due_only: bool = False) -> list[dict[str, Any]]:
+        assert due_only, "the loop considers only the sensors that are due"
         rounds.append(time.monotonic())
         if len(rounds) == 3:
             built.stop.set()
@@ -305,3 +306,34 @@ def test_a_sensors_latest_decisions_are_kept_in_one_document_newest_first(
     assert len(db[contract.COLLECTION_MODEL_VERSIONS].documents) == HISTORY_KEPT + 7, "model_versions keeps every one"
     (other,) = db[contract.COLLECTION_MODEL_HISTORY].by_id["s2"]["decisions"]
     assert other["model"] is None and other["metrics"] is None and other["reason"] == "own model"
+
+
+def test_a_sensor_with_too_little_history_is_looked_at_again_after_trainer_retry_s_and_one_decided_after_a_day(
+    folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models, trained = folders
+    save(models / "default.joblib", ConstantModel(10.0, 5.0), "far-off")
+    built, _ = trainer(models, trained, monkeypatch, TRAINER_RETRY_S=600, TRAINER_EVERY_S=86_400)
+    now = [1_000.0]
+    built.monotonic = lambda: now[0]
+    considered: list[str] = []
+    monkeypatch.setattr(history, "sensors", lambda _db: {"s1": LATEST, "young": LATEST})
+    decide = built.consider
+
+    def consider(sensor: str, latest: datetime) -> dict[str, Any] | None:
+        considered.append(sensor)
+        return decide(sensor, latest)
+
+    monkeypatch.setattr(built, "consider", consider)
+    first = built.round(due_only=True)
+    assert considered == ["s1", "young"] and [d["sensor"] for d in first] == ["s1"], "young has no readings"
+    now[0] += 599
+    assert built.round(due_only=True) == [] and considered == ["s1", "young"], "nobody is due yet"
+    now[0] += 1
+    built.round(due_only=True)
+    assert considered == ["s1", "young", "young"], "young again after TRAINER_RETRY_S, s1 not"
+    now[0] = 1_000.0 + 86_400
+    built.round(due_only=True)
+    assert considered[3:] == ["s1", "young"], "s1 a day after its decision"
+    built.round()
+    assert considered[5:] == ["s1", "young"], "a round that is not due_only takes every sensor"

@@ -576,7 +576,15 @@ EFFECTS: dict[str, list[str]] = {
         TRAINER + "test_trainer_main_lowers_its_priority_and_needs_model_trained_path",
         PROMOTION,
     ],
-    "TRAINER_EVERY_S": [TRAINER + "test_a_round_every_trainer_every_s"],
+    "TRAINER_EVERY_S": [
+        TRAINER + "test_a_round_every_trainer_every_s",
+        TRAINER
+        + "test_a_sensor_with_too_little_history_is_looked_at_again_after_trainer_retry_s_and_one_decided_after_a_day",
+    ],
+    "TRAINER_RETRY_S": [
+        TRAINER
+        + "test_a_sensor_with_too_little_history_is_looked_at_again_after_trainer_retry_s_and_one_decided_after_a_day"
+    ],
     "TRAINER_WINDOW_S": [TRAINER + "test_the_window_and_the_most_readings_bound_what_a_fit_takes", TRAINER_STORE],
     "TRAINER_HOLDOUT_S": [TRAINER + "test_a_better_challenger_is_promoted_and_recorded", TRAINER_STORE],
     "TRAINER_MIN_READINGS": [TRAINER + "test_too_little_history_gets_no_challenger"],
