@@ -41,7 +41,7 @@ from pipeline.mqtt import connect, make_client
 from Server import metrics
 from Server.aggregates import Aggregator
 from Server.settings import Settings
-from Server.store import TRANSIENT, Store
+from Server.store import TRANSIENT, Store, WriteNotConfirmed
 
 logger = logging.getLogger(__name__)
 
@@ -329,6 +329,10 @@ class Bridge:
         try:
             inserted = self.store.insert_new(contract.COLLECTION_READINGS, [todo[i].document for i in to_insert])
         except Exception as error:
+            if isinstance(error, WriteNotConfirmed):
+                # Taken by the primary only: tried again, acknowledged only once confirmed, counted once.
+                new = (todo[to_insert[i]].reading for i in range(len(to_insert)) if error.inserted.is_new(i))
+                uncounted.update((reading.id, reading) for reading in new)
             if isinstance(error, TRANSIENT):
                 self.mongo.down()
             raise

@@ -63,6 +63,25 @@ class Inserted:
         return index not in self.duplicates and index not in self.refused
 
 
+class WriteNotConfirmed(OperationFailure):
+    """The primary took an insert but its write concern (``w=majority``) was not confirmed.
+
+    A replica set may yet roll such a write back, so nothing may be acknowledged
+    on it: the caller tries the batch again (an OperationFailure is transient).
+    ``inserted`` is what the primary took, for the caller to count once the
+    batch is done (the retry answers those documents as duplicates).
+    """
+
+    def __init__(self, error: BulkWriteError, inserted: Inserted) -> None:
+        concern = error.details.get("writeConcernErrors") or [{}]
+        super().__init__(
+            f"MongoDB did not confirm the write concern: {concern[0].get('errmsg', 'no reason given')}",
+            concern[0].get("code"),
+            error.details,
+        )
+        self.inserted = inserted
+
+
 class Store:
     """The pipeline's MongoDB database."""
 
@@ -162,7 +181,10 @@ class Store:
                     duplicates.add(item["index"])
                 else:
                     refused[item["index"]] = f"MongoDB refused the document: {item.get('errmsg', 'unknown error')}"
-            return Inserted(int(error.details.get("nInserted", 0)), duplicates, refused)
+            inserted = Inserted(int(error.details.get("nInserted", 0)), duplicates, refused)
+            if error.details.get("writeConcernErrors"):
+                raise WriteNotConfirmed(error, inserted) from error
+            return inserted
 
     def close(self) -> None:
         """Close the connection pool."""

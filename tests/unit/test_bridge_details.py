@@ -19,13 +19,14 @@ from confluent_kafka import KafkaError, Producer
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import REGISTRY
+from pymongo.errors import BulkWriteError
 
 from pipeline import contract
 from Server import ingest as ingest_module
 from Server.aggregates import Aggregator
 from Server.ingest import Bridge, Incoming, RecentIds, prepare
 from Server.settings import Settings as ServerSettings
-from Server.store import Store
+from Server.store import TRANSIENT, Inserted, Store, WriteNotConfirmed
 from tests.unit.fakes import RecordingMqttClient, RecordingProducer, RecordingStore
 from tests.unit.test_orderings import (
     SERVER,
@@ -348,3 +349,62 @@ def test_a_batch_written_one_at_a_time_counts_each_reading_kafka_confirmed_once(
     forwarded = [json.loads(v)["id"] for t, _, v in built.producer.produced if t == "readings-t"]
     assert forwarded == ["r-1", "r-2", "r-3"], "each once: r-2 is on Kafka, MongoDB could not take it"
     assert sample("pipeline_readings_forwarded_total") - before == 3.0, "each confirmation counted once"
+
+
+class UnconfirmedOnceStore(RecordingStore):
+    """The first insert is taken by the primary but its w=majority is not confirmed; later ones succeed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unconfirmed = True
+
+    def insert_new(self, collection: str, documents: list[dict[str, Any]]) -> Any:
+        if self.unconfirmed:
+            self.unconfirmed = False
+            self.already = frozenset(d["_id"] for d in documents)  # the retry finds them there
+            details = {
+                "nInserted": len(documents),
+                "writeErrors": [],
+                "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}],
+            }
+            inserted = Inserted(len(documents), set(), {})
+            raise WriteNotConfirmed(BulkWriteError(details), inserted)
+        return super().insert_new(collection, documents)
+
+
+def test_readings_whose_write_concern_was_not_confirmed_are_acknowledged_only_after_a_retry_and_counted_once() -> None:
+    built = make_bridge()
+    built.bridge.store = cast(Store, UnconfirmedOnceStore())
+    aggregator = mock.Mock(spec=Aggregator)
+    built.bridge.aggregator = aggregator
+    before = sample("pipeline_readings_stored_total")
+    assert built.bridge.loop.process([reading("r-1", mid=1), reading("r-2", mid=2)])
+    touched = [r.id for call in aggregator.touch.call_args_list for r in call.args[0]]
+    assert touched == ["r-1", "r-2"], "aggregated once, though the retry saw them as duplicates"
+    assert sample("pipeline_readings_stored_total") - before == 2.0
+    assert sorted(built.client.acked) == [(1, 1), (2, 1)], "acknowledged once the retry confirmed them"
+
+
+def test_the_store_raises_on_an_unconfirmed_write_concern_with_what_the_primary_took() -> None:
+    class Collection:
+        def insert_many(self, documents: list[dict[str, Any]], ordered: bool) -> Any:
+            raise BulkWriteError(
+                {
+                    "nInserted": 1,
+                    "writeErrors": [{"index": 1, "code": 11000, "errmsg": "E11000 duplicate key"}],
+                    "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}],
+                }
+            )
+
+    store = Store.__new__(Store)
+    store.db = cast(Any, {"readings": Collection()})
+    with pytest.raises(WriteNotConfirmed, match="waiting for replication timed out") as raised:
+        store.insert_new("readings", [{"_id": "a"}, {"_id": "b"}])
+    assert isinstance(raised.value, TRANSIENT), "the batch is tried again, never rejected"
+    assert raised.value.inserted.is_new(0) and raised.value.inserted.duplicates == {1}
+    collection = Collection()
+    collection.insert_many = lambda documents, ordered: (_ for _ in ()).throw(  # type: ignore[method-assign]
+        BulkWriteError({"nInserted": 1, "writeErrors": [{"index": 1, "code": 11000}], "writeConcernErrors": []})
+    )
+    store.db = cast(Any, {"readings": collection})
+    assert store.insert_new("readings", [{"_id": "a"}, {"_id": "b"}]).duplicates == {1}, "no concern error: returned"
