@@ -561,7 +561,8 @@ def test_compose_file_resolves_with_the_compose_cli(tmp_path: Path) -> None:
 def test_the_readmes_override_for_a_sensor_with_its_own_user_resolves(tmp_path: Path) -> None:
     """The docker-compose.override.yml the README's Security section shows, merged as Compose merges it."""
     readme = (ROOT / "README.md").read_text()
-    block = readme.split("docker-compose.override.yml", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    security = readme.split("\n## Security", 1)[1]
+    block = security.split("docker-compose.override.yml", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     override = ROOT / f".test-override-{uuid.uuid4().hex[:8]}.yml"  # beside docker-compose.yml: `file:` is relative
     override.write_text(block)
     try:
@@ -577,6 +578,25 @@ def test_the_readmes_override_for_a_sensor_with_its_own_user_resolves(tmp_path: 
             "build"
         ]
     ), "the override must build the same sensor image"
+
+
+def test_the_readmes_override_for_settings_reaches_the_services_and_keeps_theirs(tmp_path: Path) -> None:
+    """The Settings section's docker-compose.override.yml: its variables reach the services, the file's stay."""
+    readme = (ROOT / "README.md").read_text()
+    settings = readme.split("## Settings", 1)[1]
+    block = settings.split("```yaml", 1)[1].split("```", 1)[0]
+    override = tmp_path / "docker-compose.override.yml"
+    override.write_text(block)
+    result = compose_config(tmp_path, COMPOSE_FILE, override, args=("--format", "json"))
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert services["model_analysis"]["environment"]["MODEL_ADAPTIVE_GAMMA"] == "0.01"
+    assert services["model_analysis"]["environment"]["MODEL_PATH"] == "/app/default-models/default.joblib"
+    assert services["trainer"]["environment"]["TRAINER_EVERY_S"] == "43200"
+    assert "MONGO_URI" in services["trainer"]["environment"], "merged into the service's own, not replacing it"
+    for name in yaml.safe_load(block)["services"]:
+        for variable in yaml.safe_load(block)["services"][name]["environment"]:
+            assert f"| `{variable}`" in readme, f"{variable} is a setting of the README's table"
 
 
 # --- Docker as the README documents it ------------------------------------------------
