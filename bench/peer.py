@@ -42,7 +42,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import Bench, run_standalone
 from bench.load import publish
-from bench.machine import CpuMeter, process_cpu_seconds
+from bench.machine import CpuMeter, process_cpu_seconds, stack_pid
 from bench.namespace import Namespace, clear_session
 from bench.probes import metric, scrape, topic_reader
 from bench.report import Table, write_result
@@ -54,6 +54,8 @@ PACED_SENSORS = 100
 PACED_RATE = 1000
 #: The bridge's target against the peer (issue #15): at least Telegraf's rate.
 TARGET = 1.0
+#: The stack's servers whose CPU the 1,000/s phases count: (name, a marker on its command line).
+STACK_SERVERS = {"Mosquitto": b"mosquitto", "Kafka": b"kafka.Kafka", "FerretDB": b"ferretdb"}
 TELEGRAF_GO_MOD = ROOT / "localstack" / "telegraf" / "go.mod"
 
 
@@ -391,17 +393,31 @@ def _paced(
     arrived: Callable[[], float],
     alive: Callable[[], bool],
 ) -> dict[str, Any]:
-    """PACED_RATE readings/s for ``seconds`` from PACED_SENSORS sensors; CPU of ``pid`` and of the stack."""
+    """PACED_RATE readings/s for ``seconds`` from PACED_SENSORS sensors; CPU per reading of ``pid`` and the servers.
+
+    The servers are this stack's own (found by its directory on their command
+    lines): other stacks on a shared machine are not counted.
+    """
+    servers = {name: stack_pid(bench.state_dir, marker) for name, marker in STACK_SERVERS.items()}
+    pids = {"under test": pid, **servers}
     before = arrived()
-    meter = CpuMeter().start()
-    cpu_before = process_cpu_seconds(pid)
+    load = os.getloadavg()[0]
+    started = {name: process_cpu_seconds(p) for name, p in pids.items()}
+    machine = CpuMeter().start()
     report = publish(bench.env, namespace.sensor_ids(PACED_SENSORS), processes=4, rate=PACED_RATE, duration_s=seconds)
     if report.errors:
         raise RuntimeError(f"publishers failed: {report.errors}")
     _wait_count(lambda: arrived() - before, report.sent, 120.0, alive)
-    cpu = process_cpu_seconds(pid) - cpu_before
-    cores = meter.stop()
-    return {"sent": report.sent, "cpu_s": cpu, "cpu_ms_per_reading": 1000 * cpu / report.sent, "stack_cores": cores}
+    used = {name: process_cpu_seconds(p) - started[name] for name, p in pids.items()}
+    busy = machine.stop()["machine: busy"]
+    return {
+        "sent": report.sent,
+        "cpu_s": used["under test"],
+        "cpu_ms_per_reading": 1000 * used["under test"] / report.sent,
+        "servers_cpu_ms_per_reading": {name: 1000 * used[name] / report.sent for name in servers},
+        "machine_busy_cores": busy,
+        "load_average_1min_before": round(load, 2),
+    }
 
 
 def telegraf_paced(bench: Bench, seconds: float) -> dict[str, Any]:
@@ -525,33 +541,36 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     cpu_rows = []
     for side in ("telegraf", "bridge"):
         entry = paced[side]
-        cores = entry["stack_cores"]
+        servers = entry["servers_cpu_ms_per_reading"]
         cpu_rows.append(
             [
                 "Telegraf" if side == "telegraf" else "bridge (ingest only)",
                 entry["sent"],
                 entry["cpu_ms_per_reading"],
-                cores.get("Mosquitto", 0.0),
-                cores.get("Kafka", 0.0),
-                cores.get("FerretDB", 0.0),
-                cores.get("machine: busy", 0.0),
+                servers["Mosquitto"],
+                servers["Kafka"],
+                servers["FerretDB"],
+                entry["cpu_ms_per_reading"] + sum(servers.values()),
+                entry["machine_busy_cores"],
             ]
         )
     cpu = Table(
-        f"Peer: CPU at {PACED_RATE:,} readings/s from {PACED_SENSORS} sensors, {paced_s:.0f} s each",
+        f"Peer: CPU per reading at {PACED_RATE:,} readings/s from {PACED_SENSORS} sensors, {paced_s:.0f} s each",
         [
             "process under test",
             "readings",
             "its CPU ms/reading",
-            "Mosquitto cores",
-            "Kafka cores",
-            "FerretDB cores",
+            "Mosquitto ms/reading",
+            "Kafka ms/reading",
+            "FerretDB ms/reading",
+            "together ms/reading",
             "machine busy cores",
         ],
         cpu_rows,
         [
-            "CPU ms per reading = the process's user + system CPU seconds over the phase (until the last reading "
-            "arrived) / readings; the bridge's includes validation and MongoDB's client, Telegraf stores nothing",
+            "CPU = user + system seconds of each process of this stack over the phase (until the last reading "
+            "arrived), per reading; the bridge's includes validation and MongoDB's client (FerretDB stores what "
+            "it sends), Telegraf validates and stores nothing; the machine's busy cores include other work on it",
         ],
     )
     write_result(bench.results_dir, "peer", figures, [rates, cpu])
