@@ -25,8 +25,8 @@ from pipeline import contract, periods
 #: A period whose document was last written more than SETTLED ago changes only by a late reading: it is
 #: reused for about CACHE_S, and after that while the hour (or day) holding it has not been written, so a late
 #: reading shows within about 1.5 CACHE_S (its hour is written within the bridge's 30 s rollup interval); at most
-#: CACHE_MAX documents. A page polling the
-#: last hour every 3 s then reads two minutes and two hours from MongoDB, not 61 minutes.
+#: CACHE_MAX documents. A page polling the last hour every 3 s then reads two minutes and two hours from MongoDB,
+#: not 61 minutes.
 SETTLED = timedelta(minutes=2)
 CACHE_S = 60.0
 CACHE_MAX = 20_000
