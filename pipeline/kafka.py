@@ -21,9 +21,6 @@ CONFIRM_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 #: Consumers commit what they have made durable at most this often (and when they stop).
 COMMIT_EVERY_S = 1.0
-#: A consumer that stops heartbeating (a replica killed) leaves its group after this long, and its
-#: partitions go to the other replicas (librdkafka's default, 45 s, held them that long).
-SESSION_TIMEOUT_MS = 10_000
 
 
 #: librdkafka's own log lines go to this logger (not raw to stderr), rate-limited by pipeline.logs.
@@ -96,7 +93,6 @@ def consumer_config(
         **_client_common(settings, client_id, kafka),
         "group.id": group_id,
         "enable.auto.commit": False,
-        "session.timeout.ms": SESSION_TIMEOUT_MS,
         # A new group starts at the beginning: nothing already in Kafka is skipped.
         "auto.offset.reset": "earliest",
     }

@@ -344,9 +344,3 @@ def test_topics_are_created_with_kafka_replication_factor_and_min_insync_replica
         assert {k: v for k, v in topic.config.items() if k != "retention.bytes"} == expected, topic.topic
     deadletter = next(t for t in created if t.topic == contract.TOPIC_DEADLETTER)
     assert deadletter.config["retention.bytes"] == str(DEADLETTER_RETENTION_BYTES)
-
-
-def test_a_killed_consumer_replica_leaves_its_group_within_10_s() -> None:
-    from pipeline.kafka import SESSION_TIMEOUT_MS, consumer_config
-
-    assert consumer_config(kafka_settings(), "g", "c")["session.timeout.ms"] == SESSION_TIMEOUT_MS == 10_000
