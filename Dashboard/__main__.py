@@ -8,7 +8,6 @@ import threading
 from types import FrameType
 
 import uvicorn
-from pymongo import MongoClient
 
 from Dashboard.app import create_app
 from Dashboard.firing import Alertmanager
@@ -16,7 +15,7 @@ from Dashboard.probe import ServiceProbe
 from Dashboard.queries import Reader
 from Dashboard.settings import Settings
 from pipeline import health, logs, settings
-from pipeline.mongo import tls_options
+from pipeline.mongo import mongo_client
 
 logger = logging.getLogger("Dashboard")
 
@@ -36,13 +35,9 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    client: MongoClient[dict[str, object]] = MongoClient(
-        config.MONGO_URI.get_secret_value(),
-        **tls_options(config),  # TLS with MONGO_TLS_CA_FILE
-        tz_aware=True,
-        serverSelectionTimeoutMS=3000,
-        connectTimeoutMS=3000,
-        appname="pipeline-dashboard",
+    # The one client every service builds (MONGO_URI checked at start, its options, MONGO_TLS_CA_FILE).
+    client = mongo_client(
+        config, tz_aware=True, serverSelectionTimeoutMS=3000, connectTimeoutMS=3000, appname="pipeline-dashboard"
     )
     probe = ServiceProbe(config.services)
     reader = Reader(client[config.MONGO_DATABASE])

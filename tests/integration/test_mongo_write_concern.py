@@ -99,3 +99,14 @@ def test_a_bridge_asked_for_unacknowledged_writes_stops_at_start_naming_mongo_ur
     assert "invalid settings, the service cannot start" in log and "MONGO_URI: w=0" in log
     assert pipeline.stack.env["MONGO_APP_PASSWORD"] not in log
     assert "Traceback" not in log
+
+
+def test_the_dashboard_builds_the_same_client_and_stops_at_start_on_a_mongo_uri_it_refuses(pipeline: Pipeline) -> None:
+    uri = with_options(pipeline.stack.env["MONGO_URI"], "w=0")
+    dashboard = pipeline.start_dashboard(wait=False, MONGO_URI=uri)
+    code = dashboard.wait(60)
+    pipeline.processes.remove(dashboard)  # it was meant to stop
+    log = dashboard.log_tail()
+    assert code == 2, log
+    assert "invalid settings, the service cannot start" in log and "MONGO_URI: w=0" in log
+    assert pipeline.stack.env["MONGO_APP_PASSWORD"] not in log
