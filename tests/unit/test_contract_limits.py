@@ -267,6 +267,8 @@ def forwarded_kind(raw: bytes) -> str:
 def test_a_forwarded_reading_keeps_the_edges_limits_on_nesting_and_values() -> None:
     assert forwarded_kind(forwarded(x=nested(3))) == "ok"
     assert forwarded_kind(forwarded(x=nested(4))) == "too_deep"
+    with pytest.raises(contract.ContractError, match=r"^extra fields nest deeper than 3 levels$"):
+        contract.parse_forwarded_reading(forwarded(x=nested(4)))
     assert forwarded_kind(forwarded(x=[0] * 2043)) == "ok"
     assert forwarded_kind(forwarded(x=[0] * 2044)) == "too_many_values"
     assert forwarded_kind(forwarded(x="a\u0000b")) == "bad_string"

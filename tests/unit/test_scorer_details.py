@@ -349,3 +349,46 @@ def test_a_momentarily_full_kafka_queue_delays_the_batch_and_makes_no_dead_lette
     built.scorer.run()
     assert built.producer.topics() == ["results-t"]
     assert built.consumer.commits == 1
+
+
+class RefusingAlerts(RecordingProducer):
+    """Kafka refuses every record on the alerts topic for what it is (say, too large); confirms the rest."""
+
+    def poll(self, timeout: float = 0) -> int:
+        callbacks, self._callbacks = self._callbacks, []
+        for msg, callback in callbacks:
+            refused = msg.topic() == "alerts-t"
+            callback(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if refused else None, msg)
+        return len(callbacks)
+
+
+def test_an_alert_kafka_refuses_makes_its_reading_a_dead_letter(build: Any) -> None:
+    readings = [forwarded("r-1", "s-1", 0.0), forwarded("r-2", "s-1", 50.0)]
+    built: Built = build(batches=[[message(r) for r in readings]])
+    built.producer = RefusingAlerts()
+    built.scorer.producer = built.scorer.loop.dead_letters.producer = cast(Producer, built.producer)
+    built.scorer.run()
+    [dead] = [json.loads(v) for t, _, v in built.producer.produced if t == "dead-t"]
+    assert (dead["kind"], dead["payload"]) == ("kafka_refused", message(readings[1]).value().decode())
+    assert [r["id"] for r in results(built)] == ["r-1", "r-2"]
+    assert built.consumer.commits == 1
+
+
+class FailingLookup(SensorModels):
+    """A registry whose lookup fails unexpectedly (not a missing model) for one sensor."""
+
+    def for_sensor(self, sensor: str) -> LoadedModel | None:
+        if sensor == "s-bad":
+            raise RuntimeError("the model file of s-bad cannot be read")
+        return super().for_sensor(sensor)
+
+
+def test_a_reading_that_fails_unexpectedly_is_a_dead_letter_and_the_rest_of_its_batch_is_scored(build: Any) -> None:
+    readings = [forwarded("r-1", "s-1", 0.0), forwarded("r-2", "s-bad", 0.0), forwarded("r-3", "s-1", 0.0, ago_s=6)]
+    built: Built = build(batches=[[message(r) for r in readings]])
+    built.scorer.models = cast(ModelRegistry, FailingLookup({"s-1": LOW_MODEL}))
+    built.scorer.run()
+    assert [r["id"] for r in results(built)] == ["r-1", "r-3"], "each scored alone once the batch failed"
+    [dead] = [json.loads(v) for t, _, v in built.producer.produced if t == "dead-t"]
+    assert (dead["kind"], dead["payload"]) == ("unexpected", message(readings[1]).value().decode())
+    assert built.consumer.commits == 1
