@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-from types import FrameType
 
 import uvicorn
 
@@ -14,7 +11,7 @@ from Dashboard.firing import Alertmanager
 from Dashboard.probe import ServiceProbe
 from Dashboard.queries import Reader
 from Dashboard.settings import Settings
-from pipeline import health, logs, settings
+from pipeline import health, lifecycle, logs, settings
 from pipeline.mongo import mongo_client
 
 logger = logging.getLogger("Dashboard")
@@ -24,17 +21,10 @@ def main() -> int:
     """Serve until SIGTERM or SIGINT: uvicorn finishes the requests in hand, then the clients close."""
     config = settings.load(Settings)
     logs.setup(config.LOG_LEVEL, "dashboard")
-    stopped = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        # uvicorn handles the signal while it serves, then raises it again once it
-        # has drained; landing here makes that a normal exit (code 0), like the
-        # other services. A signal before uvicorn starts means: do not start.
-        logger.info("%s: stopping", signal.Signals(signum).name)
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # uvicorn handles SIGTERM while it serves, then raises it again once it has drained: landing in
+    # the one handler every service uses makes that a normal exit (code 0). A signal before uvicorn
+    # starts means: do not start.
+    stopped = lifecycle.stop_event()
     # The one client every service builds (MONGO_URI checked at start, its options, MONGO_TLS_CA_FILE).
     client = mongo_client(
         config, tz_aware=True, serverSelectionTimeoutMS=3000, connectTimeoutMS=3000, appname="pipeline-dashboard"

@@ -782,7 +782,7 @@ def test_each_service_sets_up_logging_at_log_level(service: str, tmp_path: Path)
                 os.environ.pop("MODEL_TRAINED_PATH", None)
                 assert trainer_main.main() == 2  # no MODEL_TRAINED_PATH: stops once logging is set up
             else:
-                with pytest.raises(Sentinel), mock.patch.object(dashboard_main, "MongoClient", _raise):
+                with pytest.raises(Sentinel), mock.patch.object(dashboard_main, "mongo_client", _raise):
                     dashboard_main.main()
         assert levels == [level], service
 
@@ -1980,7 +1980,9 @@ def test_the_dashboard_serves_on_dashboard_port_and_watches_dashboard_services()
         keep_signals(),
         _setup_levels()[1],
         mock.patch.dict(os.environ, env),
-        mock.patch.object(dashboard_main, "MongoClient", FakeMongo),
+        mock.patch.object(
+            dashboard_main, "mongo_client", lambda config, **kw: FakeMongo(config.MONGO_URI.get_secret_value(), **kw)
+        ),
         mock.patch.object(dashboard_main, "ServiceProbe", FakeProbe),
         mock.patch.object(dashboard_main, "Reader", lambda db: SimpleNamespace(ping=lambda: True)),
         mock.patch.object(dashboard_main, "create_app", fake_app),
