@@ -142,9 +142,12 @@ def test_each_connection_is_numbered_and_shown_in_the_connected_gauge() -> None:
     bridge, client = built.bridge, cast(Any, built.client)
     connects = sample("pipeline_connections_total", {"server": "mqtt"})
     flags = SimpleNamespace(session_present=True)
+    lost = code("Unspecified error", PacketTypes.DISCONNECT)
+    bridge._on_disconnect(client, None, None, lost, None)  # whatever an earlier test left in the gauge
+    assert sample("pipeline_connected", {"server": "mqtt"}) == 0.0
     bridge._on_connect(client, None, flags, code("Success"), None)
     assert sample("pipeline_connected", {"server": "mqtt"}) == 1.0
-    bridge._on_disconnect(client, None, None, code("Unspecified error", PacketTypes.DISCONNECT), None)
+    bridge._on_disconnect(client, None, None, lost, None)
     assert sample("pipeline_connected", {"server": "mqtt"}) == 0.0
     bridge._on_connect(client, None, flags, code("Success"), None)
     assert bridge.connection == 2, "a reconnect is a new connection: the old packet ids mean nothing on it"
