@@ -73,8 +73,7 @@ def prepare(payload: bytes, topic: str, received_at: datetime, max_bytes: int) -
     contract; tests/unit/test_fuzz.py holds the property that nothing else
     escapes and that what it returns is encodable within the limits.
     """
-    reading = contract.parse_reading(payload, topic, max_bytes=max_bytes)
-    reading = reading.model_copy(update={"received_at": received_at})
+    reading = contract.parse_reading(payload, topic, max_bytes=max_bytes, received_at=received_at)
     value = contract.dumps(reading.to_message())
     if len(value) > contract.MAX_RECORD_BYTES:
         raise contract.ContractError(
