@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import backtest, bridge, e2e, kafka_clients, outage, peer, scoring, storage
+from bench import backtest, bridge, e2e, kafka_clients, outage, peer, scale, scoring, storage
 from bench.common import add_common_arguments, bench_stack, setup_logging
 
 BENCHMARKS = {
@@ -25,6 +25,7 @@ BENCHMARKS = {
     "e2e": e2e.run,
     "storage": storage.run,
     "backtest": backtest.run,
+    "scale": scale.run,
 }
 
 
