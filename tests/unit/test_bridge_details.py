@@ -86,6 +86,7 @@ def test_a_reading_whose_kafka_record_passes_1_mb_is_refused_as_too_large(size: 
         prepared = prepare(payload(pad=pad), TOPIC, RECEIVED, 2_000_000)
     except contract.ContractError as error:
         assert (error.kind, kind) == ("too_large", "too_large")
+        assert str(error) == "the reading's Kafka record is 1000001 bytes, over the 1000000-byte limit"
         return
     assert kind == "ok" and len(prepared.value) == size
 
