@@ -190,3 +190,22 @@ def wait_for(
         time.sleep(0.25)
     detail = on_timeout() if on_timeout else ""
     pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})\n{detail}")
+
+
+def holds_for(
+    condition: Callable[[], Any], seconds: float, what: str, on_failure: Callable[[], str] | None = None
+) -> None:
+    """Poll ``condition`` for ``seconds``; fail with ``what`` the first time it is false.
+
+    For what must *stay* true (nothing more arrives, nothing is doubled): checked all along the
+    window instead of once after a fixed sleep, so a breach that comes and goes is caught too.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if not value:
+            detail = on_failure() if on_failure else ""
+            pytest.fail(f"{what} stopped holding (got {value!r})\n{detail}")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)

@@ -379,3 +379,20 @@ def plan_scans(plan: dict[str, Any]) -> list[str]:
 
     walk(plan.get("queryPlanner", {}))
     return sqlite + mongo
+
+
+def metric(port: str | int, name: str, labels: dict[str, str] | None = None) -> float:
+    """The sample ``name`` with (at least) ``labels`` on a service's /metrics, 0 when it is absent.
+
+    Parsed by prometheus_client's own text parser, so a label value with a comma or a quote reads right.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    wanted = labels or {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in wanted.items()):
+                return float(sample.value)
+    return 0.0

@@ -7,7 +7,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -25,7 +24,7 @@ from Models_analysis.rescore import rescored_id
 from pipeline import contract
 from pipeline.periods import period_id
 from tests.conftest import Pipeline, free_port, wait_for
-from tests.helpers import consume, payload, publish, reading
+from tests.helpers import consume, metric, payload, publish, reading
 from tests.unit.models import ConstantModel, SlowModel
 
 pytestmark = pytest.mark.e2e
@@ -345,8 +344,14 @@ def test_a_promotion_by_the_trainer_changes_the_model_identity_and_scoring_never
     assert load_model(trained / f"{sensor}.joblib").identity.hash == promoted
 
     # Readings after the promotion are scored by the promoted model.
+    model_port = pipeline.processes[1].env["HEALTH_PORT"]
+    wait_for(
+        lambda: metric(model_port, "pipeline_model_info", {"scope": f"trained:{sensor}", "hash": promoted}) == 1,
+        30,
+        "the model service serving the promoted model",
+        pipeline.logs,
+    )
     later = wave_history(sensor, 5, datetime.now(UTC))
-    time.sleep(1.5)  # MODEL_RELOAD_CHECK_S=0.5: the service has looked at the folder since
     send(pipeline, sensor, later)
     ids = [r.id for r in later]
     wait_for(lambda: predictions.count_documents({"_id": {"$in": ids}}) == 5, 60, "the later predictions")

@@ -27,7 +27,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from pipeline import contract
-from tests.conftest import Pipeline, free_port, wait_for
+from tests.conftest import Pipeline, free_port, holds_for, wait_for
 from tests.helpers import consume, payload, publish, reading
 
 pytestmark = pytest.mark.faults
@@ -71,7 +71,12 @@ def stream_with_fault(
     query = {"sensor": {"$in": ids}}
     wait_for(lambda: readings.count_documents(query) >= total, 300, f"{total} readings", pipeline.logs)
     wait_for(lambda: predictions.count_documents(query) >= total, 300, f"{total} predictions", pipeline.logs)
-    time.sleep(3)  # anything late and doubled would show now
+    holds_for(
+        lambda: readings.count_documents(query) == total and predictions.count_documents(query) == total,
+        3,
+        f"exactly {total} readings and predictions (nothing late or doubled)",
+        pipeline.logs,
+    )
 
     reading_ids = [d["_id"] for d in readings.find(query, {"_id": 1})]
     prediction_ids = [d["_id"] for d in predictions.find(query, {"_id": 1})]

@@ -35,7 +35,7 @@ from pipeline import contract
 from tests import netns
 from tests.conftest import Pipeline, free_port, wait_for
 from tests.faults.test_faults import copies
-from tests.helpers import ARTIFACTS, uncommitted
+from tests.helpers import ARTIFACTS, metric, uncommitted
 
 pytestmark = pytest.mark.faults
 
@@ -50,15 +50,6 @@ SENSORS = 4
 PER_SENSOR = 2_000
 INTERVAL_S = "0.02"  # 4 sensors x ~50/s: about 40 s of readings, through the whole cut
 CUT_S = 30.0
-
-
-def metric(port: str, name: str) -> float:
-    """One unlabelled sample from a service's /metrics (0 when it is absent)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
 
 
 def kafka_ready(port: str) -> bool | None:

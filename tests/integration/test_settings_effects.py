@@ -8,8 +8,6 @@ cannot see: what Kafka and the broker do with what the services ask for.
 from __future__ import annotations
 
 import re
-import time
-import urllib.request
 from pathlib import Path
 
 import joblib
@@ -18,20 +16,11 @@ from confluent_kafka.admin import AdminClient
 
 from localstack.services import ServiceProcess, server_env
 from pipeline import contract
-from tests.conftest import Pipeline, free_port, wait_for
-from tests.helpers import payload, publish, reading
+from tests.conftest import Pipeline, free_port, holds_for, wait_for
+from tests.helpers import metric, payload, publish, reading
 from tests.unit.models import ConstantModel
 
 pytestmark = pytest.mark.integration
-
-
-def metric(process_env: dict[str, str], name: str) -> float:
-    """One unlabelled sample of a service's /metrics (0 when absent)."""
-    url = f"http://127.0.0.1:{process_env['HEALTH_PORT']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(found[1]) if found else 0.0
 
 
 def partitions(pipeline: Pipeline) -> dict[str, int]:
@@ -89,7 +78,7 @@ def test_bridges_in_one_share_group_split_the_readings_and_another_group_gets_th
     )
 
     def received(process_env: dict[str, str]) -> float:
-        return metric(process_env, "pipeline_readings_received_total")
+        return metric(process_env["HEALTH_PORT"], "pipeline_readings_received_total")
 
     wait_for(
         lambda: received(one.env) + received(two.env) >= 100 and received(other.env) >= 100,
@@ -97,7 +86,11 @@ def test_bridges_in_one_share_group_split_the_readings_and_another_group_gets_th
         "every reading received by the group and by the other group",
         pipeline.logs,
     )
-    time.sleep(1)  # anything delivered twice would show now
+    holds_for(
+        lambda: received(one.env) + received(two.env) == 100 and received(other.env) == 100,
+        2,
+        "each group receiving every reading once",
+    )
     shares = received(one.env), received(two.env)
     assert sum(shares) == 100 and min(shares) > 0, f"one group splits the readings: {shares}"
     assert received(other.env) == 100, "another group gets every reading"
@@ -145,7 +138,16 @@ def test_the_broker_sends_the_bridge_at_most_server_max_inflight_unacknowledged_
     items = [reading(sensor, float(i)) for i in range(30)]
     codes = publish(pipeline.stack.env, sensor, contract.readings_topic(sensor), [payload(r) for r in items])
     assert codes == [0] * 30, "the broker takes every reading into the bridge's session"
-    wait_for(lambda: metric(server.env, "pipeline_bridge_inbox") >= 5, 30, "5 readings in the bridge", pipeline.logs)
-    time.sleep(3)  # time for more to arrive, if the broker sent more
-    assert metric(server.env, "pipeline_bridge_inbox") == 5
+    wait_for(
+        lambda: metric(server.env["HEALTH_PORT"], "pipeline_bridge_inbox") >= 5,
+        30,
+        "5 readings in the bridge",
+        pipeline.logs,
+    )
+    holds_for(
+        lambda: metric(server.env["HEALTH_PORT"], "pipeline_bridge_inbox") == 5,
+        3,
+        "the bridge's inbox at SERVER_MAX_INFLIGHT (5)",
+        pipeline.logs,
+    )
     assert server.alive
