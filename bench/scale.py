@@ -49,12 +49,15 @@ import argparse
 import dataclasses
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from confluent_kafka import TopicPartition
 
 from bench import bridge
 from bench.common import Bench, run_standalone, wait_until
@@ -62,13 +65,20 @@ from bench.e2e import SENSORS as E2E_SENSORS
 from bench.e2e import Pipeline
 from bench.load import publish
 from bench.machine import CpuMeter, process_cpu_seconds, stack_pid
-from bench.peer import distinct_ids_in_kafka
+from bench.probes import topic_reader
 from bench.report import Table, write_result
 from bench.scoring import consume_results, fill_topic
+from localstack.cluster import kafka_nodes
 from pipeline import contract
 
-#: Ports of the second (three-broker) Kafka cluster, above the stack's own: node n at base + 192 + 2(n - 1).
-CLUSTER_PORT_OFFSET = 192
+if TYPE_CHECKING:
+    from localstack.stack import Stack
+
+#: Where the second (three-broker) Kafka cluster may listen, above the stack's own ports: node n of the cluster at
+#: base + offset + 2(n - 1). Port bases sit inside Linux's ephemeral range (32768-60999), so any client's
+#: outgoing connection may hold one of them for a while: the first offset whose six ports are free is used,
+#: and a start that still finds one taken tries the next.
+CLUSTER_PORT_OFFSETS = (192, 292, 392, 492, 592, 692)
 CLUSTER_BROKERS = 3
 #: Publisher processes of the saturating bursts (bench.bridge's default) and the bridge pair's sensors.
 PUBLISHERS = 3
@@ -102,12 +112,25 @@ def plan(quick: bool) -> Plan:
     return Plan(5_000, 300.0, 10.0) if quick else Plan(20_000, 500.0, 30.0)
 
 
-def cluster_ports(port_base: int) -> dict[str, str]:
+def cluster_ports(port_base: int, offset: int = CLUSTER_PORT_OFFSETS[0]) -> dict[str, str]:
     """KAFKA_PORT and KAFKA_CONTROLLER_PORT of the three-broker cluster beside a stack on ``port_base``."""
-    return {
-        "KAFKA_PORT": str(port_base + CLUSTER_PORT_OFFSET),
-        "KAFKA_CONTROLLER_PORT": str(port_base + CLUSTER_PORT_OFFSET + 1),
-    }
+    return {"KAFKA_PORT": str(port_base + offset), "KAFKA_CONTROLLER_PORT": str(port_base + offset + 1)}
+
+
+def _free(port: int) -> bool:
+    """Whether nothing holds ``port`` on 127.0.0.1, listening or as the local end of a connection."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _cluster_nodes_free(port_base: int, offset: int) -> bool:
+    ports = cluster_ports(port_base, offset)
+    nodes = kafka_nodes(CLUSTER_BROKERS, int(ports["KAFKA_PORT"]), int(ports["KAFKA_CONTROLLER_PORT"]))
+    return all(_free(port) for node in nodes for port in (node.port, node.controller_port))
 
 
 def ratio(two: float, one: float) -> float:
@@ -215,6 +238,28 @@ def _group_stable(bootstrap: str, group: str, members: int) -> bool:
     return description.state == ConsumerGroupState.STABLE and len(assigned) == members
 
 
+def records_and_ids(bootstrap: str, topic: str) -> tuple[int, int]:
+    """(records, distinct ``id`` fields) on a new ``topic``, read from its start to its high watermarks."""
+    consumer = topic_reader(bootstrap)
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        total = sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in partitions
+        )
+        consumer.subscribe([topic])
+        ids: set[str] = set()
+        records = 0
+        deadline = time.monotonic() + 120
+        while records < total and time.monotonic() < deadline:
+            for message in consumer.consume(1000, timeout=0.5):
+                if message.error() is None:
+                    records += 1
+                    ids.add(orjson.loads(message.value() or b"{}").get("id"))
+    finally:
+        consumer.close()
+    return records, len(ids)
+
+
 def model_phase(bench: Bench, count: int, replicas: int) -> dict[str, Any]:
     """``replicas`` model services in one group, ready and assigned, then ``count`` readings at once."""
     from pipeline.kafka import ensure_pipeline_topics
@@ -234,7 +279,7 @@ def model_phase(bench: Bench, count: int, replicas: int) -> dict[str, Any]:
         print(f"[scale] {replicas} model service(s): {count:,} readings from Kafka (load {load}) ...", flush=True)
         fill_topic(bootstrap, topics["KAFKA_TOPIC_READINGS"], count)
         results = consume_results(bootstrap, topics["KAFKA_TOPIC_RESULTS"], count, timeout_s=max(300.0, count / 20))
-    records, distinct = distinct_ids_in_kafka(bootstrap, topics["KAFKA_TOPIC_RESULTS"], telegraf=False)
+    records, distinct = records_and_ids(bootstrap, topics["KAFKA_TOPIC_RESULTS"])
     if len(results) < count:
         raise RuntimeError(f"only {len(results)} of {count} predictions arrived; logs in {bench.log_dir}")
     first_batch = min(scored for scored, _ in results)
@@ -258,6 +303,33 @@ def model_pair(bench: Bench, count: int) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- Kafka: 1 broker or 3
 
 
+def _start_cluster(bench: Bench, port_base: int) -> Stack:
+    """Start the Kafka nodes of a second stack on the first offset whose ports are free; the stack."""
+    from localstack.stack import Stack, StackConfig, StackError
+
+    offsets = [o for o in CLUSTER_PORT_OFFSETS if _cluster_nodes_free(port_base, o)] or list(CLUSTER_PORT_OFFSETS)
+    for attempt, offset in enumerate(offsets):
+        environ = {
+            **os.environ,
+            **bench.env,
+            "STACK_DIR": tempfile.mkdtemp(prefix="bench-scale-kafka-"),
+            "KAFKA_BROKERS": str(CLUSTER_BROKERS),
+            **cluster_ports(port_base, offset),
+        }
+        cluster = Stack(StackConfig.from_env(environ))
+        cluster.servers = {name: server for name, server in cluster.servers.items() if name.startswith("kafka")}
+        print(f"[scale] starting three Kafka brokers on ports from {port_base + offset} ...", flush=True)
+        try:
+            cluster.start()  # (stops what it launched if one fails)
+        except StackError as error:
+            if "already in use" not in str(error) or attempt == len(offsets) - 1:
+                raise
+            print("[scale] one of those ports was taken meanwhile; trying the next ones", flush=True)
+            continue
+        return cluster
+    raise AssertionError("unreachable")
+
+
 @contextmanager
 def kafka_cluster(bench: Bench, port_base: int) -> Iterator[tuple[Bench, list[int]]]:
     """A three-broker cluster beside the stack; yields a Bench whose services use it, and the brokers' pids.
@@ -266,20 +338,8 @@ def kafka_cluster(bench: Bench, port_base: int) -> Iterator[tuple[Bench, list[in
     (its state in a temporary directory of its own); Mosquitto and FerretDB
     stay the stack's, so only Kafka differs from the one-broker phase.
     """
-    from localstack.stack import Stack, StackConfig
-
-    state_dir = Path(tempfile.mkdtemp(prefix="bench-scale-kafka-"))
-    environ = {
-        **os.environ,
-        **bench.env,
-        "STACK_DIR": str(state_dir),
-        "KAFKA_BROKERS": str(CLUSTER_BROKERS),
-        **cluster_ports(port_base),
-    }
-    cluster = Stack(StackConfig.from_env(environ))
-    cluster.servers = {name: server for name, server in cluster.servers.items() if name.startswith("kafka")}
     started = time.monotonic()
-    cluster.start()
+    cluster = _start_cluster(bench, port_base)
     try:
         print(f"[scale] three Kafka brokers ready after {time.monotonic() - started:.0f}s", flush=True)
         env = cluster.service_env()
@@ -440,7 +500,6 @@ def kafka_pair(bench: Bench, plan_: Plan, port_base: int) -> list[dict[str, Any]
     """The pipeline on the stack's one broker, then on a three-broker cluster (RF 3, min.insync 2)."""
     main_broker = stack_pid(bench.state_dir, b"kafka.Kafka")
     results = [kafka_phase(bench, plan_, 1, [main_broker] if main_broker else [])]
-    print(f"[scale] starting three Kafka brokers on ports from {port_base + CLUSTER_PORT_OFFSET} ...", flush=True)
     with kafka_cluster(bench, port_base) as (cluster_bench, pids):
         results.append(kafka_phase(cluster_bench, plan_, CLUSTER_BROKERS, pids))
     return results

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from bench.scale import (
     CLUSTER_BROKERS,
+    CLUSTER_PORT_OFFSETS,
     FLEETS,
     PLAN_SENSORS,
     capacity_plan,
@@ -33,14 +34,19 @@ LOADS = st.floats(min_value=0.0, max_value=1e8, allow_nan=False, allow_infinity=
 UTILISATIONS = st.floats(min_value=0.05, max_value=1.0, allow_nan=False)
 
 
-@given(base=st.integers(min_value=1024, max_value=64_000))
-def test_the_cluster_never_takes_a_port_of_the_stack_and_stays_in_its_thousand(base: int) -> None:
-    ports = cluster_ports(base)
+@given(base=st.integers(min_value=1024, max_value=64_000), offset=st.sampled_from(CLUSTER_PORT_OFFSETS))
+def test_the_cluster_never_takes_a_port_of_the_stack_and_stays_in_its_thousand(base: int, offset: int) -> None:
+    ports = cluster_ports(base, offset)
     nodes = kafka_nodes(CLUSTER_BROKERS, int(ports["KAFKA_PORT"]), int(ports["KAFKA_CONTROLLER_PORT"]))
     cluster = {port for node in nodes for port in (node.port, node.controller_port)}
     assert len(cluster) == 2 * CLUSTER_BROKERS
     assert not cluster & {int(p) for p in stack_ports(base).values()}
     assert all(base <= port < base + 1000 for port in cluster)
+
+
+def test_the_cluster_offsets_never_overlap_one_another() -> None:
+    spans = [set(range(offset, offset + 2 * CLUSTER_BROKERS)) for offset in CLUSTER_PORT_OFFSETS]
+    assert all(not a & b for i, a in enumerate(spans) for b in spans[i + 1 :])
 
 
 def test_a_quick_run_is_smaller_in_every_phase() -> None:
