@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from bench.common import Bench, run_standalone
+from bench.common import Bench, run_standalone, wait_until
 from bench.load import publish
 from bench.machine import CpuMeter, process_cpu_seconds, stack_pid
 from bench.namespace import Namespace, clear_session
@@ -264,6 +264,14 @@ class Telegraf:
             return ""
 
 
+#: What a topic answers while it is being created (the first metadata request creates it).
+_NOT_READY = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+
+
 class Watermarks:
     """Records on a Kafka topic (the sum of its partitions' high watermarks: the topic is new)."""
 
@@ -271,19 +279,27 @@ class Watermarks:
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-peer-watermarks"})
 
     def count(self, topic: str) -> int:
-        metadata = self.consumer.list_topics(topic, timeout=10)
-        partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
-        return sum(
-            self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
-            for p in partitions
-        )
+        """The records on ``topic``; 0 while the topic is being created (no partition leader yet)."""
+        for attempt in range(20):
+            try:
+                metadata = self.consumer.list_topics(topic, timeout=10)
+                partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
+                return sum(
+                    self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+                    for p in partitions
+                )
+            except KafkaException as error:
+                if error.args[0].code() not in _NOT_READY or attempt == 19:
+                    raise
+                time.sleep(0.1)
+        return 0
 
     def close(self) -> None:
         self.consumer.close()
 
 
-def distinct_ids_in_kafka(bootstrap: str, topic: str, telegraf: bool) -> tuple[int, int]:
-    """(records, distinct reading ids) on ``topic``, read from the beginning to its high watermark."""
+def distinct_ids_in_kafka(bootstrap: str, topic: str, telegraf: bool, prefix: str) -> tuple[int, int]:
+    """(records, distinct ids of readings starting with ``prefix``) on ``topic``, read to its high watermark."""
     import orjson
 
     marks = Watermarks(bootstrap)
@@ -304,7 +320,9 @@ def distinct_ids_in_kafka(bootstrap: str, topic: str, telegraf: bool) -> tuple[i
                     continue
                 records += 1
                 document = orjson.loads(value)
-                ids.add(document["fields"]["id"] if telegraf else document["id"])
+                reading_id = document["fields"]["id"] if telegraf else document["id"]
+                if reading_id.startswith(prefix):
+                    ids.add(reading_id)
     finally:
         consumer.close()
     return records, len(ids)
@@ -322,6 +340,26 @@ def _wait_count(counter: Callable[[], float], target: int, timeout_s: float, ali
     raise RuntimeError(f"reached {counter():.0f} of {target} within {timeout_s:.0f}s")
 
 
+def _wait_subscribed(bench: Bench, namespace: Namespace, telegraf: Telegraf, marks: Watermarks) -> int:
+    """Publish a probe reading until one has come through Telegraf into Kafka; the topic's count then.
+
+    Telegraf says nothing when it has subscribed (its log is quiet), and a
+    reading published before that is not for its session: the probe shows it.
+    """
+    probe = namespace.sensor_ids(1, prefix="probe")
+    deadline = time.monotonic() + 90
+    sent = 0
+    while time.monotonic() < deadline:
+        if not telegraf.alive():
+            raise RuntimeError("telegraf exited")
+        publish(bench.env, probe, processes=1, per_sensor=1, first=sent)
+        sent += 1
+        if wait_until(lambda: marks.count(telegraf.topic) >= 1, timeout_s=3.0, every_s=0.1):
+            time.sleep(0.5)  # a probe still on its way lands before the measurement
+            return marks.count(telegraf.topic)
+    raise RuntimeError("no probe reading came through Telegraf into Kafka within 90 s")
+
+
 def telegraf_saturated(bench: Bench, count: int, publishers: int) -> dict[str, Any]:
     """Telegraf's highest rate: ``count`` readings as fast as the broker takes them, until all are in Kafka."""
     namespace = bench.namespace("tgsat")
@@ -329,21 +367,23 @@ def telegraf_saturated(bench: Bench, count: int, publishers: int) -> dict[str, A
     marks = Watermarks(bench.env["KAFKA_BOOTSTRAP_SERVERS"])
     try:
         telegraf.start()
-        time.sleep(3)  # connect and subscribe (Telegraf reports neither)
-        if not telegraf.alive():
-            raise RuntimeError(f"telegraf exited:\n{telegraf.log_tail()}")
+        baseline = _wait_subscribed(bench, namespace, telegraf, marks)
         cpu_before = process_cpu_seconds(telegraf.pid)
         report = publish(bench.env, namespace.sensor_ids(SENSORS), processes=publishers, per_sensor=count // SENSORS)
         if report.errors:
             raise RuntimeError(f"publishers failed: {report.errors}")
-        finished = _wait_count(lambda: marks.count(telegraf.topic), report.sent, max(120.0, count / 50), telegraf.alive)
+        finished = _wait_count(
+            lambda: marks.count(telegraf.topic) - baseline, report.sent, max(120.0, count / 50), telegraf.alive
+        )
         cpu = process_cpu_seconds(telegraf.pid) - cpu_before
     except RuntimeError as error:
         raise RuntimeError(f"telegraf: {error}; log {telegraf.log_path}:\n{telegraf.log_tail()}") from None
     finally:
         telegraf.stop()
         marks.close()
-    records, distinct = distinct_ids_in_kafka(bench.env["KAFKA_BOOTSTRAP_SERVERS"], telegraf.topic, telegraf=True)
+    records, distinct = distinct_ids_in_kafka(
+        bench.env["KAFKA_BOOTSTRAP_SERVERS"], telegraf.topic, telegraf=True, prefix=f"{namespace.name}-s"
+    )
     return {
         "readings_per_s": report.sent / (finished - report.started_at),
         "sent": report.sent,
@@ -373,7 +413,10 @@ def bridge_saturated(bench: Bench, count: int, publishers: int) -> dict[str, Any
         )
         cpu = process_cpu_seconds(server.process.pid) - cpu_before
     records, distinct = distinct_ids_in_kafka(
-        bench.env["KAFKA_BOOTSTRAP_SERVERS"], namespace.topics["KAFKA_TOPIC_READINGS"], telegraf=False
+        bench.env["KAFKA_BOOTSTRAP_SERVERS"],
+        namespace.topics["KAFKA_TOPIC_READINGS"],
+        telegraf=False,
+        prefix=f"{namespace.name}-s",
     )
     return {
         "readings_per_s": report.sent / (finished - report.started_at),
@@ -426,9 +469,7 @@ def telegraf_paced(bench: Bench, seconds: float) -> dict[str, Any]:
     marks = Watermarks(bench.env["KAFKA_BOOTSTRAP_SERVERS"])
     try:
         telegraf.start()
-        time.sleep(3)
-        if not telegraf.alive():
-            raise RuntimeError(f"telegraf exited:\n{telegraf.log_tail()}")
+        _wait_subscribed(bench, namespace, telegraf, marks)
         return _paced(bench, namespace, telegraf.pid, seconds, lambda: marks.count(telegraf.topic), telegraf.alive)
     finally:
         telegraf.stop()
