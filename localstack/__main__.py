@@ -35,11 +35,7 @@ def _print_status(stack: Stack) -> bool:
 
 
 def _cmd_start(stack: Stack, names: list[str]) -> int:
-    if names:
-        for name in names:
-            stack.start_one(name)
-    else:
-        stack.start()
+    stack.start(names or None)
     _print_status(stack)
     config = stack.config
     print(f"\nmongo-express: http://127.0.0.1:{config.mongo_express_port}/ (user {config.mongo_express_username})")

@@ -31,7 +31,7 @@ import logging
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,21 +107,30 @@ class Stack:
 
     # Public API --------------------------------------------------------------
 
-    def start(self) -> list[str]:
-        """Start every server not yet running and wait until each answers; returns those it launched.
+    def start(self, names: Sequence[str] | None = None) -> list[str]:
+        """Start every server (or those of ``names``) not yet running and wait until each answers;
+        returns those it launched.
 
         Servers that already run are reused. If one fails, the servers this call
         launched are stopped again and :class:`StackError` names the failing server
-        and shows the end of its log.
+        and shows the end of its log. Named servers are launched together: the
+        nodes of a Kafka cluster answer only once a majority of them runs.
         """
         self.config.validate()
+        for name in names or ():
+            self._check_name(name)
         with self._locked():
             launched: list[str] = []
             try:
+                pending = [n for n in self.servers if names is None or n in names]
                 self._check_external_mongo()
-                self._check_ports_free()
-                pending = list(self.servers)
+                self._check_ports_free(pending)
                 ready: set[str] = {n for n in SERVER_NAMES if n not in self.servers}
+                ready |= {n for n in self.servers if n not in pending and self._running_record(n) is not None}
+                for name in pending:
+                    for dependency in self.servers[name].after:
+                        if dependency not in ready and dependency not in pending:
+                            raise StackError(f"{name} needs {dependency} running: start {dependency} first")
                 deadlines: dict[str, float] = {}
                 # Launch what can start now, then wait for each in order, launching
                 # the servers that depend on it as soon as it answers.
@@ -270,9 +279,9 @@ class Stack:
         finally:
             client.close()
 
-    def _check_ports_free(self) -> None:
-        """Fail before launching anything if a server that is not running would find its port taken."""
-        for name, server in self.servers.items():
+    def _check_ports_free(self, names: list[str]) -> None:
+        """Fail before launching anything if a server of ``names`` that is not running would find its port taken."""
+        for name, server in ((n, self.servers[n]) for n in names):
             if self._running_record(name) is None:
                 for variable, port in server.ports.items():
                     if process.port_open(port):

@@ -344,3 +344,11 @@ def test_topics_are_created_with_kafka_replication_factor_and_min_insync_replica
         assert {k: v for k, v in topic.config.items() if k != "retention.bytes"} == expected, topic.topic
     deadletter = next(t for t in created if t.topic == contract.TOPIC_DEADLETTER)
     assert deadletter.config["retention.bytes"] == str(DEADLETTER_RETENTION_BYTES)
+
+
+def test_named_servers_start_together_and_one_whose_dependency_is_down_is_refused(tmp_path: Path) -> None:
+    stack = Stack(config(tmp_path, KAFKA_BROKERS="3"))
+    with pytest.raises(StackError, match="mongo-express needs ferretdb running"):
+        stack.start(["mongo-express"])
+    with pytest.raises(StackError, match="unknown server 'kafka-4'"):
+        stack.start(["kafka", "kafka-4"])
