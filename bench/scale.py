@@ -202,10 +202,17 @@ def order(quick: bool) -> tuple[int, ...]:
     return (1, 2) if quick else (1, 2, 2, 1)
 
 
-def mean_rate(results: list[dict[str, Any]], replicas: int, key: str = "readings_per_s") -> float:
-    """The mean rate of the phases of a pair run with ``replicas`` instances (NaN if none)."""
-    rates = [r[key] for r in results if r["replicas"] == replicas]
+def mean_rate(
+    results: list[dict[str, Any]], replicas: int, key: str = "readings_per_s", count: str = "replicas"
+) -> float:
+    """The mean ``key`` of the phases of a pair run with ``replicas`` instances (``count``); NaN if none."""
+    rates = [r[key] for r in results if r[count] == replicas]
     return sum(rates) / len(rates) if rates else float("nan")
+
+
+def kafka_order(quick: bool) -> tuple[int, ...]:
+    """Brokers in each phase of the Kafka pair: 1, 3, 1 (the one broker before and after; quick: 1, 3)."""
+    return (1, CLUSTER_BROKERS) if quick else (1, CLUSTER_BROKERS, 1)
 
 
 def bridge_pair(bench: Bench, count: int) -> list[dict[str, Any]]:
@@ -375,13 +382,18 @@ def _cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
     return {part: sum(process_cpu_seconds(pid) for pid in group) for part, group in pids.items()}
 
 
+def _idle_cores(pids: dict[str, list[int]]) -> dict[str, float]:
+    """Each part's cores over IDLE_S with no load but the real sensor's 5 readings/s."""
+    before, started = _cpu_seconds(pids), time.monotonic()
+    time.sleep(IDLE_S)
+    wall = time.monotonic() - started
+    return {part: (used - before[part]) / wall for part, used in _cpu_seconds(pids).items()}
+
+
 def _steady(pipeline: Pipeline, plan_: Plan, kafka_pids: list[int]) -> dict[str, Any]:
     """Each part's cores idle (only the real sensor's 5/s) and at ``plan_.steady_rate``; CPU ms per reading."""
     pids = _part_pids(pipeline, kafka_pids)
-    idle_before, idle_started = _cpu_seconds(pids), time.monotonic()
-    time.sleep(IDLE_S)
-    idle_wall = time.monotonic() - idle_started
-    idle = {part: (used - idle_before[part]) / idle_wall for part, used in _cpu_seconds(pids).items()}
+    idle_first = _idle_cores(pids)
     readings_before, _, _ = pipeline.counts()
     before, started = _cpu_seconds(pids), time.monotonic()
     meter = CpuMeter().start()
@@ -393,6 +405,9 @@ def _steady(pipeline: Pipeline, plan_: Plan, kafka_pids: list[int]) -> dict[str,
         cores[label] = machine[label]
     readings_after, _, _ = pipeline.counts()
     stored = readings_after - readings_before
+    # Idle before and after: just started brokers are busy for a while (leaders, the offsets topic), so the lower.
+    idle_then = _idle_cores(pids)
+    idle = {part: min(idle_first[part], idle_then[part]) for part in pids}
     return {
         "rate": plan_.steady_rate,
         "seconds": plan_.steady_s,
@@ -403,6 +418,7 @@ def _steady(pipeline: Pipeline, plan_: Plan, kafka_pids: list[int]) -> dict[str,
         "p99_s": phase["p99_s"],
         "pids": pids,
         "idle_cores": idle,
+        "idle_cores_before_and_after": {part: [idle_first[part], idle_then[part]] for part in pids},
         "cores": cores,
         "cpu_ms_per_reading": {
             part: cpu_ms_per_reading(value, wall, stored) for part, value in cores.items() if part in pids
@@ -497,11 +513,15 @@ def kafka_phase(bench: Bench, plan_: Plan, brokers: int, kafka_pids: list[int]) 
 
 
 def kafka_pair(bench: Bench, plan_: Plan, port_base: int) -> list[dict[str, Any]]:
-    """The pipeline on the stack's one broker, then on a three-broker cluster (RF 3, min.insync 2)."""
+    """The pipeline on the stack's one broker and on three brokers (RF 3, min.insync 2), as :func:`kafka_order` says."""
     main_broker = stack_pid(bench.state_dir, b"kafka.Kafka")
-    results = [kafka_phase(bench, plan_, 1, [main_broker] if main_broker else [])]
-    with kafka_cluster(bench, port_base) as (cluster_bench, pids):
-        results.append(kafka_phase(cluster_bench, plan_, CLUSTER_BROKERS, pids))
+    results = []
+    for brokers in kafka_order(bench.quick):
+        if brokers == 1:
+            results.append(kafka_phase(bench, plan_, 1, [main_broker] if main_broker else []))
+            continue
+        with kafka_cluster(bench, port_base) as (cluster_bench, pids):
+            results.append(kafka_phase(cluster_bench, plan_, brokers, pids))
     return results
 
 
@@ -540,6 +560,7 @@ def _tables(
                 "predictions on Kafka (no MongoDB in this pair)",
             ]
         )
+    bursts = [{"brokers": r["brokers"], **r["burst"]} for r in kafka]
     for key, what in (("ingest_readings_per_s", "to reading stored"), ("end_to_end_readings_per_s", "to prediction")):
         for result in kafka:
             check = result["check"]
@@ -547,7 +568,7 @@ def _tables(
                 [
                     f"whole pipeline, Kafka {result['brokers']} broker(s), {what}",
                     result["burst"][key],
-                    ratio(result["burst"][key], kafka[0]["burst"][key]),
+                    ratio(result["burst"][key], mean_rate(bursts, 1, key, "brokers")),
                     str(result["burst_load_average"]),
                     f"{'yes' if check['exactly_once'] else 'NO'}: {check['readings_in_mongodb']:,} readings and "
                     f"{check['predictions_in_mongodb']:,} predictions of {check['published']:,} in MongoDB",
@@ -563,8 +584,9 @@ def _tables(
             "so a ratio near 1 is the machine's limit, not the service's; ratios are within one run, the rates "
             "move with the load average",
             "three brokers: replication factor 3, min.insync.replicas 2, acks=all, all three on this machine",
-            "x one: against the mean of the same pair's one-instance phases; the pairs run one, two, two, one "
-            "instances (--quick: one, two) so drift on the shared machine falls on both",
+            "x one: against the mean of the same pair's one-instance (one-broker) phases; the pairs run one, two, "
+            "two, one instances and one, three, one brokers (--quick: one, two; one, three) so drift on the shared "
+            "machine falls on both sides",
         ],
     )
     cpu_rows: list[list[Any]] = []
@@ -590,7 +612,10 @@ def _tables(
         ]
         + [float("nan")] * (2 * len(kafka))
     )
-    brokers = [f"{r['brokers']} broker(s)" for r in kafka]
+    brokers = [
+        f"{r['brokers']} broker(s)" + (" again" if any(o["brokers"] == r["brokers"] for o in kafka[:i]) else "")
+        for i, r in enumerate(kafka)
+    ]
     cpu = Table(
         f"CPU per reading at a steady {plan_.steady_rate:,.0f} readings/s ({plan_.steady_s:.0f} s), "
         "100 sensors, one bridge, one model service",
@@ -606,7 +631,7 @@ def _tables(
             "brokers of that phase) over the readings stored in the same time, drain included; 'above idle' "
             f"subtracts each part's cores in {IDLE_S:.0f} s with only the real sensor's 5 readings/s just before",
             "load average at the start: "
-            + "; ".join(f"{r['brokers']} broker(s) {r['load_average']}" for r in kafka)
+            + "; ".join(f"{b} {r['load_average']}" for b, r in zip(brokers, kafka, strict=True))
             + "; CPU seconds move far less with the machine's load than rates do",
             "FerretDB 1.24 on SQLite stands in for MongoDB",
         ],
@@ -661,7 +686,8 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     bridges = bridge_pair(bench, plan_.readings)
     models = model_pair(bench, plan_.readings)
     kafka = kafka_pair(bench, plan_, port_base)
-    three = kafka[-1]["steady"]["cpu_ms_per_reading_above_idle"]
+    three = next(r for r in kafka if r["brokers"] == CLUSTER_BROKERS)["steady"]["cpu_ms_per_reading_above_idle"]
+    bursts = [{"brokers": r["brokers"], **r["burst"]} for r in kafka]
     capacity = capacity_plan(
         {part: three[part] for part in PARTS if part in three},
         {"bridge": mean_rate(bridges, 1), "model service": mean_rate(models, 1)},
@@ -677,12 +703,12 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         "ratios": {
             "two_bridges_vs_one": ratio(mean_rate(bridges, 2), mean_rate(bridges, 1)),
             "two_model_services_vs_one": ratio(mean_rate(models, 2), mean_rate(models, 1)),
-            "three_brokers_vs_one_ingest": ratio(
-                kafka[1]["burst"]["ingest_readings_per_s"], kafka[0]["burst"]["ingest_readings_per_s"]
-            ),
-            "three_brokers_vs_one_end_to_end": ratio(
-                kafka[1]["burst"]["end_to_end_readings_per_s"], kafka[0]["burst"]["end_to_end_readings_per_s"]
-            ),
+            **{
+                f"three_brokers_vs_one_{name}": ratio(
+                    mean_rate(bursts, CLUSTER_BROKERS, key, "brokers"), mean_rate(bursts, 1, key, "brokers")
+                )
+                for name, key in (("ingest", "ingest_readings_per_s"), ("end_to_end", "end_to_end_readings_per_s"))
+            },
         },
         "capacity": capacity,
         "utilisation": UTILISATION,

@@ -6,6 +6,7 @@ No servers: the benchmark itself runs in ``make bench``; its timings are never t
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -16,6 +17,7 @@ from bench.scale import (
     CLUSTER_PORT_OFFSETS,
     FLEETS,
     PLAN_SENSORS,
+    _tables,
     capacity_plan,
     cluster_ports,
     cores_needed,
@@ -145,3 +147,55 @@ def test_mean_rate_is_per_instance_count() -> None:
     assert mean_rate(runs, 1) == 90.0
     assert mean_rate(runs, 2) == 160.0
     assert math.isnan(mean_rate(runs, 3))
+
+
+def _kafka_run(brokers: int, rate: float) -> dict[str, Any]:
+    parts = ("Mosquitto", "bridge", "Kafka", "model service", "FerretDB")
+    return {
+        "brokers": brokers,
+        "load_average": [1.0, 1.0, 1.0],
+        "burst_load_average": [1.0, 1.0, 1.0],
+        "steady": {
+            "cpu_ms_per_reading": dict.fromkeys(parts, 0.2),
+            "cpu_ms_per_reading_above_idle": dict.fromkeys(parts, 0.1),
+            "idle_cores": dict.fromkeys(parts, 0.01),
+            "cores": {"publishers (simulated sensors)": 0.2},
+            "wall_s": 30.0,
+            "readings_stored": 15_000,
+        },
+        "burst": {"ingest_readings_per_s": rate, "end_to_end_readings_per_s": rate * 0.9, "sent": 20_000},
+        "check": {
+            "exactly_once": True,
+            "readings_in_mongodb": 35_000,
+            "predictions_in_mongodb": 35_000,
+            "published": 35_000,
+        },
+    }
+
+
+def test_the_tables_hold_every_phase_and_compare_with_the_mean_of_the_one_instance_phases() -> None:
+    bridges = [
+        {"replicas": n, "readings_per_s": rate, "load_average": [1.0], "exactly_once": True, "in_mongodb": 1, "sent": 1}
+        for n, rate in zip(order(False), (100.0, 150.0, 170.0, 80.0), strict=True)
+    ]
+    models = [
+        {
+            "replicas": n,
+            "readings_per_s": rate,
+            "load_average": [1.0],
+            "exactly_once": True,
+            "distinct_ids": 1,
+            "readings": 1,
+        }
+        for n, rate in zip(order(False), (1000.0, 1500.0, 1500.0, 1000.0), strict=True)
+    ]
+    kafka = [_kafka_run(1, 2000.0), _kafka_run(3, 1500.0), _kafka_run(1, 1000.0)]
+    capacity = capacity_plan({"bridge": 0.25}, {"bridge": 90.0})
+    pairs, cpu, arithmetic = _tables(plan(False), bridges, models, kafka, capacity)
+    assert [row[2] for row in pairs.rows[:4]] == pytest.approx([100 / 90, 150 / 90, 170 / 90, 80 / 90])
+    # The three-broker burst against the mean of the two one-broker bursts (2,000 and 1,000).
+    three = [row for row in pairs.rows if row[0].startswith("whole pipeline, Kafka 3")]
+    assert three[0][2] == pytest.approx(1500 / 1500)
+    assert len(cpu.headers) == 1 + 3 * len(kafka)
+    assert len({*cpu.headers}) == len(cpu.headers)  # "1 broker(s) again" for the second one-broker run
+    assert len(arithmetic.rows) == len(FLEETS)
