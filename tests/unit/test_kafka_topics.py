@@ -199,7 +199,3 @@ def test_too_few_brokers_for_the_replicas_fails_the_start_naming_the_variable(cl
     with pytest.raises(KafkaException) as caught:
         run_with(other, lambda: ensure_topics(cluster, ["r"], timeout_s=0))
     assert caught.value.args[0].code() == KafkaError.POLICY_VIOLATION, "another refusal is raised as it came"
-
-
-def test_a_consumer_that_stops_heartbeating_leaves_its_group_after_10_s() -> None:
-    assert consumer_config(SETTINGS, "g", "c")["session.timeout.ms"] == 10_000
