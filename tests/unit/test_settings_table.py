@@ -623,6 +623,16 @@ EFFECTS: dict[str, list[str]] = {
         AHEAD + "test_the_grid_is_refreshed_in_the_background_before_it_runs_out",
         AHEAD + "test_without_a_grid_every_batch_predicts",
     ],
+    "KAFKA_REPLICATION_FACTOR": [
+        "tests/unit/test_kafka_cluster.py::test_topics_are_created_with_kafka_replication_factor_and_min_insync_replicas",
+        "tests/unit/test_kafka_topics.py::test_on_a_cluster_topics_get_the_replicas_asked_for_and_writes_wait_for_all_but_one",
+        "tests/faults/test_cluster.py::test_the_pipelines_topics_have_three_replicas_and_need_two_in_sync",
+    ],
+    "KAFKA_MIN_INSYNC_REPLICAS": [
+        "tests/unit/test_kafka_cluster.py::test_min_insync_replicas_is_valid_only_within_the_replicas",
+        "tests/unit/test_kafka_topics.py::test_on_a_cluster_topics_get_the_replicas_asked_for_and_writes_wait_for_all_but_one",
+        "tests/faults/test_cluster.py::test_the_pipelines_topics_have_three_replicas_and_need_two_in_sync",
+    ],
     "MODEL_ADAPTIVE_GAMMA": [
         U + "test_model_adaptive_gamma_widens_a_sensors_interval_after_a_miss_and_zero_keeps_the_models",
         "tests/e2e/test_models.py::test_a_sensor_whose_readings_miss_gets_a_wider_interval_and_its_anomaly_flag_follows_it",
