@@ -155,7 +155,7 @@ class Scorer:
             scored = attempt.memo[memo_key] = self._build(readings)
         deliveries: Deliveries = attempt.memo.setdefault("kafka", Deliveries())
         try:
-            send_all(self.producer, scored.records, self.stop, deliveries).wait(self.producer, self.stop)
+            send_all(self.producer, scored.records, self.stop, deliveries).wait(self.producer, self.stop, self.kafka)
         except KafkaUnavailable:
             self.kafka.down()
             raise

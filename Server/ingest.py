@@ -343,7 +343,7 @@ class Bridge:
             if inserted.is_new(i)
         )
         try:
-            deliveries.wait(self.producer, self.stop)
+            deliveries.wait(self.producer, self.stop, self.kafka)
         except Exception:
             self.kafka.down()
             raise

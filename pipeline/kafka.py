@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 CONFIRM_TIMEOUT_S = 30.0
 #: How long a stopping service waits for confirmations in flight.
 STOP_GRACE_S = 5.0
+#: No answer from Kafka for this long while records wait: the stall is logged and /readyz says Kafka is down.
+STALL_S = 10.0
 #: Consumers commit what they have made durable at most this often (and when they stop).
 COMMIT_EVERY_S = 1.0
 
@@ -246,15 +248,39 @@ class Deliveries:
         """Whether the record needs no producing (confirmed, refused, or still on its way)."""
         return key in self.confirmed or key in self.pending or key in self.refused
 
-    def wait(self, producer: Producer, stop: threading.Event) -> None:
-        """Return once Kafka has answered for every record; KafkaUnavailable if some are not confirmed in time."""
-        deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+    def wait(self, producer: Producer, stop: threading.Event, kafka: Dependency | None = None) -> None:
+        """Return once Kafka has answered for every record; KafkaUnavailable if some are not confirmed in time.
+
+        A silent partition (packets dropped, no reset) never makes librdkafka
+        report the brokers down: Kafka just stops answering. So once no record
+        has been answered for :data:`STALL_S`, the stall is logged and ``kafka``
+        (the service's /readyz check) is marked down with the reason, well
+        before the batch gives up at :data:`CONFIRM_TIMEOUT_S`; when Kafka
+        answers again after a stall, that is logged too (the caller marks
+        ``kafka`` up once the batch is done).
+        """
+        started = last_answer = time.monotonic()
+        deadline = started + CONFIRM_TIMEOUT_S
+        waiting = len(self.pending)
+        stalled = False
         while self.pending:
             producer.poll(0.1)
+            now = time.monotonic()
+            if len(self.pending) < waiting:
+                if stalled:
+                    logger.info("Kafka answers again, after %.0fs without an answer", now - last_answer)
+                    stalled = False
+                waiting, last_answer = len(self.pending), now
+            elif not stalled and now - last_answer >= STALL_S:
+                stalled = True
+                why = f"Kafka has answered none of {waiting} records for {now - last_answer:.0f}s"
+                logger.warning("%s; the batch waits, then is tried again (nothing is acknowledged meanwhile)", why)
+                if kafka is not None:
+                    kafka.down(why)
             if stop.is_set():
                 # Stopping: give Kafka a short grace to confirm what is in flight.
-                deadline = min(deadline, time.monotonic() + STOP_GRACE_S)
-            if time.monotonic() > deadline:
+                deadline = min(deadline, now + STOP_GRACE_S)
+            if now > deadline:
                 raise KafkaUnavailable(f"{len(self.pending)} records not confirmed by Kafka")
         failed, self._failed = self._failed, 0
         if failed:
