@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import statistics
+import time
 import urllib.request
 import uuid
 from collections.abc import Sequence
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from localstack.services import ServiceProcess
@@ -90,3 +91,67 @@ def topic_reader(bootstrap: str) -> Consumer:
             "enable.auto.commit": False,
         }
     )
+
+
+#: What a topic answers while it is being created (the first metadata request creates it).
+_NOT_READY = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+
+
+class Watermarks:
+    """Records on a Kafka topic (the sum of its partitions' high watermarks: the topic is new)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-peer-watermarks"})
+
+    def count(self, topic: str) -> int:
+        """The records on ``topic``; 0 while the topic is being created (no partition leader yet)."""
+        for attempt in range(20):
+            try:
+                metadata = self.consumer.list_topics(topic, timeout=10)
+                partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
+                return sum(
+                    self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+                    for p in partitions
+                )
+            except KafkaException as error:
+                if error.args[0].code() not in _NOT_READY or attempt == 19:
+                    raise
+                time.sleep(0.1)
+        return 0
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def distinct_ids_in_kafka(bootstrap: str, topic: str, telegraf: bool, prefix: str) -> tuple[int, int]:
+    """(records, distinct ids of readings starting with ``prefix``) on ``topic``, read to its high watermark."""
+    import orjson
+
+    marks = Watermarks(bootstrap)
+    try:
+        total = marks.count(topic)
+    finally:
+        marks.close()
+    consumer = topic_reader(bootstrap)
+    ids: set[str] = set()
+    records = 0
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 60
+        while records < total and time.monotonic() < deadline:
+            for message in consumer.consume(1000, timeout=0.5):
+                value = message.value()
+                if message.error() or value is None:
+                    continue
+                records += 1
+                document = orjson.loads(value)
+                reading_id = document["fields"]["id"] if telegraf else document["id"]
+                if reading_id.startswith(prefix):
+                    ids.add(reading_id)
+    finally:
+        consumer.close()
+    return records, len(ids)

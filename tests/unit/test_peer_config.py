@@ -1,4 +1,4 @@
-"""bench.peer's Telegraf configuration: every value reaches Telegraf as written, and the guarantees hold.
+"""bench.telegraf's Telegraf configuration: every value reaches Telegraf as written, and the guarantees hold.
 
 Telegraf parses TOML, then replaces ``$NAME``/``${NAME}`` in every string
 value with the environment's (``$$`` is a literal ``$``), so a value survives
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.peer import TelegrafConfig, render_telegraf_config, telegraf_version, toml_string
+from bench.telegraf import TelegrafConfig, render_telegraf_config, telegraf_version, toml_string
 
 #: Any text a UTF-8 file can hold (no lone surrogates).
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
