@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from pipeline import contract
 from tests.conftest import Pipeline, free_port, holds_for, wait_for
-from tests.helpers import consume, payload, publish, reading
+from tests.helpers import consume, metric, payload, publish, reading
 
 pytestmark = pytest.mark.faults
 
@@ -156,8 +156,7 @@ def test_readings_nobody_subscribes_to_are_held_until_the_bridge_is_back(pipelin
     pipeline.start_server()
     assert sensor.wait(120) == 0, f"the sensor did not get its readings acknowledged:\n{sensor.log_tail()}"
     wait_for(lambda: readings.count_documents(query) >= count, 60, f"{count} readings", pipeline.logs)
-    time.sleep(2)
-    assert readings.count_documents(query) == count
+    holds_for(lambda: readings.count_documents(query) == count, 2, f"exactly {count} readings", pipeline.logs)
 
 
 def test_after_a_long_outage_the_sensor_replays_what_was_acknowledged_before_it(pipeline: Pipeline) -> None:
@@ -298,7 +297,7 @@ def test_a_sensor_killed_while_the_broker_is_away_sends_what_it_held_when_it_sta
 
     def counted(name: str) -> float:
         try:
-            return _metric(port, name)
+            return metric(port, name)
         except OSError:  # not serving yet
             return 0.0
 
@@ -324,17 +323,11 @@ def test_a_sensor_killed_while_the_broker_is_away_sends_what_it_held_when_it_sta
     assert f"{len(held)} readings from before the last stop were never acknowledged" in again.log_tail()
     total = first_run + second_run
     wait_for(lambda: readings.count_documents(query) >= total, 60, f"{total} readings", pipeline.logs)
-    time.sleep(2)
+    holds_for(lambda: readings.count_documents(query) == total, 2, f"exactly {total} readings", pipeline.logs)
     stored = {d["_id"] for d in readings.find(query, {"_id": 1})}
     assert len(stored) == total, f"{len(stored)} stored; every reading of both runs exactly once is {total}"
     assert held <= stored
     assert not _spooled_ids(spool), "acknowledged readings leave the disk"
-
-
-def _metric(port: str, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
 def test_a_sensor_whose_queue_is_full_pauses_its_csv_and_says_so(pipeline: Pipeline) -> None:
@@ -353,7 +346,7 @@ def test_a_sensor_whose_queue_is_full_pauses_its_csv_and_says_so(pipeline: Pipel
 
     def acknowledged() -> float:
         try:
-            return _metric(port, "pipeline_sensor_acknowledged_total")
+            return metric(port, "pipeline_sensor_acknowledged_total")
         except OSError:  # not serving yet
             return 0.0
 
@@ -362,15 +355,17 @@ def test_a_sensor_whose_queue_is_full_pauses_its_csv_and_says_so(pipeline: Pipel
     pipeline.stack.stack.stop_one("mosquitto")
     try:
         # Paused: with the broker away, no more than the queue's 10 readings leave the CSV.
-        time.sleep(2)
-        published = _metric(port, "pipeline_sensor_published_total")
-        time.sleep(2)
-        assert _metric(port, "pipeline_sensor_published_total") == published < total
-        assert sensor.alive
-        assert "reading the CSV pauses" in sensor.log_tail()
+        wait_for(lambda: "reading the CSV pauses" in sensor.log_tail(), 30, "the sensor to pause", pipeline.logs)
+        published = metric(port, "pipeline_sensor_published_total")
+        holds_for(
+            lambda: metric(port, "pipeline_sensor_published_total") == published,
+            2,
+            "no reading leaving the CSV while paused",
+            pipeline.logs,
+        )
+        assert published < total and sensor.alive
     finally:
         pipeline.stack.stack.start_one("mosquitto")
     assert sensor.wait(120) == 0, sensor.log_tail()
     wait_for(lambda: readings.count_documents(query) >= total, 60, f"all {total} readings", pipeline.logs)
-    time.sleep(1)
-    assert readings.count_documents(query) == total
+    holds_for(lambda: readings.count_documents(query) == total, 1, f"exactly {total} readings", pipeline.logs)

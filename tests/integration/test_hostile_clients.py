@@ -29,7 +29,7 @@ from paho.mqtt.properties import Properties
 
 from localstack.stack import MOSQUITTO_CONF, MOSQUITTO_PATH_SETTINGS, sensor_accounts
 from pipeline import contract
-from tests.conftest import Pipeline, RunningStack, wait_for
+from tests.conftest import Pipeline, RunningStack, holds_for, wait_for
 from tests.helpers import connack, consume, payload, publish, reading
 
 pytestmark = pytest.mark.integration
@@ -246,8 +246,12 @@ def test_the_bridges_user_publishes_nowhere(pipeline: Pipeline) -> None:
         assert publish(env, sensor, contract.readings_topic(sensor), [payload(honest)]) == [0]
         readings = pipeline.db[contract.COLLECTION_READINGS]
         wait_for(lambda: readings.find_one({"_id": honest.id}), 30, "the honest reading", pipeline.logs)
-        time.sleep(1)
-        assert [m.topic for m in watcher.received] == [contract.readings_topic(sensor)], "only the honest reading"
+        wait_for(lambda: watcher.received, 10, "the watcher to see the honest reading")
+        holds_for(
+            lambda: [m.topic for m in watcher.received] == [contract.readings_topic(sensor)],
+            1,
+            "only the honest reading",
+        )
     assert readings.count_documents({"_id": {"$in": [f.id for f in forged]}}) == 0
     assert pipeline.db[contract.COLLECTION_REJECTIONS].count_documents({"topic": {"$in": list(topics)}}) == 0
     for client_id in (sensor, "own-1", f"{pipeline.name}-anything"):
@@ -277,8 +281,9 @@ def test_a_sensor_cannot_take_another_sensors_session(pipeline: Pipeline) -> Non
         for client_id, who in attempts:
             assert connack(env, client_id, users[who]) == NOT_AUTHORIZED, (client_id, who)
             assert connack(env, client_id, users[who], clean_start=False) == NOT_AUTHORIZED, (client_id, who)
-        time.sleep(0.5)
-        assert own_victim.disconnects == [] and fleet_victim.disconnects == [], "a victim was disconnected"
+        holds_for(
+            lambda: own_victim.disconnects == [] and fleet_victim.disconnects == [], 0.5, "no victim disconnected"
+        )
         assert own_victim.publish_and_wait(contract.readings_topic("own-2"), b"{}") in (0, 16)
 
         # A client id may hold '/', which stretches the fleet's pattern (sensors/%c/#) into own-1's
@@ -352,8 +357,12 @@ def test_a_packet_over_the_size_limit_never_reaches_the_bridge(pipeline: Pipelin
         assert publish(env, sensor, topic, [payload(honest)]) == [0]
         readings = pipeline.db[contract.COLLECTION_READINGS]
         wait_for(lambda: readings.find_one({"_id": honest.id}), 30, "the honest reading", pipeline.logs)
-        time.sleep(1)
-        assert [len(m.payload) for m in watcher.received] == [len(fits), len(payload(honest))]
+        wait_for(lambda: len(watcher.received) >= 2, 10, "the watcher to see the honest reading")
+        holds_for(
+            lambda: [len(m.payload) for m in watcher.received] == [len(fits), len(payload(honest))],
+            1,
+            "the watcher seeing the message that fits and the honest reading, nothing else",
+        )
     rejected = pipeline.db[contract.COLLECTION_REJECTIONS]
     assert rejected.count_documents({"sha256": hashlib.sha256(too_big).hexdigest()}) == 0
     assert server.alive
