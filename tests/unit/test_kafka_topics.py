@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
@@ -18,8 +19,9 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic
 
+from localstack.tls import make_certificates
 from pipeline import kafka as kafka_module
-from pipeline.kafka import consumer_config, ensure_pipeline_topics, ensure_topics, producer_config
+from pipeline.kafka import consumer_config, ensure_pipeline_topics, ensure_topics, producer_config, security_config
 from pipeline.settings import KafkaSettings
 
 
@@ -199,3 +201,45 @@ def test_too_few_brokers_for_the_replicas_fails_the_start_naming_the_variable(cl
     with pytest.raises(KafkaException) as caught:
         run_with(other, lambda: ensure_topics(cluster, ["r"], timeout_s=0))
     assert caught.value.args[0].code() == KafkaError.POLICY_VIOLATION, "another refusal is raised as it came"
+
+
+@pytest.fixture(scope="module")
+def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("kafka-tls")
+    make_certificates(directory)
+    return directory / "ca.crt"
+
+
+def test_every_client_reaches_kafka_in_plain_text_by_default() -> None:
+    plain = KafkaSettings(KAFKA_BOOTSTRAP_SERVERS="k1:9092,k2:9092")
+    assert security_config(plain) == {"bootstrap.servers": "k1:9092,k2:9092", "security.protocol": "PLAINTEXT"}
+
+
+def test_with_a_ca_and_a_login_clients_check_the_brokers_name_and_log_in_with_scram(ca_file: Path) -> None:
+    settings = KafkaSettings(
+        KAFKA_BOOTSTRAP_SERVERS="k1:9093",
+        KAFKA_TLS_CA_FILE=ca_file,
+        KAFKA_SASL_USERNAME="bridge",
+        KAFKA_SASL_PASSWORD="secret",  # type: ignore[arg-type]
+    )
+    expected = {
+        "bootstrap.servers": "k1:9093",
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": str(ca_file),
+        "ssl.endpoint.identification.algorithm": "https",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "bridge",
+        "sasl.password": "secret",
+    }
+    assert security_config(settings) == expected
+    for config in (producer_config(settings, "c"), consumer_config(settings, "g", "c")):
+        assert {k: config[k] for k in expected} == expected, "producers and consumers alike"
+    admin = run_with(FakeAdmin({}, existing={"r"}), lambda: ensure_topics(settings, ["r"]))
+    assert {k: admin.config[k] for k in expected} == expected, "and the admin client that makes the topics"
+    tls_only = KafkaSettings(KAFKA_BOOTSTRAP_SERVERS="k1:9093", KAFKA_TLS_CA_FILE=ca_file)
+    assert security_config(tls_only) == {
+        "bootstrap.servers": "k1:9093",
+        "security.protocol": "SSL",
+        "ssl.ca.location": str(ca_file),
+        "ssl.endpoint.identification.algorithm": "https",
+    }
