@@ -220,7 +220,7 @@ def test_with_a_ca_and_a_login_clients_check_the_brokers_name_and_log_in_with_sc
         KAFKA_BOOTSTRAP_SERVERS="k1:9093",
         KAFKA_TLS_CA_FILE=ca_file,
         KAFKA_SASL_USERNAME="bridge",
-        KAFKA_SASL_PASSWORD="secret",  # type: ignore[arg-type]
+        KAFKA_SASL_PASSWORD="secret",
     )
     expected = {
         "bootstrap.servers": "k1:9093",
