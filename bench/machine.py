@@ -83,9 +83,14 @@ def stack_pid(state_dir: Path, marker: bytes) -> int | None:
     return None
 
 
-def _cpu_seconds_by_group() -> dict[str, float]:
-    """CPU seconds (user + system) of every live process, summed per CPU_GROUPS label."""
-    used: dict[str, float] = {}
+def _cpu_seconds_by_group(root: int | None = None) -> dict[str, float]:
+    """CPU seconds (user + system) of the processes descended from ``root`` (this one), per CPU_GROUPS label.
+
+    Only this benchmark's own stack and services count: on a machine shared with
+    other stacks, a process of theirs has the same command line.
+    """
+    root = os.getpid() if root is None else root
+    found: dict[int, tuple[int, str, str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -94,10 +99,24 @@ def _cpu_seconds_by_group() -> dict[str, float]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
+        found[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), command, stat)
+    used: dict[str, float] = {}
+    for pid, (_, command, stat) in found.items():
         label = next((name for name, marker in CPU_GROUPS if marker in command), None)
-        if label is not None:
+        if label is not None and _descends_from(pid, root, found):
             used[label] = used.get(label, 0.0) + _stat_cpu_seconds(stat)
     return used
+
+
+def _descends_from(pid: int, root: int, found: dict[int, tuple[int, str, str]]) -> bool:
+    """Whether ``root`` is among ``pid``'s ancestors (``found``: pid -> (parent pid, ...))."""
+    seen = set()
+    while pid in found and pid not in seen:
+        seen.add(pid)
+        pid = found[pid][0]
+        if pid == root:
+            return True
+    return False
 
 
 def _machine_ticks() -> list[int]:
@@ -108,7 +127,7 @@ def _machine_ticks() -> list[int]:
 class CpuMeter:
     """Cores each part of the stack used between :meth:`start` and :meth:`stop`.
 
-    Processes are told apart by their command line (CPU_GROUPS); the
+    Processes are this one's descendants, told apart by their command line (CPU_GROUPS); the
     benchmark's own publisher processes are counted from ``RUSAGE_CHILDREN``
     (they are the only children that end, and are reaped, in between).
     """
