@@ -98,7 +98,7 @@ def write_result(results_dir: Path, name: str, figures: dict[str, Any], tables: 
 
 
 #: The order of the benchmarks in latest.md.
-ORDER = ("scoring", "bridge", "kafka_clients", "e2e", "memory", "outage", "storage", "backtest")
+ORDER = ("scoring", "bridge", "peer", "kafka_clients", "e2e", "memory", "outage", "storage", "scale", "backtest")
 
 
 def write_summary(results_dir: Path) -> Path:

@@ -6,7 +6,9 @@
 #     a C compiler, Java 17 + Maven, Go, Node.js + npm when they are missing;
 #   - Mosquitto's client_owners plugin (mosquitto/plugin/, C) into the cache;
 #   - Kafka's jars (Maven, localstack/kafka/pom.xml), FerretDB (built from the Go
-#     module proxy, localstack/ferretdb/go.mod + go.sum) and mongo-express (npm ci,
+#     module proxy, localstack/ferretdb/go.mod + go.sum), Telegraf with only its
+#     mqtt_consumer input and kafka output (the benchmarks' peer, Go module proxy,
+#     localstack/telegraf/) and mongo-express (npm ci,
 #     localstack/mongo-express/package-lock.json) into the cache directory
 #     ${LOCALSTACK_CACHE:-<repo>/.cache/localstack}.
 #
