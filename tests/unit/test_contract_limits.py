@@ -57,6 +57,7 @@ def kind_of(raw: bytes, topic: str | None = TOPIC, **kwargs: Any) -> str:
     try:
         contract.parse_reading(raw, topic, **kwargs)
     except contract.ContractError as error:
+        assert " " in str(error), f"a refusal says why, for the person reading the rejection: {error!r}"
         return error.kind
     return "ok"
 
