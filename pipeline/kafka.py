@@ -369,5 +369,10 @@ class Committer:
             self.consumer.commit(asynchronous=False)
             self._pending = False
         except KafkaException as error:
+            if error.args[0].code() == KafkaError._NO_OFFSET:
+                # Nothing of ours left to commit: a rebalance took the partitions since the work was done,
+                # and their new owner reads it again (harmless: every write is keyed by reading id).
+                self._pending = False
+                return
             # Finished but not committed: redelivered later, and harmless then.
             logger.warning("could not commit offsets of %s: %s", self.topic, error)

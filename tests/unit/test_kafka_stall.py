@@ -8,11 +8,11 @@ import time
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from pipeline import kafka as kafka_module
 from pipeline.health import Dependency
-from pipeline.kafka import Deliveries, KafkaUnavailable
+from pipeline.kafka import Committer, Deliveries, KafkaUnavailable
 
 
 class SilentProducer:
@@ -95,3 +95,40 @@ def test_a_service_without_a_health_check_still_waits_and_gives_up(monkeypatch: 
     deliveries = waiting(["r-1"])
     with pytest.raises(KafkaUnavailable):
         deliveries.wait(cast(Producer, SilentProducer(deliveries, ["r-1"], None)), threading.Event())
+
+
+class CommitRefused:
+    """A consumer whose commit raises ``code`` each time."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.commits = 0
+
+    def commit(self, asynchronous: bool) -> None:
+        self.commits += 1
+        raise KafkaException(KafkaError(self.code))
+
+
+def test_nothing_left_to_commit_after_a_rebalance_is_not_retried_every_second(caplog: pytest.LogCaptureFixture) -> None:
+    """Seen in the partition test: `_NO_OFFSET` warned once a second for 11 s after the group took the partitions."""
+    now = [0.0]
+    consumer = CommitRefused(KafkaError._NO_OFFSET)
+    committer = Committer(cast(Any, consumer), "t", every_s=1.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="pipeline.kafka"):
+        committer.done()
+        for _ in range(5):
+            now[0] += 1.0
+            committer.tick()
+    assert consumer.commits == 1 and not caplog.records, "one try, then nothing pending and nothing said"
+
+
+def test_any_other_commit_failure_is_said_and_tried_again(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    consumer = CommitRefused(KafkaError.REQUEST_TIMED_OUT)
+    committer = Committer(cast(Any, consumer), "t", every_s=1.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="pipeline.kafka"):
+        committer.done()
+        for _ in range(2):
+            now[0] += 1.0
+            committer.tick()
+    assert consumer.commits == 2 and len(caplog.records) == 2, "still pending after a failure: tried at the next tick"
