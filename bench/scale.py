@@ -68,7 +68,7 @@ from bench.machine import CpuMeter, process_cpu_seconds, stack_pid
 from bench.probes import topic_reader
 from bench.report import Table, write_result
 from bench.scoring import consume_results, fill_topic
-from localstack.cluster import kafka_nodes
+from localstack.cluster import kafka_nodes, node_name
 from pipeline import contract
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ if TYPE_CHECKING:
 #: and a start that still finds one taken tries the next.
 CLUSTER_PORT_OFFSETS = (192, 292, 392, 492, 592, 692)
 CLUSTER_BROKERS = 3
+#: The servers of the second stack that are started: its Kafka nodes (localstack.cluster names them).
+KAFKA_NODES = [node_name(n) for n in range(1, CLUSTER_BROKERS + 1)]
 #: Publisher processes of the saturating bursts (bench.bridge's default) and the bridge pair's sensors.
 PUBLISHERS = 3
 #: Sensors at one reading a second each that the capacity table plans for.
@@ -324,10 +326,9 @@ def _start_cluster(bench: Bench, port_base: int) -> Stack:
             **cluster_ports(port_base, offset),
         }
         cluster = Stack(StackConfig.from_env(environ))
-        cluster.servers = {name: server for name, server in cluster.servers.items() if name.startswith("kafka")}
         print(f"[scale] starting three Kafka brokers on ports from {port_base + offset} ...", flush=True)
         try:
-            cluster.start()  # (stops what it launched if one fails)
+            cluster.start(KAFKA_NODES)  # (stops what it launched if one fails)
         except StackError as error:
             if "already in use" not in str(error) or attempt == len(offsets) - 1:
                 raise
@@ -354,7 +355,7 @@ def kafka_cluster(bench: Bench, port_base: int) -> Iterator[tuple[Bench, list[in
             name: env[name]
             for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_REPLICATION_FACTOR", "KAFKA_MIN_INSYNC_REPLICAS")
         }
-        pids = [int(status["pid"]) for status in cluster.status().values() if status["pid"]]
+        pids = [int(cluster.status()[name]["pid"]) for name in KAFKA_NODES]
         yield dataclasses.replace(bench, env={**bench.env, **replicated}), pids
     finally:
         cluster.stop()
