@@ -2,7 +2,9 @@
 
 Three pairs, each measured in one invocation so its ratio is meaningful on a
 shared machine (absolute rates move with the machine's load; the load average
-is recorded at the start of every phase):
+is recorded at the start of every phase). Each pair alternates, one, two, two,
+one instances (one, three, one brokers), and compares the means, so a steady
+drift in the machine's load falls on both sides; ``--quick`` runs each side once.
 
 - **bridges, 1 vs 2** (``MQTT_SHARE_GROUP``): the bridge alone, MQTT QoS 1 ->
   MongoDB + Kafka, acknowledged after both (``bench.bridge.bridges``). Offered
@@ -18,16 +20,22 @@ is recorded at the start of every phase):
   producer acks=all): the whole pipeline, one bridge and one model service
   (``bench.e2e.Pipeline``), on the same Mosquitto and FerretDB; only
   ``KAFKA_BOOTSTRAP_SERVERS`` and the topics' replication differ. The three
-  brokers are a second cluster started for this pair on ports of the same port
-  base (+192 to +197). Offered load: N readings from 100 sensors as fast as
-  Mosquitto acknowledges; two rates, to the last reading stored (ingest) and
+  brokers are the Kafka nodes of a second :class:`localstack.stack.Stack`,
+  started for their phase on ports of the same port base (base + 192 to + 197,
+  or the next free offset). Offered load: N readings from 100 sensors as fast
+  as Mosquitto acknowledges; two rates, to the last reading stored (ingest) and
   to the last prediction stored (end to end).
 
 **CPU per reading.** Before each Kafka burst the same pipeline takes a steady
-rate (500/s, 30 s) and :class:`bench.machine.CpuMeter` (the CPU accounting of
-bench.e2e) gives each part's CPU seconds over the readings stored in that
-time: CPU seconds are per process, so they move far less with the machine's
-load than rates do.
+rate (500/s for 30 s; ``--quick`` 300/s for 10 s). Each part's CPU seconds
+come from :func:`bench.machine.process_cpu_seconds` of this stack's own
+processes (by pid: :class:`bench.machine.CpuMeter`'s groups match command lines
+machine-wide, which on a shared machine counts other stacks too; CpuMeter still
+gives the machine's busy and idle time and the publishers' CPU), over the
+readings stored in that time. "Above idle" subtracts each part's cores with
+only the real sensor's 5 readings/s, measured before and after the steady
+phase (the lower: just started brokers are busy for a while). CPU seconds are
+per process, so they move far less with the machine's load than rates do.
 
 **Correctness at load.** Every phase checks its readings arrived exactly once:
 the bridge pair and the Kafka pair count them in MongoDB (a reading's and a
