@@ -392,3 +392,27 @@ def test_a_reading_that_fails_unexpectedly_is_a_dead_letter_and_the_rest_of_its_
     [dead] = [json.loads(v) for t, _, v in built.producer.produced if t == "dead-t"]
     assert (dead["kind"], dead["payload"]) == ("unexpected", message(readings[1]).value().decode())
     assert built.consumer.commits == 1
+
+
+class OneRowAtATime(ConstantModel):
+    """Refuses a predict of more than one row (a grid of forecasts ahead); counts those tries."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 1.0)
+        self.grid_tries = 0
+
+    def predict(self, frame: Any) -> Any:
+        if len(frame) > 1:
+            self.grid_tries += 1
+            raise ValueError("one row at a time")
+        return super().predict(frame)
+
+
+def test_after_a_grid_of_forecasts_fails_the_model_is_not_asked_for_one_again_for_a_while(build: Any) -> None:
+    model = OneRowAtATime()
+    built: Built = build({"s-1": LoadedModel(model, LOW, Path("low.joblib"))}, MODEL_FORECAST_AHEAD=100)
+    first = built.scorer.score([forwarded("r-1", "s-1", 0.0, ago_s=1)])
+    second = built.scorer.score([forwarded("r-2", "s-1", 0.0, ago_s=0)])
+    assert [type(r).__name__ for r in first + second] == ["Prediction", "Prediction"], "scored directly"
+    assert model.grid_tries == 1, "no second try within RETRY_AFTER_S"
+    built.scorer.grids.close()
