@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -243,3 +244,56 @@ def test_with_a_ca_and_a_login_clients_check_the_brokers_name_and_log_in_with_sc
         "ssl.ca.location": str(ca_file),
         "ssl.endpoint.identification.algorithm": "https",
     }
+
+
+# --- a stall: Kafka stops answering without saying so ---------------------------------------------
+
+
+class SilentFor:
+    """Stands in for a producer over pipeline.kafka's clock: each poll takes a second; ``answers`` says, by
+    poll number, how many of the records waiting it confirms then. It notes the Kafka check at each poll."""
+
+    def __init__(self, clock: FakeTime, deliveries: Any, kafka: Any, answers: dict[int, int]) -> None:
+        self.clock, self.deliveries, self.kafka, self.answers = clock, deliveries, kafka, answers
+        self.polls = 0
+        self.seen: list[tuple[bool, str | None]] = []
+
+    def poll(self, timeout: float = 0) -> int:
+        self.polls += 1
+        self.clock.now += 1.0
+        for _ in range(self.answers.get(self.polls, 0)):
+            key = sorted(self.deliveries.pending)[0]
+            self.deliveries.callback_for(key)(None, None)
+        self.seen.append((self.kafka(), self.kafka.why))
+        return 0
+
+
+def stalled_wait(clock: FakeTime, pending: int, answers: dict[int, int]) -> tuple[SilentFor, Any]:
+    from pipeline.health import Dependency
+    from pipeline.kafka import Deliveries
+
+    kafka, deliveries = Dependency("kafka"), Deliveries()
+    kafka.up()
+    deliveries.pending.update(f"r-{n}" for n in range(pending))
+    producer = SilentFor(clock, deliveries, kafka, answers)
+    try:
+        deliveries.wait(producer, threading.Event(), kafka)  # type: ignore[arg-type]
+    except kafka_module.KafkaUnavailable:
+        pass
+    return producer, kafka
+
+
+def test_kafka_answering_nothing_for_10_s_is_reported_down_with_why_before_the_batch_gives_up(clock: FakeTime) -> None:
+    producer, kafka = stalled_wait(clock, 2, {})
+    down_at = next(n for n, (up, _) in enumerate(producer.seen, 1) if not up)
+    assert down_at == 11, "down at 10 s without an answer (each poll takes 1 s; the next poll sees it)"
+    assert producer.seen[-1] == (False, "Kafka has answered none of 2 records for 10s"), "said once, not updated"
+    assert producer.polls == 31, "the batch gives up at 30 s"
+
+
+def test_an_answer_restarts_the_10_s(clock: FakeTime) -> None:
+    producer, kafka = stalled_wait(clock, 2, {6: 1, 25: 1})
+    states = [up for up, _ in producer.seen]
+    assert states[:16] == [True] * 16, "one record answered at 6 s: the next 10 s count from there"
+    assert states[16] is False and producer.seen[16][1] == "Kafka has answered none of 1 records for 10s"
+    assert producer.polls == 25, "the last answer ends the wait"
