@@ -412,3 +412,62 @@ def test_the_store_raises_on_an_unconfirmed_write_concern_with_what_the_primary_
     )
     store.db = cast(Any, {"readings": collection})
     assert store.insert_new("readings", [{"_id": "a"}, {"_id": "b"}]).duplicates == {1}, "no concern error: returned"
+
+
+class SlowToAnswer(RecordingProducer):
+    """Answers nothing for ``silent`` polls of a second each (pipeline.kafka's clock), then confirms all."""
+
+    def __init__(self, clock: Any, silent: int, kafka: Any) -> None:
+        super().__init__()
+        self.clock, self.silent, self.kafka = clock, silent, kafka
+        self.seen: list[str | None] = []
+
+    def poll(self, timeout: float = 0) -> int:
+        self.clock.now += 1.0
+        self.seen.append(None if self.kafka() else self.kafka.why)
+        if self.silent:
+            self.silent -= 1
+            return 0
+        return super().poll(timeout)
+
+
+def test_the_bridges_readiness_says_kafka_is_down_while_it_answers_nothing_and_up_once_it_does() -> None:
+    built = make_bridge()
+    built.bridge.kafka.up()
+    clock = SimpleNamespace(now=100.0)
+    clock.monotonic = lambda: clock.now
+    producer = SlowToAnswer(clock, 12, built.bridge.kafka)
+    built.bridge.producer = cast(Producer, producer)
+    with mock.patch("pipeline.kafka.time", clock):
+        assert built.bridge.loop.process([reading("r-1", mid=1)])
+    assert "Kafka has answered none of 1 records for 10s" in producer.seen, "down, with why, while it was silent"
+    assert built.bridge.kafka(), "up again once the batch was confirmed"
+    assert built.client.acked == [(1, 1)]
+
+
+def test_readings_the_primary_took_before_mongodb_failed_to_confirm_are_counted_once_the_batch_is_done() -> None:
+    """w=majority not confirmed: r-1 was new to the primary, r-2 already there; the retry finds both there."""
+    from pymongo.errors import BulkWriteError
+
+    from Server.store import Inserted, WriteNotConfirmed
+
+    built = make_bridge()
+    store = built.store
+    original = store.insert_new
+    tries = [0]
+
+    def insert_new(collection: str, documents: list[dict[str, Any]]) -> Any:
+        tries[0] += 1
+        if collection == "readings" and tries[0] == 1:
+            store.already = frozenset({"r-1", "r-2"})
+            raise WriteNotConfirmed(BulkWriteError({"writeConcernErrors": []}), Inserted(1, {1}, {}))
+        return original(collection, documents)
+
+    store.insert_new = insert_new  # type: ignore[method-assign]
+    aggregator = mock.Mock(spec=Aggregator)
+    built.bridge.aggregator = aggregator
+    stored = sample("pipeline_readings_stored_total")
+    assert built.bridge.loop.process([reading("r-1", mid=1), reading("r-2", mid=2)])
+    assert sample("pipeline_readings_stored_total") - stored == 1.0, "r-1 only: r-2 was there before"
+    assert [r.id for call in aggregator.touch.call_args_list for r in call.args[0]] == ["r-1"]
+    assert built.client.acked == [(1, 1), (2, 1)]
