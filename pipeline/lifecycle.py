@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import signal
 import threading
@@ -25,7 +26,16 @@ def stop_event() -> threading.Event:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    # A stop that arrives while the process is already exiting by itself (a sensor at the end of its CSV)
+    # must not kill it: Python puts the default handlers back as it finalises, after the atexit functions,
+    # and a SIGTERM then would end the process by the signal (-15) instead of its own exit code.
+    atexit.register(_ignore_stop_signals)
     return event
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def supervise(
