@@ -70,7 +70,7 @@ class Pipeline:
         self.namespace = namespace
         self.sensors = namespace.sensor_ids(SENSORS)
         self.server = namespace.start_server()
-        self.model = namespace.start_model(1, **model)
+        self.model = namespace.start_model(1, False, **model)
         self.real_sensor = namespace.start_sensor(f"{namespace.name}-real", SENSOR_INTERVAL_S="0.2")
         for process in (self.server, self.model, self.real_sensor):
             namespace.wait_ready(process, timeout_s=ready_timeout_s)

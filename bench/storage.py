@@ -35,10 +35,10 @@ from pymongo.database import Database
 
 from bench.common import Bench, run_standalone
 from bench.load import publish
-from bench.namespace import free_port
 from bench.probes import histogram, histogram_delta, quantile, scrape
 from bench.report import Table
 from bench.report import write_result as write
+from localstack.namespace import free_port
 from localstack.services import ServiceProcess, dashboard_env
 from pipeline import contract, periods
 from pipeline.settings import MongoSettings

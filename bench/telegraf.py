@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.namespace import Namespace, clear_session
+from bench.namespace import Namespace
+from localstack.namespace import clear_session
 from localstack.services import ROOT
 from pipeline import contract
 

@@ -125,6 +125,15 @@ def _copy(stack_env: Mapping[str, str], *names: str) -> dict[str, str]:
     return {name: stack_env[name] for name in names if name in stack_env}
 
 
+def _mongo(stack_env: Mapping[str, str]) -> dict[str, str]:
+    """What a service that reads or writes MongoDB needs of the stack: the URI, the database, the CA."""
+    return {
+        "MONGO_URI": stack_env["MONGO_URI"],
+        "MONGO_DATABASE": stack_env["MONGO_DATABASE"],
+        **_copy(stack_env, "MONGO_TLS_CA_FILE"),
+    }
+
+
 def _kafka_login(stack_env: Mapping[str, str], user: str) -> dict[str, str]:
     """KAFKA_SASL_USERNAME/PASSWORD from the stack's KAFKA_<user>_USERNAME/PASSWORD, when Kafka wants logins."""
     if f"KAFKA_{user}_PASSWORD" not in stack_env:
@@ -139,8 +148,7 @@ def server_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]
     """The bridge's environment: the server's MQTT user, Kafka, MongoDB (and TLS, when the stack has it)."""
     env = _common(stack_env)
     env.update(MQTT_USERNAME=stack_env["MQTT_SERVER_USERNAME"], MQTT_PASSWORD=stack_env["MQTT_SERVER_PASSWORD"])
-    env.update(MONGO_URI=stack_env["MONGO_URI"], MONGO_DATABASE=stack_env["MONGO_DATABASE"])
-    env.update(_copy(stack_env, "MONGO_TLS_CA_FILE"), **_kafka_login(stack_env, "SERVER"))
+    env.update(_mongo(stack_env), **_kafka_login(stack_env, "SERVER"))
     env.update(overrides)
     return env
 
@@ -182,11 +190,9 @@ def model_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
 def trainer_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
     """The trainer's environment: MongoDB (its history), the model files it compares with and where it writes."""
     env = {
-        "MONGO_URI": stack_env["MONGO_URI"],
-        "MONGO_DATABASE": stack_env["MONGO_DATABASE"],
+        **_mongo(stack_env),
         "MODEL_PATH": str(ROOT / "models/default.joblib"),
         "MODEL_TRAINED_PATH": str(TRAINED_MODELS),
-        **_copy(stack_env, "MONGO_TLS_CA_FILE"),
     }
     env.update(overrides)
     return env
@@ -195,11 +201,10 @@ def trainer_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str
 def dashboard_env(stack_env: Mapping[str, str], **overrides: str) -> dict[str, str]:
     """The dashboard's environment: MongoDB, and mongo-express's login (the page uses the same one)."""
     env = {
-        "MONGO_URI": stack_env["MONGO_URI"],
-        "MONGO_DATABASE": stack_env["MONGO_DATABASE"],
+        **_mongo(stack_env),
         "DASHBOARD_USERNAME": stack_env.get("MONGO_EXPRESS_USERNAME", "admin"),
         "DASHBOARD_PASSWORD": stack_env["MONGO_EXPRESS_PASSWORD"],
-        **_copy(stack_env, "MONGO_TLS_CA_FILE", "DASHBOARD_TLS_CERT_FILE", "DASHBOARD_TLS_KEY_FILE"),
+        **_copy(stack_env, "DASHBOARD_TLS_CERT_FILE", "DASHBOARD_TLS_KEY_FILE"),
     }
     env.update(overrides)
     return env

@@ -4,19 +4,18 @@ Tests that need servers use the ``stack`` fixture; it starts Mosquitto, Kafka,
 FerretDB and mongo-express natively (see localstack/) on ports of their own,
 with fresh random credentials, and stops them at the end. Each test gets its
 own Kafka topics, consumer groups, sensor ids and MQTT client ids, so tests
-never see each other's data.
+never see each other's data: a :class:`localstack.namespace.Namespace`, the
+harness the benchmarks start their services with too.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,9 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from localstack.services import ServiceProcess, dashboard_env, model_env, sensor_env, server_env
-from localstack.testing import namespaced_topics, stack_ports, throwaway_stack
+from localstack.namespace import Namespace, NotReady
+from localstack.services import ServiceProcess
+from localstack.testing import stack_ports, throwaway_stack
 from tests.helpers import ARTIFACTS
 
 # Property-based tests: a fixed example budget (HYPOTHESIS_MAX_EXAMPLES), no per-example deadline on
@@ -67,93 +67,46 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         yield RunningStack(handle, env, state_dir)
 
 
-@dataclass
-class Pipeline:
-    """One test's pipeline: its own topics, groups and ids, and the processes it started."""
+class Pipeline(Namespace):
+    """One test's pipeline (:class:`localstack.namespace.Namespace`, as the benchmarks'): services started
+    ready by default, a failed wait failing the test, and the stack's database at hand."""
 
-    stack: RunningStack
-    name: str
-    log_dir: Path
-    processes: list[ServiceProcess] = field(default_factory=list)
-
-    @property
-    def topics(self) -> dict[str, str]:
-        return namespaced_topics(self.name)
-
-    def sensor_id(self, n: int | str) -> str:
-        return f"{self.name}-s{n}"
+    def __init__(self, stack: RunningStack, name: str, log_dir: Path) -> None:
+        super().__init__(stack.env, name, log_dir)
+        self.stack = stack
 
     @property
     def db(self) -> Database[dict[str, Any]]:
         return self.stack.mongo()[self.stack.env["MONGO_DATABASE"]]
 
-    def _start(self, name: str, module: str, env: dict[str, str], wait: bool = False) -> ServiceProcess:
-        process = ServiceProcess(name, module, env, self.log_dir / f"{name}.log")
-        process.start()
-        self.processes.append(process)
-        if wait:
-            self.wait_ready(process)
-        return process
-
-    def wait_ready(self, process: ServiceProcess, timeout_s: float = 90.0, port: str | None = None) -> None:
-        """Wait until the service's /readyz (on HEALTH_PORT, or ``port``) says it is connected to everything."""
-        url = f"http://127.0.0.1:{port or process.env['HEALTH_PORT']}/readyz"
+    def wait_ready(self, process: ServiceProcess, timeout_s: float = 90.0) -> None:
+        """Wait until the service's /readyz says it is connected to everything; fail the test if it exits."""
 
         def ready() -> bool:
-            if not process.alive:
-                pytest.fail(f"{process.name} exited with {process.returncode}:\n{process.log_tail()}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
+                return self.ready(process)
+            except NotReady as error:
+                pytest.fail(str(error))
 
         wait_for(ready, timeout_s, f"{process.name} to be ready", self.logs)
 
     def start_server(self, replica: int = 1, wait: bool = True, **overrides: str) -> ServiceProcess:
         """Start a bridge replica; by default wait until it is subscribed and connected."""
-        env = server_env(
-            self.stack.env,
-            **self.topics,
-            MQTT_CLIENT_ID=f"{self.name}-bridge-{replica}",
-            MQTT_SHARE_GROUP=f"{self.name}-bridge",
-            KAFKA_RESULTS_GROUP_ID=f"{self.name}-results",
-            LOG_LEVEL="DEBUG" if os.environ.get("PIPELINE_TEST_DEBUG") else "INFO",
-            **{"HEALTH_PORT": str(free_port()), **overrides},
-        )
-        return self._start(f"server-{replica}", "Server", env, wait=wait)
+        level = "DEBUG" if os.environ.get("PIPELINE_TEST_DEBUG") else "INFO"
+        return super().start_server(replica, wait, **{"LOG_LEVEL": level, **overrides})
 
     def start_model(self, replica: int = 1, wait: bool = True, **overrides: str) -> ServiceProcess:
         """Start a model-service replica; by default wait until it is ready."""
-        env = model_env(
-            self.stack.env,
-            **self.topics,
-            KAFKA_GROUP_ID=f"{self.name}-models",
-            KAFKA_CLIENT_ID=f"{self.name}-model-{replica}",
-            **{"HEALTH_PORT": str(free_port()), **overrides},
-        )
-        return self._start(f"model-{replica}", "Models_analysis", env, wait=wait)
+        return super().start_model(replica, wait, **overrides)
 
-    def start_sensor(self, n: int | str, **overrides: str) -> ServiceProcess:
-        env = sensor_env(self.stack.env, self.sensor_id(n), **{"HEALTH_PORT": "0", **overrides})
-        return self._start(f"sensor-{n}", "Data_collection", env)
+    # Tests name their sensors by number (sensor n of the test's pipeline), the benchmarks by id.
+    def start_sensor(self, n: int | str, name: str | None = None, **overrides: str) -> ServiceProcess:  # type: ignore[override]
+        """Start sensor ``n`` of this pipeline (its id :meth:`sensor_id`)."""
+        return super().start_sensor(self.sensor_id(n), name or f"sensor-{n}", **overrides)
 
     def start_dashboard(self, wait: bool = True, **overrides: str) -> ServiceProcess:
         """Start the dashboard on a free port (``process.env["DASHBOARD_PORT"]``); by default wait until ready."""
-        env = dashboard_env(self.stack.env, **{"DASHBOARD_PORT": str(free_port()), **overrides})
-        process = self._start("dashboard", "Dashboard", env)
-        if wait:
-            # The dashboard answers /readyz on its own port, beside the page.
-            self.wait_ready(process, port=env["DASHBOARD_PORT"])
-        return process
-
-    def stop_all(self) -> dict[str, int | None]:
-        # Sensors first, then the rest, as an operator would.
-        ordered = sorted(self.processes, key=lambda p: not p.name.startswith("sensor"))
-        return {p.name: p.stop() for p in ordered}
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name} ---\n{p.log_tail(60)}" for p in self.processes)
+        return super().start_dashboard(wait, **overrides)
 
 
 @pytest.fixture
@@ -168,13 +121,6 @@ def pipeline(stack: RunningStack, request: pytest.FixtureRequest) -> Iterator[Pi
     crashed = {n: c for n, c in codes.items() if c not in (0, None)}
     if crashed and not getattr(request.node, "expects_crash", False):
         pytest.fail(f"services did not stop cleanly: {crashed}\n{instance.logs()}")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for(

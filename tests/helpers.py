@@ -220,7 +220,8 @@ def prometheus(
     (``"host:port"``). tests/e2e/test_alerting.py uses it; test_monitoring.py has the
     same helper without these two arguments, and can import this one instead.
     """
-    from tests.conftest import free_port, wait_for  # conftest imports this module
+    from localstack.namespace import free_port
+    from tests.conftest import wait_for  # conftest imports this module
 
     binary = shutil.which("prometheus")
     if binary is None:

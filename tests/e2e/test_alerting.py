@@ -30,8 +30,9 @@ import pytest
 import yaml
 
 from localstack.alerting import TEMPLATE, AlertingError, Alertmanager
+from localstack.namespace import free_port
 from localstack.services import ROOT, ServiceProcess
-from tests.conftest import ARTIFACTS, Pipeline, free_port, wait_for
+from tests.conftest import ARTIFACTS, Pipeline, wait_for
 from tests.e2e.test_dashboard import Elements, login
 from tests.e2e.test_dashboard import api as dashboard_api
 from tests.e2e.test_dashboard import get as dashboard_get

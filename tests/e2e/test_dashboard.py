@@ -17,13 +17,14 @@ from typing import Any, cast
 import joblib
 import pytest
 
+from localstack.namespace import free_port
 from localstack.services import ServiceProcess
 from Models_analysis.model import load_model
 from Models_analysis.rescore import rescore
 from Models_analysis.settings import TrainerSettings
 from Models_analysis.trainer import Trainer
 from pipeline import contract
-from tests.conftest import ARTIFACTS, Pipeline, free_port, wait_for
+from tests.conftest import ARTIFACTS, Pipeline, wait_for
 from tests.helpers import chromium, payload, publish
 from tests.unit.models import ConstantModel
 

@@ -18,12 +18,13 @@ from typing import Any
 import joblib
 import pytest
 
+from localstack.namespace import free_port
 from localstack.services import ROOT
 from Models_analysis.model import file_hash, load_model
 from Models_analysis.rescore import rescored_id
 from pipeline import contract
 from pipeline.periods import period_id
-from tests.conftest import Pipeline, free_port, wait_for
+from tests.conftest import Pipeline, wait_for
 from tests.helpers import consume, metric, payload, publish, reading
 from tests.unit.models import ConstantModel, SlowModel
 
@@ -334,7 +335,8 @@ def test_a_promotion_by_the_trainer_changes_the_model_identity_and_scoring_never
         TRAINER_EVERY_S="3600",
     )
     started = datetime.now(UTC)
-    trainer = pipeline._start("trainer", "Models_analysis.trainer", env, wait=True)
+    trainer = pipeline.start("trainer", "Models_analysis.trainer", env)
+    pipeline.wait_ready(trainer)
     versions = pipeline.db[contract.COLLECTION_MODEL_VERSIONS]
     decision = wait_for(lambda: versions.find_one({"sensor": sensor}), 300, "the trainer's decision", pipeline.logs)
     assert decision["promoted"], decision

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from localstack.namespace import free_port
 from localstack.services import ROOT
-from tests.conftest import Pipeline, free_port, wait_for
+from tests.conftest import Pipeline, wait_for
 from tests.helpers import api, get, prometheus
 
 pytestmark = pytest.mark.e2e

@@ -42,9 +42,10 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from localstack.cluster import node_name
+from localstack.namespace import free_port
 from localstack.testing import throwaway_stack
 from pipeline import contract
-from tests.conftest import Pipeline, RunningStack, free_port, wait_for
+from tests.conftest import Pipeline, RunningStack, wait_for
 from tests.helpers import ARTIFACTS, consume, uncommitted
 
 pytestmark = pytest.mark.faults

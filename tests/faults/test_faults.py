@@ -26,8 +26,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from localstack.namespace import free_port
 from pipeline import contract
-from tests.conftest import Pipeline, free_port, holds_for, wait_for
+from tests.conftest import Pipeline, holds_for, wait_for
 from tests.helpers import consume, metric, payload, publish, reading
 
 pytestmark = pytest.mark.faults

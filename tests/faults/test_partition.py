@@ -30,10 +30,11 @@ from pathlib import Path
 
 import pytest
 
+from localstack.namespace import free_port
 from localstack.services import server_env
 from pipeline import contract
 from tests import netns
-from tests.conftest import Pipeline, free_port, wait_for
+from tests.conftest import Pipeline, wait_for
 from tests.faults.test_faults import copies
 from tests.helpers import ARTIFACTS, metric, uncommitted
 

@@ -17,10 +17,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
+from localstack.namespace import free_port
 from localstack.services import sensor_env
 from localstack.stack import sensor_accounts
 from pipeline import contract
-from tests.conftest import ARTIFACTS, Pipeline, RunningStack, free_port, holds_for, wait_for
+from tests.conftest import ARTIFACTS, Pipeline, RunningStack, holds_for, wait_for
 from tests.helpers import connack, payload, publish, reading
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,10 @@ import joblib
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from localstack.namespace import free_port
 from localstack.services import ServiceProcess, server_env
 from pipeline import contract
-from tests.conftest import Pipeline, free_port, holds_for, wait_for
+from tests.conftest import Pipeline, holds_for, wait_for
 from tests.helpers import metric, payload, publish, reading
 from tests.unit.models import ConstantModel
 

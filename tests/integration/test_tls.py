@@ -30,11 +30,12 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
+from localstack.namespace import free_port
 from localstack.services import ServiceProcess, dashboard_env, model_env, server_env, trainer_env
 from localstack.testing import throwaway_stack
 from localstack.tls import make_certificates
 from pipeline import contract
-from tests.conftest import ARTIFACTS, Pipeline, RunningStack, free_port, wait_for
+from tests.conftest import ARTIFACTS, Pipeline, RunningStack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -312,7 +313,7 @@ def test_the_pipeline_runs_end_to_end_over_tls(tls_pipeline: Pipeline, tls_stack
 
     # The live page over HTTPS, reading MongoDB over TLS; not over plain HTTP.
     port = free_port()
-    dashboard = tls_pipeline._start("dashboard", "Dashboard", dashboard_env(env, DASHBOARD_PORT=str(port)))
+    dashboard = tls_pipeline.start("dashboard", "Dashboard", dashboard_env(env, DASHBOARD_PORT=str(port)))
     login = (env["MONGO_EXPRESS_USERNAME"], env["MONGO_EXPRESS_PASSWORD"])
 
     def page_ready() -> bool:
@@ -338,7 +339,7 @@ def test_the_trainer_reads_mongodb_over_tls(tls_pipeline: Pipeline, tmp_path: Pa
     assert "tls=" not in env["MONGO_URI"] and env["MONGO_TLS_CA_FILE"] == str(
         tls_pipeline.stack.env["MONGO_TLS_CA_FILE"]
     )
-    trainer = tls_pipeline._start("trainer", "Models_analysis.trainer", env)
+    trainer = tls_pipeline.start("trainer", "Models_analysis.trainer", env)
     tls_pipeline.wait_ready(trainer, 90)
 
 

@@ -61,6 +61,7 @@ from Data_collection import publisher as publisher_module
 from Data_collection.publisher import Publisher
 from Data_collection.settings import DEMO_CSV
 from Data_collection.settings import Settings as SensorSettings
+from localstack.namespace import free_port
 from Models_analysis import registry as registry_module
 from Models_analysis import scorer as scorer_module
 from Models_analysis.calibration import Calibrated
@@ -85,7 +86,6 @@ from Server.results import ResultsSink
 from Server.retention import Rule
 from Server.settings import Settings as ServerSettings
 from Server.store import Store
-from tests.conftest import free_port
 from tests.helpers import asgi, payload
 from tests.unit.fakes import (
     FakeMessage,
