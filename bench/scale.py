@@ -593,6 +593,14 @@ def _tables(
             "so a ratio near 1 is the machine's limit, not the service's; ratios are within one run, the rates "
             "move with the load average",
             "three brokers: replication factor 3, min.insync.replicas 2, acks=all, all three on this machine",
+            *(
+                [
+                    f"--quick: bursts of {plan_.readings:,} readings last a second or two and each side runs once, so "
+                    "these ratios are mostly noise; take them from a full run"
+                ]
+                if plan_.readings < plan(quick=False).readings
+                else []
+            ),
             "x one: against the mean of the same pair's one-instance (one-broker) phases; the pairs run one, two, "
             "two, one instances and one, three, one brokers (--quick: one, two; one, three) so drift on the shared "
             "machine falls on both sides",
