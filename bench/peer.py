@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import Bench, run_standalone, wait_until
-from bench.load import publish
+from bench.load import PublishReport, publish
 from bench.machine import CpuMeter, process_cpu_seconds, stack_pid
 from bench.namespace import Namespace
 from bench.probes import Watermarks, distinct_ids_in_kafka, metric, scrape
@@ -83,6 +83,18 @@ def _wait_subscribed(bench: Bench, namespace: Namespace, telegraf: Telegraf, mar
     raise RuntimeError("no probe reading came through Telegraf into Kafka within 90 s")
 
 
+def _saturated(report: PublishReport, finished: float, cpu: float, records: int, distinct: int) -> dict[str, Any]:
+    """One side's highest-rate run: its rate, its CPU per reading, and what Kafka holds of it."""
+    return {
+        "readings_per_s": report.sent / (finished - report.started_at),
+        "sent": report.sent,
+        "seconds": finished - report.started_at,
+        "cpu_ms_per_reading": 1000 * cpu / report.sent,
+        "kafka_records": records,
+        "kafka_distinct_ids": distinct,
+    }
+
+
 def telegraf_saturated(bench: Bench, count: int, publishers: int) -> dict[str, Any]:
     """Telegraf's highest rate: ``count`` readings as fast as the broker takes them, until all are in Kafka."""
     namespace = bench.namespace("tgsat")
@@ -107,14 +119,7 @@ def telegraf_saturated(bench: Bench, count: int, publishers: int) -> dict[str, A
     records, distinct = distinct_ids_in_kafka(
         bench.env["KAFKA_BOOTSTRAP_SERVERS"], telegraf.topic, telegraf=True, prefix=f"{namespace.name}-s"
     )
-    return {
-        "readings_per_s": report.sent / (finished - report.started_at),
-        "sent": report.sent,
-        "seconds": finished - report.started_at,
-        "cpu_ms_per_reading": 1000 * cpu / report.sent,
-        "kafka_records": records,
-        "kafka_distinct_ids": distinct,
-    }
+    return _saturated(report, finished, cpu, records, distinct)
 
 
 def bridge_saturated(bench: Bench, count: int, publishers: int) -> dict[str, Any]:
@@ -141,14 +146,7 @@ def bridge_saturated(bench: Bench, count: int, publishers: int) -> dict[str, Any
         telegraf=False,
         prefix=f"{namespace.name}-s",
     )
-    return {
-        "readings_per_s": report.sent / (finished - report.started_at),
-        "sent": report.sent,
-        "seconds": finished - report.started_at,
-        "cpu_ms_per_reading": 1000 * cpu / report.sent,
-        "kafka_records": records,
-        "kafka_distinct_ids": distinct,
-    }
+    return _saturated(report, finished, cpu, records, distinct)
 
 
 def _paced(

@@ -44,6 +44,27 @@ def copies(pipeline: Pipeline, topic: str, want: int = 0) -> Counter[str]:
     return Counter(json.loads(r.value())["id"] for r in records)
 
 
+def assert_stored_once(pipeline: Pipeline, ids: list[str], per_sensor: int) -> tuple[Counter[str], Counter[str]]:
+    """Every reading of ``ids``' sensors once in MongoDB with one prediction, none an error, every one on
+    ``analytics`` and one alert record per stored alert; returns the copies per id on analytics and alerts."""
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    query = {"sensor": {"$in": ids}}
+    reading_ids = [d["_id"] for d in readings.find(query, {"_id": 1})]
+    prediction_ids = [d["_id"] for d in pipeline.db[contract.COLLECTION_PREDICTIONS].find(query, {"_id": 1})]
+    total = len(ids) * per_sensor
+    assert len(reading_ids) == len(set(reading_ids)) == total, "exactly one reading per id sent"
+    for sensor_id in ids:
+        assert readings.count_documents({"sensor": sensor_id}) == per_sensor, f"{sensor_id} lost or doubled readings"
+    assert sorted(prediction_ids) == sorted(reading_ids), "exactly one prediction per reading"
+    assert pipeline.db[contract.COLLECTION_PREDICTION_ERRORS].count_documents(query) == 0
+    on_analytics = copies(pipeline, "KAFKA_TOPIC_READINGS", want=total)
+    assert set(on_analytics) == set(reading_ids), "every reading reached analytics"
+    alerts = pipeline.db[contract.COLLECTION_ALERTS].count_documents(query)
+    on_alerts = copies(pipeline, "KAFKA_TOPIC_ALERTS", want=alerts)
+    assert len(on_alerts) == alerts, "one alert record per stored alert"
+    return on_analytics, on_alerts
+
+
 def stream_with_fault(
     pipeline: Pipeline, fault: Callable[[Pipeline], None], at_s: float = 6.0, doubles_may_reach: tuple[str, ...] = ()
 ) -> None:
@@ -79,18 +100,7 @@ def stream_with_fault(
         pipeline.logs,
     )
 
-    reading_ids = [d["_id"] for d in readings.find(query, {"_id": 1})]
-    prediction_ids = [d["_id"] for d in predictions.find(query, {"_id": 1})]
-    assert len(reading_ids) == len(set(reading_ids)) == total, "exactly one reading per id sent"
-    for sensor_id in ids:
-        assert readings.count_documents({"sensor": sensor_id}) == PER_SENSOR, f"{sensor_id} lost or doubled readings"
-    assert sorted(prediction_ids) == sorted(reading_ids), "exactly one prediction per reading"
-    assert pipeline.db[contract.COLLECTION_PREDICTION_ERRORS].count_documents(query) == 0
-    on_analytics = copies(pipeline, "KAFKA_TOPIC_READINGS", want=total)
-    assert set(on_analytics) == set(reading_ids), "every reading reached analytics"
-    alerts = pipeline.db[contract.COLLECTION_ALERTS].count_documents(query)
-    on_alerts = copies(pipeline, "KAFKA_TOPIC_ALERTS", want=alerts)
-    assert len(on_alerts) == alerts, "one alert record per stored alert"
+    on_analytics, on_alerts = assert_stored_once(pipeline, ids, PER_SENSOR)
     doubled_readings = {i for i, n in on_analytics.items() if n > 1}
     for topic, seen in (("KAFKA_TOPIC_READINGS", on_analytics), ("KAFKA_TOPIC_ALERTS", on_alerts)):
         doubled = {i: n for i, n in seen.items() if n > 1}

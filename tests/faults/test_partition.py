@@ -35,7 +35,7 @@ from localstack.services import server_env
 from pipeline import contract
 from tests import netns
 from tests.conftest import Pipeline, wait_for
-from tests.faults.test_faults import copies
+from tests.faults.test_faults import assert_stored_once
 from tests.helpers import ARTIFACTS, metric, uncommitted
 
 pytestmark = pytest.mark.faults
@@ -257,18 +257,7 @@ def test_a_bridge_cut_off_from_kafka_for_30_s_loses_nothing_and_doubles_nothing(
 
     wait_for(nothing_pending, 60, "every consumer group to commit and each bridge's inbox to empty", pipeline.logs)
 
-    reading_ids = [d["_id"] for d in readings.find(query, {"_id": 1})]
-    prediction_ids = [d["_id"] for d in predictions.find(query, {"_id": 1})]
-    assert len(reading_ids) == len(set(reading_ids)) == total, "exactly one reading per id sent"
-    for sensor_id in ids:
-        assert readings.count_documents({"sensor": sensor_id}) == PER_SENSOR, f"{sensor_id} lost or doubled readings"
-    assert sorted(prediction_ids) == sorted(reading_ids), "exactly one prediction per reading"
-    assert pipeline.db[contract.COLLECTION_PREDICTION_ERRORS].count_documents(query) == 0
-    on_analytics = copies(pipeline, "KAFKA_TOPIC_READINGS", want=total)
-    assert set(on_analytics) == set(reading_ids), "every reading reached analytics"
-    alerts = pipeline.db[contract.COLLECTION_ALERTS].count_documents(query)
-    on_alerts = copies(pipeline, "KAFKA_TOPIC_ALERTS", want=alerts)
-    assert len(on_alerts) == alerts, "one alert record per stored alert"
+    on_analytics, on_alerts = assert_stored_once(pipeline, ids, PER_SENSOR)
     for topic, seen in (("analytics", on_analytics), ("alerts", on_alerts)):
         doubled = {i: n for i, n in seen.items() if n > 1}
         assert not doubled, f"{len(doubled)} reading ids have copies on {topic} after a partition (nothing killed)"
