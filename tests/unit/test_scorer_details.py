@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 from unittest import mock
 
@@ -416,3 +417,34 @@ def test_after_a_grid_of_forecasts_fails_the_model_is_not_asked_for_one_again_fo
     assert [type(r).__name__ for r in first + second] == ["Prediction", "Prediction"], "scored directly"
     assert model.grid_tries == 1, "no second try within RETRY_AFTER_S"
     built.scorer.grids.close()
+
+
+class SlowToAnswer(RecordingProducer):
+    """Answers nothing for ``silent`` polls of a second each (pipeline.kafka's clock), then confirms all."""
+
+    def __init__(self, clock: Any, silent: int, kafka: Dependency) -> None:
+        super().__init__()
+        self.clock, self.silent, self.kafka = clock, silent, kafka
+        self.seen: list[str | None] = []
+
+    def poll(self, timeout: float = 0) -> int:
+        self.clock.now += 1.0
+        self.seen.append(None if self.kafka() else self.kafka.why)
+        if self.silent:
+            self.silent -= 1
+            return 0
+        return super().poll(timeout)
+
+
+def test_the_model_services_readiness_says_kafka_is_down_while_it_answers_nothing(build: Any) -> None:
+    built: Built = build(batches=[[message(forwarded("r-1", "s-1", 0.0))]])
+    built.scorer.kafka.up()
+    clock = SimpleNamespace(now=100.0)
+    clock.monotonic = lambda: clock.now
+    producer = SlowToAnswer(clock, 12, built.scorer.kafka)
+    built.scorer.producer = cast(Producer, producer)
+    with mock.patch("pipeline.kafka.time", clock):
+        built.scorer.run()
+    assert "Kafka has answered none of 1 records for 10s" in producer.seen, "down, with why, while it was silent"
+    assert built.scorer.kafka(), "up again once the results were confirmed"
+    assert built.consumer.commits == 1
