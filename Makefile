@@ -86,7 +86,7 @@ lint: venv ## Lint, check formatting and type-check (ruff, mypy)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
 
-bench: install ## Benchmarks on a throwaway local stack (~25 min, 20-min soak); results in bench/results/
+bench: install ## Benchmarks on a throwaway local stack (~70 min: a 20-min soak, a month of storage, the backtest); results in bench/results/
 	$(PY) -m bench
 
 bench-quick: install ## The benchmarks, short (~3 min, 1-min soak)

@@ -5,7 +5,9 @@ base 25000) in a temporary state directory with random secrets, runs the
 benchmarks one after the other, each in its own topics and ids, writes
 ``bench/results/<name>.json`` and ``bench/results/latest.md``, and stops
 everything it started. ``--quick`` is a short run (about 3 minutes);
-the default takes about 25 minutes, 20 of them the memory soak.
+the default takes about 70 minutes on 2 quiet cores, the parts' own times added up (the memory
+soak 20, the month of storage 16, the backtest 15, the scale-out pairs 10, the peer 4, the rest
+about 5); it has not been timed as a whole since the peer and scale-out benchmarks joined it.
 """
 
 from __future__ import annotations

@@ -12,22 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.scale import (
-    CLUSTER_BROKERS,
-    CLUSTER_PORT_OFFSETS,
-    FLEETS,
-    PLAN_SENSORS,
-    _tables,
-    capacity_plan,
-    cluster_ports,
-    cores_needed,
-    cpu_ms_per_reading,
-    instances_needed,
-    mean_rate,
-    order,
-    plan,
-    ratio,
-)
+from bench.capacity import FLEETS, capacity_plan, cores_needed, cpu_ms_per_reading, instances_needed, ratio
+from bench.scale import PLAN_SENSORS, _tables
+from bench.scale_kafka import CLUSTER_BROKERS, CLUSTER_PORT_OFFSETS, cluster_ports, mean_rate, order, plan
 from localstack.cluster import kafka_nodes
 from localstack.testing import stack_ports
 
