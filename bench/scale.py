@@ -47,8 +47,7 @@ From the figures it also writes the arithmetic of docs/capacity.md
 (:func:`bench.capacity.capacity_plan`): instances and cores for 10,000 and 100,000 sensors
 at one reading a second, as measured here; an extrapolation, which the table says.
 
-Run alone: ``python -m bench.scale [--quick] [--port-base 41000]``; or
-``python -m bench --only scale``.
+Run alone: ``python -m bench.scale [--quick] [--port-base 41000]`` (or ``python -m bench --only scale``).
 """
 
 from __future__ import annotations
