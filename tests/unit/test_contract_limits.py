@@ -424,3 +424,10 @@ def test_a_datetime_in_a_message_is_written_as_iso_utc_with_milliseconds_and_z()
 
 def test_a_time_past_the_last_utc_moment_is_refused_as_a_bad_field() -> None:
     assert kind_of(reading_json(ts="9999-12-31T23:59:59-01:00")) == "bad_field"
+
+
+def test_a_payload_starting_with_a_byte_order_mark_is_not_json_and_says_so() -> None:
+    with pytest.raises(contract.ContractError) as caught:
+        contract.parse_reading("\ufeff".encode() + reading_json(), TOPIC)
+    assert caught.value.kind == "not_json"
+    assert str(caught.value) == "payload is not JSON (Unexpected UTF-8 BOM (decode using utf-8-sig) at line 1 column 1)"

@@ -297,3 +297,10 @@ def test_an_answer_restarts_the_10_s(clock: FakeTime) -> None:
     assert states[:16] == [True] * 16, "one record answered at 6 s: the next 10 s count from there"
     assert states[16] is False and producer.seen[16][1] == "Kafka has answered none of 1 records for 10s"
     assert producer.polls == 25, "the last answer ends the wait"
+
+
+def test_a_second_stall_in_the_same_wait_is_reported_too(clock: FakeTime) -> None:
+    producer, kafka = stalled_wait(clock, 2, {15: 1})
+    whys = [why for _, why in producer.seen]
+    assert whys[11] == "Kafka has answered none of 2 records for 10s"
+    assert whys[-1] == "Kafka has answered none of 1 records for 10s", "after the answer at 15 s, silent again"
