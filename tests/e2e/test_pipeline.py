@@ -75,7 +75,7 @@ def test_mongo_express_shows_the_readings(pipeline: Pipeline) -> None:
     readings = pipeline.db[contract.COLLECTION_READINGS]
     wait_for(lambda: readings.count_documents({"sensor": pipeline.sensor_id(1)}) == 5, 60, "5 readings", pipeline.logs)
     newest = readings.find_one({"sensor": pipeline.sensor_id(1)})
-    assert newest is not None
+    assert newest is not None and newest["sensor"] == pipeline.sensor_id(1) and isinstance(newest["v"], float)
 
     env = pipeline.stack.env
     base = f"http://127.0.0.1:{env['MONGO_EXPRESS_PORT']}"
