@@ -19,7 +19,7 @@ anomaly check: no ``predict`` on the scoring path.
   (late, or replayed history) or one far in the future (more than the grid's
   horizon past the wall clock: it must not drag the grid away from the live
   stream) is forecast by a direct ``predict`` at its grid time, through the
-  forecast cache, as before grids existed.
+  forecast cache.
 
 Grids are kept by model hash, so a swapped model gets its own grid at its first
 reading and the old one is dropped when its model is no longer served. One

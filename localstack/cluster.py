@@ -1,6 +1,6 @@
 """The Kafka nodes of the local stack: names, ports and the controller quorum (pure functions).
 
-``KAFKA_BROKERS=1`` (the default) runs one node, ``kafka``, as before.
+``KAFKA_BROKERS=1`` (the default) runs one node, ``kafka``.
 ``KAFKA_BROKERS=3`` runs three, each a broker and a controller (KRaft combined
 mode), named as Compose's services in ``docker-compose.cluster.yml``: ``kafka``,
 ``kafka-2``, ``kafka-3``. Node ``n`` listens on ``KAFKA_PORT + 2(n-1)`` for

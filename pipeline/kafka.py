@@ -122,7 +122,7 @@ def ensure_pipeline_topics(settings: KafkaSettings) -> None:
 def topic_replication_config(settings: KafkaSettings) -> dict[str, str]:
     """Topic configs that follow from the replication settings: min.insync.replicas, with more than one replica."""
     if settings.KAFKA_REPLICATION_FACTOR == 1:
-        return {}  # the broker's default (1), as before there were clusters
+        return {}  # the broker's default (1): a single broker has no other replica to wait for
     return {"min.insync.replicas": str(settings.kafka_min_insync_replicas)}
 
 

@@ -276,7 +276,7 @@ Result = Prediction | PredictionError
 
 
 def _result_kind(value: Any) -> str:
-    # A message without "kind" is a prediction (its default), as before the field existed.
+    # A message without "kind" is a prediction (its default): a producer written before the field still parses.
     return str(value.get("kind", "prediction") if isinstance(value, dict) else getattr(value, "kind", "prediction"))
 
 
