@@ -63,6 +63,8 @@ class Score:
 class Aggregator:
     """Merges contributions from the bridge's threads and writes them every ``every_s`` seconds."""
 
+    # Built like Server.timeline.Timeline (a store, the stop event, how often to write): both are the bridge's
+    # periodic writers, each of its own documents.
     def __init__(
         self,
         store: Store,

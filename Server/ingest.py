@@ -123,6 +123,7 @@ class Bridge:
     transport: Literal["mqtt", "kafka"] = "mqtt"
     what = "store and forward readings"
 
+    # The same collaborators as Server.results.ResultsSink's: Server.__main__ wires both from one set.
     def __init__(
         self,
         settings: Settings,

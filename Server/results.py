@@ -65,6 +65,7 @@ class ResultsSink:
 
     what = "store predictions"
 
+    # The same collaborators as Server.ingest.Bridge's: Server.__main__ wires both from one set.
     def __init__(
         self,
         settings: Settings,

@@ -133,6 +133,7 @@ class Seen:
 class Timeline:
     """Collects newly stored readings and predictions, and writes the documents above."""
 
+    # Built like Server.aggregates.Aggregator: both are the bridge's periodic writers.
     def __init__(
         self,
         store: Store,

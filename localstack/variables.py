@@ -98,6 +98,7 @@ class StackSettings(BaseSettings):
     def _strip(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
 
+    # Two lists of variable names of the same shape: those trimmed (above) and those that must be whole numbers.
     @field_validator(
         "MQTT_PORT",
         "MQTT_WS_PORT",

@@ -126,9 +126,7 @@ class Prediction(BaseModel):
 
     def to_document(self) -> dict[str, Any]:
         """The MongoDB document, keyed by the reading id."""
-        document = self.model_dump(exclude={"kind", "id"})
-        document["_id"] = self.id
-        return document
+        return _document(self, self.id, {"kind", "id"})
 
 
 class Alert(BaseModel):
@@ -169,9 +167,7 @@ class Alert(BaseModel):
 
     def to_document(self) -> dict[str, Any]:
         """The MongoDB document, keyed by the reading id (one alert per reading)."""
-        document = self.model_dump(exclude={"id"})
-        document["_id"] = self.id
-        return document
+        return _document(self, self.id, {"id"})
 
 
 class PredictionError(BaseModel):
@@ -188,9 +184,7 @@ class PredictionError(BaseModel):
 
     def to_document(self) -> dict[str, Any]:
         """The MongoDB document, keyed by the reading id."""
-        document = self.model_dump(exclude={"kind", "id"})
-        document["_id"] = self.id
-        return document
+        return _document(self, self.id, {"kind", "id"})
 
 
 class Rejection(BaseModel):
@@ -253,9 +247,7 @@ class Rejection(BaseModel):
 
     def to_document(self) -> dict[str, Any]:
         """The MongoDB document, keyed by :attr:`key`."""
-        document = self.model_dump(exclude={"key"})
-        document["_id"] = self.key
-        return document
+        return _document(self, self.key, {"key"})
 
 
 def _as_text(kept: bytes, whole: bool) -> tuple[str, Literal["utf-8", "base64"]]:
@@ -288,3 +280,10 @@ _RESULT = TypeAdapter(
     ]
 )
 _RESULT_TAGS = frozenset({"prediction", "prediction_error"})
+
+
+def _document(message: BaseModel, key: str, exclude: set[str]) -> dict[str, Any]:
+    """``message`` as a MongoDB document: its fields but ``exclude``, keyed by ``key`` (``_id``)."""
+    document = message.model_dump(exclude=exclude)
+    document["_id"] = key
+    return document
