@@ -7,4 +7,7 @@ from prometheus_client import Counter, Gauge
 PUBLISHED = Counter("pipeline_sensor_published", "Readings handed to the MQTT client")
 ACKED = Counter("pipeline_sensor_acknowledged", "Readings the broker acknowledged")
 REFUSED = Counter("pipeline_sensor_refused", "Readings the broker refused (not authorised)")
+REPLAYED = Counter(
+    "pipeline_sensor_replayed", "Readings published again after a reconnect (acknowledged just before it was lost)"
+)
 PENDING = Gauge("pipeline_sensor_pending", "Readings published and not yet acknowledged")

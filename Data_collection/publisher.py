@@ -219,6 +219,7 @@ class Publisher:
             # Not counted for draining: a copy the broker loses again is covered by the next replay.
             self._send(payload, counted=False)
         self.replayed += len(payloads)
+        metrics.REPLAYED.inc(len(payloads))
         if payloads:
             logger.info(
                 "reconnected: published again the %d readings acknowledged in the %ss before the connection was lost",

@@ -86,6 +86,7 @@ DECLARED = {
         "pipeline_sensor_published": "counter",
         "pipeline_sensor_acknowledged": "counter",
         "pipeline_sensor_refused": "counter",
+        "pipeline_sensor_replayed": "counter",
         "pipeline_sensor_pending": "gauge",
     },
     "Dashboard": {"pipeline_dashboard_query_seconds": "histogram", "pipeline_dashboard_unauthorized": "counter"},

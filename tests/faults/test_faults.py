@@ -181,10 +181,9 @@ def test_after_a_long_outage_the_sensor_replays_what_was_acknowledged_before_it(
     pipeline.stack.stack.kill("mosquitto")
     time.sleep(5)  # longer than SENSOR_REPLAY_S
     pipeline.stack.stack.start_one("mosquitto")
-    wait_for(lambda: "published again the" in sensor.log_tail(), 30, "the sensor's replay", pipeline.logs)
-    line = next(x for x in sensor.log_tail().splitlines() if "published again the" in x)
-    replayed = int(line.split("published again the ")[1].split()[0])
-    assert 5 <= replayed <= 15, f"expected about 2 s of readings at 5/s: {line}"
+    port = sensor.env["HEALTH_PORT"]
+    replayed = wait_for(lambda: metric(port, "pipeline_sensor_replayed_total"), 30, "the replay", pipeline.logs)
+    assert 5 <= replayed <= 15, f"expected about 2 s of readings at 5/s, replayed {replayed}"
 
 
 def test_mongodb_down_for_30_seconds(pipeline: Pipeline) -> None:

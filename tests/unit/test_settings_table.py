@@ -48,6 +48,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
+from prometheus_client import REGISTRY
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings
 
@@ -1309,6 +1310,7 @@ def test_after_a_reconnect_the_sensor_replays_what_was_acknowledged_within_senso
     outage's length, are published again after the reconnect (0: none)."""
     clock, stop = Clock(), stopped_after(10.0)
     flags = SimpleNamespace(session_present=False)
+    counted = REGISTRY.get_sample_value("pipeline_sensor_replayed_total") or 0.0
     with mock.patch.object(publisher_module, "time", clock):
         with recorded_publisher(SENSOR_REPLAY_S=window, SENSOR_QUEUE_MAX=1000) as recorded:
             publisher, client = recorded.publisher, cast(mqtt.Client, recorded.client)
@@ -1327,6 +1329,7 @@ def test_after_a_reconnect_the_sensor_replays_what_was_acknowledged_within_senso
     wanted = [f"r-{n}" for n, at in enumerate(acked_at) if window > 0 and start + at >= lost - window]
     assert [contract.parse_reading(raw).id for raw in recorded.client.published] == wanted
     assert publisher.replayed == len(wanted)
+    assert (REGISTRY.get_sample_value("pipeline_sensor_replayed_total") or 0.0) - counted == len(wanted), "counted"
 
 
 # --- the bridge --------------------------------------------------------------------------
