@@ -21,12 +21,15 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from pymongo.collection import Collection
 
 from localstack.namespace import free_port
+from localstack.services import ServiceProcess
 from pipeline import contract
 from tests.conftest import Pipeline, holds_for, wait_for
 from tests.helpers import consume, metric, payload, publish, reading
@@ -65,6 +68,23 @@ def assert_stored_once(pipeline: Pipeline, ids: list[str], per_sensor: int) -> t
     return on_analytics, on_alerts
 
 
+def acknowledged_and_stored(
+    pipeline: Pipeline, sensors: list[ServiceProcess], per_sensor: int
+) -> tuple[Collection[dict[str, Any]], Collection[dict[str, Any]], dict[str, Any], int]:
+    """Wait until sensors 1..n had every reading acknowledged and MongoDB holds at least as many readings and
+    predictions; returns the two collections, the query of the test's sensors and the readings sent."""
+    for sensor in sensors:
+        assert sensor.wait(600) == 0, f"{sensor.name} did not get every reading acknowledged:\n{sensor.log_tail()}"
+    ids = [pipeline.sensor_id(n) for n in range(1, len(sensors) + 1)]
+    total = len(sensors) * per_sensor
+    readings = pipeline.db[contract.COLLECTION_READINGS]
+    predictions = pipeline.db[contract.COLLECTION_PREDICTIONS]
+    query: dict[str, Any] = {"sensor": {"$in": ids}}
+    wait_for(lambda: readings.count_documents(query) >= total, 300, f"{total} readings", pipeline.logs)
+    wait_for(lambda: predictions.count_documents(query) >= total, 300, f"{total} predictions", pipeline.logs)
+    return readings, predictions, query, total
+
+
 def stream_with_fault(
     pipeline: Pipeline, fault: Callable[[Pipeline], None], at_s: float = 6.0, doubles_may_reach: tuple[str, ...] = ()
 ) -> None:
@@ -83,16 +103,7 @@ def stream_with_fault(
     time.sleep(at_s)
     assert all(s.alive for s in sensors), "the stream ended before the fault; raise PER_SENSOR"
     fault(pipeline)
-    for sensor in sensors:
-        assert sensor.wait(600) == 0, f"{sensor.name} did not get every reading acknowledged:\n{sensor.log_tail()}"
-
-    ids = [pipeline.sensor_id(n) for n in range(1, SENSORS + 1)]
-    total = SENSORS * PER_SENSOR
-    readings = pipeline.db[contract.COLLECTION_READINGS]
-    predictions = pipeline.db[contract.COLLECTION_PREDICTIONS]
-    query = {"sensor": {"$in": ids}}
-    wait_for(lambda: readings.count_documents(query) >= total, 300, f"{total} readings", pipeline.logs)
-    wait_for(lambda: predictions.count_documents(query) >= total, 300, f"{total} predictions", pipeline.logs)
+    readings, predictions, query, total = acknowledged_and_stored(pipeline, sensors, PER_SENSOR)
     holds_for(
         lambda: readings.count_documents(query) == total and predictions.count_documents(query) == total,
         3,
@@ -100,6 +111,7 @@ def stream_with_fault(
         pipeline.logs,
     )
 
+    ids = [pipeline.sensor_id(n) for n in range(1, SENSORS + 1)]
     on_analytics, on_alerts = assert_stored_once(pipeline, ids, PER_SENSOR)
     doubled_readings = {i for i, n in on_analytics.items() if n > 1}
     for topic, seen in (("KAFKA_TOPIC_READINGS", on_analytics), ("KAFKA_TOPIC_ALERTS", on_alerts)):

@@ -32,10 +32,9 @@ import pytest
 
 from localstack.namespace import free_port
 from localstack.services import server_env
-from pipeline import contract
 from tests import netns
 from tests.conftest import Pipeline, wait_for
-from tests.faults.test_faults import assert_stored_once
+from tests.faults.test_faults import acknowledged_and_stored, assert_stored_once
 from tests.helpers import ARTIFACTS, metric, uncommitted
 
 pytestmark = pytest.mark.faults
@@ -234,15 +233,8 @@ def test_a_bridge_cut_off_from_kafka_for_30_s_loses_nothing_and_doubles_nothing(
     wait_for(kafka_back, 120, "the cut-off bridge to see Kafka again", pipeline.logs)
     ready_again_s = time.monotonic() - healed_at
 
-    for sensor in sensors:
-        assert sensor.wait(600) == 0, f"{sensor.name} did not get every reading acknowledged:\n{sensor.log_tail()}"
+    acknowledged_and_stored(pipeline, sensors, PER_SENSOR)
     ids = [pipeline.sensor_id(n) for n in range(1, SENSORS + 1)]
-    total = SENSORS * PER_SENSOR
-    readings = pipeline.db[contract.COLLECTION_READINGS]
-    predictions = pipeline.db[contract.COLLECTION_PREDICTIONS]
-    query = {"sensor": {"$in": ids}}
-    wait_for(lambda: readings.count_documents(query) >= total, 300, f"{total} readings", pipeline.logs)
-    wait_for(lambda: predictions.count_documents(query) >= total, 300, f"{total} predictions", pipeline.logs)
     caught_up_s = time.monotonic() - healed_at
     env = pipeline.stack.env
     bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]

@@ -23,6 +23,7 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from Models_analysis.model import LoadedModel
 from pipeline import contract
+from pipeline.health import Dependency
 from Server.store import Inserted
 
 
@@ -261,3 +262,20 @@ class OneModel:
 
     def refresh(self, force: bool = False) -> None:
         pass
+
+
+class SlowToAnswer(RecordingProducer):
+    """Answers nothing for ``silent`` polls of a second each (pipeline.kafka's clock), then confirms all."""
+
+    def __init__(self, clock: Any, silent: int, kafka: Dependency) -> None:
+        super().__init__()
+        self.clock, self.silent, self.kafka = clock, silent, kafka
+        self.seen: list[str | None] = []
+
+    def poll(self, timeout: float = 0) -> int:
+        self.clock.now += 1.0
+        self.seen.append(None if self.kafka() else self.kafka.why)
+        if self.silent:
+            self.silent -= 1
+            return 0
+        return super().poll(timeout)

@@ -27,7 +27,7 @@ from Server.aggregates import Aggregator
 from Server.ingest import Bridge, Incoming, RecentIds, prepare
 from Server.settings import Settings as ServerSettings
 from Server.store import TRANSIENT, Inserted, Store, WriteNotConfirmed
-from tests.unit.fakes import RecordingMqttClient, RecordingProducer, RecordingStore
+from tests.unit.fakes import RecordingMqttClient, RecordingProducer, RecordingStore, SlowToAnswer
 from tests.unit.test_orderings import (
     SERVER,
     _no_settings_from_the_environment,  # noqa: F401 - the same isolation from the caller's shell
@@ -412,23 +412,6 @@ def test_the_store_raises_on_an_unconfirmed_write_concern_with_what_the_primary_
     )
     store.db = cast(Any, {"readings": collection})
     assert store.insert_new("readings", [{"_id": "a"}, {"_id": "b"}]).duplicates == {1}, "no concern error: returned"
-
-
-class SlowToAnswer(RecordingProducer):
-    """Answers nothing for ``silent`` polls of a second each (pipeline.kafka's clock), then confirms all."""
-
-    def __init__(self, clock: Any, silent: int, kafka: Any) -> None:
-        super().__init__()
-        self.clock, self.silent, self.kafka = clock, silent, kafka
-        self.seen: list[str | None] = []
-
-    def poll(self, timeout: float = 0) -> int:
-        self.clock.now += 1.0
-        self.seen.append(None if self.kafka() else self.kafka.why)
-        if self.silent:
-            self.silent -= 1
-            return 0
-        return super().poll(timeout)
 
 
 def test_the_bridges_readiness_says_kafka_is_down_while_it_answers_nothing_and_up_once_it_does() -> None:

@@ -29,7 +29,7 @@ from Models_analysis.scorer import PredictBudget, Scorer
 from Models_analysis.settings import Settings as ModelSettings
 from pipeline import contract
 from pipeline.health import Dependency
-from tests.unit.fakes import FakeMessage, RecordingConsumer, RecordingProducer
+from tests.unit.fakes import FakeMessage, RecordingConsumer, RecordingProducer, SlowToAnswer
 from tests.unit.models import ConstantModel
 from tests.unit.test_orderings import (
     MODEL,
@@ -417,23 +417,6 @@ def test_after_a_grid_of_forecasts_fails_the_model_is_not_asked_for_one_again_fo
     assert [type(r).__name__ for r in first + second] == ["Prediction", "Prediction"], "scored directly"
     assert model.grid_tries == 1, "no second try within RETRY_AFTER_S"
     built.scorer.grids.close()
-
-
-class SlowToAnswer(RecordingProducer):
-    """Answers nothing for ``silent`` polls of a second each (pipeline.kafka's clock), then confirms all."""
-
-    def __init__(self, clock: Any, silent: int, kafka: Dependency) -> None:
-        super().__init__()
-        self.clock, self.silent, self.kafka = clock, silent, kafka
-        self.seen: list[str | None] = []
-
-    def poll(self, timeout: float = 0) -> int:
-        self.clock.now += 1.0
-        self.seen.append(None if self.kafka() else self.kafka.why)
-        if self.silent:
-            self.silent -= 1
-            return 0
-        return super().poll(timeout)
 
 
 def test_the_model_services_readiness_says_kafka_is_down_while_it_answers_nothing(build: Any) -> None:
