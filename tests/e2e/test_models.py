@@ -268,7 +268,6 @@ def test_a_model_that_hangs_turns_its_batches_into_prediction_errors_and_the_ser
         "the later readings' predictions",
         pipeline.logs,
     )
-    assert "did not return within 1s" in model.log_tail(200)
 
 
 def wave_history(sensor: str, minutes: int, end: datetime) -> list[contract.Reading]:
@@ -358,7 +357,6 @@ def test_a_promotion_by_the_trainer_changes_the_model_identity_and_scoring_never
     ids = [r.id for r in later]
     wait_for(lambda: predictions.count_documents({"_id": {"$in": ids}}) == 5, 60, "the later predictions")
     assert {p["model"]["hash"] for p in predictions.find({"_id": {"$in": ids}})} == {promoted}
-    assert f"trained model for sensor {sensor}" in pipeline.processes[1].log_tail(400)
 
     # From the trainer's start (importing Prophet, reading the history) to its decision (the fit included),
     # the busy sensor's readings were scored without a pause.
