@@ -279,3 +279,19 @@ class SlowToAnswer(RecordingProducer):
             self.silent -= 1
             return 0
         return super().poll(timeout)
+
+
+class HalfTakingProducer(RecordingProducer):
+    """Confirms the first record of the first answer and fails the others (not taken); then confirms all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers = 0
+
+    def poll(self, timeout: float = 0) -> int:
+        callbacks, self._callbacks = self._callbacks, []
+        for n, (message, callback) in enumerate(callbacks):
+            failed = self.answers == 0 and n > 0
+            callback(KafkaError(KafkaError._MSG_TIMED_OUT) if failed else None, message)
+        self.answers += bool(callbacks)
+        return len(callbacks)

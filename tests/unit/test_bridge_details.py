@@ -27,7 +27,7 @@ from Server.aggregates import Aggregator
 from Server.ingest import Bridge, Incoming, RecentIds, prepare
 from Server.settings import Settings as ServerSettings
 from Server.store import TRANSIENT, Inserted, Store, WriteNotConfirmed
-from tests.unit.fakes import RecordingMqttClient, RecordingProducer, RecordingStore, SlowToAnswer
+from tests.unit.fakes import HalfTakingProducer, RecordingMqttClient, RecordingProducer, RecordingStore, SlowToAnswer
 from tests.unit.test_orderings import (
     SERVER,
     _no_settings_from_the_environment,  # noqa: F401 - the same isolation from the caller's shell
@@ -240,22 +240,6 @@ def test_the_publish_to_stored_latency_is_the_readings_age_and_never_negative() 
     assert sample("pipeline_publish_to_stored_seconds_count") - count == 2.0
     # The fresh reading is well under a second old; the one from a clock an hour ahead counts 0.
     assert 0.0 <= sample("pipeline_publish_to_stored_seconds_sum") - total < 0.9
-
-
-class HalfTakingProducer(RecordingProducer):
-    """Confirms the first record of the first answer and fails the others (not taken); then confirms all."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.answers = 0
-
-    def poll(self, timeout: float = 0) -> int:
-        callbacks, self._callbacks = self._callbacks, []
-        for n, (message, callback) in enumerate(callbacks):
-            failed = self.answers == 0 and n > 0
-            callback(KafkaError(KafkaError._MSG_TIMED_OUT) if failed else None, message)
-        self.answers += bool(callbacks)
-        return len(callbacks)
 
 
 def test_what_an_earlier_try_made_durable_is_counted_and_aggregated_once_the_batch_is_done() -> None:

@@ -29,7 +29,7 @@ from Models_analysis.scorer import PredictBudget, Scorer
 from Models_analysis.settings import Settings as ModelSettings
 from pipeline import contract
 from pipeline.health import Dependency
-from tests.unit.fakes import FakeMessage, RecordingConsumer, RecordingProducer, SlowToAnswer
+from tests.unit.fakes import FakeMessage, HalfTakingProducer, RecordingConsumer, RecordingProducer, SlowToAnswer
 from tests.unit.models import ConstantModel
 from tests.unit.test_orderings import (
     MODEL,
@@ -228,21 +228,6 @@ def test_a_result_kafka_refuses_makes_its_reading_a_dead_letter(build: Any) -> N
     )
     assert dead["payload"] == message(readings[0]).value().decode(), "the reading's own message"
     assert built.consumer.commits == 1, "kept as a dead letter: committed"
-
-
-class HalfTakingProducer(RecordingProducer):
-    """Confirms the first record of its first answer and fails the others (not taken); then confirms all."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.answers = 0
-
-    def poll(self, timeout: float = 0) -> int:
-        callbacks, self._callbacks = self._callbacks, []
-        for n, (msg, callback) in enumerate(callbacks):
-            callback(KafkaError(KafkaError._MSG_TIMED_OUT) if self.answers == 0 and n > 0 else None, msg)
-        self.answers += bool(callbacks)
-        return len(callbacks)
 
 
 def test_a_retry_produces_only_the_results_kafka_did_not_confirm(build: Any) -> None:
