@@ -96,7 +96,10 @@ class Level:
         """``bounds`` (the model's interval at the target level) rescaled to the current level."""
         if self.alpha == self.target:
             return bounds
-        return bounds.scaled(quantile_ratio(self.alpha, self.target))
+        scaled = bounds.scaled(quantile_ratio(self.alpha, self.target))
+        # A model stating an absurd level (1e-9) with bounds near the largest forecast allowed would overflow:
+        # its own interval is served then, never an infinite one (a prediction's bounds are finite numbers).
+        return scaled if math.isfinite(scaled.lower) and math.isfinite(scaled.upper) else bounds
 
     def step(self, missed: bool) -> None:
         """After a reading: one more miss (or hit) moves ``alpha`` by ``gamma`` times its distance from target."""

@@ -179,3 +179,20 @@ class _Levelled(_Own):
 
 def test_an_attribute_called_level_on_a_model_of_ones_own_is_not_taken_for_its_nominal_level() -> None:
     assert nominal_level(_Levelled(), {}) is None
+
+
+@given(
+    level=st.floats(1e-12, 1 - 1e-12),
+    yhat=st.floats(-1e300, 1e300),
+    below=st.floats(0, 1e300),
+    above=st.floats(0, 1e300),
+    misses=st.lists(st.booleans(), max_size=50),
+)
+def test_a_served_interval_is_always_finite_whatever_level_the_model_states(
+    level: float, yhat: float, below: float, above: float, misses: list[bool]
+) -> None:
+    state = Level(1 - level, 0.5)
+    for missed in misses:
+        state.step(missed)
+    served = state.interval(Bounds(yhat, yhat - below, yhat + above))
+    assert math.isfinite(served.lower) and math.isfinite(served.upper), served
