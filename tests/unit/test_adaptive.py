@@ -196,3 +196,20 @@ def test_a_served_interval_is_always_finite_whatever_level_the_model_states(
         state.step(missed)
     served = state.interval(Bounds(yhat, yhat - below, yhat + above))
     assert math.isfinite(served.lower) and math.isfinite(served.upper), served
+
+
+def test_the_readmes_bounds_and_recovery_of_a_95_percent_interval() -> None:
+    """README: at most 1.43 times wider and 0.65 times narrower, back to the model's after 180 readings inside."""
+    level = Level(0.05, 0.005)
+    model = Bounds(0.0, -1.0, 1.0)
+    for _ in range(100):
+        level.step(missed=True)
+    assert level.interval(model).upper == pytest.approx(1.43, abs=0.005)
+    hits = 0
+    while level.interval(model) != model:
+        level.step(missed=False)
+        hits += 1
+    assert hits == 180
+    for _ in range(10_000):
+        level.step(missed=False)
+    assert level.interval(model).upper == pytest.approx(0.65, abs=0.005)
