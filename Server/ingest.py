@@ -337,6 +337,8 @@ class Bridge:
                 self.mongo.down()
             raise
         self.mongo.up()
+        # What this batch's earlier try stored comes back as duplicates: not a redelivery.
+        redelivered = sum(1 for i in inserted.duplicates if todo[to_insert[i]].reading.id not in uncounted)
         stored_before.update(todo[to_insert[i]].reading.id for i in range(len(to_insert)) if i not in inserted.refused)
         uncounted.update(
             (todo[to_insert[i]].reading.id, todo[to_insert[i]].reading)
@@ -365,7 +367,7 @@ class Bridge:
         metrics.FORWARDED.inc(len(forwarded))
         metrics.STORED.inc(len(stored))
         self.sensor_series.stored(reading.sensor for reading in stored)
-        metrics.DUPLICATES.inc(len(batch) - len(todo) + len(inserted.duplicates))
+        metrics.DUPLICATES.inc(len(batch) - len(todo) + redelivered)
         now = datetime.now(UTC)
         for reading in stored:
             metrics.PUBLISH_TO_STORED.observe(max(0.0, (now - reading.ts).total_seconds()))

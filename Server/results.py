@@ -25,7 +25,7 @@ from Server import metrics
 from Server.aggregates import Aggregator
 from Server.ingest import RETRYABLE
 from Server.settings import Settings
-from Server.store import TRANSIENT, Store
+from Server.store import TRANSIENT, Store, WriteNotConfirmed
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,9 @@ class ResultsSink:
         """Insert each collection's documents (keyed by reading id); returns those MongoDB refused."""
         refused: dict[int, Failure] = {}
         stored: list[dict[str, Any]] = []
+        # Documents a try stored without MongoDB confirming its write concern: the retry finds them as
+        # duplicates, and they are counted (and aggregated) once, by the try that ends without an error.
+        uncounted: set[tuple[str, Any]] = attempt.memo.setdefault("stored, not counted", set())
         for collection, kind in _KINDS.items():
             # Keyed by document id, not position: a retry one message at a time passes other lists.
             done = attempt.of(collection)
@@ -119,19 +122,30 @@ class ResultsSink:
             ]
             if not indexes:
                 continue
+            documents = [items[i].document for i in indexes]
             try:
-                inserted = self.store.insert_new(collection, [items[i].document for i in indexes])
-            except TRANSIENT:
+                inserted = self.store.insert_new(collection, documents)
+            except TRANSIENT as error:
+                if isinstance(error, WriteNotConfirmed):
+                    uncounted.update(
+                        (collection, d["_id"]) for p, d in enumerate(documents) if error.inserted.is_new(p)
+                    )
                 self.mongo.down()
                 raise
             self.mongo.up()
-            done.update(items[i].document["_id"] for i in indexes)
+            done.update(d["_id"] for d in documents)
             for position, reason in inserted.refused.items():
                 refused[indexes[position]] = Failure("store_refused", reason)
-            metrics.RESULTS_STORED.labels(kind).inc(inserted.new)
+            new = [
+                d
+                for p, d in enumerate(documents)
+                if inserted.is_new(p) or (p in inserted.duplicates and (collection, d["_id"]) in uncounted)
+            ]
+            uncounted.difference_update((collection, d["_id"]) for d in new)
+            metrics.RESULTS_STORED.labels(kind).inc(len(new))
             if collection == contract.COLLECTION_PREDICTIONS:
                 # Only predictions stored now: a redelivered one must not count twice.
-                stored = [items[i].document for p, i in enumerate(indexes) if inserted.is_new(p)]
+                stored = new
                 if self.aggregator is not None:
                     self.aggregator.touch_accuracy(stored)
         stored_at = datetime.now(UTC)

@@ -20,11 +20,12 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 from paho.mqtt.enums import MQTTErrorCode
+from pymongo.errors import BulkWriteError
 
 from Models_analysis.model import LoadedModel
 from pipeline import contract
 from pipeline.health import Dependency
-from Server.store import Inserted
+from Server.store import Inserted, WriteNotConfirmed
 
 
 def _record_id(value: bytes) -> str:
@@ -249,6 +250,33 @@ class RecordingStore:
     def ids(self, collection: str) -> list[str]:
         """Every id inserted into ``collection``, in order, repeats included."""
         return [str(d["_id"]) for name, documents in self.inserted if name == collection for d in documents]
+
+
+class UnconfirmedOnceStore(RecordingStore):
+    """The first insert into ``collection`` is taken by the primary but its w=majority is not confirmed.
+
+    The retry finds those documents there (answered as duplicates); every other insert is as
+    :class:`RecordingStore`'s.
+    """
+
+    def __init__(self, collection: str = "readings", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.collection = collection
+        self.unconfirmed = True
+
+    def insert_new(self, collection: str, documents: list[dict[str, Any]]) -> Inserted:
+        if self.unconfirmed and collection == self.collection:
+            self.unconfirmed = False
+            duplicates = {i for i, d in enumerate(documents) if d["_id"] in self.already}
+            self.already = self.already | frozenset(d["_id"] for d in documents)
+            details = {
+                "nInserted": len(documents),
+                "writeErrors": [],
+                "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}],
+            }
+            inserted = Inserted(len(documents) - len(duplicates), duplicates, {})
+            raise WriteNotConfirmed(BulkWriteError(details), inserted)
+        return super().insert_new(collection, documents)
 
 
 class OneModel:

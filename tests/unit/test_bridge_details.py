@@ -27,7 +27,14 @@ from Server.aggregates import Aggregator
 from Server.ingest import Bridge, Incoming, RecentIds, prepare
 from Server.settings import Settings as ServerSettings
 from Server.store import TRANSIENT, Inserted, Store, WriteNotConfirmed
-from tests.unit.fakes import HalfTakingProducer, RecordingMqttClient, RecordingProducer, RecordingStore, SlowToAnswer
+from tests.unit.fakes import (
+    HalfTakingProducer,
+    RecordingMqttClient,
+    RecordingProducer,
+    RecordingStore,
+    SlowToAnswer,
+    UnconfirmedOnceStore,
+)
 from tests.unit.test_orderings import (
     SERVER,
     _no_settings_from_the_environment,  # noqa: F401 - the same isolation from the caller's shell
@@ -339,37 +346,20 @@ def test_a_batch_written_one_at_a_time_counts_each_reading_kafka_confirmed_once(
     assert sample("pipeline_readings_forwarded_total") - before == 3.0, "each confirmation counted once"
 
 
-class UnconfirmedOnceStore(RecordingStore):
-    """The first insert is taken by the primary but its w=majority is not confirmed; later ones succeed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.unconfirmed = True
-
-    def insert_new(self, collection: str, documents: list[dict[str, Any]]) -> Any:
-        if self.unconfirmed:
-            self.unconfirmed = False
-            self.already = frozenset(d["_id"] for d in documents)  # the retry finds them there
-            details = {
-                "nInserted": len(documents),
-                "writeErrors": [],
-                "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}],
-            }
-            inserted = Inserted(len(documents), set(), {})
-            raise WriteNotConfirmed(BulkWriteError(details), inserted)
-        return super().insert_new(collection, documents)
-
-
 def test_readings_whose_write_concern_was_not_confirmed_are_acknowledged_only_after_a_retry_and_counted_once() -> None:
     built = make_bridge()
     built.bridge.store = cast(Store, UnconfirmedOnceStore())
     aggregator = mock.Mock(spec=Aggregator)
     built.bridge.aggregator = aggregator
     before = sample("pipeline_readings_stored_total")
+    duplicates = sample("pipeline_readings_duplicate_total")
     assert built.bridge.loop.process([reading("r-1", mid=1), reading("r-2", mid=2)])
     touched = [r.id for call in aggregator.touch.call_args_list for r in call.args[0]]
     assert touched == ["r-1", "r-2"], "aggregated once, though the retry saw them as duplicates"
     assert sample("pipeline_readings_stored_total") - before == 2.0
+    assert sample("pipeline_readings_duplicate_total") == duplicates, (
+        "stored by this batch's first try: not redelivered"
+    )
     assert sorted(built.client.acked) == [(1, 1), (2, 1)], "acknowledged once the retry confirmed them"
 
 
@@ -414,10 +404,6 @@ def test_the_bridges_readiness_says_kafka_is_down_while_it_answers_nothing_and_u
 
 def test_readings_the_primary_took_before_mongodb_failed_to_confirm_are_counted_once_the_batch_is_done() -> None:
     """w=majority not confirmed: r-1 was new to the primary, r-2 already there; the retry finds both there."""
-    from pymongo.errors import BulkWriteError
-
-    from Server.store import Inserted, WriteNotConfirmed
-
     built = make_bridge()
     store = built.store
     original = store.insert_new
@@ -434,7 +420,9 @@ def test_readings_the_primary_took_before_mongodb_failed_to_confirm_are_counted_
     aggregator = mock.Mock(spec=Aggregator)
     built.bridge.aggregator = aggregator
     stored = sample("pipeline_readings_stored_total")
+    duplicates = sample("pipeline_readings_duplicate_total")
     assert built.bridge.loop.process([reading("r-1", mid=1), reading("r-2", mid=2)])
     assert sample("pipeline_readings_stored_total") - stored == 1.0, "r-1 only: r-2 was there before"
+    assert sample("pipeline_readings_duplicate_total") - duplicates == 1.0, "r-2 only: the retry found r-1 as its own"
     assert [r.id for call in aggregator.touch.call_args_list for r in call.args[0]] == ["r-1"]
     assert built.client.acked == [(1, 1), (2, 1)]

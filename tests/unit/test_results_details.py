@@ -22,7 +22,7 @@ from Server.aggregates import Aggregator
 from Server.results import ResultsSink
 from Server.settings import Settings as ServerSettings
 from Server.store import Store
-from tests.unit.fakes import FakeMessage, RecordingConsumer, RecordingProducer, RecordingStore
+from tests.unit.fakes import FakeMessage, RecordingConsumer, RecordingProducer, RecordingStore, UnconfirmedOnceStore
 from tests.unit.test_orderings import (
     SERVER,
     _no_settings_from_the_environment,  # noqa: F401 - the same isolation from the caller's shell
@@ -57,6 +57,19 @@ def test_predictions_mongodb_already_had_are_neither_counted_nor_aggregated_agai
     assert sample("pipeline_results_stored_total", {"kind": "prediction"}) - before == 1.0
     [call] = aggregator.touch_accuracy.call_args_list
     assert [d["_id"] for d in call.args[0]] == ["r-2"], "a redelivered prediction counts once in the accuracy"
+
+
+def test_predictions_whose_write_concern_was_not_confirmed_are_committed_after_a_retry_and_counted_once() -> None:
+    built = make_sink([[prediction_message("r-1"), prediction_message("r-2")]])
+    store = UnconfirmedOnceStore("predictions", events=built.events, already=frozenset({"r-2"}))
+    built.sink.store = cast(Store, store)
+    aggregator = mock.Mock(spec=Aggregator)
+    built.sink.aggregator = aggregator
+    before = sample("pipeline_results_stored_total", {"kind": "prediction"})
+    built.sink.run()
+    assert sample("pipeline_results_stored_total", {"kind": "prediction"}) - before == 1.0, "r-1, once"
+    assert [d["_id"] for c in aggregator.touch_accuracy.call_args_list for d in c.args[0]] == ["r-1"]
+    assert built.events[-1] == "commit", "committed once the retry confirmed them"
 
 
 def test_a_message_that_is_not_a_result_is_kept_in_mongodb_and_on_the_dead_letter_topic() -> None:
