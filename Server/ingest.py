@@ -164,6 +164,7 @@ class Bridge:
             ),
             stop,
             RETRYABLE,
+            overlap=True,
         )
 
     # --- MQTT callbacks (paho's network thread) ------------------------------
