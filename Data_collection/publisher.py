@@ -93,6 +93,7 @@ class Publisher:
     def start(self, stop: threading.Event) -> bool:
         """Connect and start the network loop (paho reconnects with backoff); False if stopped first."""
         # Not on `stop`: held readings must still go out while the sensor drains on its way out.
+        metrics.HELD.set_function(lambda: len(self._held))
         threading.Thread(target=self._retry_held, name="held-readings", daemon=True).start()
         return connect(self.client, self.settings, stop)
 
@@ -131,6 +132,7 @@ class Publisher:
             else:
                 rc = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
                 self._warn_full(why)
+            metrics.PAUSED.set(0 if rc in SENT else 1)
             if rc in SENT:
                 return True
             if rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:

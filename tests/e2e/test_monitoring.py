@@ -88,6 +88,8 @@ DECLARED = {
         "pipeline_sensor_refused": "counter",
         "pipeline_sensor_replayed": "counter",
         "pipeline_sensor_pending": "gauge",
+        "pipeline_sensor_held": "gauge",
+        "pipeline_sensor_paused": "gauge",
     },
     "Dashboard": {"pipeline_dashboard_query_seconds": "histogram", "pipeline_dashboard_unauthorized": "counter"},
 }

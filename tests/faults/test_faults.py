@@ -170,9 +170,18 @@ def test_readings_nobody_subscribes_to_are_held_until_the_bridge_is_back(pipelin
     bridge.stop()
     pipeline.processes.remove(bridge)
     kill_server_process("mosquitto")(pipeline)
-    count = 20
-    sensor = pipeline.start_sensor(1, SENSOR_MAX_READINGS=str(count), SENSOR_INTERVAL_S="0", SENSOR_LOOP="false")
-    wait_for(lambda: "nobody subscribes to" in sensor.log_tail(), 30, "the sensor holding its readings", pipeline.logs)
+    count, port = 20, str(free_port())
+    sensor = pipeline.start_sensor(
+        1, SENSOR_MAX_READINGS=str(count), SENSOR_INTERVAL_S="0", SENSOR_LOOP="false", HEALTH_PORT=port
+    )
+
+    def held() -> float:
+        try:
+            return metric(port, "pipeline_sensor_held")
+        except OSError:  # not serving yet
+            return 0.0
+
+    wait_for(lambda: held() > 0, 30, "the sensor holding its readings", pipeline.logs)
     readings = pipeline.db[contract.COLLECTION_READINGS]
     query = {"sensor": pipeline.sensor_id(1)}
     assert sensor.alive, "the sensor must wait for its held readings, not exit"
@@ -377,7 +386,7 @@ def test_a_sensor_whose_queue_is_full_pauses_its_csv_and_says_so(pipeline: Pipel
     pipeline.stack.stack.stop_one("mosquitto")
     try:
         # Paused: with the broker away, no more than the queue's 10 readings leave the CSV.
-        wait_for(lambda: "reading the CSV pauses" in sensor.log_tail(), 30, "the sensor to pause", pipeline.logs)
+        wait_for(lambda: metric(port, "pipeline_sensor_paused") == 1, 30, "the sensor to pause", pipeline.logs)
         published = metric(port, "pipeline_sensor_published_total")
         holds_for(
             lambda: metric(port, "pipeline_sensor_published_total") == published,
