@@ -66,7 +66,9 @@ def test_every_query_of_the_page_is_answered_from_an_index(
     page, finds, store = reader
     store.ensure_capped(contract.COLLECTION_REJECTIONS, 2**20, "SERVER_REJECTIONS_MAX_MB")
     store.ensure_capped(contract.COLLECTION_ALERTS, 2**20, "SERVER_ALERTS_MAX_MB")
-    now = datetime.now(UTC).replace(microsecond=0)
+    # Half past an hour, in the past: two days of minutes back from it touch 49 hours (from a minute
+    # to the hour, the first reading would fall in the next hour and 48 would be right).
+    now = datetime.now(UTC).replace(minute=30, second=0, microsecond=0) - timedelta(hours=1)
     timeline = Timeline(store, threading.Event())
     # Two days of one reading a minute, and a few hundred other documents in every collection.
     readings = [
