@@ -47,8 +47,12 @@ stop: ## Stop the local stack's servers and services
 status: ## Show what the local stack runs
 	@$(ENVFILE) $(PY) -m localstack status
 
+# Workers of pytest-xdist: each starts a stack of its own (tests/conftest.py); the modules that
+# start one more run whole on one worker (--dist loadgroup, their xdist_group marks).
+TEST_WORKERS ?= 2
+
 test: install lint ## Lint, type-check, then run every test on the real local stack (what CI runs)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-unit: install ## Run the tests that need no server (the Compose tests use the CLI `make install` builds)
 	$(PY) -m pytest tests/unit

@@ -44,7 +44,27 @@ settings.load_profile("pipeline")
 #: Ports of the test stack: away from the defaults, so a `make run` stack can run beside it;
 #: PIPELINE_TEST_PORT_BASE moves them all (two test runs on one machine).
 _BASE = int(os.environ.get("PIPELINE_TEST_PORT_BASE", "21000"))
+#: Each pytest-xdist worker (`make test` runs two) has a stack of its own, WORKER_PORT_STRIDE ports
+#: above the one before: a stack and the modules' own (TLS +500, cluster +100) stay within 1,400.
+WORKER_PORT_STRIDE = 2000
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+if WORKER != "gw0":
+    _BASE += WORKER_PORT_STRIDE * int(WORKER.removeprefix("gw"))
+    # The modules that start stacks of their own read the variable, so they move with the worker.
+    os.environ["PIPELINE_TEST_PORT_BASE"] = str(_BASE)
 TEST_PORTS = stack_ports(_BASE)
+
+
+#: The longest tests first, so that with two workers neither is left alone with one at the end.
+_FIRST = ("faults", "e2e", "integration")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        marks = {mark.name for mark in item.iter_markers()}
+        return next((i for i, name in enumerate(_FIRST) if name in marks), len(_FIRST))
+
+    items.sort(key=rank)  # stable: each kind keeps its own order
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -121,7 +122,8 @@ def uncommitted(bootstrap: str, group: str, topic: str) -> int:
 
 def chromium(url: str, *args: str) -> str:
     """Run headless Chromium on ``url`` (loopback only) for 10 s of page time; returns its stdout."""
-    profile = ARTIFACTS / "chromium-profile"
+    # One profile per pytest-xdist worker: Chromium locks a profile to one process.
+    profile = ARTIFACTS / f"chromium-profile-{os.environ.get('PYTEST_XDIST_WORKER', 'gw0')}"
     result = subprocess.run(
         [
             "chromium",

@@ -48,7 +48,8 @@ from pipeline import contract
 from tests.conftest import Pipeline, RunningStack, wait_for
 from tests.helpers import ARTIFACTS, consume, uncommitted
 
-pytestmark = pytest.mark.faults
+# One pytest-xdist worker runs the whole module: its three brokers are started once for the module.
+pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("cluster")]
 
 SENSORS = 4
 PER_SENSOR = 5_000  # 20,000 readings per case

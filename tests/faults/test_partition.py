@@ -37,7 +37,8 @@ from tests.conftest import Pipeline, wait_for
 from tests.faults.test_faults import acknowledged_and_stored, assert_stored_once
 from tests.helpers import ARTIFACTS, metric, uncommitted
 
-pytestmark = pytest.mark.faults
+# One pytest-xdist worker runs the whole module: its namespaces share one subnet.
+pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("netns")]
 
 
 @pytest.fixture(autouse=True)

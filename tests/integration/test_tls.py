@@ -37,7 +37,8 @@ from localstack.tls import make_certificates
 from pipeline import contract
 from tests.conftest import ARTIFACTS, Pipeline, RunningStack, wait_for
 
-pytestmark = pytest.mark.integration
+# One pytest-xdist worker runs the whole module: its TLS stack is started once for the module.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tls")]
 
 #: This module's stack runs beside the session's plain one: its ports are 500 above.
 PORT_BASE = int(os.environ.get("PIPELINE_TEST_PORT_BASE", "21000")) + 500
