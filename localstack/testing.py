@@ -87,21 +87,14 @@ def throwaway_stack(
     settings["KAFKA_BROKERS"] = str(kafka_brokers)
     if tls_dir is not None:
         settings.update(tls_settings(tls_dir))
-    saved = dict(os.environ)
-    os.environ.pop("MONGO_URI", None)
-    if tls_dir is None:
-        os.environ.pop("STACK_TLS_DIR", None)
-    os.environ.update(settings)
+    # Read from a copy: the caller's environment is left as it was (tests of the configuration run beside it).
+    environ = {k: v for k, v in os.environ.items() if k != "MONGO_URI" and (tls_dir or k != "STACK_TLS_DIR")}
+    handle = Stack(StackConfig.from_env({**environ, **settings}))
+    handle.start()
     try:
-        handle = Stack(StackConfig.from_env())
-        handle.start()
-        try:
-            yield handle, {**settings, **handle.service_env()}
-        finally:
-            handle.stop()
+        yield handle, {**settings, **handle.service_env()}
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        handle.stop()
 
 
 def namespaced_topics(name: str) -> dict[str, str]:
