@@ -29,6 +29,15 @@ PORT_OFFSETS = {
 }
 
 
+#: Each pytest-xdist worker's stacks are this many ports above the previous worker's.
+WORKER_PORT_STRIDE = 2000
+
+
+def worker_port_base(base: int, worker: str | None) -> int:
+    """The port base of pytest-xdist worker ``worker`` ("gw0", "gw1", ...; None outside xdist)."""
+    return base + WORKER_PORT_STRIDE * int((worker or "gw0").removeprefix("gw"))
+
+
 def stack_ports(base: int) -> dict[str, str]:
     """The stack's port variables for a port base (see :data:`PORT_OFFSETS`)."""
     return {name: str(base + offset) for name, offset in PORT_OFFSETS.items()}

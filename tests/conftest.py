@@ -27,7 +27,7 @@ from pymongo.database import Database
 
 from localstack.namespace import Namespace, NotReady
 from localstack.services import ServiceProcess
-from localstack.testing import stack_ports, throwaway_stack
+from localstack.testing import stack_ports, throwaway_stack, worker_port_base
 from tests.helpers import ARTIFACTS
 
 # Property-based tests: a fixed example budget (HYPOTHESIS_MAX_EXAMPLES), no per-example deadline on
@@ -43,15 +43,10 @@ settings.load_profile("pipeline")
 
 #: Ports of the test stack: away from the defaults, so a `make run` stack can run beside it;
 #: PIPELINE_TEST_PORT_BASE moves them all (two test runs on one machine).
-_BASE = int(os.environ.get("PIPELINE_TEST_PORT_BASE", "21000"))
-#: Each pytest-xdist worker (`make test` runs two) has a stack of its own, WORKER_PORT_STRIDE ports
-#: above the one before: a stack and the modules' own (TLS +500, cluster +100) stay within 1,400.
-WORKER_PORT_STRIDE = 2000
-WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-if WORKER != "gw0":
-    _BASE += WORKER_PORT_STRIDE * int(WORKER.removeprefix("gw"))
-    # The modules that start stacks of their own read the variable, so they move with the worker.
-    os.environ["PIPELINE_TEST_PORT_BASE"] = str(_BASE)
+#: Each pytest-xdist worker (`make test` runs two) has a stack of its own, WORKER_PORT_STRIDE above
+#: the one before; the modules that start stacks of their own read the variable, so they move with it.
+_BASE = worker_port_base(int(os.environ.get("PIPELINE_TEST_PORT_BASE", "21000")), os.environ.get("PYTEST_XDIST_WORKER"))
+os.environ["PIPELINE_TEST_PORT_BASE"] = str(_BASE)
 TEST_PORTS = stack_ports(_BASE)
 
 

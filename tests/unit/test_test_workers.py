@@ -1,0 +1,47 @@
+"""What the README says of how `make test` runs: TEST_WORKERS workers, each with stacks on ports of its own."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from localstack.cluster import kafka_nodes
+from localstack.config import REPO_ROOT
+from localstack.testing import WORKER_PORT_STRIDE, stack_ports, worker_port_base
+
+#: Where the modules that start a further stack put it, above their worker's base (test_tls, test_cluster).
+TLS_OFFSET, CLUSTER_OFFSET = 500, 100
+
+
+def ports_of_worker(base: int, worker: str | None) -> set[int]:
+    """Every port the stacks of one worker listen on: its own stack, the TLS one and the three-broker cluster."""
+    own = worker_port_base(base, worker)
+    ports = {int(p) for b in (own, own + TLS_OFFSET, own + CLUSTER_OFFSET) for p in stack_ports(b).values()}
+    cluster = stack_ports(own + CLUSTER_OFFSET)
+    for node in kafka_nodes(3, int(cluster["KAFKA_PORT"]), int(cluster["KAFKA_CONTROLLER_PORT"])):
+        ports |= {node.port, node.controller_port}
+    return ports
+
+
+def test_outside_xdist_and_on_the_first_worker_the_base_is_the_one_given() -> None:
+    assert worker_port_base(21000, None) == worker_port_base(21000, "gw0") == 21000
+    assert worker_port_base(21000, "gw1") == 21000 + WORKER_PORT_STRIDE == 23000
+    assert worker_port_base(30000, "gw3") == 36000
+
+
+@pytest.mark.parametrize("base", [21000, 39000])
+def test_the_stacks_of_different_workers_never_share_a_port(base: int) -> None:
+    workers = [ports_of_worker(base, f"gw{n}") for n in range(4)]
+    for n, ports in enumerate(workers):
+        for other in workers[n + 1 :]:
+            assert not ports & other
+        assert max(ports) < 65536
+
+
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_make_test_runs_the_suite_on_test_workers_workers_grouped_by_module_where_marked(workers: str) -> None:
+    commands = subprocess.run(
+        ["make", "-n", "test", f"TEST_WORKERS={workers}"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert f"-m pytest -n {workers} --dist loadgroup" in commands
