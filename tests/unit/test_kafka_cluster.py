@@ -37,18 +37,20 @@ from localstack.servers.kafka import (
 )
 from localstack.services import _replicas, model_env, server_env
 from localstack.stack import Stack, StackError
+from localstack.testing import PORT_OFFSETS
 from pipeline import contract
 from pipeline.kafka import topic_replication_config
 from pipeline.settings import KafkaSettings, describe_errors
 from tests.unit.test_compose import compose_config
 
 SECRETS = {name: f"secret-{n}" for n, name in enumerate(REQUIRED_SECRETS)}
-BASE = 23000
+#: Ports no test stack listens on (the workers' are 21000 and 23000 up, tests/conftest.py): one test here
+#: starts servers, and must find its ports free.
+BASE = 29000
 
 
 def config(tmp_path: Path, **extra: str) -> StackConfig:
-    ports = {"MQTT_PORT": "23883", "MQTT_WS_PORT": "23884", "KAFKA_PORT": "23092", "KAFKA_CONTROLLER_PORT": "23093"}
-    ports |= {"MONGO_PORT": "23017", "MONGO_EXPRESS_PORT": "23081"}
+    ports = {name: str(BASE + offset) for name, offset in PORT_OFFSETS.items()}
     return StackConfig.from_env({"STACK_DIR": str(tmp_path / "stack"), **ports, **SECRETS, **extra})
 
 
@@ -86,8 +88,8 @@ def test_a_stack_at_any_port_base_validates_with_no_two_ports_alike(brokers: int
 
 def test_two_kafka_nodes_on_one_port_are_refused_naming_both(tmp_path: Path) -> None:
     # Node 2's client port is KAFKA_PORT + 2: here that is MQTT's.
-    with pytest.raises(ConfigError, match="KAFKA_PORT_2 and MQTT_PORT are both 23094|MQTT_PORT and KAFKA_PORT_2"):
-        config(tmp_path, KAFKA_BROKERS="3", MQTT_PORT="23094")
+    with pytest.raises(ConfigError, match="KAFKA_PORT_2 and MQTT_PORT are both 29094|MQTT_PORT and KAFKA_PORT_2"):
+        config(tmp_path, KAFKA_BROKERS="3", MQTT_PORT="29094")
 
 
 @pytest.mark.parametrize("bad", ["2", "4", "0", "abc", "1.5"])
@@ -112,7 +114,7 @@ def rendered(tmp_path: Path, brokers: int) -> dict[str, dict[str, str]]:
 
 def test_one_broker_renders_as_before(tmp_path: Path) -> None:
     (single,) = rendered(tmp_path, 1).values()
-    assert single["node.id"] == "1" and single["controller.quorum.bootstrap.servers"] == "127.0.0.1:23093"
+    assert single["node.id"] == "1" and single["controller.quorum.bootstrap.servers"] == "127.0.0.1:29093"
     assert "controller.quorum.voters" not in single
     assert single["offsets.topic.replication.factor"] == "1"
 
@@ -120,9 +122,9 @@ def test_one_broker_renders_as_before(tmp_path: Path) -> None:
 def test_three_brokers_each_render_their_node_and_one_quorum(tmp_path: Path) -> None:
     nodes = rendered(tmp_path, 3)
     assert list(nodes) == ["kafka", "kafka-2", "kafka-3"]
-    voters = "1@127.0.0.1:23093,2@127.0.0.1:23095,3@127.0.0.1:23097"
+    voters = "1@127.0.0.1:29093,2@127.0.0.1:29095,3@127.0.0.1:29097"
     for n, (name, properties) in enumerate(nodes.items(), start=1):
-        port, controller = 23092 + 2 * (n - 1), 23093 + 2 * (n - 1)
+        port, controller = 29092 + 2 * (n - 1), 29093 + 2 * (n - 1)
         assert properties["node.id"] == str(n)
         assert properties["listeners"] == f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}"
         assert properties["advertised.listeners"] == f"PLAINTEXT://127.0.0.1:{port}"
@@ -169,12 +171,12 @@ def test_data_formatted_for_another_number_of_nodes_is_refused(tmp_path: Path) -
 
 def test_the_services_get_every_broker_and_the_replication(tmp_path: Path) -> None:
     env = Stack(config(tmp_path, KAFKA_BROKERS="3")).service_env()
-    assert env["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:23092,127.0.0.1:23094,127.0.0.1:23096"
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096"
     for service in (server_env(env), model_env(env)):
         assert service["KAFKA_BOOTSTRAP_SERVERS"] == env["KAFKA_BOOTSTRAP_SERVERS"]
         assert (service["KAFKA_REPLICATION_FACTOR"], service["KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2")
     single = Stack(config(tmp_path)).service_env()
-    assert single["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:23092" and "KAFKA_REPLICATION_FACTOR" not in single
+    assert single["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:29092" and "KAFKA_REPLICATION_FACTOR" not in single
 
 
 def test_replicas_of_the_services_have_ids_and_ports_of_their_own(tmp_path: Path) -> None:
