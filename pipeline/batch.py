@@ -228,25 +228,27 @@ class BatchLoop(Generic[M, T]):
                 outcome["finished"] = False
                 outcome["error"] = error
 
-        def hand(item: Handled[M, T] | None) -> None:
-            """To the writer, waiting while it writes the batch before; dropped if the writer has ended."""
-            while writer.is_alive():
-                try:
-                    handed.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-
         writer = threading.Thread(target=write_in_order, name="batch-writer", daemon=True)
         writer.start()
         try:
             while not self.stop.is_set() and writer.is_alive():
                 batch = self.source.poll()
                 if batch:
-                    hand(self._handle(batch))
+                    handled = self._handle(batch)
+                    while writer.is_alive():
+                        try:
+                            handed.put(handled, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
                 self.source.tick()
         finally:
-            hand(None)
+            while writer.is_alive():
+                try:
+                    handed.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
             writer.join()
             self.source.release(bool(outcome["finished"]))
         if outcome["error"] is not None:
