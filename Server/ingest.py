@@ -164,7 +164,6 @@ class Bridge:
             ),
             stop,
             RETRYABLE,
-            overlap=True,
         )
 
     # --- MQTT callbacks (paho's network thread) ------------------------------

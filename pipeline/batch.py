@@ -27,7 +27,6 @@ already confirmed for this batch is not written again (no doubles from retries).
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -159,28 +158,8 @@ class DeadLetters:
             )
 
 
-@dataclass
-class Handled(Generic[M, T]):
-    """A batch as read, what its messages became, and the ones that failed already (by index in ``batch``)."""
-
-    batch: list[M]
-    items: list[T]
-    origin: list[int]
-    failed: list[tuple[int, Failure]]
-
-
 class BatchLoop(Generic[M, T]):
-    """Reads batches from ``source`` until ``stop``, hands each message to ``handler``, keeps the failures.
-
-    With ``overlap``, the next batch is read and handled while the one before it
-    is written (on a thread of its own, one batch at a time): validating and
-    building records takes the bridge about as long as MongoDB takes to store
-    them, so doing both at once is most of its throughput. Batches are still
-    written and acknowledged in the order read, each only once durable. Only for a
-    source whose ``done`` acknowledges exactly the batch it is given (MQTT): a
-    Kafka source commits everything consumed so far, which would take in the
-    batch read ahead.
-    """
+    """Reads batches from ``source`` until ``stop``, hands each message to ``handler``, keeps the failures."""
 
     def __init__(
         self,
@@ -189,20 +168,15 @@ class BatchLoop(Generic[M, T]):
         dead_letters: DeadLetters,
         stop: threading.Event,
         transient: tuple[type[BaseException], ...],
-        overlap: bool = False,
     ) -> None:
         self.source = source
         self.handler = handler
         self.dead_letters = dead_letters
         self.stop = stop
         self.transient = transient
-        self.overlap = overlap
 
     def run(self) -> None:
-        """Process batches until stopped, finishing the batches in hand; then close the source."""
-        if self.overlap:
-            self._run_overlapped()
-            return
+        """Process batches until stopped, finishing the batch in hand; then close the source."""
         finished = True
         try:
             while not self.stop.is_set():
@@ -214,51 +188,8 @@ class BatchLoop(Generic[M, T]):
         finally:
             self.source.release(finished)
 
-    def _run_overlapped(self) -> None:
-        handed: queue.Queue[Handled[M, T] | None] = queue.Queue(maxsize=1)
-        outcome: dict[str, Any] = {"finished": True, "error": None}
-
-        def write_in_order() -> None:
-            try:
-                while (handled := handed.get()) is not None:
-                    if not self._finish(handled):
-                        outcome["finished"] = False
-                        return
-            except BaseException as error:  # noqa: BLE001 - raised again by run(), on the loop's own thread
-                outcome["finished"] = False
-                outcome["error"] = error
-
-        writer = threading.Thread(target=write_in_order, name="batch-writer", daemon=True)
-        writer.start()
-        try:
-            while not self.stop.is_set() and writer.is_alive():
-                batch = self.source.poll()
-                if batch:
-                    handled = self._handle(batch)
-                    while writer.is_alive():
-                        try:
-                            handed.put(handled, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                self.source.tick()
-        finally:
-            while writer.is_alive():
-                try:
-                    handed.put(None, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            writer.join()
-            self.source.release(bool(outcome["finished"]))
-        if outcome["error"] is not None:
-            raise outcome["error"]
-
     def process(self, batch: list[M]) -> bool:
         """Handle, write and acknowledge one batch; False if stopped before it was durable."""
-        return self._finish(self._handle(batch))
-
-    def _handle(self, batch: list[M]) -> Handled[M, T]:
         items: list[T] = []
         origin: list[int] = []
         failed: list[tuple[int, Failure]] = []
@@ -268,10 +199,6 @@ class BatchLoop(Generic[M, T]):
                 origin.append(index)
             except Exception as error:  # noqa: BLE001 - one message's failure is that message's rejection
                 failed.append((index, failure_of(error)))
-        return Handled(batch, items, origin, failed)
-
-    def _finish(self, handled: Handled[M, T]) -> bool:
-        batch, items, origin, failed = handled.batch, handled.items, handled.origin, list(handled.failed)
         attempt = Attempt()
         try:
             refused = until_done(lambda: self._write(items, attempt), self.stop, self.handler.what, self.transient)
