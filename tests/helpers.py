@@ -30,6 +30,9 @@ from pymongo import monitoring
 from pipeline import contract
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+#: Where the modules that start a further stack put it, above their worker's port base
+#: (tests/integration/test_tls.py, tests/faults/test_cluster.py; kept apart by tests/unit/test_test_workers.py).
+TLS_STACK_OFFSET, CLUSTER_STACK_OFFSET = 500, 100
 
 
 def publish(
@@ -382,6 +385,14 @@ def plan_scans(plan: dict[str, Any]) -> list[str]:
 
     walk(plan.get("queryPlanner", {}))
     return sqlite + mongo
+
+
+def metric_once_serving(port: str | int, name: str) -> float:
+    """:func:`metric`, or 0 while the service does not answer yet (just started)."""
+    try:
+        return metric(port, name)
+    except OSError:
+        return 0.0
 
 
 def metric(port: str | int, name: str, labels: dict[str, str] | None = None) -> float:

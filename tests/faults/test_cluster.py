@@ -46,7 +46,7 @@ from localstack.namespace import free_port
 from localstack.testing import throwaway_stack
 from pipeline import contract
 from tests.conftest import Pipeline, RunningStack, wait_for
-from tests.helpers import ARTIFACTS, consume, uncommitted
+from tests.helpers import ARTIFACTS, CLUSTER_STACK_OFFSET, consume, uncommitted
 
 # One pytest-xdist worker runs the whole module: its three brokers are started once for the module.
 pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("cluster")]
@@ -55,7 +55,7 @@ SENSORS = 4
 PER_SENSOR = 5_000  # 20,000 readings per case
 INTERVAL_S = "0.008"
 #: This module's stack, away from the suite's (tests/conftest.py uses the base itself).
-PORT_BASE = int(os.environ.get("PIPELINE_TEST_PORT_BASE", "21000")) + 100
+PORT_BASE = int(os.environ.get("PIPELINE_TEST_PORT_BASE", "21000")) + CLUSTER_STACK_OFFSET
 BROKERS = ("kafka", "kafka-2", "kafka-3")
 #: Elapsed seconds per case, and the ids with copies per topic, written at the end of the module
 #: (artifacts/cluster-timings.txt; the README quotes them).

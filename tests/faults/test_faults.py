@@ -32,7 +32,7 @@ from localstack.namespace import free_port
 from localstack.services import ServiceProcess
 from pipeline import contract
 from tests.conftest import Pipeline, holds_for, wait_for
-from tests.helpers import consume, metric, payload, publish, reading
+from tests.helpers import consume, metric, metric_once_serving, payload, publish, reading
 
 pytestmark = pytest.mark.faults
 
@@ -175,13 +175,12 @@ def test_readings_nobody_subscribes_to_are_held_until_the_bridge_is_back(pipelin
         1, SENSOR_MAX_READINGS=str(count), SENSOR_INTERVAL_S="0", SENSOR_LOOP="false", HEALTH_PORT=port
     )
 
-    def held() -> float:
-        try:
-            return metric(port, "pipeline_sensor_held")
-        except OSError:  # not serving yet
-            return 0.0
-
-    wait_for(lambda: held() > 0, 30, "the sensor holding its readings", pipeline.logs)
+    wait_for(
+        lambda: metric_once_serving(port, "pipeline_sensor_held") > 0,
+        30,
+        "the sensor holding its readings",
+        pipeline.logs,
+    )
     readings = pipeline.db[contract.COLLECTION_READINGS]
     query = {"sensor": pipeline.sensor_id(1)}
     assert sensor.alive, "the sensor must wait for its held readings, not exit"
@@ -375,14 +374,13 @@ def test_a_sensor_whose_queue_is_full_pauses_its_csv_and_says_so(pipeline: Pipel
     readings = pipeline.db[contract.COLLECTION_READINGS]
     query = {"sensor": pipeline.sensor_id(1)}
 
-    def acknowledged() -> float:
-        try:
-            return metric(port, "pipeline_sensor_acknowledged_total")
-        except OSError:  # not serving yet
-            return 0.0
-
     # The sensor's own count, not MongoDB's: on a database holding earlier tests' readings a count is slow.
-    wait_for(acknowledged, 30, "the broker's first acknowledgement", pipeline.logs)
+    wait_for(
+        lambda: metric_once_serving(port, "pipeline_sensor_acknowledged_total"),
+        30,
+        "the broker's first acknowledgement",
+        pipeline.logs,
+    )
     pipeline.stack.stack.stop_one("mosquitto")
     try:
         # Paused: with the broker away, no more than the queue's 10 readings leave the CSV.

@@ -36,12 +36,13 @@ from localstack.testing import throwaway_stack
 from localstack.tls import make_certificates
 from pipeline import contract
 from tests.conftest import ARTIFACTS, Pipeline, RunningStack, wait_for
+from tests.helpers import TLS_STACK_OFFSET
 
 # One pytest-xdist worker runs the whole module: its TLS stack is started once for the module.
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tls")]
 
-#: This module's stack runs beside the session's plain one: its ports are 500 above.
-PORT_BASE = int(os.environ.get("PIPELINE_TEST_PORT_BASE", "21000")) + 500
+#: This module's stack runs beside the session's plain one, TLS_STACK_OFFSET ports above.
+PORT_BASE = int(os.environ.get("PIPELINE_TEST_PORT_BASE", "21000")) + TLS_STACK_OFFSET
 
 
 class TlsStack(RunningStack):

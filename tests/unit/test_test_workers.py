@@ -5,20 +5,20 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from localstack.cluster import kafka_nodes
 from localstack.config import REPO_ROOT
 from localstack.testing import WORKER_PORT_STRIDE, stack_ports, worker_port_base
-
-#: Where the modules that start a further stack put it, above their worker's base (test_tls, test_cluster).
-TLS_OFFSET, CLUSTER_OFFSET = 500, 100
+from tests.helpers import CLUSTER_STACK_OFFSET, TLS_STACK_OFFSET
 
 
 def ports_of_worker(base: int, worker: str | None) -> set[int]:
     """Every port the stacks of one worker listen on: its own stack, the TLS one and the three-broker cluster."""
     own = worker_port_base(base, worker)
-    ports = {int(p) for b in (own, own + TLS_OFFSET, own + CLUSTER_OFFSET) for p in stack_ports(b).values()}
-    cluster = stack_ports(own + CLUSTER_OFFSET)
+    ports = {int(p) for b in (own, own + TLS_STACK_OFFSET, own + CLUSTER_STACK_OFFSET) for p in stack_ports(b).values()}
+    cluster = stack_ports(own + CLUSTER_STACK_OFFSET)
     for node in kafka_nodes(3, int(cluster["KAFKA_PORT"]), int(cluster["KAFKA_CONTROLLER_PORT"])):
         ports |= {node.port, node.controller_port}
     return ports
@@ -30,7 +30,8 @@ def test_outside_xdist_and_on_the_first_worker_the_base_is_the_one_given() -> No
     assert worker_port_base(30000, "gw3") == 36000
 
 
-@pytest.mark.parametrize("base", [21000, 39000])
+@given(st.integers(1024, 50_000))
+@example(21000)
 def test_the_stacks_of_different_workers_never_share_a_port(base: int) -> None:
     workers = [ports_of_worker(base, f"gw{n}") for n in range(4)]
     for n, ports in enumerate(workers):
