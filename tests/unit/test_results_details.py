@@ -13,6 +13,8 @@ from typing import Any, cast
 from unittest import mock
 
 from confluent_kafka import KafkaError, Producer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from pipeline import contract
@@ -70,6 +72,31 @@ def test_predictions_whose_write_concern_was_not_confirmed_are_committed_after_a
     assert sample("pipeline_results_stored_total", {"kind": "prediction"}) - before == 1.0, "r-1, once"
     assert [d["_id"] for c in aggregator.touch_accuracy.call_args_list for d in c.args[0]] == ["r-1"]
     assert built.events[-1] == "commit", "committed once the retry confirmed them"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    count=st.integers(1, 8),
+    already=st.sets(st.integers(0, 7)),
+    unconfirmed=st.booleans(),
+)
+def test_each_prediction_new_to_mongodb_is_counted_and_aggregated_exactly_once(
+    count: int, already: set[int], unconfirmed: bool
+) -> None:
+    """Whatever MongoDB had before and whether the first insert's write concern was confirmed."""
+    built = make_sink([[prediction_message(f"r-{i}") for i in range(count)]])
+    there = frozenset(f"r-{i}" for i in already)
+    store = UnconfirmedOnceStore("predictions" if unconfirmed else "none", events=built.events, already=there)
+    built.sink.store = cast(Store, store)
+    aggregator = mock.Mock(spec=Aggregator)
+    built.sink.aggregator = aggregator
+    before = sample("pipeline_results_stored_total", {"kind": "prediction"})
+    with mock.patch("tenacity.nap.time"):  # the retry's backoff, not waited out
+        built.sink.run()
+    new = sorted(f"r-{i}" for i in range(count) if i not in already)
+    assert sample("pipeline_results_stored_total", {"kind": "prediction"}) - before == len(new)
+    assert sorted(d["_id"] for c in aggregator.touch_accuracy.call_args_list for d in c.args[0]) == new
+    assert built.events[-1] == "commit"
 
 
 def test_a_message_that_is_not_a_result_is_kept_in_mongodb_and_on_the_dead_letter_topic() -> None:
