@@ -14,6 +14,11 @@ from localstack.config import StackError, component_versions
 from localstack.process import base_env
 from localstack.servers.base import Server
 
+#: SQLite's statement journals (each insert's undo, should one document of a batch fail) kept in memory, not
+#: spilled to a temporary file: measured (pprof, 1,000 readings/s) 11 % of FerretDB's CPU went to writing them.
+#: It changes no durability: a statement journal is never read after a crash; the WAL and its fsync are unchanged.
+SQLITE_QUERY = "_pragma=temp_store(memory)"
+
 
 class FerretDB(Server):
     name = "ferretdb"
@@ -40,7 +45,8 @@ class FerretDB(Server):
 
     def command(self) -> list[str]:
         data = self.config.data_dir(self.name)
-        sqlite_url = "file:" + urllib.parse.quote(str(data / "sqlite")) + "/"  # must end with '/'
+        # The folder must end with '/'. FerretDB adds its own pragmas (WAL, busy_timeout, auto_vacuum) to these.
+        sqlite_url = "file:" + urllib.parse.quote(str(data / "sqlite")) + "/?" + SQLITE_QUERY
         return [
             str(self.binary),
             "--handler=sqlite",

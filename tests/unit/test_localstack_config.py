@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import yaml
 
 from localstack.__main__ import main
 from localstack.config import REPO_ROOT, REQUIRED_SECRETS, ConfigError, StackConfig, StackSettings
+from localstack.servers.ferretdb import FerretDB
 from localstack.servers.kafka import (
     LOCAL_PROPERTIES,
     MACHINE_SETTINGS,
@@ -267,3 +269,14 @@ def test_local_properties_may_not_change_a_compose_setting() -> None:
     with pytest.raises(StackError, match="kafka listens on 9094"):
         listeners = {**compose, "listeners": "PLAINTEXT://:9092,OTHER://:9094"}
         render_kafka_properties(listeners, "", ports, num_partitions=3, log_dirs=Path("/x"))
+
+
+def test_ferretdb_keeps_sqlites_statement_journals_in_memory_in_a_folder_url_it_accepts(tmp_path: Path) -> None:
+    """The --sqlite-url FerretDB is given: its folder (ending '/', as FerretDB demands) and temp_store(memory)."""
+    built = config(tmp_path, STACK_DIR=str(tmp_path / "a folder with spaces"))
+    server = FerretDB(built)
+    [url] = [arg.removeprefix("--sqlite-url=") for arg in server.command() if arg.startswith("--sqlite-url=")]
+    parts = urlsplit(url)
+    assert parts.scheme == "file" and unquote(parts.path).endswith("/")
+    assert Path(unquote(parts.path)) == built.data_dir("ferretdb") / "sqlite"
+    assert parse_qs(parts.query)["_pragma"] == ["temp_store(memory)"]
