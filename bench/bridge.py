@@ -35,7 +35,7 @@ from bench.probes import metric, scrape
 from bench.report import Table, write_result
 from pipeline import contract
 
-TARGET = 0.7
+TARGET = 0.8
 SENSORS = 20
 
 

@@ -44,6 +44,9 @@ CPU_GROUPS = (
     ("Mosquitto", "mosquitto"),
     ("mongo-express", "mongo-express"),
 )
+#: The stack's own parts in pipeline order (CPU_GROUPS labels): what "CPU per reading of the stack" adds up. The
+#: real sensor and the benchmark's publishers are load (on a site the sensors are elsewhere); mongo-express idles.
+PARTS = ("Mosquitto", "bridge", "Kafka", "model service", "FerretDB")
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -132,6 +135,9 @@ class CpuMeter:
     (they are the only children that end, and are reaped, in between).
     """
 
+    #: Seconds between :meth:`start` and the last :meth:`stop`.
+    wall_s = 0.0
+
     def start(self) -> CpuMeter:
         self._started = time.monotonic()
         self._groups = _cpu_seconds_by_group()
@@ -141,7 +147,7 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         """{label: cores} for the stack's processes, the publishers, and the machine's busy, idle and steal."""
-        wall = time.monotonic() - self._started
+        wall = self.wall_s = time.monotonic() - self._started
         after = _cpu_seconds_by_group()
         cores = {k: max(0.0, v - self._groups.get(k, 0.0)) / wall for k, v in after.items()}
         cores["publishers (simulated sensors)"] = (rusage_cpu_seconds(resource.RUSAGE_CHILDREN) - self._children) / wall

@@ -64,6 +64,7 @@ from confluent_kafka import TopicPartition
 from bench import bridge
 from bench.common import Bench, run_standalone, wait_until
 from bench.e2e import SENSORS as E2E_SENSORS
+from bench.machine import PARTS
 from bench.probes import topic_reader
 from bench.report import Table, write_result
 from bench.scoring import consume_results, fill_topic
@@ -181,10 +182,6 @@ def model_phase(bench: Bench, count: int, replicas: int) -> dict[str, Any]:
 
 def model_pair(bench: Bench, count: int) -> list[dict[str, Any]]:
     return [model_phase(bench, count, replicas) for replicas in order(bench.quick)]
-
-
-#: The parts of the stack in the CPU table, in pipeline order (CpuMeter's labels).
-PARTS = ("Mosquitto", "bridge", "Kafka", "model service", "FerretDB")
 
 
 def _tables(
