@@ -41,7 +41,7 @@ def main() -> int:
         logger.exception("could not set up MongoDB's collections and indexes; continuing without them")
     kafka = Dependency("kafka")
     producer = Producer(producer_config(config, config.MQTT_CLIENT_ID, kafka))
-    timeline = Timeline(store, stop, name=config.MQTT_CLIENT_ID)
+    timeline = Timeline(store, stop, every_s=config.SERVER_TIMELINE_EVERY_S, name=config.MQTT_CLIENT_ID)
     aggregator = Aggregator(store, stop, settle_s=config.SERVER_AGGREGATE_SETTLE_S, timeline=timeline)
     bridge = Bridge(config, store, producer, stop, aggregator, kafka)
     sink = ResultsSink(config, store, producer, stop, aggregator, kafka)

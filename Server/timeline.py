@@ -63,6 +63,7 @@ from pipeline.periods import (
 )
 from pipeline.retry import RetryError, until_done
 from Server import metrics
+from Server.settings import Settings
 from Server.store import MAX_STATEMENTS, TRANSIENT, Store
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class Timeline:
         self,
         store: Store,
         stop: threading.Event,
-        every_s: float = 2.0,
+        every_s: float = Settings.model_fields["SERVER_TIMELINE_EVERY_S"].default,
         rollup_every_s: float = 30.0,
         name: str = "bridge-1",
     ) -> None:

@@ -505,6 +505,10 @@ EFFECTS: dict[str, list[str]] = {
     ],
     "SERVER_BATCH_MAX": [U + "test_a_bridge_batch_holds_at_most_server_batch_max"],
     "SERVER_BATCH_WAIT_MS": [U + "test_a_bridge_batch_waits_server_batch_wait_ms_to_fill"],
+    "SERVER_TIMELINE_EVERY_S": [
+        "tests/unit/test_timeline_interval.py::test_the_timeline_writes_once_every_interval_and_once_more_at_the_stop",
+        U + "test_server_main_passes_its_settings_on",
+    ],
     "SERVER_AGGREGATE_SETTLE_S": [
         U + "test_an_aggregate_is_written_once_nothing_was_added_for_settle_s",
         U + "test_server_main_passes_its_settings_on",
@@ -1580,6 +1584,7 @@ def test_server_main_passes_its_settings_on() -> None:
             "SERVER_RETENTION_REJECTIONS_DAYS": "2",
             "SERVER_RETENTION_ALERTS_DAYS": "0",
             "SERVER_AGGREGATE_SETTLE_S": "2.5",
+            "SERVER_TIMELINE_EVERY_S": "0.75",
             "MQTT_CLIENT_ID": "bridge-7",
             "KAFKA_BOOTSTRAP_SERVERS": "kafka-1:19092",
             "LOG_LEVEL": "WARNING",
@@ -1600,11 +1605,13 @@ def test_server_main_passes_its_settings_on() -> None:
         "alerts": 0,
     }
     assert seen["aggregator"].settle_s == 2.5
+    assert seen["aggregator"].timeline.every_s == 0.75
     assert seen["producer_config"]["client.id"] == "bridge-7"
     assert seen["producer_config"]["bootstrap.servers"] == "kafka-1:19092"
     assert seen["log_levels"] == ["WARNING"]
     defaults = run_server_main({})
     assert defaults["aggregator"].settle_s == 10.0
+    assert defaults["aggregator"].timeline.every_s == 5.0
     assert defaults["retention"] == {
         "readings": 30,
         "predictions": 30,

@@ -1,0 +1,37 @@
+"""Server.timeline.Timeline.run: the live page's documents are written every SERVER_TIMELINE_EVERY_S."""
+
+from __future__ import annotations
+
+import threading
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from Server.timeline import Timeline
+
+
+class CountedStop(threading.Event):
+    """A stop event that records each wait's timeout and is set after ``waits`` waits (no real waiting)."""
+
+    def __init__(self, waits: int) -> None:
+        super().__init__()
+        self.left = waits
+        self.timeouts: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.timeouts.append(timeout)
+        self.left -= 1
+        if self.left <= 0:
+            self.set()
+        return self.is_set()
+
+
+@given(every_s=st.floats(0.001, 3600), waits=st.integers(1, 20))
+def test_the_timeline_writes_once_every_interval_and_once_more_at_the_stop(every_s: float, waits: int) -> None:
+    stop = CountedStop(waits)
+    timeline = Timeline(store=None, stop=stop, every_s=every_s)  # type: ignore[arg-type]
+    flushes: list[bool] = []
+    timeline.flush = lambda everything=False: flushes.append(everything) or 0  # type: ignore[method-assign]
+    timeline.run()
+    assert stop.timeouts == [every_s] * waits, "each pause between writes is SERVER_TIMELINE_EVERY_S"
+    assert flushes == [False] * (waits - 1) + [True], "a write after each pause, then everything at the stop"
