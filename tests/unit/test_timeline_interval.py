@@ -31,7 +31,12 @@ def test_the_timeline_writes_once_every_interval_and_once_more_at_the_stop(every
     stop = CountedStop(waits)
     timeline = Timeline(store=None, stop=stop, every_s=every_s)  # type: ignore[arg-type]
     flushes: list[bool] = []
-    timeline.flush = lambda everything=False: flushes.append(everything) or 0  # type: ignore[method-assign]
+
+    def flush(everything: bool = False) -> int:
+        flushes.append(everything)
+        return 0
+
+    timeline.flush = flush  # type: ignore[method-assign]
     timeline.run()
     assert stop.timeouts == [every_s] * waits, "each pause between writes is SERVER_TIMELINE_EVERY_S"
     assert flushes == [False] * (waits - 1) + [True], "a write after each pause, then everything at the stop"
