@@ -24,7 +24,7 @@ class Settings(CommonSettings, MqttSettings, KafkaSettings, MongoSettings):
     #: Most readings written to MongoDB and Kafka in one batch.
     SERVER_BATCH_MAX: int = Field(500, ge=1, le=10_000)
     #: How long a batch waits to fill before it is written.
-    SERVER_BATCH_WAIT_MS: int = Field(50, ge=0, le=10_000)
+    SERVER_BATCH_WAIT_MS: int = Field(100, ge=0, le=10_000)
     #: Payloads over this size are rejected unread.
     SERVER_MAX_PAYLOAD_BYTES: int = Field(contract.MAX_PAYLOAD_BYTES, ge=64, le=contract.MAX_PAYLOAD_LIMIT)
     #: The rejections collection is capped at this size: past it the oldest go first.
