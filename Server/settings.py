@@ -45,8 +45,10 @@ class Settings(CommonSettings, MqttSettings, KafkaSettings, MongoSettings):
     SERVER_SENSOR_METRICS_MAX: int = Field(10_000, ge=0, le=1_000_000)
     #: How often the live page's documents (minutes, sensors, latest anomalies) are written. Each write rewrites
     #: the current minute's document whole, so a shorter interval costs MongoDB more: at 1,000 readings/s, FerretDB
-    #: took about 0.27 ms of CPU a reading at 2 s and 0.16-0.22 ms at 6 s. The page asks every 3 s.
-    SERVER_TIMELINE_EVERY_S: float = Field(5.0, gt=0, le=3600)
+    #: took about 0.27 ms of CPU a reading at 2 s and 0.16-0.22 ms at 6 s. The page asks every 3 s. At most a
+    #: minute: what waits to be written is held in memory (every point of the interval), and a page older than
+    #: a minute is not live.
+    SERVER_TIMELINE_EVERY_S: float = Field(5.0, gt=0, le=60)
     #: A minute's aggregate (an hour's accuracy) is written once nothing was added to it for this long.
     SERVER_AGGREGATE_SETTLE_S: float = Field(10.0, ge=0, le=3600)
     #: Consumer group of the bridges reading predictions back from Kafka.
