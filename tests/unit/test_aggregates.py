@@ -8,6 +8,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any, cast
+from unittest import mock
 
 import bson
 import orjson
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from pymongo.errors import InvalidOperation
 
 from pipeline import periods
+from Server import timeline as timeline_module
 from Server.aggregates import Aggregator
 from Server.timeline import MINUTE_POINTS_MAX, Timeline
 from tests.helpers import reading
@@ -156,15 +158,21 @@ class Applied(Timeline):
         max_size=8,
     ),
     flushes=st.lists(st.booleans(), min_size=8, max_size=8),
+    remembered=st.sampled_from([1, 2, 5, timeline_module.KEYS_REMEMBERED]),
 )
 def test_minutes_hours_and_days_hold_the_totals_of_every_reading_however_they_are_flushed(
-    batches: list[list[tuple[str, int, float]]], flushes: list[bool]
+    batches: list[list[tuple[str, int, float]]], flushes: list[bool], remembered: int
 ) -> None:
     """Readings added in any batches, with flushes between any of them, add up in the stored documents to the
     totals computed from all of them at once: count, sum, min and max per minute, hour and day, every point once,
-    and each sensor's latest reading.
+    and each sensor's latest reading; however few period ids the timeline keeps ready (``KEYS_REMEMBERED``).
     """
     start = datetime(2026, 11, 29, 22, 30, tzinfo=UTC)  # the three hours cross midnight
+    with mock.patch.object(timeline_module, "KEYS_REMEMBERED", remembered):
+        _totals_of_every_reading(start, batches, flushes)
+
+
+def _totals_of_every_reading(start: datetime, batches: list[list[tuple[str, int, float]]], flushes: list[bool]) -> None:
     timeline = Applied()
     everything = []
     for number, batch in enumerate(batches):
@@ -173,6 +181,7 @@ def test_minutes_hours_and_days_hold_the_totals_of_every_reading_however_they_ar
             for i, (sensor, s, v) in enumerate(batch)
         ]
         timeline.touch(readings)
+        assert len(timeline._keys) <= timeline_module.KEYS_REMEMBERED  # the ids kept ready stay bounded
         everything += readings
         if flushes[number]:
             timeline.flush(everything=number % 2 == 0)
