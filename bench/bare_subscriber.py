@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.synchronize
+import resource
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ class SubscribeReport:
     first_at: float
     last_at: float
     error: str | None = None
+    #: CPU seconds the subscriber used from its subscription to its end, and in its whole life (with its start-up).
+    cpu_s: float = float("nan")
+    cpu_s_total: float = float("nan")
 
 
 def _subscriber(
@@ -36,7 +40,7 @@ def _subscriber(
     results: multiprocessing.Queue[Any],
 ) -> None:
     """A bare paho subscriber at QoS 1 (paho acknowledges each message after on_message): the ceiling."""
-    state = {"received": 0, "first_at": float("nan"), "last_at": float("nan")}
+    state = {"received": 0, "first_at": float("nan"), "last_at": float("nan"), "cpu_at_ready": float("nan")}
     # The bridge's user may use only the bridge's client ids (the throwaway stack's "*-bridge-*").
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bare-bridge-{time.time_ns()}", protocol=mqtt.MQTTv5)
     client.username_pw_set(env["MQTT_SERVER_USERNAME"], env["MQTT_SERVER_PASSWORD"])
@@ -47,6 +51,7 @@ def _subscriber(
 
     def on_subscribe(_c: Any, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         if not any(code.is_failure for code in codes):
+            state["cpu_at_ready"] = _cpu_seconds()
             ready.set()
 
     def on_message(_c: Any, _u: Any, _message: Any) -> None:
@@ -68,7 +73,13 @@ def _subscriber(
         client.disconnect()
     except Exception as failure:  # noqa: BLE001 - reported to the parent
         error = f"{type(failure).__name__}: {failure}"
-    results.put({**state, "error": error})
+    total = _cpu_seconds()
+    results.put({**state, "error": error, "cpu_s": total - state["cpu_at_ready"], "cpu_s_total": total})
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class BareSubscriber:
@@ -100,4 +111,6 @@ class BareSubscriber:
             self._process.join(timeout=10)
             if self._process.is_alive():
                 self._process.kill()
-        return SubscribeReport(got["received"], got["first_at"], got["last_at"], got["error"])
+        return SubscribeReport(
+            got["received"], got["first_at"], got["last_at"], got["error"], got["cpu_s"], got["cpu_s_total"]
+        )

@@ -17,10 +17,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from bench.namespace import Namespace
 from bench.report import RESULTS_DIR
 
@@ -46,6 +47,23 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="where the services' logs go (default: a logs/ folder in the stack's temporary directory)",
     )
+    parser.add_argument(
+        "--service-env",
+        type=service_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every service the benchmark starts, over the benchmark's own (repeatable; recorded "
+        "with the results), e.g. --service-env SERVER_BATCH_WAIT_MS=20",
+    )
+
+
+def service_setting(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of ``--service-env``: NAME an environment variable's name, VALUE anything (even empty)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier() or not name.isascii():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME a variable's name, got {text!r}")
+    return name, value
 
 
 @dataclass
@@ -57,6 +75,8 @@ class Bench:
     results_dir: Path
     log_dir: Path
     state_dir: Path
+    #: ``--service-env``: set for every service a namespace starts, over the benchmark's own settings.
+    service_env: dict[str, str] = field(default_factory=dict)
 
     def namespace(self, label: str) -> Namespace:
         """A fresh namespace (topics, ids, groups) for one part of a benchmark."""
@@ -74,7 +94,9 @@ def bench_stack(args: argparse.Namespace) -> Iterator[Bench]:
     started = time.monotonic()
     with throwaway_stack(state_dir, args.port_base) as (_handle, env):
         print(f"stack ready after {time.monotonic() - started:.0f}s; service logs in {log_dir}", flush=True)
-        yield Bench(env, args.quick, args.results_dir, log_dir, state_dir)
+        service_env = dict(getattr(args, "service_env", []))
+        with report.recording_service_env(service_env):
+            yield Bench(env, args.quick, args.results_dir, log_dir, state_dir, service_env)
 
 
 def run_standalone(

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from localstack import namespace
+from localstack.services import ServiceProcess
 
 if TYPE_CHECKING:
     from bench.common import Bench
@@ -23,6 +24,10 @@ class Namespace(namespace.Namespace):
     def __init__(self, bench: Bench, name: str) -> None:
         super().__init__(bench.env, name, bench.log_dir / name)
         self.bench = bench
+
+    def start(self, name: str, module: str, env: dict[str, str]) -> ServiceProcess:
+        """The service with the benchmark's ``--service-env`` settings over ``env``."""
+        return super().start(name, module, {**env, **self.bench.service_env})
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Namespace]:

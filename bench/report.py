@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +78,21 @@ def markdown_table(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The ``--service-env`` settings of the running benchmark, recorded with each result it writes.
+_service_env: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def recording_service_env(settings: dict[str, str]) -> Iterator[None]:
+    """Record ``settings`` with every result written inside the block."""
+    global _service_env  # noqa: PLW0603 - one benchmark run at a time in a process
+    before, _service_env = _service_env, dict(settings)
+    try:
+        yield
+    finally:
+        _service_env = before
+
+
 def write_result(results_dir: Path, name: str, figures: dict[str, Any], tables: list[Table]) -> Path:
     """Write ``<results_dir>/<name>.json`` (figures, tables, machine) and rebuild ``latest.md``."""
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +100,7 @@ def write_result(results_dir: Path, name: str, figures: dict[str, Any], tables: 
         "benchmark": name,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "service_env": dict(_service_env),
         "figures": figures,
         "tables": [t.to_dict() for t in tables],
     }
@@ -124,6 +141,9 @@ def write_summary(results_dir: Path) -> Path:
             f"load average at start {info['load_average_at_start']}. {versions}.",
             "",
         ]
+        if result.get("service_env"):
+            changed = ", ".join(f"`{name}={value}`" for name, value in result["service_env"].items())
+            parts += [f"Service settings changed for this run (`--service-env`): {changed}.", ""]
         for table in result["tables"]:
             parts += [markdown_table(table), ""]
     path = results_dir / "latest.md"

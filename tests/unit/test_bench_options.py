@@ -1,0 +1,113 @@
+"""The benchmarks' ``--service-env`` (every service gets it, and the result records it) and bench.bridge's CPU table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench import bridge, common, report
+from bench.common import Bench
+from bench.namespace import Namespace
+from localstack import namespace as localstack_namespace
+
+NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,30}", fullmatch=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    common.add_common_arguments(parser)
+    return parser
+
+
+@given(st.lists(st.tuples(NAMES, st.text(max_size=40)), max_size=5))
+def test_each_service_env_option_is_a_name_and_its_value_whatever_the_value_holds(
+    settings: list[tuple[str, str]],
+) -> None:
+    args = _parser().parse_args([f"--service-env={name}={value}" for name, value in settings])
+    assert args.service_env == settings
+
+
+@pytest.mark.parametrize("text", ["", "=1", "NOVALUE", "1ABC=2", "A-B=3", "É=1", " A=1"])
+def test_a_service_env_option_without_a_variables_name_stops_the_benchmark_and_says_so(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args([f"--service-env={text}"])
+    assert "expected NAME=VALUE" in capsys.readouterr().err
+
+
+def test_every_service_a_benchmark_starts_gets_the_service_env_over_the_benchmarks_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[dict[str, str]] = []
+
+    def start(_self: object, _name: str, _module: str, env: dict[str, str]) -> None:
+        started.append(env)
+
+    monkeypatch.setattr(localstack_namespace.Namespace, "start", start)
+    bench = Bench({}, False, tmp_path, tmp_path, tmp_path, {"SERVER_BATCH_WAIT_MS": "20", "EXTRA": "x"})
+    namespace = Namespace(bench, "n")
+    namespace.start("server-1", "Server", {"SERVER_BATCH_WAIT_MS": "100", "KEEP": "k"})
+    assert started == [{"SERVER_BATCH_WAIT_MS": "20", "EXTRA": "x", "KEEP": "k"}]
+
+
+def test_a_result_records_the_service_env_it_ran_with_and_the_summary_says_so(tmp_path: Path) -> None:
+    table = report.Table("t", ["a"], [[1.0]])
+    with report.recording_service_env({"SERVER_BATCH_WAIT_MS": "20"}):
+        report.write_result(tmp_path, "bridge", {"x": 1}, [table])
+    report.write_result(tmp_path, "peer", {"x": 2}, [table])
+    assert json.loads((tmp_path / "bridge.json").read_text())["service_env"] == {"SERVER_BATCH_WAIT_MS": "20"}
+    assert json.loads((tmp_path / "peer.json").read_text())["service_env"] == {}, "recorded only inside the block"
+    summary = (tmp_path / "latest.md").read_text()
+    assert summary.count("`SERVER_BATCH_WAIT_MS=20`") == 1
+
+
+MS = st.floats(1e-4, 0.2)
+
+
+def _run(parts: dict[str, float]) -> dict[str, Any]:
+    return {"cpu_ms_per_reading": {**parts, "all": sum(parts.values())}}
+
+
+@given(
+    cores=st.dictionaries(st.sampled_from([bridge.CHILDREN, "Mosquitto", "bridge", "Kafka", "FerretDB"]), MS),
+    wall_s=st.floats(0.5, 100),
+    sent=st.integers(1, 10**6),
+)
+def test_the_cpu_per_reading_of_the_parts_adds_up_to_all_of_them(
+    cores: dict[str, float], wall_s: float, sent: int
+) -> None:
+    spent = bridge.cpu_ms_per_reading({**cores, "machine: busy": 1.5}, wall_s, sent, "bridge")
+    assert math.isclose(spent["all"], sum(spent[part] for part in bridge.CPU_PARTS))
+    assert math.isclose(spent["all"], 1000 * sum(cores.values()) * wall_s / sent)
+    assert spent["machine busy cores"] == 1.5
+
+
+@given(base=st.tuples(MS, MS, MS), subscriber=MS, own=MS, servers=st.tuples(MS, MS))
+def test_the_ratio_bound_is_one_when_the_bridge_adds_nothing_and_falls_as_kafka_and_ferretdb_cost_more(
+    base: tuple[float, float, float], subscriber: float, own: float, servers: tuple[float, float]
+) -> None:
+    publishers, mosquitto, _ = base
+    bare = _run({"publishers": publishers, "Mosquitto": mosquitto, "subscriber or bridge": subscriber})
+    nothing_more = _run({"publishers": publishers, "Mosquitto": mosquitto, "subscriber or bridge": own})
+    assert math.isclose(bridge.ratio_bound(bare, bare, nothing_more), 1.0), "its own cost is left out"
+    kafka, ferretdb = servers
+    with_servers = _run(
+        {
+            "publishers": publishers,
+            "Mosquitto": mosquitto,
+            "subscriber or bridge": own,
+            "Kafka": kafka,
+            "FerretDB": ferretdb,
+        }
+    )
+    bound = bridge.ratio_bound(bare, bare, with_servers)
+    total = publishers + mosquitto + subscriber
+    assert math.isclose(bound, total / (total + kafka + ferretdb))
