@@ -124,8 +124,14 @@ class Scorer:
         self.model = Dependency("model")
         self.budget = PredictBudget(settings.MODEL_PREDICT_TIMEOUT_S, self.model)
         consumer = Consumer(consumer_config(settings, settings.KAFKA_GROUP_ID, settings.KAFKA_CLIENT_ID, self.kafka))
+        # The model files are looked at between batches and while idle: a file swapped on a quiet system shows
+        # in pipeline_model_info and the log within MODEL_RELOAD_CHECK_S, not only once a reading arrives.
         self.source = KafkaSource(
-            consumer, [settings.KAFKA_TOPIC_READINGS], settings.MODEL_BATCH_MAX, settings.MODEL_BATCH_WAIT_MS / 1000
+            consumer,
+            [settings.KAFKA_TOPIC_READINGS],
+            settings.MODEL_BATCH_MAX,
+            settings.MODEL_BATCH_WAIT_MS / 1000,
+            on_tick=models.refresh,
         )
         self.forecasts = Forecasts(settings.MODEL_FORECAST_CACHE)
         self.grids = Grids(settings.MODEL_TIME_GRID_MS, settings.MODEL_FORECAST_AHEAD)

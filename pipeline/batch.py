@@ -256,8 +256,17 @@ class KafkaSource:
 
     transport: Literal["mqtt", "kafka"] = "kafka"
 
-    def __init__(self, consumer: Consumer, topics: Sequence[str], batch_max: int, wait_s: float) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        topics: Sequence[str],
+        batch_max: int,
+        wait_s: float,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
         self.consumer = consumer
+        #: Called after every batch and every empty poll: the consumer's own periodic work, busy or idle.
+        self.on_tick = on_tick
         self.topics = list(topics)
         self.batch_max = batch_max
         self.wait_s = wait_s
@@ -288,6 +297,8 @@ class KafkaSource:
 
     def tick(self) -> None:
         self.committer.tick()  # everything consumed so far is finished
+        if self.on_tick is not None:
+            self.on_tick()
 
     def release(self, finished: bool) -> None:
         try:

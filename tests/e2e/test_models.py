@@ -88,9 +88,10 @@ def test_train_from_mongodb_readings_of_one_sensor(pipeline: Pipeline, tmp_path:
 
 def test_swapping_the_model_file_switches_identity_without_a_gap_or_restart(pipeline: Pipeline, tmp_path: Path) -> None:
     """Readings sent before the swap are scored by the first model, after it by the second; a corrupt
-    replacement changes nothing. The service looks at the file before scoring a batch (at most every
-    MODEL_RELOAD_CHECK_S), and each phase's readings are sent only once the one before is stored, so the
-    split does not depend on how fast a busy machine scores."""
+    replacement changes nothing. The service looks at the file before scoring a batch and while idle (at most
+    every MODEL_RELOAD_CHECK_S), so the swap shows on /metrics before any reading arrives; and each phase's
+    readings are sent only once the one before is stored, so the split does not depend on how fast a busy
+    machine scores."""
     path = tmp_path / "model.joblib"
     first = save_model(path, "first", level=100)
     pipeline.start_server()
@@ -111,6 +112,8 @@ def test_swapping_the_model_file_switches_identity_without_a_gap_or_restart(pipe
     wait_for(lambda: serving(first), 30, "the first model in use", pipeline.logs)
     before = stream(1, 60)
     second = save_model(path, "second", level=200)
+    # No reading arrives meanwhile: the idle service finds the new file on its own.
+    wait_for(lambda: serving(second) and not serving(first), 30, "the second model in use, idle", pipeline.logs)
     after = stream(2, 60)
     assert serving(second) and not serving(first), "the model in use, on /metrics"
     # A corrupt replacement: reported, and the second model keeps serving.
