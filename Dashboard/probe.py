@@ -48,12 +48,23 @@ def parse_metrics(text: str) -> dict[str, float | None]:
 
 
 def rate(samples: list[tuple[float, float | None]]) -> float | None:
-    """Per-second increase between the oldest and newest (time, total) sample, or None if unknown or reset."""
+    """Per-second increase up to the newest (time, total) sample, or None if unknown or reset.
+
+    It is measured from the oldest sample of the last RATE_WINDOW_S that is at
+    least MIN_RATE_SPAN_S older than the newest; if every sample of the window is
+    newer than that (two polls in quick succession after a quiet spell, such as
+    a page reloaded), from the newest one older than it, however old.
+    """
     known = [(t, v) for t, v in samples if v is not None]
     if len(known) < 2:
         return None
-    (t0, v0), (t1, v1) = known[0], known[-1]
-    if t1 - t0 < MIN_RATE_SPAN_S or v1 < v0:
+    t1, v1 = known[-1]
+    spanned = [(t, v) for t, v in known if t1 - t >= MIN_RATE_SPAN_S]
+    if not spanned:
+        return None
+    in_window = [(t, v) for t, v in spanned if t1 - t <= RATE_WINDOW_S]
+    t0, v0 = in_window[0] if in_window else spanned[-1]
+    if v1 < v0:
         return None
     return (v1 - v0) / (t1 - t0)
 
@@ -104,7 +115,8 @@ class ServiceProbe:
         with self._lock:
             samples = self._samples[name]
             samples.append((now, totals))
-            while len(samples) > 2 and now - samples[0][0] > RATE_WINDOW_S:
+            # Every sample of the window, and the newest before it (what rate() falls back on).
+            while len(samples) > 2 and now - samples[1][0] > RATE_WINDOW_S:
                 samples.popleft()
             history = list(samples)
         result: dict[str, float | None] = {"consumer_lag": totals["lag"]}

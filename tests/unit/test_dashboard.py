@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
+from unittest import mock
 from unittest.mock import patch
 
 import pytest
@@ -20,9 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from Dashboard import lookups
+from Dashboard import probe as probe_module
 from Dashboard.app import CSV_COLUMNS, credentials_match, csv_lines
 from Dashboard.model_panel import WEEK, backtest_of, naive_tolerance, pair_week_earlier, weekly_naive
-from Dashboard.probe import parse_metrics, rate
+from Dashboard.probe import MIN_RATE_SPAN_S, RATE_WINDOW_S, ServiceProbe, parse_metrics, rate
 from Dashboard.queries import PAYLOAD_PREVIEW, Reader, per_minute, preview, resolution, sensor_state
 from pipeline import contract, periods
 
@@ -136,6 +138,35 @@ def test_rate() -> None:
     assert rate([(0.0, 10.0), (0.5, 30.0)]) is None, "too short a span"
     assert rate([(0.0, 10.0), (5.0, 2.0)]) is None, "the counter was reset (a restart)"
     assert rate([(0.0, None), (5.0, 2.0)]) is None
+    assert rate([(0.0, 0.0), (60.0, 600.0), (60.3, 603.0)]) == 10.0, "two quick polls after a quiet minute"
+    assert rate([(0.0, 0.0), (50.0, 100.0), (60.0, 600.0)]) == 50.0, "the window's oldest, not the older one"
+
+
+@settings(max_examples=200)
+@given(
+    gaps=st.lists(st.floats(0.01, 100.0), min_size=1, max_size=12),
+    per_s=st.floats(0.0, 1e5),
+)
+def test_polled_at_any_moments_a_steady_counter_reads_its_rate_once_a_second_has_passed(
+    gaps: list[float], per_s: float
+) -> None:
+    """However the page (or several) polls, each answer after the first second is the counter's rate."""
+    clock = [1000.0]
+    probe = ServiceProbe({"server": "http://unused"})
+    with mock.patch.object(probe_module.time, "monotonic", lambda: clock[0]):
+        assert probe._rates("server", {"received": 0.0, "scored": None, "lag": 0.0})["received_per_s"] is None
+        elapsed = 0.0
+        for gap in gaps:
+            clock[0] += gap
+            elapsed += gap
+            got = probe._rates("server", {"received": per_s * elapsed, "scored": None, "lag": 0.0})
+            if elapsed < MIN_RATE_SPAN_S:
+                assert got["received_per_s"] is None
+            else:
+                assert got["received_per_s"] == pytest.approx(per_s, rel=1e-6, abs=0.01)
+            assert got["scored_per_s"] is None
+            assert len(probe._samples["server"]) <= 2 + RATE_WINDOW_S / 0.01, "bounded"
+    probe.close()
 
 
 def start_dashboard(**env: str) -> subprocess.CompletedProcess[str]:
