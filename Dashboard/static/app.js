@@ -61,8 +61,13 @@ function ago(seconds) {
   return `${Math.round(seconds / 86400)} d ago`;
 }
 
+// A time of day as the page writes it everywhere, on the charts' axes too: the 24-hour clock.
+function timeOfDay(d) {
+  return d.toLocaleTimeString([], { hour12: false });
+}
+
 function clock(iso) {
-  return iso ? new Date(iso).toLocaleTimeString() : "–";
+  return iso ? timeOfDay(new Date(iso)) : "–";
 }
 
 const epoch = (iso) => Date.parse(iso) / 1000;
@@ -207,6 +212,42 @@ function choose(sensor) {
 
 // --- the readings chart -----------------------------------------------------------
 
+// Where nothing arrived for longer than QUIET_FACTOR of the series' usual steps (its median step between
+// points, or the chart's period), the lines break instead of joining across as if there had been data.
+const QUIET_FACTOR = 5;
+const QUIET_MIN_S = 10;
+
+function quietAfter(xs, step) {
+  if (step) return 1.5 * step;
+  const deltas = [];
+  for (let i = 1; i < xs.length; i++) deltas.push(xs[i] - xs[i - 1]);
+  deltas.sort((a, b) => a - b);
+  const median = deltas.length ? deltas[Math.floor(deltas.length / 2)] : 0;
+  return Math.max(QUIET_MIN_S, QUIET_FACTOR * median);
+}
+
+// A uPlot series' `gaps` (which uPlot asks only of a series with spanGaps false): the quiet spells, and the
+// gaps of its nulls unless ``spanNulls`` (a forecast joins across readings not scored yet).
+function quietGaps(spanNulls) {
+  return (u, _seriesIdx, idx0, idx1, nullGaps) => {
+    const xs = u.data[0];
+    const gaps = spanNulls || !nullGaps ? [] : nullGaps.slice();
+    for (const i of quietSpells(xs, u.quietAfter)) {
+      if (i > idx0 && i <= idx1) {
+        uPlot.addGap(gaps, Math.round(u.valToPos(xs[i - 1], "x", true)), Math.round(u.valToPos(xs[i], "x", true)));
+      }
+    }
+    return gaps;
+  };
+}
+
+// The indexes of the points that come after a quiet spell (longer than ``limit`` seconds since the one before).
+function quietSpells(xs, limit) {
+  const after = [];
+  for (let i = 1; i < xs.length; i++) if (xs[i] - xs[i - 1] > limit) after.push(i);
+  return after;
+}
+
 function chartWidth(node) {
   return Math.max(320, node.parentElement.clientWidth - 4);
 }
@@ -219,10 +260,10 @@ function readingsChart(node) {
       scales: { x: { time: true } },
       series: [
         {},
-        { label: "reading", stroke: "#2563eb", width: 1.5, points: { show: false } },
-        { label: "forecast", stroke: "#7c3aed", width: 1.5, dash: [6, 4], spanGaps: true, points: { show: false } },
-        { label: "upper", stroke: "rgba(124, 58, 237, 0.35)", width: 1, spanGaps: true, points: { show: false } },
-        { label: "lower", stroke: "rgba(124, 58, 237, 0.35)", width: 1, spanGaps: true, points: { show: false } },
+        { label: "reading", stroke: "#2563eb", width: 1.5, points: { show: false }, gaps: quietGaps(false) },
+        { label: "forecast", stroke: "#7c3aed", width: 1.5, dash: [6, 4], points: { show: false }, gaps: quietGaps(true) },
+        { label: "upper", stroke: "rgba(124, 58, 237, 0.35)", width: 1, points: { show: false }, gaps: quietGaps(true) },
+        { label: "lower", stroke: "rgba(124, 58, 237, 0.35)", width: 1, points: { show: false }, gaps: quietGaps(true) },
         {
           label: "anomaly",
           stroke: "#dc2626",
@@ -252,6 +293,7 @@ function renderSeries(series) {
     points.map((p) => (p.anomaly ? p.v : null)),
   ];
   if (!state.chart) state.chart = readingsChart(node);
+  state.chart.quietAfter = quietAfter(data[0]);
   state.chart.setData(data);
   const band = points.some((p) => p.yhat_lower !== null && p.yhat_upper !== null);
   Object.assign(node.dataset, {
@@ -260,6 +302,7 @@ function renderSeries(series) {
     scored: series.scored,
     anomalies: series.anomalies,
     band: String(band),
+    quietSpells: quietSpells(data[0], state.chart.quietAfter).length,
   });
   $("#chart-title").textContent = `${series.sensor}: readings and forecast, last ${series.minutes} min`;
   const empty = $("#chart-empty");
@@ -298,9 +341,9 @@ function aggregatesChart(node) {
           paths: uPlot.paths.bars({ size: [0.5, 30] }),
           points: { show: false },
         },
-        { label: "mean", stroke: "#0f766e", width: 2, points: { show: true, size: 5 } },
-        { label: "max", stroke: "rgba(15, 118, 110, 0.4)", width: 1, points: { show: false } },
-        { label: "min", stroke: "rgba(15, 118, 110, 0.4)", width: 1, points: { show: false } },
+        { label: "mean", stroke: "#0f766e", width: 2, points: { show: true, size: 5 }, gaps: quietGaps(false) },
+        { label: "max", stroke: "rgba(15, 118, 110, 0.4)", width: 1, points: { show: false }, gaps: quietGaps(false) },
+        { label: "min", stroke: "rgba(15, 118, 110, 0.4)", width: 1, points: { show: false }, gaps: quietGaps(false) },
       ],
       bands: [{ series: [3, 4], fill: "rgba(15, 118, 110, 0.12)" }],
       axes: [
@@ -321,6 +364,7 @@ function renderAggregates(sensor, answer) {
   state.resolution = answer.resolution;
   if (!state.aggregates) state.aggregates = aggregatesChart(node);
   $("#aggregates-title").textContent = `Per ${answer.resolution}`;
+  state.aggregates.quietAfter = quietAfter([], PERIOD_S[answer.resolution] || 60);
   state.aggregates.setData([
     rows.map((r) => epoch(r.start)),
     rows.map((r) => r.count),
@@ -553,7 +597,7 @@ async function refresh() {
     if (alerts) renderAlerts(alerts);
     if (rejections) renderRejections(rejections);
     await refreshSensor();
-    status.textContent = `updated ${new Date().toLocaleTimeString()}`;
+    status.textContent = `updated ${timeOfDay(new Date())}`;
     status.dataset.ok = "true";
   } catch (error) {
     status.textContent = `cannot reach the dashboard (${error.message}); retrying`;

@@ -98,14 +98,15 @@ def start_all(pipeline: Pipeline, model_path: Path, more_services: str = "") -> 
     return pipeline.start_dashboard(DASHBOARD_SERVICES=",".join([*services, more_services]).strip(","))
 
 
-def publish_series(pipeline: Pipeline, sensor: str) -> list[contract.Reading]:
-    """READINGS readings inside the interval, 10 s apart and ending now, but one: OUTLIER."""
-    start = datetime.now(UTC) - timedelta(seconds=10 * (READINGS - 1))
+def publish_series(pipeline: Pipeline, sensor: str, quiet_s: int = 0) -> list[contract.Reading]:
+    """READINGS readings inside the interval, 10 s apart and ending now, but one: OUTLIER; ``quiet_s`` more
+    between the first half and the second (the sensor went quiet)."""
+    start = datetime.now(UTC) - timedelta(seconds=10 * (READINGS - 1) + quiet_s)
     readings = [
         contract.Reading(
             id=f"{sensor}-{i}",
             sensor=sensor,
-            ts=start + timedelta(seconds=10 * i),
+            ts=start + timedelta(seconds=10 * i + (quiet_s if i >= READINGS // 2 else 0)),
             v=OUTLIER if i == OUTLIER_AT else round(LEVEL + 3.5 * math.sin(i / 4), 2),
         )
         for i in range(READINGS)
@@ -264,7 +265,7 @@ def test_browser_shows_the_sensor_chart_band_and_anomaly(pipeline: Pipeline, mod
     dashboard = start_all(pipeline, model_path)
     sensor = pipeline.sensor_id(1)
     topic = contract.readings_topic(sensor)
-    publish_series(pipeline, sensor)
+    publish_series(pipeline, sensor, quiet_s=120)
     bad = b'{"id": "r-1", "sensor": "%s", "ts": "2026-01-01T00:00:00Z", "v": "high"}' % sensor.encode()
     assert publish(pipeline.stack.env, sensor, topic, [bad]) == [0]
     wait_scored(pipeline, dashboard, sensor)
@@ -280,6 +281,7 @@ def test_browser_shows_the_sensor_chart_band_and_anomaly(pipeline: Pipeline, mod
     assert chart["data-sensor"] == sensor
     assert chart["data-points"] == str(READINGS) and chart["data-scored"] == str(READINGS)
     assert chart["data-anomalies"] == "1" and chart["data-band"] == "true"
+    assert chart["data-quiet-spells"] == "1", "the lines break where the sensor was quiet for two minutes"
     assert page.find("canvas"), "uPlot drew the charts"
     assert page.find("li", data_sensor=sensor), "the anomaly in the alerts list"
     assert page.find("li", data_topic=topic), "the rejected message in its list"
