@@ -17,6 +17,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.machine import rusage_cpu_seconds
+
 
 @dataclass
 class SubscribeReport:
@@ -51,7 +53,7 @@ def _subscriber(
 
     def on_subscribe(_c: Any, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         if not any(code.is_failure for code in codes):
-            state["cpu_at_ready"] = _cpu_seconds()
+            state["cpu_at_ready"] = rusage_cpu_seconds(resource.RUSAGE_SELF)
             ready.set()
 
     def on_message(_c: Any, _u: Any, _message: Any) -> None:
@@ -73,13 +75,8 @@ def _subscriber(
         client.disconnect()
     except Exception as failure:  # noqa: BLE001 - reported to the parent
         error = f"{type(failure).__name__}: {failure}"
-    total = _cpu_seconds()
+    total = rusage_cpu_seconds(resource.RUSAGE_SELF)
     results.put({**state, "error": error, "cpu_s": total - state["cpu_at_ready"], "cpu_s_total": total})
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class BareSubscriber:

@@ -87,8 +87,9 @@ def _count_in_kafka(bootstrap: str, topic: str) -> int:
 def ratio_bound(before: dict[str, Any], after: dict[str, Any], bridge: dict[str, Any]) -> float:
     """The bridge's ratio to the bare subscriber if its own process cost what the subscriber's does.
 
-    Both runs saturate the same cores, so each rate is those cores over the CPU
-    a reading costs on its whole way; what remains between the two is Kafka's
+    The bare and bridge runs keep about the same cores busy (1.5-1.8 of two
+    here: the table shows it), so each rate is about those cores over the CPU a
+    reading costs on its whole way; what remains between the two is Kafka's
     and FerretDB's cost (and the bridge's own beyond a bare subscriber's).
     """
     bare_ms = (before["cpu_ms_per_reading"]["all"] + after["cpu_ms_per_reading"]["all"]) / 2
