@@ -51,11 +51,9 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from pipeline import contract
 from pipeline.periods import (
-    COLLECTION,
-    DAY,
     FLOOR,
-    HOUR,
     MINUTE,
+    PeriodIds,
     epoch_minute,
     pack_forecasts,
     pack_points,
@@ -164,8 +162,7 @@ class Timeline:
         # Epoch minutes of each sensor's ``received`` this bridge has written.
         self._written_minutes: dict[str, set[int]] = {}
         self._rollups_due = 0.0
-        # (sensor, minute start) -> the ids of that minute, hour and day (_period_keys), at most KEYS_REMEMBERED.
-        self._keys: dict[tuple[str, datetime], tuple[str, tuple[tuple[tuple[str, str], datetime], ...]]] = {}
+        self._keys = PeriodIds(KEYS_REMEMBERED)
 
     def touch(self, readings: Iterable[contract.Reading]) -> None:
         """Add newly stored readings."""
@@ -173,7 +170,7 @@ class Timeline:
         with self._lock:
             for r in readings:
                 start = FLOOR[MINUTE](r.ts)
-                key, rollups = self._period_keys(r.sensor, start)
+                key, rollups = self._keys.of(r.sensor, start)
                 minute = self._minutes.get(key)
                 if minute is None:
                     minute = self._minutes[key] = Minute(r.sensor, start)
@@ -200,26 +197,7 @@ class Timeline:
                     seen.last_seen = received
                 at = epoch_minute(received)
                 seen.received[at] = seen.received.get(at, 0) + 1
-                recent = self._recent.get(r.sensor)
-                if recent is None:
-                    recent = self._recent[r.sensor] = deque(maxlen=RECENT_TS)
-                recent.append(r.ts)
-
-    def _period_keys(self, sensor: str, start: datetime) -> tuple[str, tuple[tuple[tuple[str, str], datetime], ...]]:
-        """The ``_id`` of ``sensor``'s minute starting at ``start``, and its hour's and day's (collection, ``_id``)
-        with their starts; remembered, since a sensor's readings fall in the same few minutes (the ids cost a
-        third of :meth:`touch`'s time)."""
-        keys = self._keys.get((sensor, start))
-        if keys is None:
-            if len(self._keys) >= KEYS_REMEMBERED:
-                self._keys.clear()
-            rollups = tuple(
-                ((COLLECTION[step], period_id(sensor, begins)), begins)
-                for step in (HOUR, DAY)
-                for begins in (FLOOR[step](start),)
-            )
-            keys = self._keys[(sensor, start)] = (period_id(sensor, start), rollups)
-        return keys
+                self._recent.setdefault(r.sensor, deque(maxlen=RECENT_TS)).append(r.ts)
 
     def touch_predictions(self, predictions: Iterable[dict[str, Any]]) -> None:
         """Add newly stored predictions (MongoDB documents) to their reading's minute."""
