@@ -273,10 +273,12 @@ class Bridge:
 
     def done(self, batch: list[Incoming]) -> None:
         """Acknowledge the batch: MongoDB and Kafka have every reading, the rejections are kept."""
-        for item in batch:
-            # A message from an earlier connection is redelivered on the new one
-            # (persistent session); acking its old packet id could ack another message.
-            if item.qos > 0 and item.connection == self.connection:
+        # A message from an earlier connection is redelivered on the new one
+        # (persistent session); acking its old packet id could ack another message.
+        current = [item for item in batch if item.qos > 0 and item.connection == self.connection]
+        self.client.ack_all(item.mid for item in current if item.qos == 1)
+        for item in current:
+            if item.qos == 2:
                 self.client.ack(item.mid, item.qos)
         metrics.INBOX.dec(len(batch))
 

@@ -1,7 +1,9 @@
 """The bridge's ceiling: a bare paho subscriber at QoS 1 that only counts what it receives.
 
-``bench.bridge`` sets it beside the bridge on the same readings: what any MQTT
-subscriber in Python reaches on this machine, with nothing stored or forwarded.
+``bench.bridge`` sets it beside the bridge on the same readings: what an MQTT
+subscriber on paho reaches on this machine, with nothing stored or forwarded.
+It runs on paho's own client, or on the bridge's (``pipeline.mqtt.Client``,
+which reads the socket in blocks and decodes the common PUBLISH itself).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.machine import rusage_cpu_seconds
+from pipeline.mqtt import Client as PipelineClient
 
 
 @dataclass
@@ -40,11 +43,13 @@ def _subscriber(
     timeout_s: float,
     ready: multiprocessing.synchronize.Event,
     results: multiprocessing.Queue[Any],
+    bridge_client: bool,
 ) -> None:
     """A bare paho subscriber at QoS 1 (paho acknowledges each message after on_message): the ceiling."""
     state = {"received": 0, "first_at": float("nan"), "last_at": float("nan"), "cpu_at_ready": float("nan")}
     # The bridge's user may use only the bridge's client ids (the throwaway stack's "*-bridge-*").
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bare-bridge-{time.time_ns()}", protocol=mqtt.MQTTv5)
+    make = PipelineClient if bridge_client else mqtt.Client
+    client = make(CallbackAPIVersion.VERSION2, client_id=f"bare-bridge-{time.time_ns()}", protocol=mqtt.MQTTv5)
     client.username_pw_set(env["MQTT_SERVER_USERNAME"], env["MQTT_SERVER_PASSWORD"])
 
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
@@ -82,13 +87,21 @@ def _subscriber(
 class BareSubscriber:
     """Runs :func:`_subscriber` in its own process (so it has a core's worth of GIL to itself)."""
 
-    def __init__(self, env: Mapping[str, str], topic_filter: str, expected: int, timeout_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        topic_filter: str,
+        expected: int,
+        timeout_s: float = 300.0,
+        *,
+        bridge_client: bool = False,
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self._ready = context.Event()
         self._results = context.Queue()
         self._process = context.Process(
             target=_subscriber,
-            args=(dict(env), topic_filter, expected, timeout_s, self._ready, self._results),
+            args=(dict(env), topic_filter, expected, timeout_s, self._ready, self._results, bridge_client),
             daemon=True,
         )
         self._timeout_s = timeout_s

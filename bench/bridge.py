@@ -10,6 +10,9 @@ last one was durable:
 - **bare subscriber** (the ceiling): a paho subscriber at QoS 1 on the same
   broker, in its own process, doing nothing with the messages; measured before
   and after the bridges (the machine is shared) and averaged;
+- **bare subscriber on the bridge's client**: the same on ``pipeline.mqtt.Client``
+  (which reads the socket in blocks and decodes the common PUBLISH itself), once,
+  between the bridges: what the bridge's own MQTT path costs with nothing behind it;
 - **bridge, 1 replica** and **bridge, 2 replicas** (distinct MQTT_CLIENT_ID,
   one MQTT_SHARE_GROUP): until the bridges' ``pipeline_readings_stored_total``
   (counted after both Kafka and MongoDB have a reading) reaches the number sent.
@@ -100,11 +103,13 @@ def ratio_bound(before: dict[str, Any], after: dict[str, Any], bridge: dict[str,
     return float(bare_ms / (spent["all"] - spent["subscriber or bridge"] + subscriber_ms))
 
 
-def bare(bench: Bench, count: int, publishers: int) -> dict[str, Any]:
-    """The ceiling: a bare QoS 1 subscriber receiving ``count`` readings."""
+def bare(bench: Bench, count: int, publishers: int, *, bridge_client: bool = False) -> dict[str, Any]:
+    """The ceiling: a bare QoS 1 subscriber receiving ``count`` readings (on paho's client or the bridge's)."""
     namespace = bench.namespace("bare")
     sensors = namespace.sensor_ids(SENSORS)
-    subscriber = BareSubscriber(bench.env, f"$share/{namespace.name}/{contract.MQTT_READINGS_FILTER}", count)
+    subscriber = BareSubscriber(
+        bench.env, f"$share/{namespace.name}/{contract.MQTT_READINGS_FILTER}", count, bridge_client=bridge_client
+    )
     subscriber.start()
     meter = CpuMeter().start()
     report = publish(bench.env, sensors, processes=publishers, per_sensor=count // SENSORS)
@@ -184,6 +189,9 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     for replicas in (1, 2):
         print(f"[bridge] {replicas} bridge replica(s): {count:,} readings ...", flush=True)
         results.append(bridges(bench, count, publishers, replicas))
+        if replicas == 1:
+            print("[bridge] bare subscriber on the bridge's MQTT client ...", flush=True)
+            on_bridge_client = bare(bench, count, publishers, bridge_client=True)
     print("[bridge] bare subscriber again ...", flush=True)
     after = bare(bench, count, publishers)
     ceiling = (before["readings_per_s"] + after["readings_per_s"]) / 2
@@ -196,6 +204,8 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         "bridges": results,
         "warmup": warmup,
         "bridge_vs_bare": one / ceiling,
+        "bare_subscriber_on_the_bridges_client": on_bridge_client,
+        "bridge_vs_bare_on_the_bridges_client": one / on_bridge_client["readings_per_s"],
         "two_replicas_vs_bare": results[1]["readings_per_s"] / ceiling,
         "every_reading_in_mongodb_and_kafka": complete,
         "bridge_vs_bare_if_the_bridge_cost_what_the_subscriber_costs": bound,
@@ -205,6 +215,16 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         "quick": bench.quick,
     }
     rows: list[list[Any]] = [["bare paho subscriber, QoS 1 (ceiling)", ceiling, 1.0, "–", "–", "–"]]
+    rows.append(
+        [
+            "bare subscriber on the bridge's client (pipeline.mqtt.Client)",
+            on_bridge_client["readings_per_s"],
+            on_bridge_client["readings_per_s"] / ceiling,
+            "–",
+            "–",
+            "–",
+        ]
+    )
     for result in results:
         rows.append(
             [
@@ -224,6 +244,8 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         rows,
         [
             f"target (1 replica) >= {TARGET}x the bare subscriber: {met} ({one / ceiling:.2f}x)",
+            f"against the bare subscriber on the bridge's own MQTT client: "
+            f"{figures['bridge_vs_bare_on_the_bridges_client']:.2f}x",
             f"bare subscriber: mean of a run before ({before['readings_per_s']:,.0f}/s) and after "
             f"({after['readings_per_s']:,.0f}/s) the bridges; publishers, broker, bridge, Kafka and FerretDB "
             "share the machine's cores",
@@ -231,6 +253,7 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     )
     runs = [("warm-up: bridge, 1 replica (not in the ratios)", warmup), ("bare subscriber, before", before)]
     runs += [(f"bridge, {r['replicas']} replica(s)", r) for r in results]
+    runs.insert(3, ("bare subscriber on the bridge's client", on_bridge_client))
     runs.append(("bare subscriber, after", after))
     cpu_table = Table(
         "Bridge: CPU milliseconds per reading of each part, at the rates above",

@@ -12,7 +12,7 @@ import collections
 import json
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -86,6 +86,11 @@ class RecordingMqttClient:
         self.acked.append((mid, qos))
         if self.events is not None:
             self.events.append(f"ack {mid}")
+
+    def ack_all(self, mids: Iterable[int]) -> None:
+        """pipeline.mqtt.Client's QoS 1 acknowledgements in one write: recorded one by one, in order."""
+        for mid in mids:
+            self.ack(mid, 1)
 
     def max_queued_messages_set(self, size: int) -> None:
         self.max_queued = size
