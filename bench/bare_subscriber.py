@@ -2,20 +2,23 @@
 
 ``bench.bridge`` sets it beside the bridge on the same readings: what an MQTT
 subscriber on paho reaches on this machine, with nothing stored or forwarded.
-It runs on paho's own client, or on the bridge's (``pipeline.mqtt.Client``,
-which reads the socket in blocks and decodes the common PUBLISH itself).
+It runs on paho's own client, on the bridge's (``pipeline.mqtt.Client``,
+which reads the socket in blocks and decodes the common PUBLISH itself), or on
+gmqtt (an asyncio client, measured as the alternative to paho).
 """
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import multiprocessing.synchronize
 import resource
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import gmqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -36,6 +39,10 @@ class SubscribeReport:
     cpu_s_total: float = float("nan")
 
 
+#: The MQTT clients a bare subscriber can run on.
+ClientName = Literal["paho", "pipeline", "gmqtt"]
+
+
 def _subscriber(
     env: dict[str, str],
     topic_filter: str,
@@ -43,12 +50,15 @@ def _subscriber(
     timeout_s: float,
     ready: multiprocessing.synchronize.Event,
     results: multiprocessing.Queue[Any],
-    bridge_client: bool,
+    client_name: ClientName,
 ) -> None:
-    """A bare paho subscriber at QoS 1 (paho acknowledges each message after on_message): the ceiling."""
+    """A bare subscriber at QoS 1 (the client acknowledges each message after on_message): the ceiling."""
+    if client_name == "gmqtt":
+        asyncio.run(_gmqtt_subscriber(env, topic_filter, expected, timeout_s, ready, results))
+        return
     state = {"received": 0, "first_at": float("nan"), "last_at": float("nan"), "cpu_at_ready": float("nan")}
     # The bridge's user may use only the bridge's client ids (the throwaway stack's "*-bridge-*").
-    make = PipelineClient if bridge_client else mqtt.Client
+    make = PipelineClient if client_name == "pipeline" else mqtt.Client
     client = make(CallbackAPIVersion.VERSION2, client_id=f"bare-bridge-{time.time_ns()}", protocol=mqtt.MQTTv5)
     client.username_pw_set(env["MQTT_SERVER_USERNAME"], env["MQTT_SERVER_PASSWORD"])
 
@@ -84,6 +94,49 @@ def _subscriber(
     results.put({**state, "error": error, "cpu_s": total - state["cpu_at_ready"], "cpu_s_total": total})
 
 
+async def _gmqtt_subscriber(
+    env: dict[str, str],
+    topic_filter: str,
+    expected: int,
+    timeout_s: float,
+    ready: multiprocessing.synchronize.Event,
+    results: multiprocessing.Queue[Any],
+) -> None:
+    """The same subscriber on gmqtt (MQTT 5; gmqtt sends the PUBACK once ``on_message`` returns its reason code)."""
+    state = {"received": 0, "first_at": float("nan"), "last_at": float("nan"), "cpu_at_ready": float("nan")}
+    done = asyncio.Event()
+
+    def on_subscribe(_c: Any, _mid: int, codes: Any, _p: Any) -> None:
+        if all(code < 0x80 for code in codes):
+            state["cpu_at_ready"] = rusage_cpu_seconds(resource.RUSAGE_SELF)
+            ready.set()
+
+    def on_message(_c: Any, _topic: str, _payload: bytes, _qos: int, _p: Any) -> int:
+        now = time.time()
+        if state["received"] == 0:
+            state["first_at"] = now
+        state["received"] += 1
+        state["last_at"] = now
+        if state["received"] >= expected:
+            done.set()
+        return 0  # success: gmqtt acknowledges
+
+    client = gmqtt.Client(f"bare-bridge-{time.time_ns()}", clean_session=True)
+    client.set_auth_credentials(env["MQTT_SERVER_USERNAME"], env["MQTT_SERVER_PASSWORD"])
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    error = None
+    try:
+        await client.connect(env["MQTT_HOST"], int(env["MQTT_PORT"]), version=gmqtt.constants.MQTTv50)
+        client.subscribe(topic_filter, qos=1)
+        await asyncio.wait_for(done.wait(), timeout_s)
+        await client.disconnect()
+    except Exception as failure:  # noqa: BLE001 - reported to the parent
+        error = f"{type(failure).__name__}: {failure}"
+    total = rusage_cpu_seconds(resource.RUSAGE_SELF)
+    results.put({**state, "error": error, "cpu_s": total - state["cpu_at_ready"], "cpu_s_total": total})
+
+
 class BareSubscriber:
     """Runs :func:`_subscriber` in its own process (so it has a core's worth of GIL to itself)."""
 
@@ -94,14 +147,14 @@ class BareSubscriber:
         expected: int,
         timeout_s: float = 300.0,
         *,
-        bridge_client: bool = False,
+        client: ClientName = "paho",
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self._ready = context.Event()
         self._results = context.Queue()
         self._process = context.Process(
             target=_subscriber,
-            args=(dict(env), topic_filter, expected, timeout_s, self._ready, self._results, bridge_client),
+            args=(dict(env), topic_filter, expected, timeout_s, self._ready, self._results, client),
             daemon=True,
         )
         self._timeout_s = timeout_s

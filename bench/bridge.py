@@ -13,6 +13,7 @@ last one was durable:
 - **bare subscriber on the bridge's client**: the same on ``pipeline.mqtt.Client``
   (which reads the socket in blocks and decodes the common PUBLISH itself), once,
   between the bridges: what the bridge's own MQTT path costs with nothing behind it;
+  and **on gmqtt**, the asyncio client measured as the alternative to paho;
 - **bridge, 1 replica** and **bridge, 2 replicas** (distinct MQTT_CLIENT_ID,
   one MQTT_SHARE_GROUP): until the bridges' ``pipeline_readings_stored_total``
   (counted after both Kafka and MongoDB have a reading) reaches the number sent.
@@ -36,7 +37,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from pymongo import MongoClient
 
-from bench.bare_subscriber import BareSubscriber
+from bench.bare_subscriber import BareSubscriber, ClientName
 from bench.common import Bench, run_standalone, wait_until
 from bench.load import publish
 from bench.machine import CpuMeter
@@ -103,12 +104,12 @@ def ratio_bound(before: dict[str, Any], after: dict[str, Any], bridge: dict[str,
     return float(bare_ms / (spent["all"] - spent["subscriber or bridge"] + subscriber_ms))
 
 
-def bare(bench: Bench, count: int, publishers: int, *, bridge_client: bool = False) -> dict[str, Any]:
-    """The ceiling: a bare QoS 1 subscriber receiving ``count`` readings (on paho's client or the bridge's)."""
+def bare(bench: Bench, count: int, publishers: int, *, client: ClientName = "paho") -> dict[str, Any]:
+    """The ceiling: a bare QoS 1 subscriber receiving ``count`` readings (on paho, the bridge's client or gmqtt)."""
     namespace = bench.namespace("bare")
     sensors = namespace.sensor_ids(SENSORS)
     subscriber = BareSubscriber(
-        bench.env, f"$share/{namespace.name}/{contract.MQTT_READINGS_FILTER}", count, bridge_client=bridge_client
+        bench.env, f"$share/{namespace.name}/{contract.MQTT_READINGS_FILTER}", count, client=client
     )
     subscriber.start()
     meter = CpuMeter().start()
@@ -191,7 +192,9 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         results.append(bridges(bench, count, publishers, replicas))
         if replicas == 1:
             print("[bridge] bare subscriber on the bridge's MQTT client ...", flush=True)
-            on_bridge_client = bare(bench, count, publishers, bridge_client=True)
+            on_bridge_client = bare(bench, count, publishers, client="pipeline")
+            print("[bridge] bare subscriber on gmqtt ...", flush=True)
+            on_gmqtt = bare(bench, count, publishers, client="gmqtt")
     print("[bridge] bare subscriber again ...", flush=True)
     after = bare(bench, count, publishers)
     ceiling = (before["readings_per_s"] + after["readings_per_s"]) / 2
@@ -206,6 +209,7 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         "bridge_vs_bare": one / ceiling,
         "bare_subscriber_on_the_bridges_client": on_bridge_client,
         "bridge_vs_bare_on_the_bridges_client": one / on_bridge_client["readings_per_s"],
+        "bare_subscriber_on_gmqtt": on_gmqtt,
         "two_replicas_vs_bare": results[1]["readings_per_s"] / ceiling,
         "every_reading_in_mongodb_and_kafka": complete,
         "bridge_vs_bare_if_the_bridge_cost_what_the_subscriber_costs": bound,
@@ -224,6 +228,9 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
             "–",
             "–",
         ]
+    )
+    rows.append(
+        ["bare subscriber on gmqtt 0.8.0", on_gmqtt["readings_per_s"], on_gmqtt["readings_per_s"] / ceiling] + ["–"] * 3
     )
     for result in results:
         rows.append(
@@ -253,7 +260,7 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     )
     runs = [("warm-up: bridge, 1 replica (not in the ratios)", warmup), ("bare subscriber, before", before)]
     runs += [(f"bridge, {r['replicas']} replica(s)", r) for r in results]
-    runs.insert(3, ("bare subscriber on the bridge's client", on_bridge_client))
+    runs[3:3] = [("bare subscriber on the bridge's client", on_bridge_client), ("bare subscriber on gmqtt", on_gmqtt)]
     runs.append(("bare subscriber, after", after))
     cpu_table = Table(
         "Bridge: CPU milliseconds per reading of each part, at the rates above",
