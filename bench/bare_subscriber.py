@@ -102,7 +102,14 @@ async def _gmqtt_subscriber(
     ready: multiprocessing.synchronize.Event,
     results: multiprocessing.Queue[Any],
 ) -> None:
-    """The same subscriber on gmqtt (MQTT 5; gmqtt sends the PUBACK once ``on_message`` returns its reason code)."""
+    """The same subscriber on gmqtt, MQTT 5.
+
+    ``optimistic_acknowledgement=False``: gmqtt sends the PUBACK once ``on_message``
+    has returned its reason code, as paho does (gmqtt's default acknowledges first).
+    gmqtt 0.8.0 does that only for a coroutine callback (a plain function's PUBACK is
+    never sent), so ``on_message`` is ``async``: a task per message, which is what
+    acknowledging after the work costs on gmqtt.
+    """
     state = {"received": 0, "first_at": float("nan"), "last_at": float("nan"), "cpu_at_ready": float("nan")}
     done = asyncio.Event()
 
@@ -111,7 +118,7 @@ async def _gmqtt_subscriber(
             state["cpu_at_ready"] = rusage_cpu_seconds(resource.RUSAGE_SELF)
             ready.set()
 
-    def on_message(_c: Any, _topic: str, _payload: bytes, _qos: int, _p: Any) -> int:
+    async def on_message(_c: Any, _topic: str, _payload: bytes, _qos: int, _p: Any) -> int:
         now = time.time()
         if state["received"] == 0:
             state["first_at"] = now
@@ -121,7 +128,7 @@ async def _gmqtt_subscriber(
             done.set()
         return 0  # success: gmqtt acknowledges
 
-    client = gmqtt.Client(f"bare-bridge-{time.time_ns()}", clean_session=True)
+    client = gmqtt.Client(f"bare-bridge-{time.time_ns()}", clean_session=True, optimistic_acknowledgement=False)
     client.set_auth_credentials(env["MQTT_SERVER_USERNAME"], env["MQTT_SERVER_PASSWORD"])
     client.on_subscribe = on_subscribe
     client.on_message = on_message
