@@ -43,6 +43,31 @@ class SubscribeReport:
 ClientName = Literal["paho", "pipeline", "gmqtt"]
 
 
+class _Tally:
+    """What a bare subscriber saw: how many messages, when, and its CPU from its subscription on."""
+
+    def __init__(self, ready: multiprocessing.synchronize.Event) -> None:
+        self.state = {"received": 0, "first_at": float("nan"), "last_at": float("nan"), "cpu_at_ready": float("nan")}
+        self._ready = ready
+
+    def subscribed(self) -> None:
+        self.state["cpu_at_ready"] = rusage_cpu_seconds(resource.RUSAGE_SELF)
+        self._ready.set()
+
+    def received(self) -> int:
+        """Count one message; returns the count."""
+        now = time.time()
+        if self.state["received"] == 0:
+            self.state["first_at"] = now
+        self.state["received"] += 1
+        self.state["last_at"] = now
+        return int(self.state["received"])
+
+    def report(self, results: multiprocessing.Queue[Any], error: str | None) -> None:
+        total = rusage_cpu_seconds(resource.RUSAGE_SELF)
+        results.put({**self.state, "error": error, "cpu_s": total - self.state["cpu_at_ready"], "cpu_s_total": total})
+
+
 def _subscriber(
     env: dict[str, str],
     topic_filter: str,
@@ -53,10 +78,10 @@ def _subscriber(
     client_name: ClientName,
 ) -> None:
     """A bare subscriber at QoS 1 (the client acknowledges each message after on_message): the ceiling."""
+    tally = _Tally(ready)
     if client_name == "gmqtt":
-        asyncio.run(_gmqtt_subscriber(env, topic_filter, expected, timeout_s, ready, results))
+        tally.report(results, asyncio.run(_gmqtt_subscriber(env, topic_filter, expected, timeout_s, tally)))
         return
-    state = {"received": 0, "first_at": float("nan"), "last_at": float("nan"), "cpu_at_ready": float("nan")}
     # The bridge's user may use only the bridge's client ids (the throwaway stack's "*-bridge-*").
     make = PipelineClient if client_name == "pipeline" else mqtt.Client
     client = make(CallbackAPIVersion.VERSION2, client_id=f"bare-bridge-{time.time_ns()}", protocol=mqtt.MQTTv5)
@@ -68,15 +93,10 @@ def _subscriber(
 
     def on_subscribe(_c: Any, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         if not any(code.is_failure for code in codes):
-            state["cpu_at_ready"] = rusage_cpu_seconds(resource.RUSAGE_SELF)
-            ready.set()
+            tally.subscribed()
 
     def on_message(_c: Any, _u: Any, _message: Any) -> None:
-        now = time.time()
-        if state["received"] == 0:
-            state["first_at"] = now
-        state["received"] += 1
-        state["last_at"] = now
+        tally.received()
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
@@ -85,24 +105,18 @@ def _subscriber(
     try:
         client.connect(env["MQTT_HOST"], int(env["MQTT_PORT"]), clean_start=True)
         deadline = time.monotonic() + timeout_s
-        while state["received"] < expected and time.monotonic() < deadline:
+        while tally.state["received"] < expected and time.monotonic() < deadline:
             client.loop(timeout=0.05)
         client.disconnect()
     except Exception as failure:  # noqa: BLE001 - reported to the parent
         error = f"{type(failure).__name__}: {failure}"
-    total = rusage_cpu_seconds(resource.RUSAGE_SELF)
-    results.put({**state, "error": error, "cpu_s": total - state["cpu_at_ready"], "cpu_s_total": total})
+    tally.report(results, error)
 
 
 async def _gmqtt_subscriber(
-    env: dict[str, str],
-    topic_filter: str,
-    expected: int,
-    timeout_s: float,
-    ready: multiprocessing.synchronize.Event,
-    results: multiprocessing.Queue[Any],
-) -> None:
-    """The same subscriber on gmqtt, MQTT 5.
+    env: dict[str, str], topic_filter: str, expected: int, timeout_s: float, tally: _Tally
+) -> str | None:
+    """The same subscriber on gmqtt, MQTT 5; returns what went wrong, if anything.
 
     ``optimistic_acknowledgement=False``: gmqtt sends the PUBACK once ``on_message``
     has returned its reason code, as paho does (gmqtt's default acknowledges first).
@@ -110,21 +124,14 @@ async def _gmqtt_subscriber(
     never sent), so ``on_message`` is ``async``: a task per message, which is what
     acknowledging after the work costs on gmqtt.
     """
-    state = {"received": 0, "first_at": float("nan"), "last_at": float("nan"), "cpu_at_ready": float("nan")}
     done = asyncio.Event()
 
     def on_subscribe(_c: Any, _mid: int, codes: Any, _p: Any) -> None:
         if all(code < 0x80 for code in codes):
-            state["cpu_at_ready"] = rusage_cpu_seconds(resource.RUSAGE_SELF)
-            ready.set()
+            tally.subscribed()
 
     async def on_message(_c: Any, _topic: str, _payload: bytes, _qos: int, _p: Any) -> int:
-        now = time.time()
-        if state["received"] == 0:
-            state["first_at"] = now
-        state["received"] += 1
-        state["last_at"] = now
-        if state["received"] >= expected:
+        if tally.received() >= expected:
             done.set()
         return 0  # success: gmqtt acknowledges
 
@@ -140,8 +147,7 @@ async def _gmqtt_subscriber(
         await client.disconnect()
     except Exception as failure:  # noqa: BLE001 - reported to the parent
         error = f"{type(failure).__name__}: {failure}"
-    total = rusage_cpu_seconds(resource.RUSAGE_SELF)
-    results.put({**state, "error": error, "cpu_s": total - state["cpu_at_ready"], "cpu_s_total": total})
+    return error
 
 
 class BareSubscriber:
