@@ -11,7 +11,6 @@ for the next one to arrive).
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import struct
@@ -21,7 +20,7 @@ from typing import Any
 from unittest import mock
 
 import paho.mqtt.client as paho
-from hypothesis import Phase, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from paho.mqtt import _packet
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -29,13 +28,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from pipeline import mqtt
-
-
-def budget(max_examples: int) -> settings:
-    """``max_examples``, or 30 without shrinking under ``make mutation`` (mutmut sets MUTANT_UNDER_TEST)."""
-    if "MUTANT_UNDER_TEST" in os.environ:
-        return settings(max_examples=30, deadline=None, phases=[Phase.explicit, Phase.generate])
-    return settings(max_examples=max_examples, deadline=None)
 
 
 def remaining_length(n: int) -> bytes:
@@ -200,7 +192,7 @@ def cut(data: bytes, points: list[int]) -> Iterator[bytes]:
         at = point
 
 
-@budget(300)
+@settings(max_examples=300, deadline=None)
 @given(
     protocol=st.sampled_from([paho.MQTTv5, paho.MQTTv311]),
     data=st.data(),
@@ -239,7 +231,7 @@ def check_delivery(items: list[Publish | bytes], protocol: MQTTProtocolVersion, 
     assert wired.written() == replies
 
 
-@budget(200)
+@settings(max_examples=200, deadline=None)
 @given(mids=st.lists(st.integers(1, 65535), max_size=600))
 @example(mids=[])
 def test_ack_all_sends_the_pubacks_paho_sends_one_by_one(mids: list[int]) -> None:
@@ -266,7 +258,7 @@ def test_ack_all_sends_the_pubacks_paho_sends_one_by_one(mids: list[int]) -> Non
     before=st.lists(publishes(paho.MQTTv5), min_size=1, max_size=5),
     after=publishes(paho.MQTTv5).filter(lambda item: item.qos < 2),
 )
-@budget(100)
+@settings(max_examples=100, deadline=None)
 def test_a_dropped_connection_drops_what_was_read_from_it(before: list[Publish], after: Publish) -> None:
     """A malformed packet closes the connection; the packets read behind it in the same block are not delivered."""
     wired = Wired()
