@@ -273,13 +273,11 @@ class Bridge:
 
     def done(self, batch: list[Incoming]) -> None:
         """Acknowledge the batch: MongoDB and Kafka have every reading, the rejections are kept."""
-        # A message from an earlier connection is redelivered on the new one
-        # (persistent session); acking its old packet id could ack another message.
-        current = [item for item in batch if item.qos > 0 and item.connection == self.connection]
-        self.client.ack_all(item.mid for item in current if item.qos == 1)
-        for item in current:
-            if item.qos == 2:
-                self.client.ack(item.mid, item.qos)
+        # Only QoS 1 is acknowledged: the subscription is QoS 1, so nothing arrives at QoS 2, and a
+        # QoS 0 message (the broker's own topics) has no packet id to acknowledge. A message from an
+        # earlier connection is redelivered on the new one (persistent session); acking its old
+        # packet id could ack another message.
+        self.client.ack_all(item.mid for item in batch if item.qos == 1 and item.connection == self.connection)
         metrics.INBOX.dec(len(batch))
 
     def tick(self) -> None:

@@ -140,6 +140,14 @@ def test_a_batch_is_acknowledged_once_every_reading_in_it_is_durable() -> None:
     assert built.client.acked == [(1, 1), (2, 1), (3, 1)]
 
 
+def test_only_qos_1_messages_of_this_connection_are_acknowledged() -> None:
+    """A QoS 0 message has no packet id (a PUBACK for it is a protocol error); an older connection's id is stale."""
+    built = make_bridge()
+    batch = [reading("r-1", mid=1), reading("r-2", mid=0, qos=0), reading("r-3", mid=3, connection=-1)]
+    assert built.bridge.loop.process([*batch, reading("r-4", mid=4)])
+    assert built.client.acked == [(1, 1), (4, 1)]
+
+
 def test_nothing_is_acknowledged_while_mongodb_is_away() -> None:
     built = make_bridge(store_failures=1, stop_on_store_failure=True)
     assert not built.bridge.loop.process([reading("r-1", mid=7)]), "stopped before the batch was durable"
