@@ -165,7 +165,7 @@ def _rates(bench: Bench) -> tuple[list[float], list[float], list[float]]:
     """(fixed rates, rates to try above 1,000/s, rates to try below it if 1,000/s is too much)."""
     if bench.quick:
         return [100, TARGET_RATE], [1500, 2250], [700, 400]
-    return [100, TARGET_RATE], [1500, 2000, 2500, 3000, 4000], [800, 600, 400, 200]
+    return [100, TARGET_RATE], [1500, 2000, 2500, 3000, 4000, 5000, 6000], [800, 600, 400, 200]
 
 
 def stack_cpu_ms(phase: dict[str, Any]) -> float:
