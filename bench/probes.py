@@ -31,6 +31,16 @@ def metric(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **
     return sum(value for series, value in samples.get(name, []) if all(series.get(k) == v for k, v in labels.items()))
 
 
+def last_stored_at(samples: dict[str, list[tuple[dict[str, str], float]]], sensors: list[str]) -> float:
+    """When a bridge last stored a reading of any of ``sensors`` (Unix time, its clock; 0 if none was).
+
+    Exact to the batch, where polling for the stored count is only as fine as
+    the poll (and each poll is work for the bridge: it renders its metrics).
+    """
+    name = "pipeline_sensor_last_stored_timestamp_seconds"
+    return max((metric(samples, name, sensor=sensor) for sensor in sensors), default=0.0)
+
+
 def histogram(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> dict[float, float]:
     """A histogram's cumulative bucket counts {upper bound: count} (``name`` without ``_bucket``)."""
     buckets: dict[float, float] = {}

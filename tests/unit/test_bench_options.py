@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench import bridge, common, report
+from bench import bridge, common, probes, report
 from bench.common import Bench
 from bench.namespace import Namespace
 from localstack import namespace as localstack_namespace
@@ -97,7 +97,7 @@ def test_the_ratio_bound_is_one_when_the_bridge_adds_nothing_and_falls_as_kafka_
     publishers, mosquitto, _ = base
     bare = _run({"publishers": publishers, "Mosquitto": mosquitto, "subscriber or bridge": subscriber})
     nothing_more = _run({"publishers": publishers, "Mosquitto": mosquitto, "subscriber or bridge": own})
-    assert math.isclose(bridge.ratio_bound(bare, bare, nothing_more), 1.0), "its own cost is left out"
+    assert math.isclose(bridge.ratio_bound(bare, nothing_more), 1.0), "its own cost is left out"
     kafka, ferretdb = servers
     with_servers = _run(
         {
@@ -108,6 +108,34 @@ def test_the_ratio_bound_is_one_when_the_bridge_adds_nothing_and_falls_as_kafka_
             "FerretDB": ferretdb,
         }
     )
-    bound = bridge.ratio_bound(bare, bare, with_servers)
+    bound = bridge.ratio_bound(bare, with_servers)
     total = publishers + mosquitto + subscriber
     assert math.isclose(bound, total / (total + kafka + ferretdb))
+
+
+SENSOR_IDS = st.lists(st.from_regex(r"s[0-9]{1,3}", fullmatch=True), unique=True, max_size=6)
+
+
+@given(mine=SENSOR_IDS, others=SENSOR_IDS, times=st.lists(st.floats(1e9, 2e9), min_size=12, max_size=12))
+def test_a_runs_end_is_the_latest_stored_time_of_its_own_sensors_and_no_one_elses(
+    mine: list[str], others: list[str], times: list[float]
+) -> None:
+    others = [s for s in others if s not in mine]
+    at = dict(zip(mine + others, times, strict=False))
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {
+        "pipeline_sensor_last_stored_timestamp_seconds": [({"sensor": s}, t) for s, t in at.items()],
+        "pipeline_readings_stored_total": [({}, 3e9)],
+    }
+    expected = max((at[s] for s in mine), default=0.0)
+    assert probes.last_stored_at(samples, mine) == expected
+    assert probes.last_stored_at({}, mine) == 0.0, "no series: no time (the benchmark then stops and says so)"
+
+
+def test_the_cpu_table_takes_each_parts_mean_over_the_rounds() -> None:
+    runs = [_run({"publishers": 0.05 + i / 100, "subscriber or bridge": 0.04}) for i in range(3)]
+    for rate, run in zip((10_000, 12_000, 20_000), runs, strict=True):
+        run["readings_per_s"] = rate
+    mean = bridge._mean_run(runs)
+    assert mean["readings_per_s"] == 14_000
+    assert math.isclose(mean["cpu_ms_per_reading"]["publishers"], 0.06)
+    assert math.isclose(mean["cpu_ms_per_reading"]["all"], 0.10)
