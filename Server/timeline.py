@@ -54,6 +54,7 @@ from pipeline.periods import (
     FLOOR,
     MINUTE,
     PeriodIds,
+    Totals,
     epoch_minute,
     pack_forecasts,
     pack_points,
@@ -83,30 +84,6 @@ KEYS_REMEMBERED = 10_000
 
 #: An update of one document: its ``_id`` and the update operators.
 Update = tuple[str, dict[str, Any]]
-
-
-@dataclass
-class Totals:
-    """Count, sum, min and max of some readings."""
-
-    count: int = 0
-    total: float = 0.0
-    low: float = float("inf")
-    high: float = float("-inf")
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        self.total += value
-        self.low = min(self.low, value)
-        self.high = max(self.high, value)
-
-    def update(self) -> dict[str, Any]:
-        """The update operators that add these totals to a stored document."""
-        return {
-            "$inc": {"count": self.count, "sum": self.total},
-            "$min": {"min": self.low},
-            "$max": {"max": self.high},
-        }
 
 
 @dataclass
@@ -165,30 +142,24 @@ class Timeline:
         self._keys = PeriodIds(KEYS_REMEMBERED)
 
     def touch(self, readings: Iterable[contract.Reading]) -> None:
-        """Add newly stored readings."""
+        """Add newly stored readings (their hours and days are added up from the minutes at each flush)."""
         now = None
         with self._lock:
             for r in readings:
-                start = FLOOR[MINUTE](r.ts)
-                key, rollups = self._keys.of(r.sensor, start)
+                key = self._keys.of(r.sensor, FLOOR[MINUTE](r.ts))[0]
                 minute = self._minutes.get(key)
                 if minute is None:
-                    minute = self._minutes[key] = Minute(r.sensor, start)
+                    minute = self._minutes[key] = Minute(r.sensor, FLOOR[MINUTE](r.ts))
                 minute.totals.add(r.v)
-                pushed = self._pushed.get(key, 0) + len(minute.points)
-                if pushed < MINUTE_POINTS_MAX:
+                if self._pushed.get(key, 0) + len(minute.points) < MINUTE_POINTS_MAX:
                     minute.points.append({"id": r.id, "ts": r.ts, "v": r.v})
                 else:
                     minute.dropped += 1
-                for rollup_key, begins in rollups:
-                    rollup = self._rollups.get(rollup_key)
-                    if rollup is None:
-                        rollup = self._rollups[rollup_key] = (r.sensor, begins, Totals())
-                    rollup[2].add(r.v)
                 seen = self._seen.get(r.sensor)
                 if seen is None:
                     seen = self._seen[r.sensor] = Seen()
-                if seen.last is None or (r.ts, r.v, r.id) > (seen.last["ts"], seen.last["v"], seen.last["id"]):
+                last = seen.last
+                if last is None or r.ts >= last["ts"] and (r.ts, r.v, r.id) > (last["ts"], last["v"], last["id"]):
                     seen.last = {"ts": r.ts, "v": r.v, "id": r.id}
                 received = r.received_at or now or (now := datetime.now(UTC))
                 if seen.first_seen is None or received < seen.first_seen:
@@ -197,7 +168,10 @@ class Timeline:
                     seen.last_seen = received
                 at = epoch_minute(received)
                 seen.received[at] = seen.received.get(at, 0) + 1
-                self._recent.setdefault(r.sensor, deque(maxlen=RECENT_TS)).append(r.ts)
+                recent = self._recent.get(r.sensor)
+                if recent is None:
+                    recent = self._recent[r.sensor] = deque(maxlen=RECENT_TS)
+                recent.append(r.ts)
 
     def touch_predictions(self, predictions: Iterable[dict[str, Any]]) -> None:
         """Add newly stored predictions (MongoDB documents) to their reading's minute."""
@@ -232,6 +206,11 @@ class Timeline:
             anomalies = list(self._anomalies) if self._anomalies_changed else None
             self._anomalies_changed = False
             intervals = {sensor: _interval(self._recent[sensor]) for sensor in seen}
+            for minute in minutes.values():
+                for rollup_key, begins in self._keys.of(minute.sensor, minute.start)[1] if minute.totals.count else ():
+                    if rollup_key not in self._rollups:
+                        self._rollups[rollup_key] = (minute.sensor, begins, Totals())
+                    self._rollups[rollup_key][2].merge(minute.totals)
             rollups: dict[tuple[str, str], tuple[str, datetime, Totals]] = {}
             if everything or now.timestamp() >= self._rollups_due:
                 rollups, self._rollups = self._rollups, {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -160,3 +161,35 @@ def _rows(chunk: Any, width: int) -> list[list[Any]]:
 
 def _skipped(document: dict[str, Any], field: str, chunk: Any, error: Exception) -> None:
     logger.warning("%s %s: a chunk left out (%s): %.80r", document.get("_id"), field, error, chunk)
+
+
+@dataclass
+class Totals:
+    """Count, sum, min and max of one period's readings (a minute's, or an hour's made of its minutes')."""
+
+    count: int = 0
+    total: float = 0.0
+    low: float = float("inf")
+    high: float = float("-inf")
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        if value < self.low:
+            self.low = value
+        if value > self.high:
+            self.high = value
+
+    def merge(self, other: Totals) -> None:
+        self.count += other.count
+        self.total += other.total
+        self.low = min(self.low, other.low)
+        self.high = max(self.high, other.high)
+
+    def update(self) -> dict[str, Any]:
+        """The update operators that add these totals to a stored document."""
+        return {
+            "$inc": {"count": self.count, "sum": self.total},
+            "$min": {"min": self.low},
+            "$max": {"max": self.high},
+        }

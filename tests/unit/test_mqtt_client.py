@@ -289,3 +289,71 @@ def test_the_empty_properties_of_one_message_are_not_shared_with_the_next() -> N
     messages[0].properties.ContentType = "text/csv"
     assert not hasattr(messages[1].properties, "ContentType")
     assert messages[1].properties.json() == Properties(PacketTypes.PUBLISH).json()
+
+
+LEVELS = st.sampled_from(["sensors", "s1", "s2", "readings", "$SYS", "x"])
+TOPICS = st.lists(LEVELS, min_size=1, max_size=3).map("/".join)
+
+
+def _under(levels: list[str]) -> str:
+    return "/".join([*levels, "#"])
+
+
+FILTERS = st.lists(st.sampled_from(["sensors", "s1", "readings", "+", "$SYS"]), min_size=1, max_size=3).map(
+    "/".join
+) | st.lists(LEVELS, max_size=2).map(_under)
+
+
+def dispatched(client: paho.Client, filters: list[str], removed: list[str], topics: list[bytes]) -> list[Any]:
+    """Which callback got each message: ``on_message`` or a per-topic callback (by its filter)."""
+    got: list[Any] = []
+    client.on_message = lambda _c, _u, m: got.append(("on_message", m.mid))
+
+    def recorder(topic_filter: str) -> Any:
+        return lambda _c, _u, m: got.append((topic_filter, m.mid))
+
+    for topic_filter in filters:
+        client.message_callback_add(topic_filter, recorder(topic_filter))
+    for topic_filter in removed:
+        client.message_callback_remove(topic_filter)
+    for mid, topic in enumerate(topics):
+        client._handle_on_message(paho.MQTTMessage(mid, topic))
+    return sorted(got, key=lambda item: (item[1], item[0]))
+
+
+@given(
+    filters=st.lists(FILTERS, max_size=4),
+    remove=st.lists(st.integers(0, 3), max_size=4),
+    topics=st.lists(TOPICS.map(str.encode) | st.just(b"sensors/\xff/readings"), max_size=8),
+)
+def test_each_message_goes_to_the_callbacks_paho_would_give_it(
+    filters: list[str], remove: list[int], topics: list[bytes]
+) -> None:
+    """With or without per-topic callbacks (added, then maybe all removed again), as paho dispatches."""
+    removed = [filters[i] for i in remove if i < len(filters)]
+    ours = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=paho.MQTTv5)
+    theirs = paho.Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=paho.MQTTv5)
+    assert dispatched(ours, filters, removed, topics) == dispatched(theirs, filters, removed, topics)
+
+
+def test_an_exception_in_on_message_is_raised_or_logged_as_paho_does() -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=paho.MQTTv5)
+    logged: list[str] = []
+    client.on_log = lambda _c, _u, _level, text: logged.append(text)
+
+    def broken(_c: Any, _u: Any, _m: Any) -> None:
+        raise ValueError("bad reading")
+
+    client.on_message = broken
+    client.suppress_exceptions = True
+    client._handle_on_message(paho.MQTTMessage(1, b"sensors/s1/readings"))
+    assert logged == ["Caught exception in on_message: bad reading"]
+    client.suppress_exceptions = False
+    try:
+        client._handle_on_message(paho.MQTTMessage(2, b"sensors/s1/readings"))
+    except ValueError as error:
+        assert str(error) == "bad reading"
+    else:
+        raise AssertionError("on_message's exception was swallowed")
+    client.on_message = None
+    client._handle_on_message(paho.MQTTMessage(3, b"sensors/s1/readings"))  # no callback: nothing to call
