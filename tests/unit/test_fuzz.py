@@ -25,7 +25,7 @@ from typing import Any
 
 import bson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from Models_analysis.model import LoadedModel, score
@@ -300,13 +300,18 @@ def test_results_sink_on_mutated_results(raw: bytes, is_alert: bool) -> None:
 
 
 def test_the_fuzzer_reaches_acceptance() -> None:
-    """Guard against a strategy that only ever produces rejections (the property would hold vacuously)."""
+    """Guard against a strategy that only ever produces rejections (the property would hold vacuously).
+
+    About 1-4 % of the mutated readings are valid (2 to 12 of 300, in 15 runs): 300 examples found none
+    now and then (seen once in a run of the unit tests), so the guard draws 2,000.
+    """
     accepted = 0
 
+    @settings(max_examples=2000, database=None)
     @given(readings())
     def count(raw: bytes) -> None:
         nonlocal accepted
         accepted += check_bridge(raw) is not None
 
     count()
-    assert accepted > 0
+    assert accepted > 0, "none of 2,000 mutated readings was valid"
