@@ -177,8 +177,6 @@ class StackConfig:
                     + " (`make env` writes them to .env; see .env.example)"
                 )
         if self.tls_dir is not None:
-            if self.kafka_brokers > 1:
-                raise ConfigError("KAFKA_BROKERS above 1 with STACK_TLS_DIR: the local Kafka cluster runs without TLS")
             if require_secrets:  # (stop, status and logs need no certificates)
                 from localstack.tls import missing_files
 

@@ -2,8 +2,8 @@
 
 ``python -m localstack certs DIR`` writes them; the local stack reads them from
 ``STACK_TLS_DIR`` and Compose from ``./tls`` (docker-compose.tls.yml). One
-certificate serves every server: its names are the Compose service names, ``localhost``
-and 127.0.0.1, so each client checks the host name it connects to. Files:
+certificate serves every server: its names are the Compose service names (the Kafka
+cluster's three brokers too), ``localhost`` and 127.0.0.1, so each client checks the host name it connects to. Files:
 
     ca.crt, ca.key        the CA (give ca.crt to the clients: *_TLS_CA_FILE)
     server.crt, server.key the servers' certificate and key (PEM; Mosquitto, FerretDB, mongo-express, the page)
@@ -24,7 +24,7 @@ from pathlib import Path
 from localstack.config import StackError
 
 #: The names in the server certificate: every Compose service a client connects to, and this machine.
-SERVER_NAMES = ("localhost", "mosquitto", "kafka", "mongo", "mongo-express", "dashboard")
+SERVER_NAMES = ("localhost", "mosquitto", "kafka", "kafka-2", "kafka-3", "mongo", "mongo-express", "dashboard")
 SERVER_IPS = ("127.0.0.1",)
 #: The files a TLS folder must hold.
 TLS_FILES = ("ca.crt", "server.crt", "server.key", "server.pem", "kafka.p12", "kafka.password")

@@ -32,7 +32,26 @@ from pipeline import contract
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 #: Where the modules that start a further stack put it, above their worker's port base
 #: (tests/integration/test_tls.py, tests/faults/test_cluster.py; kept apart by tests/unit/test_test_workers.py).
-TLS_STACK_OFFSET, CLUSTER_STACK_OFFSET = 500, 100
+TLS_STACK_OFFSET, CLUSTER_STACK_OFFSET, TLS_CLUSTER_STACK_OFFSET = 500, 100, 300
+
+
+def kafka_client(stack_env: Mapping[str, str]) -> dict[str, Any]:
+    """How a test reaches a stack's Kafka: every broker, and where Kafka wants TLS, the CA and the bridge's login."""
+    config: dict[str, Any] = {"bootstrap.servers": stack_env["KAFKA_BOOTSTRAP_SERVERS"]}
+    if stack_env.get("KAFKA_TLS_CA_FILE"):
+        config |= {
+            "security.protocol": "SASL_SSL",
+            "ssl.ca.location": stack_env["KAFKA_TLS_CA_FILE"],
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": stack_env["KAFKA_SERVER_USERNAME"],
+            "sasl.password": stack_env["KAFKA_SERVER_PASSWORD"],
+        }
+    return config
+
+
+def _client(kafka: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A client configuration from bootstrap servers, or from :func:`kafka_client`'s."""
+    return {"bootstrap.servers": kafka} if isinstance(kafka, str) else dict(kafka)
 
 
 def publish(
@@ -80,11 +99,16 @@ def payload(item: contract.Reading) -> bytes:
     return contract.dumps(item.to_message())
 
 
-def consume(bootstrap: str, topic: str, quiet_s: float = 3.0, timeout_s: float = 60.0, want: int = 0) -> list[Any]:
-    """Every record on ``topic`` from the start: returns when ``want`` are read and the topic stays quiet."""
+def consume(
+    kafka: str | Mapping[str, Any], topic: str, quiet_s: float = 3.0, timeout_s: float = 60.0, want: int = 0
+) -> list[Any]:
+    """Every record on ``topic`` from the start: returns when ``want`` are read and the topic stays quiet.
+
+    ``kafka``: bootstrap servers, or a client configuration (:func:`kafka_client`).
+    """
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **_client(kafka),
             "group.id": f"test-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -107,9 +131,9 @@ def consume(bootstrap: str, topic: str, quiet_s: float = 3.0, timeout_s: float =
     return records
 
 
-def uncommitted(bootstrap: str, group: str, topic: str) -> int:
+def uncommitted(kafka: str | Mapping[str, Any], group: str, topic: str) -> int:
     """Records on ``topic`` past the offsets ``group`` has committed (all of them if it committed none)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer({**_client(kafka), "group.id": group, "enable.auto.commit": False})
     try:
         partitions = [
             TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions

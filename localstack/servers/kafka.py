@@ -7,7 +7,8 @@ each start from the one source Compose uses (:mod:`localstack.servers.kafka_prop
 the ``kafka`` service of docker-compose.yml, with docker-compose.tls.yml's
 (TLS) or the node's service of docker-compose.cluster.yml (a cluster) over it.
 
-With TLS (STACK_TLS_DIR, one node only) clients log in with SCRAM-SHA-512: the
+With TLS (STACK_TLS_DIR; one node, or the cluster with docker-compose.cluster-tls.yml
+over it) clients log in with SCRAM-SHA-512: the
 broker's own user and the bridge's and model service's are written into the
 storage when it is formatted, and the bridge's and the model's passwords are
 set again at every start, once the broker answers (:meth:`Kafka._set_passwords`),
@@ -23,12 +24,15 @@ import subprocess
 from pathlib import Path
 from typing import IO, Any
 
+import yaml
+
 from localstack.cluster import KafkaNode, kafka_nodes, node_name
 from localstack.config import PACKAGE_DIR, StackConfig, StackError, component_versions
 from localstack.process import base_env, find_executable, port_open
 from localstack.servers.base import Server
 from localstack.servers.kafka_properties import (
     COMPOSE_CLUSTER_FILE,
+    COMPOSE_CLUSTER_TLS_FILE,
     COMPOSE_FILE,
     COMPOSE_TLS_FILE,
     LOCAL_PROPERTIES,
@@ -43,6 +47,7 @@ from localstack.servers.kafka_properties import (
 # What tests and other modules import from here.
 __all__ = [
     "COMPOSE_CLUSTER_FILE",
+    "COMPOSE_CLUSTER_TLS_FILE",
     "COMPOSE_FILE",
     "LOCAL_PROPERTIES",
     "MACHINE_SETTINGS",
@@ -103,42 +108,33 @@ class Kafka(Server):
         config = self.config
         node = self.node
         local_ports = {"KAFKA_PORT": node.port, "KAFKA_CONTROLLER_PORT": node.controller_port}
+        # The Compose files over docker-compose.yml, in the order `docker compose -f` merges them.
+        overrides: list[tuple[str, str, str]] = []
         if self.cluster:
-            compose = compose_kafka_settings(
-                COMPOSE_FILE.read_text(),
-                COMPOSE_CLUSTER_FILE.read_text(),
-                service=self.name,
-                override_file=COMPOSE_CLUSTER_FILE.name,
-            )
-            if compose.get("node.id") != str(self.node_id):
-                raise StackError(
-                    f"{COMPOSE_CLUSTER_FILE.name}: service {self.name} has KAFKA_NODE_ID {compose.get('node.id')}, "
-                    f"not {self.node_id}"
-                )
-            return render_kafka_properties(
-                compose,
-                LOCAL_PROPERTIES.read_text(),
-                local_ports,
-                num_partitions=config.kafka_num_partitions,
-                log_dirs=self.log_dirs,
-                cluster=self.cluster,
-            )
-        compose = (
-            compose_kafka_settings(
-                COMPOSE_FILE.read_text(),
-                COMPOSE_TLS_FILE.read_text(),
-                variables={"KAFKA_BROKER_PASSWORD": config.kafka_broker_password},
-                secrets_dir=config.tls_dir,
-            )
-            if config.tls
-            else compose_kafka_settings(COMPOSE_FILE.read_text())
+            overrides.append((COMPOSE_CLUSTER_FILE.read_text(), COMPOSE_CLUSTER_FILE.name, self.name))
+        if config.tls:
+            overrides.append((COMPOSE_TLS_FILE.read_text(), COMPOSE_TLS_FILE.name, "kafka"))
+            cluster_tls = yaml.safe_load(COMPOSE_CLUSTER_TLS_FILE.read_text())["services"]
+            if self.cluster and self.name in cluster_tls:
+                overrides.append((COMPOSE_CLUSTER_TLS_FILE.read_text(), COMPOSE_CLUSTER_TLS_FILE.name, self.name))
+        compose = compose_kafka_settings(
+            COMPOSE_FILE.read_text(),
+            overrides,
+            variables={"KAFKA_BROKER_PASSWORD": config.kafka_broker_password} if config.tls else None,
+            secrets_dir=config.tls_dir,
         )
+        if self.cluster and compose.get("node.id") != str(self.node_id):
+            raise StackError(
+                f"{COMPOSE_CLUSTER_FILE.name}: service {self.name} has KAFKA_NODE_ID {compose.get('node.id')}, "
+                f"not {self.node_id}"
+            )
         return render_kafka_properties(
             compose,
             LOCAL_PROPERTIES.read_text(),
             local_ports,
-            num_partitions=self.config.kafka_num_partitions,
+            num_partitions=config.kafka_num_partitions,
             log_dirs=self.log_dirs,
+            cluster=self.cluster,
         )
 
     def _java(self) -> str:

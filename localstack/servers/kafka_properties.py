@@ -1,8 +1,9 @@
 """Kafka's ``server.properties``, rendered from Compose's ``kafka`` services (pure functions).
 
 The one source is the ``KAFKA_*`` variables Compose gives its brokers: the
-``kafka`` service of docker-compose.yml, with docker-compose.tls.yml's (TLS) or
-docker-compose.cluster.yml's (``kafka``, ``kafka-2``, ``kafka-3``) over them,
+``kafka`` service of docker-compose.yml, with docker-compose.tls.yml's (TLS),
+docker-compose.cluster.yml's (``kafka``, ``kafka-2``, ``kafka-3``) or, on a
+cluster with TLS, both and docker-compose.cluster-tls.yml's over them,
 turned into properties as the apache/kafka image turns them
 (:func:`kafka_property`, :func:`image_ssl_files`). Only what names a machine
 differs (:data:`MACHINE_SETTINGS`: listeners on 127.0.0.1 with this stack's
@@ -30,6 +31,8 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 COMPOSE_TLS_FILE = REPO_ROOT / "docker-compose.tls.yml"
 #: Compose's three-broker override: its kafka, kafka-2 and kafka-3 services, with KAFKA_BROKERS=3.
 COMPOSE_CLUSTER_FILE = REPO_ROOT / "docker-compose.cluster.yml"
+#: Compose's TLS for kafka-2 and kafka-3, after COMPOSE_CLUSTER_FILE and COMPOSE_TLS_FILE.
+COMPOSE_CLUSTER_TLS_FILE = REPO_ROOT / "docker-compose.cluster-tls.yml"
 #: Where the apache/kafka image reads its keystore and credentials files (the ./tls folder in Compose).
 IMAGE_SECRETS_DIR = "/etc/kafka/secrets/"
 #: Image variables naming a file in IMAGE_SECRETS_DIR: the property each sets, and whether to the file's path
@@ -85,29 +88,32 @@ def _kafka_environment(compose_text: str, file: str, name: str = "kafka") -> dic
 _INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?::?[?-][^}]*)?\}")
 
 
+#: One Compose file over docker-compose.yml: its text, its name (for errors) and the service to read from it.
+Override = tuple[str, str, str]
+
+
 def compose_kafka_settings(
     compose_text: str,
-    override_text: str | None = None,
+    overrides: Sequence[Override] = (),
     *,
     variables: Mapping[str, str] | None = None,
     secrets_dir: Path | None = None,
-    service: str = "kafka",
-    override_file: str = "docker-compose.tls.yml",
 ) -> dict[str, str]:
-    """The properties Compose gives its broker: the kafka service's KAFKA_* variables, in file order.
+    """The properties Compose gives a broker: docker-compose.yml's kafka variables, then each override's, in order.
 
-    ``override_text`` (docker-compose.tls.yml) replaces variables and adds its own,
-    as ``docker compose -f docker-compose.yml -f docker-compose.tls.yml`` merges
-    them. ``${NAME...}`` is filled from ``variables``; without a value for NAME it
-    is refused. The image's SSL file variables (:data:`IMAGE_SSL_FILES`) and paths
-    under /etc/kafka/secrets/ point into ``secrets_dir``, as the image's mount does.
-
-    ``service`` is the override's service to read (``kafka-2`` of
-    docker-compose.cluster.yml: it extends docker-compose.yml's ``kafka``, so
-    its variables go over that service's).
+    Each of ``overrides`` (text, file name, service) replaces variables and adds
+    its own, as ``docker compose -f docker-compose.yml -f ...`` merges the files
+    in that order: docker-compose.tls.yml's ``kafka``; docker-compose.cluster.yml's
+    ``kafka-2`` (it extends docker-compose.yml's ``kafka``, so its variables go
+    over that service's); on a cluster with TLS, the node's service of
+    docker-compose.cluster.yml, then TLS's ``kafka``, then the node's of
+    docker-compose.cluster-tls.yml (which extends TLS's ``kafka``). ``${NAME...}``
+    is filled from ``variables``; without a value for NAME it is refused. The
+    image's SSL file variables (:data:`IMAGE_SSL_FILES`) and paths under
+    /etc/kafka/secrets/ point into ``secrets_dir``, as the image's mount does.
     """
     environment = _kafka_environment(compose_text, "docker-compose.yml")
-    if override_text is not None:
+    for override_text, override_file, service in overrides:
         environment.update(_kafka_environment(override_text, override_file, service))
     settings: dict[str, str] = {}
     for variable, text in environment.items():

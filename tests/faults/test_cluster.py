@@ -36,6 +36,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -46,7 +47,7 @@ from localstack.namespace import free_port
 from localstack.testing import throwaway_stack
 from pipeline import contract
 from tests.conftest import Pipeline, RunningStack, wait_for
-from tests.helpers import ARTIFACTS, CLUSTER_STACK_OFFSET, consume, uncommitted
+from tests.helpers import ARTIFACTS, CLUSTER_STACK_OFFSET, consume, kafka_client, uncommitted
 
 # One pytest-xdist worker runs the whole module: its three brokers are started once for the module.
 pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("cluster")]
@@ -74,18 +75,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     started = time.monotonic()
     state_dir = tmp_path_factory.mktemp("cluster-stack")
     with throwaway_stack(state_dir, PORT_BASE, kafka_brokers=3) as (handle, env):
-        name = f"c{uuid.uuid4().hex[:8]}"
-        pipeline = Pipeline(RunningStack(handle, env, state_dir), name, ARTIFACTS / "logs" / "test_cluster")
-        try:
-            for replica in (1, 2):
-                pipeline.start_server(replica)
-                pipeline.start_model(replica)
+        with services(RunningStack(handle, env, state_dir), "c", "test_cluster", replicas=2) as pipeline:
             TIMINGS["stack and services up"] = time.monotonic() - started
             yield pipeline
-        finally:
-            codes = pipeline.stop_all()
-        crashed = {n: c for n, c in codes.items() if c not in (0, None)}
-        assert not crashed, f"services did not stop cleanly: {crashed}\n{pipeline.logs()}"
     TIMINGS["module"] = time.monotonic() - started
     report = "cluster fault tests, seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in TIMINGS.items())
     report += "\nids with copies per topic: " + json.dumps(COPIES)
@@ -93,10 +85,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     sys.stderr.write(f"\n{report}\n")
 
 
+@contextmanager
+def services(stack: RunningStack, prefix: str, log_name: str, replicas: int) -> Iterator[Pipeline]:
+    """``replicas`` bridges and model services on ``stack``; stopped at the end, when each must exit 0."""
+    pipeline = Pipeline(stack, f"{prefix}{uuid.uuid4().hex[:8]}", ARTIFACTS / "logs" / log_name)
+    try:
+        for replica in range(1, replicas + 1):
+            pipeline.start_server(replica)
+            pipeline.start_model(replica)
+        yield pipeline
+    finally:
+        codes = pipeline.stop_all()
+    crashed = {n: c for n, c in codes.items() if c not in (0, None)}
+    assert not crashed, f"services did not stop cleanly: {crashed}\n{pipeline.logs()}"
+
+
 def admin(pipeline: Pipeline) -> AdminClient:
     """An admin client of the cluster; librdkafka's complaints about a broker that is down go to logging."""
-    bootstrap = pipeline.stack.env["KAFKA_BOOTSTRAP_SERVERS"]
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": logging.getLogger("test_cluster.admin")}
+    config: dict[str, Any] = {**kafka_client(pipeline.stack.env), "logger": logging.getLogger("test_cluster.admin")}
     return AdminClient(config)
 
 
@@ -142,9 +148,7 @@ def acknowledged(ports: list[str]) -> float:
 
 def copies(pipeline: Pipeline, topic: str, ids: set[str], want: int) -> Counter[str]:
     """Records per reading id of ``ids`` on one of the pipeline's topics (the earlier cases' are skipped)."""
-    records = consume(
-        pipeline.stack.env["KAFKA_BOOTSTRAP_SERVERS"], pipeline.topics[topic], quiet_s=2.0, timeout_s=120, want=want
-    )
+    records = consume(kafka_client(pipeline.stack.env), pipeline.topics[topic], quiet_s=2.0, timeout_s=120, want=want)
     seen: Counter[str] = Counter()
     for record in records:
         reading_id = json.loads(record.value())["id"]
@@ -200,12 +204,12 @@ def stream_with_fault(
     query = {"sensor": {"$in": sensor_ids}}
     wait_for(lambda: readings.count_documents(query) >= total, 300, f"{total} readings", pipeline.logs)
     wait_for(lambda: predictions.count_documents(query) >= total, 300, f"{total} predictions", pipeline.logs)
-    bootstrap = pipeline.stack.env["KAFKA_BOOTSTRAP_SERVERS"]
+    kafka = kafka_client(pipeline.stack.env)
     groups = {f"{pipeline.name}-models": "KAFKA_TOPIC_READINGS", f"{pipeline.name}-results": "KAFKA_TOPIC_RESULTS"}
     for group, topic in groups.items():
 
         def committed(group: str = group, topic: str = pipeline.topics[topic]) -> bool:
-            return uncommitted(bootstrap, group, topic) == 0
+            return uncommitted(kafka, group, topic) == 0
 
         wait_for(committed, 60, f"{group} to commit everything", pipeline.logs)
 
@@ -262,6 +266,11 @@ def check_copies(
 
 
 def test_the_pipelines_topics_have_three_replicas_and_need_two_in_sync(cluster: Pipeline) -> None:
+    check_replication(cluster)
+
+
+def check_replication(cluster: Pipeline) -> None:
+    """Every topic of the pipeline, and the offsets topic, on all three brokers; two replicas must confirm a write."""
     for topic in cluster.topics.values():
         for number, partition in partitions(cluster, topic).items():
             assert sorted(partition.replicas) == [1, 2, 3], f"{topic}[{number}] has replicas {partition.replicas}"
@@ -274,6 +283,12 @@ def test_the_pipelines_topics_have_three_replicas_and_need_two_in_sync(cluster: 
 
 
 def test_kill_the_broker_that_leads_the_analytics_partitions(cluster: Pipeline) -> None:
+    kill_the_analytics_leader(cluster, "a")
+
+
+def kill_the_analytics_leader(pipeline: Pipeline, case: str, per_sensor: int = PER_SENSOR) -> None:
+    """Kill -9 the broker leading most ``analytics`` partitions mid-stream, then start it again."""
+
     def fault(p: Pipeline) -> None:
         leaders = Counter(part.leader for part in partitions(p, p.topics["KAFKA_TOPIC_READINGS"]).values())
         leader = node_name(leaders.most_common(1)[0][0])
@@ -294,7 +309,15 @@ def test_kill_the_broker_that_leads_the_analytics_partitions(cluster: Pipeline) 
     killed: list[str] = []
     # The killed broker may have coordinated the model services' group: the group then rebalances and re-scores
     # what it had not committed (up to a second of batches), so predictions and alerts may be copied, as in (c).
-    stream_with_fault(cluster, "a", fault, recover=recover, broker_fault=True, doubles_may_reach=REBALANCE_COPIES)
+    stream_with_fault(
+        pipeline,
+        case,
+        fault,
+        per_sensor=per_sensor,
+        recover=recover,
+        broker_fault=True,
+        doubles_may_reach=REBALANCE_COPIES,
+    )
 
 
 def _readings(p: Pipeline) -> dict[int, Any]:

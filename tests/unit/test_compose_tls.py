@@ -8,21 +8,27 @@ themselves are exercised in tests/integration/test_tls.py.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from localstack.servers.kafka import compose_kafka_settings
+from localstack.config import REQUIRED_SECRETS, StackConfig
+from localstack.servers.kafka import MACHINE_SETTINGS, compose_kafka_settings, parse_properties
+from localstack.stack import Stack
 from localstack.tls import TLS_FILES, make_certificates, missing_files
 from tests.unit.test_compose import compose_config, run_entrypoint
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_TLS = ROOT / "docker-compose.tls.yml"
+#: docker-compose.tls.yml's kafka over docker-compose.yml's (compose_kafka_settings' override).
+TLS_KAFKA = (COMPOSE_TLS.read_text(), COMPOSE_TLS.name, "kafka")
 #: The Python services and the TLS files each must be given.
 SERVICE_TLS = {
     "server": {"MQTT_TLS_CA_FILE", "KAFKA_TLS_CA_FILE", "MONGO_TLS_CA_FILE"},
@@ -102,11 +108,13 @@ def test_kafka_clients_log_in_with_the_users_the_broker_is_formatted_with(merged
         assert f"name={user}," in command
 
 
-def format_properties(merged: dict[str, Any]) -> dict[str, str]:
-    """The properties the kafka command writes for its first `kafka-storage format`."""
-    script = merged["services"]["kafka"]["command"][-1]
+def format_properties(merged: dict[str, Any], service: str = "kafka") -> dict[str, str]:
+    """The properties a broker's command writes for its first `kafka-storage format` (its shell's $NAME filled in)."""
+    script = merged["services"][service]["command"][-1]
+    environment = merged["services"][service]["environment"]
     words = shlex.split(script.split(">", 1)[0].removeprefix("printf '%s\\n'"))
-    return dict(word.split("=", 1) for word in words)
+    filled = [re.sub(r"\$\$([A-Z_]+)", lambda m: str(environment[m[1]]), word) for word in words]
+    return dict(word.split("=", 1) for word in filled)
 
 
 def test_the_format_before_the_image_agrees_with_the_brokers_settings(merged: dict[str, Any], tmp_path: Path) -> None:
@@ -114,7 +122,7 @@ def test_the_format_before_the_image_agrees_with_the_brokers_settings(merged: di
     make_certificates(tmp_path)
     written = format_properties(merged)
     broker = compose_kafka_settings(
-        COMPOSE.read_text(), COMPOSE_TLS.read_text(), variables={"KAFKA_BROKER_PASSWORD": "x"}, secrets_dir=tmp_path
+        COMPOSE.read_text(), [TLS_KAFKA], variables={"KAFKA_BROKER_PASSWORD": "x"}, secrets_dir=tmp_path
     )
     for key, value in written.items():
         assert broker.get(key) == value, f"the format step writes {key}={value}; the broker has {broker.get(key)}"
@@ -124,9 +132,7 @@ def test_the_local_stack_renders_kafka_as_compose_merges_it(merged: dict[str, An
     """Kafka's TLS properties: the local stack's merge of the two files is Compose's."""
     make_certificates(tmp_path)
     variables = {"KAFKA_BROKER_PASSWORD": "x"}
-    local = compose_kafka_settings(
-        COMPOSE.read_text(), COMPOSE_TLS.read_text(), variables=variables, secrets_dir=tmp_path
-    )
+    local = compose_kafka_settings(COMPOSE.read_text(), [TLS_KAFKA], variables=variables, secrets_dir=tmp_path)
     # Compose's own merge, read back the same way; `config` writes $$ for a literal $.
     composed = compose_kafka_settings(
         yaml.safe_dump({"services": {"kafka": merged["services"]["kafka"]}}).replace("$$", "$"),
@@ -209,3 +215,95 @@ def test_compose_file_in_env_switches_tls_on_for_every_command(tmp_path: Path) -
     config = yaml.safe_load(result.stdout)
     assert config["services"]["kafka"]["environment"]["KAFKA_LISTENERS"] == "SASL_SSL://:9092,CONTROLLER://:9093"
     assert config["services"]["sensor"]["environment"]["MQTT_TLS_CA_FILE"] == "/tls/ca.crt"
+
+
+# --------------------------------------------------------------------------- TLS on the Kafka cluster
+
+COMPOSE_CLUSTER = ROOT / "docker-compose.cluster.yml"
+COMPOSE_CLUSTER_TLS = ROOT / "docker-compose.cluster-tls.yml"
+BROKERS = ("kafka", "kafka-2", "kafka-3")
+KAFKA_PASSWORDS = ("KAFKA_BROKER_PASSWORD", "KAFKA_SERVER_PASSWORD", "KAFKA_MODEL_PASSWORD")
+
+
+@pytest.fixture(scope="module")
+def cluster_tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The four files as a user gives them: docker-compose.yml, cluster, tls, cluster-tls."""
+    files = (COMPOSE, COMPOSE_CLUSTER, COMPOSE_TLS, COMPOSE_CLUSTER_TLS)
+    result = compose_config(tmp_path_factory.mktemp("compose"), *files, args=())
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_every_broker_of_the_cluster_speaks_only_tls_under_its_own_name(cluster_tls: dict[str, Any], name: str) -> None:
+    service = cluster_tls["services"][name]
+    environment = service["environment"]
+    assert environment["KAFKA_ADVERTISED_LISTENERS"] == f"SASL_SSL://{name}:9092"
+    assert environment["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] == "CONTROLLER:SSL,SASL_SSL:SASL_SSL"
+    assert environment["KAFKA_LISTENER_NAME_CONTROLLER_SSL_CLIENT_AUTH"] == "required"
+    assert environment["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"
+    assert mounts(service)["/etc/kafka/secrets"] == str(ROOT / "tls")
+    data = {v["target"]: v["source"] for v in service["volumes"] if v.get("type") == "volume"}
+    assert data == {"/var/lib/kafka/data": "kafka-data" if name == "kafka" else f"{name}-data"}
+    # Its storage is formatted with its own id, the cluster's quorum and the SCRAM users.
+    written = format_properties(cluster_tls, name)
+    assert written["node.id"] == str(BROKERS.index(name) + 1)
+    assert written["controller.quorum.voters"] == environment["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+    assert "--add-scram" in service["command"][-1]
+
+
+def test_the_kafka_clients_know_every_broker_and_log_in_over_tls(cluster_tls: dict[str, Any]) -> None:
+    for name in ("server", "model_analysis"):
+        environment = cluster_tls["services"][name]["environment"]
+        assert environment["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092,kafka-2:9092,kafka-3:9092"
+        assert environment["KAFKA_TLS_CA_FILE"] == "/tls/ca.crt" and environment["KAFKA_SASL_USERNAME"]
+        assert (environment["KAFKA_REPLICATION_FACTOR"], environment["KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2")
+
+
+def test_the_certificate_names_every_host_a_client_of_the_cluster_connects_to(
+    cluster_tls: dict[str, Any], tmp_path: Path
+) -> None:
+    make_certificates(tmp_path)
+    text = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(tmp_path / "server.crt")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    names = set(re.findall(r"DNS:([^,\s]+)", text))
+    advertised = {
+        cluster_tls["services"][b]["environment"]["KAFKA_ADVERTISED_LISTENERS"].split("//")[1].split(":")[0]
+        for b in BROKERS
+    }
+    assert advertised == set(BROKERS) and advertised <= names
+
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_the_local_cluster_renders_each_broker_as_compose_merges_the_four_files(
+    cluster_tls: dict[str, Any], tmp_path: Path, name: str
+) -> None:
+    """`make run KAFKA_BROKERS=3` with STACK_TLS_DIR: each node's properties are Compose's for that broker."""
+    make_certificates(tmp_path / "tls")
+    stack = Stack(
+        StackConfig.from_env(
+            {
+                "STACK_DIR": str(tmp_path / "stack"),
+                "STACK_TLS_DIR": str(tmp_path / "tls"),
+                "KAFKA_BROKERS": "3",
+                **{n: "x" for n in (*REQUIRED_SECRETS, *KAFKA_PASSWORDS)},
+            }
+        )
+    )
+    local = parse_properties(stack.servers[name].render())  # type: ignore[attr-defined]
+    composed = compose_kafka_settings(
+        yaml.safe_dump({"services": {"kafka": cluster_tls["services"][name]}}).replace("$$", "$"),
+        variables={"KAFKA_BROKER_PASSWORD": "x"},
+        secrets_dir=tmp_path / "tls",
+    )
+    for key, value in composed.items():
+        if key not in MACHINE_SETTINGS:
+            assert local[key] == value, f"{name}: {key}"
+    assert local["listeners"].startswith("SASL_SSL://127.0.0.1:")
+    assert local["node.id"] == str(BROKERS.index(name) + 1)
+    assert local["controller.quorum.voters"].count("@127.0.0.1:") == 3

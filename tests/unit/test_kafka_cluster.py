@@ -47,6 +47,7 @@ SECRETS = {name: f"secret-{n}" for n, name in enumerate(REQUIRED_SECRETS)}
 #: Ports no test stack listens on (the workers' are 21000 and 23000 up, tests/conftest.py): one test here
 #: starts servers, and must find its ports free.
 BASE = 29000
+CLUSTER_TEXT = COMPOSE_CLUSTER_FILE.read_text()
 
 
 def config(tmp_path: Path, **extra: str) -> StackConfig:
@@ -98,11 +99,6 @@ def test_kafka_brokers_is_one_or_three(tmp_path: Path, bad: str) -> None:
         config(tmp_path, KAFKA_BROKERS=bad)
 
 
-def test_the_cluster_has_no_tls(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="KAFKA_BROKERS above 1 with STACK_TLS_DIR"):
-        config(tmp_path, KAFKA_BROKERS="3", STACK_TLS_DIR=str(tmp_path))
-
-
 # --------------------------------------------------------------------------- each node's server.properties
 
 
@@ -137,7 +133,7 @@ def test_three_brokers_each_render_their_node_and_one_quorum(tmp_path: Path) -> 
             assert properties[key] == "2", key
         # Every other setting is Compose's for that service, and local.properties adds only its own.
         compose = compose_kafka_settings(
-            COMPOSE_FILE.read_text(), COMPOSE_CLUSTER_FILE.read_text(), service=name, override_file="cluster"
+            COMPOSE_FILE.read_text(), [(COMPOSE_CLUSTER_FILE.read_text(), "cluster", name)]
         )
         for key, value in compose.items():
             if key not in MACHINE_SETTINGS:
@@ -316,7 +312,7 @@ def test_the_local_stack_reads_the_same_override() -> None:
     override = yaml.safe_load(COMPOSE_CLUSTER_FILE.read_text())["services"]
     for name, node_id in BROKERS.items():
         settings = compose_kafka_settings(
-            COMPOSE_FILE.read_text(), COMPOSE_CLUSTER_FILE.read_text(), service=name, override_file="cluster"
+            COMPOSE_FILE.read_text(), [(COMPOSE_CLUSTER_FILE.read_text(), "cluster", name)]
         )
         assert settings["node.id"] == str(node_id), name
         assert name in override

@@ -11,16 +11,26 @@ from hypothesis import strategies as st
 from localstack.cluster import kafka_nodes
 from localstack.config import REPO_ROOT
 from localstack.testing import WORKER_PORT_STRIDE, stack_ports, worker_port_base
-from tests.helpers import CLUSTER_STACK_OFFSET, TLS_STACK_OFFSET
+from tests.helpers import CLUSTER_STACK_OFFSET, TLS_CLUSTER_STACK_OFFSET, TLS_STACK_OFFSET
 
 
 def ports_of_worker(base: int, worker: str | None) -> set[int]:
-    """Every port the stacks of one worker listen on: its own stack, the TLS one and the three-broker cluster."""
+    """Every port the stacks of one worker listen on: its own stack, the TLS one and the two three-broker clusters."""
     own = worker_port_base(base, worker)
-    ports = {int(p) for b in (own, own + TLS_STACK_OFFSET, own + CLUSTER_STACK_OFFSET) for p in stack_ports(b).values()}
-    cluster = stack_ports(own + CLUSTER_STACK_OFFSET)
-    for node in kafka_nodes(3, int(cluster["KAFKA_PORT"]), int(cluster["KAFKA_CONTROLLER_PORT"])):
-        ports |= {node.port, node.controller_port}
+    bases = (own, own + TLS_STACK_OFFSET, own + CLUSTER_STACK_OFFSET, own + TLS_CLUSTER_STACK_OFFSET)
+    ports: set[int] = set()
+    for stack_base in bases:
+        stack = stack_ports(stack_base)
+        if len({int(p) for p in stack.values()} & ports):
+            raise AssertionError(f"the stack at {stack_base} shares a port with another of the worker's")
+        ports |= {int(p) for p in stack.values()}
+    for stack_base in (own + CLUSTER_STACK_OFFSET, own + TLS_CLUSTER_STACK_OFFSET):
+        first, controller = (int(stack_ports(stack_base)[k]) for k in ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT"))
+        for node in kafka_nodes(3, first, controller):
+            added = {node.port, node.controller_port} - {first, controller}
+            if added & ports:
+                raise AssertionError(f"kafka node {node.node_id} of the cluster at {stack_base} shares a port")
+            ports |= added
     return ports
 
 
