@@ -44,11 +44,7 @@ def _cmd_start(stack: Stack, names: list[str]) -> int:
 
 
 def _cmd_stop(stack: Stack, names: list[str]) -> int:
-    if names:
-        for name in names:
-            stack.stop_one(name)
-    else:
-        stack.stop()
+    stack.stop(names or None)
     _print_status(stack)
     return 0
 
@@ -86,8 +82,7 @@ def _cmd_run(stack: Stack, sensors: int, bridges: int = 1, models: int = 1) -> i
         code = run_pipeline(stack.service_env(), log_dir, sensors, bridges=bridges, models=models)
     finally:
         # Leave servers that were already running (another user of this stack) alone.
-        for name in reversed(launched):
-            stack.stop_one(name)
+        stack.stop(launched)
     if not launched:
         print("the servers were already running and are left running (`make stop` stops them)")
     return code

@@ -31,7 +31,7 @@ import logging
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,16 +151,23 @@ class Stack:
                 raise
             return launched
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop every server: SIGTERM to its process group, SIGKILL after ``timeout_s``. Idempotent."""
+    def stop(self, names: Iterable[str] | None = None, timeout_s: float = 30.0) -> None:
+        """Stop ``names`` (every server by default): SIGTERM to each process group, SIGKILL after ``timeout_s``.
+
+        They are all signalled before any is waited for, so their shutdowns overlap: a Kafka node
+        stopped only once the others of its cluster were gone would wait for a quorum that no longer
+        exists (its broker's controlled shutdown) until SIGKILL. Idempotent.
+        """
+        chosen = set(self.servers) if names is None else set(names)
+        for name in chosen:
+            self._check_name(name)
         with self._locked():
-            # Signal them all first, so their shutdowns overlap.
-            names = list(reversed(self.servers))
-            signalled = [n for n in names if self._signal(n, signal.SIGTERM)]
+            order = [n for n in reversed(self.servers) if n in chosen]
+            signalled = [n for n in order if self._signal(n, signal.SIGTERM)]
             deadline = time.monotonic() + timeout_s
             for name in signalled:
                 self._wait_gone(name, deadline, escalate=True)
-            for name in names:
+            for name in order:
                 self._pid_file(name).unlink(missing_ok=True)
 
     def start_one(self, name: str) -> bool:

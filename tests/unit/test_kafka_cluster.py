@@ -350,3 +350,31 @@ def test_named_servers_start_together_and_one_whose_dependency_is_down_is_refuse
         stack.start(["mongo-express"])
     with pytest.raises(StackError, match="unknown server 'kafka-4'"):
         stack.start(["kafka", "kafka-4"])
+
+
+def test_the_nodes_of_a_cluster_are_all_signalled_before_any_is_waited_for(tmp_path: Path) -> None:
+    """A node stopped only once the others were gone waits for a quorum that no longer exists (seen: 30 s, SIGKILL)."""
+    stack = Stack(config(tmp_path, KAFKA_BROKERS="3"))
+    calls: list[tuple[str, str]] = []
+
+    def signal(name: str, sig: Any) -> bool:
+        calls.append(("signal", name))
+        return True
+
+    def wait_gone(name: str, deadline: float, escalate: bool) -> None:
+        calls.append(("wait", name))
+
+    with (
+        mock.patch.object(stack, "_signal", side_effect=signal),
+        mock.patch.object(stack, "_wait_gone", side_effect=wait_gone),
+    ):
+        stack.stop(["kafka", "kafka-2", "kafka-3"])
+        assert [what for what, _ in calls] == ["signal"] * 3 + ["wait"] * 3
+        assert {name for _, name in calls} == {"kafka", "kafka-2", "kafka-3"}, "only the servers named"
+        calls.clear()
+        stack.stop([])
+        assert calls == [], "an empty list stops nothing (`run` leaves servers it did not start)"
+        stack.stop()
+        assert {name for _, name in calls} == set(stack.servers)
+    with pytest.raises(StackError, match="kafka-4"):
+        stack.stop(["kafka-4"])
