@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given
@@ -56,3 +58,36 @@ def test_make_test_runs_the_suite_on_test_workers_workers_grouped_by_module_wher
         ["make", "-n", "test", f"TEST_WORKERS={workers}"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert f"-m pytest -n {workers} --dist loadgroup" in commands
+
+
+def test_loadgroup_really_keeps_a_group_on_one_worker(tmp_path: Path) -> None:
+    """The pinned pytest and pytest-xdist group as README says: pytest 9.2 made xdist 3.8 spread a group silently."""
+    grouped = "import os, pytest\npytestmark = pytest.mark.xdist_group('stack')\n"
+    for module in ("test_one.py", "test_two.py"):
+        record = f"open({str(tmp_path / 'ran')!r}, 'a').write(os.environ['PYTEST_XDIST_WORKER'] + ' grouped\\n')"
+        tests = "".join(f"def test_{n}():\n    {record}\n" for n in range(6))
+        (tmp_path / module).write_text(grouped + tests)
+    (tmp_path / "test_free.py").write_text("import os\n" + "".join(f"def test_{n}():\n    pass\n" for n in range(12)))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-n",
+            "2",
+            "--dist",
+            "loadgroup",
+            "-p",
+            "no:cacheprovider",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    workers = (tmp_path / "ran").read_text().split()
+    assert len(workers) == 24, "every grouped test ran"
+    assert len(set(workers[0::2])) == 1, f"the group was spread over workers: {sorted(set(workers[0::2]))}"
