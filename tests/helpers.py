@@ -27,7 +27,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pymongo import monitoring
 
+from localstack.services import server_env
 from pipeline import contract
+from pipeline.kafka import security_config
+from pipeline.settings import KafkaSettings
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 #: Where the modules that start a further stack put it, above their worker's port base
@@ -36,17 +39,10 @@ TLS_STACK_OFFSET, CLUSTER_STACK_OFFSET, TLS_CLUSTER_STACK_OFFSET = 500, 100, 300
 
 
 def kafka_client(stack_env: Mapping[str, str]) -> dict[str, Any]:
-    """How a test reaches a stack's Kafka: every broker, and where Kafka wants TLS, the CA and the bridge's login."""
-    config: dict[str, Any] = {"bootstrap.servers": stack_env["KAFKA_BOOTSTRAP_SERVERS"]}
-    if stack_env.get("KAFKA_TLS_CA_FILE"):
-        config |= {
-            "security.protocol": "SASL_SSL",
-            "ssl.ca.location": stack_env["KAFKA_TLS_CA_FILE"],
-            "sasl.mechanism": "SCRAM-SHA-512",
-            "sasl.username": stack_env["KAFKA_SERVER_USERNAME"],
-            "sasl.password": stack_env["KAFKA_SERVER_PASSWORD"],
-        }
-    return config
+    """How a test reaches a stack's Kafka: as the bridge does (its brokers, and with TLS its CA and login)."""
+    env = server_env(stack_env)
+    settings = KafkaSettings(**{k: v for k, v in env.items() if k in KafkaSettings.model_fields})  # type: ignore[arg-type]
+    return security_config(settings)
 
 
 def _client(kafka: str | Mapping[str, Any]) -> dict[str, Any]:

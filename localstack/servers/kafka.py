@@ -114,9 +114,9 @@ class Kafka(Server):
             overrides.append((COMPOSE_CLUSTER_FILE.read_text(), COMPOSE_CLUSTER_FILE.name, self.name))
         if config.tls:
             overrides.append((COMPOSE_TLS_FILE.read_text(), COMPOSE_TLS_FILE.name, "kafka"))
-            cluster_tls = yaml.safe_load(COMPOSE_CLUSTER_TLS_FILE.read_text())["services"]
-            if self.cluster and self.name in cluster_tls:
-                overrides.append((COMPOSE_CLUSTER_TLS_FILE.read_text(), COMPOSE_CLUSTER_TLS_FILE.name, self.name))
+            cluster_tls = COMPOSE_CLUSTER_TLS_FILE.read_text()
+            if self.cluster and self.name in yaml.safe_load(cluster_tls)["services"]:
+                overrides.append((cluster_tls, COMPOSE_CLUSTER_TLS_FILE.name, self.name))
         compose = compose_kafka_settings(
             COMPOSE_FILE.read_text(),
             overrides,
