@@ -41,7 +41,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pymongo import MongoClient
 
 from bench.bare_subscriber import BareSubscriber, ClientName
-from bench.common import Bench, run_standalone, wait_until
+from bench.common import Bench, positive_int, run_standalone, wait_until
 from bench.load import publish
 from bench.machine import CpuMeter
 from bench.probes import last_stored_at, metric, scrape
@@ -309,11 +309,11 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of this benchmark."""
     parser.add_argument(
-        "--publishers", type=int, default=3, help="publisher processes of the bridge benchmark (default 3)"
+        "--publishers", type=positive_int, default=3, help="publisher processes of the bridge benchmark (default 3)"
     )
     parser.add_argument(
         "--bridge-rounds",
-        type=int,
+        type=positive_int,
         default=ROUNDS,
         help=f"rounds of bare subscriber, 1 bridge and 2 bridges in the bridge benchmark (default {ROUNDS}, --quick 1)",
     )

@@ -58,6 +58,17 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    """A count option (rounds, processes): a whole number of at least 1, else the option is refused."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def service_setting(text: str) -> tuple[str, str]:
     """``NAME=VALUE`` of ``--service-env``: NAME an environment variable's name, VALUE anything (even empty)."""
     name, sep, value = text.partition("=")

@@ -33,7 +33,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.common import Bench, run_standalone
+from bench.common import Bench, positive_int, run_standalone
 from bench.kafka_phases import BATCH_BYTES, IMPLEMENTATIONS, LINGER_MS, PARTITIONS, Meter, Phase, create_topic
 from bench.load import payload
 from bench.machine import stack_pid
@@ -240,7 +240,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--records", type=int, default=0, help="records per client and round (default 100,000; --quick 20,000)"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per client, interleaved (default 3)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds per client, interleaved (default 3)")
 
 
 def main() -> int:

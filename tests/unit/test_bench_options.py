@@ -139,3 +139,18 @@ def test_the_cpu_table_takes_each_parts_mean_over_the_rounds() -> None:
     assert mean["readings_per_s"] == 14_000
     assert math.isclose(mean["cpu_ms_per_reading"]["publishers"], 0.06)
     assert math.isclose(mean["cpu_ms_per_reading"]["all"], 0.10)
+
+
+@given(st.integers(-1000, 1000) | st.text(max_size=8))
+def test_a_count_option_is_a_whole_number_of_at_least_one_or_it_is_refused(text: int | str) -> None:
+    parser = argparse.ArgumentParser()
+    bridge.add_arguments(parser)
+    try:
+        expected = int(str(text))
+    except ValueError:
+        expected = 0
+    if expected >= 1:
+        assert parser.parse_args(["--bridge-rounds", str(text)]).bridge_rounds == expected
+        return
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--bridge-rounds", str(text)])
